@@ -1,0 +1,60 @@
+"""The ``loqi`` command line: built-in commands plus whatever plugins add through ``loqi_register_commands``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from loqi_core import __version__
+from loqi_core.errors import LoqiError
+
+
+class LoqiGroup(click.Group):
+    """Turns loqi's own errors into a one-line ``Error: ...`` instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LoqiError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LoqiGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="loqi")
+def cli() -> None:
+    """loqi: make visual place recognition work on low-quality images.
+
+    A frozen teacher sees the clean image, a student of the same VPR method sees the degraded one
+    (JPEG, low resolution, video at a high QP) and learns to produce the teacher's descriptor.
+    Methods, degradations, losses and datasets are plugins: see `loqi plugins`.
+
+    \b
+    Quick start (offline, on the bundled demo data):
+      loqi run --method lite0-gem --degrade jpeg10
+      loqi eval --method lite0-gem --dataset demo --degrade jpeg10
+      loqi degrade --report jpeg10 --dataset demo
+    """
+
+
+def _add_builtin_commands() -> None:
+    from loqi_core.commands import datasets, degrade, distill, evaluate, plugins, run
+
+    for module in (plugins, datasets, degrade, distill, evaluate, run):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+def main() -> None:
+    """Console-script entry point: add the built-in and plugin commands, then run."""
+    from loqi_core.plugins import get_plugins
+
+    try:
+        get_plugins().add_commands(cli)
+    except LoqiError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli(prog_name="loqi")
+
+
+_add_builtin_commands()

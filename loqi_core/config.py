@@ -1,0 +1,173 @@
+"""Pydantic models for every run, loadable from TOML or YAML, with ``section.key=value`` overrides.
+
+Precedence, lowest first: these defaults, the method's ``run_defaults``, the config file, CLI flags.
+A typo or a bad value is reported as the field path and the reason (``distill.lr: ...``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loqi_core.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(Section):
+    """Which model: a method, or an encoder and aggregator mixed, and its weights."""
+
+    method: str | None = None
+    encoder: str | None = None
+    aggregator: str | None = None
+    encoder_params: dict[str, Any] = Field(default_factory=dict)
+    aggregator_params: dict[str, Any] = Field(default_factory=dict)
+    weights: str = Field("default", description='"default", a variant ("official"), "random", or a file/run dir')
+    image_size: tuple[int, int] | None = Field(None, description="(height, width) overriding the method's input size")
+
+
+class DistillConfig(Section):
+    """Teacher/student training; defaults are the paper's (reference code) unless a method overrides them."""
+
+    train: str = Field("demo", description="training dataset: NAME or NAME:PATH (folder:PATH for your own images)")
+    loss: str | None = Field(None, description='loss expression, e.g. "ickd+0.5*mse+triplet"; None = method default')
+    loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    gamma: float = Field(0.99999, description="ExponentialLR factor, stepped every iteration")
+    clip_grad_norm: float | None = 1.0
+    places_per_batch: int = Field(6, ge=1)
+    images_per_place: int = Field(4, ge=1)
+    batch_size: int = Field(24, ge=1, description="images per batch for label-free training sets")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    trainable: list[str] | None = Field(None, description="parameter-name prefixes to train; None = the method's")
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(4, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class EvalConfig(Section):
+    """Recall@N evaluation (the paper's protocol unless ``clean_database``)."""
+
+    test: list[str] = Field(default_factory=lambda: ["demo"], description="test datasets: NAME or NAME:PATH")
+    recall: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
+    positive_radius: float = Field(25.0, gt=0, description="metres: a database image this close is a positive")
+    clean_database: bool = Field(False, description="degrade only the queries (default: database and queries)")
+    index: Literal["auto", "flat", "torch", "ivfpq"] = "auto"
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(2, ge=0)
+
+
+class RunConfig(Section):
+    """Everything one ``loqi`` run needs; written resolved into every run directory."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    degrade: str = Field("jpeg10", description='degradation spec, e.g. "jpeg10", "res360p+qp40"')
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = Field("auto", description='"auto" (cuda when available), "cpu", "cuda", "cuda:1"')
+    data_root: Path | None = Field(None, description="dataset root; default $LOQI_DATA")
+    out: Path | None = Field(None, description="run directory; default a new folder under runs/")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a plain dict."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(path.read_text()) or {}
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    raise ConfigError(f"{path}: unknown config format (use .toml, .yaml or .yml)")
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "distill.lr", 1e-5)`` sets ``d["distill"]["lr"]``."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"distill.lr=1e-5"`` → ``("distill.lr", 1e-05)``; values parse as YAML scalars or lists."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f'override "{text}" must look like section.key=value')
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def validate(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config(
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    method_defaults: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Layer method defaults, a config file and CLI overrides (dotted keys; None values are skipped)."""
+    data: dict[str, Any] = {}
+    for dotted, value in (method_defaults or {}).items():
+        set_dotted(data, dotted, value)
+    if file is not None:
+        data = deep_merge(data, read_config_file(file))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_dotted(data, dotted, value)
+    return validate(data)
+
+
+def dump_config(config: RunConfig) -> str:
+    return json.dumps(config.model_dump(mode="json"), indent=2)
+
+
+def resolve_run_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None, plugins: Any = None) -> RunConfig:
+    """Like ``resolve_config``, with the defaults of whichever method the file or flags name."""
+    from loqi_core.plugins import get_plugins
+
+    first = resolve_config(file, overrides)
+    name = first.model.method or first.model.encoder
+    if name is None:
+        return first
+    plugins = plugins or get_plugins()
+    spec = plugins.encoder(name) if name in plugins.encoders else plugins.method(name)[0]
+    return resolve_config(file, overrides, spec.run_defaults)

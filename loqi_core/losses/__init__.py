@@ -1,0 +1,66 @@
+"""Built-in distillation losses (DESIGN §4), registered through the same hook a third-party plugin uses.
+
+The reference implementation's scale factors (ICKD /1000, MSE ×100, triplet ÷10 per anchor) are
+exposed as each loss's documented ``scale`` parameter rather than hidden in the code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from loqi_core.hookspecs import hookimpl
+from loqi_core.specs import LossSpec, Params
+
+
+class ICKDParams(Params):
+    """ICKD on the encoders' latent maps: channel-correlation (Gram) matrices of student vs teacher."""
+
+    scale: float = Field(1e-3, description="multiplier; the reference divides by 1000")
+    normalize_channels: bool = Field(True, description="L2-normalise each channel over HW before the Gram (LoQI)")
+    reduction: Literal["frobenius", "squared_mean"] = Field(
+        "frobenius",
+        description="frobenius: ‖G_s−G_t‖_F over the batch (LoQI); squared_mean: Σ(G_s−G_t)²/(C·B) (original ICKD)",
+    )
+
+
+class MSEParams(Params):
+    """Mean squared error between L2-normalised student and teacher descriptors."""
+
+    scale: float = Field(100.0, description="multiplier; the reference multiplies by 100 (× number of models)")
+
+
+class TripletParams(Params):
+    """Weakly supervised triplet loss on the student's descriptors of the degraded images."""
+
+    margin: float = Field(0.2**0.5, description="margin in L2 distance; the reference uses √0.2")
+    negatives: int = Field(5, ge=1, description="negatives per anchor")
+    negative_mining: Literal["random", "hardest"] = "random"
+    negative_min_distance_m: float = Field(30.0, description="negatives must be farther than this when positions exist")
+    scale: float = Field(0.1, description="multiplier on the sum over anchors of the mean over (positive, negative) pairs")
+
+
+def _ickd(params: ICKDParams):
+    from loqi_core.losses.terms import ICKDLoss
+
+    return ICKDLoss(params)
+
+
+def _mse(params: MSEParams):
+    from loqi_core.losses.terms import MSELoss
+
+    return MSELoss(params)
+
+
+def _triplet(params: TripletParams):
+    from loqi_core.losses.terms import TripletLoss
+
+    return TripletLoss(params)
+
+
+@hookimpl
+def loqi_register_losses(register):
+    register(LossSpec("ickd", _ickd, ICKDParams, "Inter-channel correlation KD on encoder feature maps"))
+    register(LossSpec("mse", _mse, MSEParams, "MSE between student (degraded) and teacher (clean) descriptors"))
+    register(LossSpec("triplet", _triplet, TripletParams, "Triplet loss on student descriptors", needs_places=True))

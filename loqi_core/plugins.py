@@ -1,0 +1,213 @@
+"""The plugin manager: loads every ``loqi`` entry point, isolates failures, fills the registries.
+
+A plugin that fails to import is recorded with its error and skipped; only a command that needs
+one of its names fails (``LOQI_STRICT_PLUGINS=1`` makes every load error fatal, as CI does).
+Built-in plugins (the losses, the folder dataset) register through the very same hooks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from loqi_core import hookspecs
+from loqi_core.errors import LoqiError, PluginLoadError, UnknownNameError
+from loqi_core.registry import Provider, Registry, unknown_message
+from loqi_core.specs import AggregatorSpec, DatasetSpec, DegradationSpec, EncoderSpec, LossSpec
+
+ENTRY_POINT_GROUP = "loqi"
+DEFAULT_PLUGINS = {"losses": "loqi_core.losses", "folder": "loqi_core.folder"}
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+# hook name -> (registry attribute, spec class, singular kind used in messages)
+REGISTER_HOOKS: dict[str, tuple[str, type, str]] = {
+    "loqi_register_encoders": ("encoders", EncoderSpec, "encoder"),
+    "loqi_register_aggregators": ("aggregators", AggregatorSpec, "aggregator"),
+    "loqi_register_degradations": ("degradations", DegradationSpec, "degradation"),
+    "loqi_register_losses": ("losses", LossSpec, "loss"),
+    "loqi_register_datasets": ("datasets", DatasetSpec, "dataset"),
+}
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin, as ``loqi plugins`` shows it."""
+
+    name: str
+    dist: str
+    version: str
+    module: str
+    error: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def provider(self) -> Provider:
+        return Provider(self.name, self.dist, self.version)
+
+    def load_error(self) -> PluginLoadError:
+        return PluginLoadError(f'Error loading plugin "{self.name}" (dist {self.dist} {self.version}): {self.error}')
+
+
+class Plugins:
+    """The loaded plugin set and its five registries."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("loqi")
+        self.pm.add_hookspecs(hookspecs)
+        self.encoders: Registry[EncoderSpec] = Registry("encoder")
+        self.aggregators: Registry[AggregatorSpec] = Registry("aggregator")
+        self.degradations: Registry[DegradationSpec] = Registry("degradation")
+        self.losses: Registry[LossSpec] = Registry("loss")
+        self.datasets: Registry[DatasetSpec] = Registry("dataset")
+        self.info: dict[str, PluginInfo] = {}
+
+    # ---- loading -------------------------------------------------------------------------------
+    def load_defaults(self) -> None:
+        import loqi_core
+
+        for name, module in DEFAULT_PLUGINS.items():
+            self.add(importlib.import_module(module), name=name, dist="loqi-core", version=loqi_core.__version__)
+
+    def load_entry_points(self, strict: bool = False) -> None:
+        """Import every ``loqi`` entry point; a failure is recorded (or raised when ``strict``)."""
+        seen: set[tuple[str, str]] = set()
+        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+            if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
+                continue
+            seen.add((ep.name, ep.value))
+            dist = ep.dist.name if ep.dist else "?"
+            version = ep.dist.version if ep.dist else "?"
+            try:
+                module = ep.load()
+                self.add(module, name=ep.name, dist=dist, version=version)
+            except Exception as exc:  # a broken plugin must not take the CLI down
+                info = self.info.get(ep.name)
+                if info is None or info.dist != dist:
+                    info = PluginInfo(ep.name, dist, version, ep.value)
+                    self.info.setdefault(ep.name, info)
+                info.error = f"{type(exc).__name__}: {exc}"
+                if strict:
+                    raise info.load_error() from exc
+
+    def add(self, plugin: Any, *, name: str, dist: str = "?", version: str = "?") -> PluginInfo:
+        """Register one plugin object or module and collect what its hooks register."""
+        if name in self.info:
+            other = self.info[name]
+            raise PluginLoadError(
+                f'Two plugins use the entry-point name "{name}": dist {other.dist} and dist {dist}. '
+                "Uninstall one of them."
+            )
+        info = PluginInfo(name, dist, version, getattr(plugin, "__name__", type(plugin).__name__))
+        self.info[name] = info
+        self.pm.register(plugin, name=name)
+        try:
+            for caller in self.pm.get_hookcallers(plugin) or []:
+                if not caller.has_spec():
+                    known = ", ".join(sorted(REGISTER_HOOKS) + ["loqi_register_commands"])
+                    raise PluginLoadError(f'plugin "{name}" implements unknown hook "{caller.name}". Known hooks: {known}')
+            for hook_name, (attr, spec_cls, kind) in REGISTER_HOOKS.items():
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin is plugin:
+                        impl.function(register=self._register_callback(info, attr, spec_cls, kind))
+        except Exception:
+            self.pm.unregister(plugin)
+            raise
+        return info
+
+    def _register_callback(self, info: PluginInfo, attr: str, spec_cls: type, kind: str) -> Callable[[Any], None]:
+        registry: Registry = getattr(self, attr)
+
+        def register(spec: Any) -> None:
+            if not isinstance(spec, spec_cls):
+                raise PluginLoadError(
+                    f'plugin "{info.name}" passed a {type(spec).__name__} to the {kind} hook; expected {spec_cls.__name__}'
+                )
+            if not NAME_RE.match(spec.name):
+                raise PluginLoadError(f'plugin "{info.name}": bad {kind} name "{spec.name}" (use a-z, 0-9, "-", "_", ".")')
+            if isinstance(spec, DegradationSpec):
+                re.compile(spec.pattern)
+            registry.add(spec.name, spec, info.provider)
+            info.registered.setdefault(kind, []).append(spec.name)
+
+        return register
+
+    def add_commands(self, cli: Any) -> None:
+        self.pm.hook.loqi_register_commands(cli=cli)
+
+    # ---- lookup --------------------------------------------------------------------------------
+    def lookup(self, registry: Registry, name: str) -> Any:
+        """``registry.get(name)``, but a name a broken plugin would provide names that plugin's error."""
+        if name in registry:
+            return registry.get(name)
+        raise UnknownNameError(registry.unknown_message(name) + self.broken_hint(name))
+
+    def broken_hint(self, name: str) -> str:
+        """Raise the load error of a broken plugin named like ``name``; else a note listing broken plugins."""
+        broken = [p for p in self.info.values() if p.error]
+        for info in broken:
+            if name.startswith(info.name):
+                raise info.load_error()
+        if not broken:
+            return ""
+        names = ", ".join(f'"{p.name}"' for p in broken)
+        return f" (Plugins that failed to load: {names}; see `loqi plugins`.)"
+
+    def encoder(self, name: str) -> EncoderSpec:
+        return self.lookup(self.encoders, name)
+
+    def aggregator(self, name: str) -> AggregatorSpec:
+        return self.lookup(self.aggregators, name)
+
+    def loss(self, name: str) -> LossSpec:
+        return self.lookup(self.losses, name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self.lookup(self.datasets, name)
+
+    def method(self, name: str) -> tuple[EncoderSpec, AggregatorSpec]:
+        """``--method NAME``: the encoder registered as NAME and its default aggregator."""
+        if name not in self.methods():
+            raise UnknownNameError(unknown_message("method", name, self.methods()) + self.broken_hint(name))
+        enc = self.encoders.get(name)
+        return enc, self.aggregator(enc.default_aggregator or name)
+
+    def methods(self) -> list[str]:
+        """Encoder names that pair with an aggregator: what ``--method`` accepts."""
+        return [n for n, spec, _ in self.encoders.items() if (spec.default_aggregator or n) in self.aggregators]
+
+    def versions(self) -> dict[str, str]:
+        """Distribution name → version of every loaded plugin (written into each run directory)."""
+        return {p.dist: p.version for p in self.info.values()}
+
+
+_PLUGINS: Plugins | None = None
+
+
+def strict_from_env() -> bool:
+    return os.environ.get("LOQI_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin set, loaded on first use."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        plugins = Plugins()
+        plugins.load_defaults()
+        plugins.load_entry_points(strict=strict_from_env())
+        _PLUGINS = plugins
+    return _PLUGINS
+
+
+def reset_plugins(plugins: Plugins | None = None) -> None:
+    """Replace (or forget) the process-wide plugin set; tests use it to install fixture plugins."""
+    global _PLUGINS
+    _PLUGINS = plugins
+
+
+__all__ = ["Plugins", "PluginInfo", "get_plugins", "reset_plugins", "LoqiError"]

@@ -1,0 +1,149 @@
+"""What plugins register: one frozen dataclass per extension point, plus the weights and preprocessing facts.
+
+Nothing here imports torch, so a plugin module that builds these specs imports in milliseconds.
+Factories are called only when a run needs the object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from loqi_core.data import TestSet, TrainSet
+    from loqi_core.degradation import Degradation
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Params(BaseModel):
+    """Base class for every plugin's params model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """For factories that take no parameters."""
+
+
+class Preprocess(Params):
+    """How a method turns a uint8 RGB image into its input tensor (applied batched, on the model's device)."""
+
+    size: tuple[int, int] | None = None
+    """(height, width) fed to the model; None keeps the image's own size."""
+    mode: Literal["resize", "center_crop"] = "resize"
+    """resize: scale to ``size``; center_crop: crop the largest centred square or ``size`` window."""
+    multiple_of: int = 1
+    """Crop height and width down to a multiple of this (14 for DINOv2 patches)."""
+    max_side: int | None = None
+    """Downscale, keeping the aspect ratio, when the longer side exceeds this."""
+    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a named set of pretrained weights comes from and how its keys map onto loqi's modules."""
+
+    name: str
+    """Variant name used with ``--weights NAME`` ("official", "imagenet", "pitts30k", ...)."""
+    filename: str
+    """File name in the weights cache (``$LOQI_CACHE/weights/<filename>``)."""
+    url: str | None = None
+    sha256: str | None = None
+    convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """Maps the file's state dict onto loqi's keys (``encoder.*``, ``aggregator.*``)."""
+    locate: Callable[[], Path] | None = None
+    """For weights shipped inside a Python package: returns the local file path."""
+    scope: Literal["model", "encoder"] = "model"
+    """``model``: the file covers encoder and aggregator (strict load); ``encoder``: the encoder only."""
+    license: str = ""
+    manual: str = ""
+    """How to get the file by hand when there is no direct URL (e.g. a Google Drive id)."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """An encoder: uint8-free, normalised images (B×3×H×W) → latent map B×C×h×w (or a tuple led by it).
+
+    A method plugin registers its encoder under the method's name; method-wide facts live here:
+    preprocessing, pretrained weights, the layers distillation trains and the paper's best loss.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    """``factory(params) -> nn.Module`` with an ``out_channels`` attribute."""
+    params: type[Params] = NoParams
+    description: str = ""
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    weights: tuple[WeightsSpec, ...] = ()
+    trainable: tuple[str, ...] = ()
+    """Parameter-name prefixes of the whole model (``encoder.layer3``, ``aggregator``) the student trains; () = all."""
+    default_loss: str = "mse"
+    default_aggregator: str | None = None
+    """Aggregator used with ``--method NAME``; None means the aggregator registered under the same name."""
+    citation: str = ""
+    run_defaults: dict[str, Any] = field(default_factory=dict)
+    """Config defaults this method sets, by dotted path (``{"distill.lr": 5e-5}``); files and flags override them."""
+
+
+@dataclass(frozen=True)
+class AggregatorSpec:
+    """An aggregator: the encoder's output → an L2-normalised global descriptor B×D."""
+
+    name: str
+    factory: Callable[..., Any]
+    """``factory(params, in_channels) -> nn.Module``."""
+    params: type[Params] = NoParams
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DegradationSpec:
+    """A family of degradations named by a grammar, e.g. ``jpeg(?P<quality>\\d+)`` matches ``jpeg10``.
+
+    The named groups of ``pattern`` fill the params model; specs chain with ``+`` (``res360p+qp40``).
+    """
+
+    name: str
+    pattern: str
+    factory: Callable[..., Degradation]
+    """``factory(params) -> Degradation``."""
+    params: type[Params] = NoParams
+    description: str = ""
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A distillation loss: ``factory(params)`` returns a callable ``loss(batch: DistillBatch) -> scalar``."""
+
+    name: str
+    factory: Callable[..., Any]
+    params: type[Params] = NoParams
+    description: str = ""
+    needs_places: bool = False
+    """True when the loss needs place ids (triplet); label-free training sets cannot feed it."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset: ``test(params)`` → TestSet and/or ``train(params)`` → TrainSet, read from ``params.root``."""
+
+    name: str
+    params: type[Params] = NoParams
+    test: Callable[..., TestSet] | None = None
+    train: Callable[..., TrainSet] | None = None
+    description: str = ""
+    source: str = ""
+    """Where the data comes from and how to obtain it (there is no download at run time)."""
+    license: str = ""
+    layout: str = ""
+    """The expected on-disk layout under the dataset root."""
+    expected_counts: dict[str, int] = field(default_factory=dict)
+    """e.g. {"database": 27592, "queries": 2760}: a mismatch is warned about loudly."""

@@ -1,0 +1,5 @@
+from loqi_core.testing import LossTests
+
+
+class TestExampleLoss(LossTests):
+    loss = "NAME"
