@@ -17,7 +17,7 @@ from torch import nn
 from loqi_core.errors import ConfigError, WeightsError
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.specs import EncoderSpec, Params, Preprocess, WeightsSpec
-from loqi_core.weights import fetch_weights, load_state_dict
+from loqi_core.weights import fetch_weights, load_state_dict, unwrap_state_dict
 
 
 class VPRModel(nn.Module):
@@ -179,6 +179,7 @@ def load_weights(model: VPRModel, spec: EncoderSpec, weights: str | Path | None)
         variant = _find_variant(spec, "official") or (spec.weights[0] if spec.weights else None)
         state = load_state_dict(path)
         model.info["weights"] = str(path)
+    state = unwrap_state_dict(state)
     if variant is not None and variant.convert is not None:
         state = variant.convert(state)
     target = model.encoder if variant is not None and variant.scope == "encoder" else model

@@ -115,8 +115,12 @@ class Plugins:
                 for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                     if impl.plugin is plugin:
                         impl.function(register=self._register_callback(info, attr, spec_cls, kind))
-        except Exception:
+        except Exception as exc:
+            info.error = f"{type(exc).__name__}: {exc}"
             self.pm.unregister(plugin)
+            for attr, _, kind in REGISTER_HOOKS.values():  # roll back what it registered before failing
+                for spec_name in info.registered.pop(kind, []):
+                    getattr(self, attr).remove(spec_name)
             raise
         return info
 

@@ -47,6 +47,9 @@ class Registry(Generic[T]):
             )
         self._entries[name] = (spec, provider)
 
+    def remove(self, name: str) -> None:
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name][0]
