@@ -1,0 +1,228 @@
+"""Nearest-neighbour search of query descriptors in a database, and recall@N from the ranked lists.
+
+All descriptors are L2-normalised, so ranking by inner product equals ranking by L2 distance (the reference
+used ``faiss.IndexFlatL2``). Exact backends agree on ties: equal scores are ordered by the lower database
+index, so recall is deterministic across FAISS and torch, CPU and GPU.
+
+Backends:
+- ``flat``: FAISS exact inner-product search on the CPU, database streamed in chunks (works on memory maps).
+- ``torch``: chunked matmul + top-k on any torch device (the GPU path).
+- ``ivfpq``: FAISS IVF-PQ, approximate, for databases of millions (trained on a sample, added in chunks).
+- ``auto``: ``torch`` on a CUDA device, else ``flat``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+from loqi_core.errors import ConfigError
+
+Backend = Literal["auto", "flat", "torch", "ivfpq"]
+
+QUERY_CHUNK = 2048
+DB_CHUNK_BYTES = 1 << 29
+"""Database rows are read in chunks of about this many bytes (float32), so a memory map never loads whole."""
+
+
+def _db_chunk(dim: int) -> int:
+    return max(1024, DB_CHUNK_BYTES // (4 * max(1, dim)))
+
+
+@dataclass
+class IVFPQParams:
+    """IVF-PQ settings; None picks a value from the database size and dimension."""
+
+    nlist: int | None = None
+    """Coarse cells; default ≈ 4·√N (at least 1, at most N/39 so each cell has training points)."""
+    m: int | None = None
+    """PQ sub-quantisers; must divide the dimension; default the largest divisor of D that is ≤ 64."""
+    nbits: int = 8
+    nprobe: int | None = None
+    """Cells visited per query; default min(nlist, max(16, nlist // 16))."""
+    train_size: int = 100_000
+
+
+def resolve_backend(backend: str, device: str | None) -> str:
+    """``auto`` → ``torch`` on CUDA, ``flat`` otherwise; anything unknown is a ConfigError."""
+    if backend == "auto":
+        return "torch" if device is not None and str(device).startswith("cuda") else "flat"
+    if backend not in ("flat", "torch", "ivfpq"):
+        raise ConfigError(f'eval.index: unknown search backend "{backend}" (auto, flat, torch, ivfpq)')
+    return backend
+
+
+def search(
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    backend: Backend | str = "auto",
+    *,
+    device: str | None = None,
+    ivfpq: IVFPQParams | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` database indices (Q×k int64, best first) and their inner-product scores (Q×k float32).
+
+    ``database`` may be a read-only memory map; it is read in chunks. When the database has fewer than ``k``
+    entries, the missing ranks are -1 with score -inf.
+    """
+    backend = resolve_backend(backend, device)
+    k = int(k)
+    if k < 1:
+        raise ConfigError("search: k must be at least 1")
+    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
+        raise ConfigError(f"search: descriptor shapes do not match: database {database.shape}, queries {queries.shape}")
+    if backend == "ivfpq":
+        return _search_ivfpq(database, queries, k, ivfpq or IVFPQParams())
+    topk = _faiss_topk if backend == "flat" else _torch_topk(device or "cpu")
+    return _exact(database, queries, k, topk)
+
+
+# ---- exact search --------------------------------------------------------------------------------
+
+
+def _order(scores: np.ndarray, ids: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by (score descending, index ascending) and keep ``keep`` columns; -1 ids sort last."""
+    key_ids = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((key_ids, -scores.astype(np.float64)), axis=-1)[:, :keep]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def _exact(database: np.ndarray, queries: np.ndarray, k: int, topk) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search, database streamed in chunks; one extra candidate per row detects a tie at rank k."""
+    n, nq = len(database), len(queries)
+    want = k + 1
+    q = np.require(queries, dtype=np.float32, requirements=["C", "W"])
+    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
+    best_i = np.full((nq, 0), -1, dtype=np.int64)
+    step = _db_chunk(database.shape[1])
+    for d0 in range(0, n, step):
+        chunk = np.require(database[d0 : d0 + step], dtype=np.float32, requirements=["C", "W"])
+        s, i = topk(q, chunk, min(want, len(chunk)))
+        best_s, best_i = _order(np.concatenate([best_s, s], 1), np.concatenate([best_i, i + d0], 1), want)
+    if best_s.shape[1] > k:
+        for row in np.flatnonzero(best_s[:, k - 1] == best_s[:, k]):
+            # rare: equal scores straddle rank k, so rank this query's whole row by (score, index)
+            best_s[row, :k], best_i[row, :k] = _full_row(database, q[row], k, topk)
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    m = min(k, best_s.shape[1])
+    out_s[:, :m], out_i[:, :m] = best_s[:, :m], best_i[:, :m]
+    return out_i, out_s
+
+
+def _full_row(database: np.ndarray, query: np.ndarray, k: int, topk) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-k of one query when ties cross rank k: all its scores, ordered by (score, index)."""
+    scores = []
+    step = _db_chunk(database.shape[1])
+    for d0 in range(0, len(database), step):
+        chunk = np.require(database[d0 : d0 + step], dtype=np.float32, requirements=["C", "W"])
+        scores.append(topk(query[None], chunk, len(chunk), all_scores=True)[0][0])
+    all_s = np.concatenate(scores)
+    s, i = _order(all_s[None], np.arange(len(all_s))[None], k)
+    return s[0], i[0]
+
+
+def _faiss_topk(q: np.ndarray, db: np.ndarray, k: int, all_scores: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS flat inner product of all queries against one database chunk."""
+    import faiss
+
+    index = faiss.IndexFlatIP(db.shape[1])
+    index.add(db)
+    if all_scores:
+        k = len(db)
+    s, i = index.search(q, k)
+    if all_scores:  # back into database order
+        out = np.empty_like(s)
+        np.put_along_axis(out, i, s, 1)
+        return out, np.arange(len(db))[None]
+    return s, i.astype(np.int64)
+
+
+def _torch_topk(device: str):
+    """Matmul + top-k on ``device``; the database chunk moves once, queries stream through in chunks."""
+    import torch
+
+    dev = torch.device(device)
+
+    def topk(q: np.ndarray, db: np.ndarray, k: int, all_scores: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        dbt = torch.from_numpy(db).to(dev)
+        out_s, out_i = [], []
+        for q0 in range(0, len(q), QUERY_CHUNK):
+            scores = torch.from_numpy(q[q0 : q0 + QUERY_CHUNK]).to(dev) @ dbt.T
+            if all_scores:
+                return scores.float().cpu().numpy(), np.arange(len(db))[None]
+            s, i = torch.topk(scores, k, dim=1, largest=True, sorted=True)
+            out_s.append(s.float().cpu().numpy())
+            out_i.append(i.cpu().numpy().astype(np.int64))
+        return np.concatenate(out_s), np.concatenate(out_i)
+
+    return topk
+
+
+# ---- IVF-PQ --------------------------------------------------------------------------------------
+
+
+def ivfpq_settings(n: int, dim: int, params: IVFPQParams) -> tuple[int, int, int]:
+    """(nlist, m, nprobe) for a database of ``n`` vectors of dimension ``dim``."""
+    nlist = params.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+    m = params.m or max(d for d in range(1, min(64, dim) + 1) if dim % d == 0)
+    if dim % m:
+        raise ConfigError(f"eval.ivf_m: {m} does not divide the descriptor dimension {dim}")
+    nprobe = params.nprobe or min(nlist, max(16, nlist // 16))
+    return nlist, m, nprobe
+
+
+def build_ivfpq(database: np.ndarray, params: IVFPQParams, seed: int = 0):
+    """Train an inner-product IVF-PQ index on a sample of the database and add it chunk by chunk."""
+    import faiss
+
+    n, dim = database.shape
+    nlist, m, nprobe = ivfpq_settings(n, dim, params)
+    quantizer = faiss.IndexFlatIP(dim)
+    nbits = params.nbits if n >= 2**params.nbits * 4 else max(1, int(math.log2(max(2, n // 4))))
+    index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, params.train_size), replace=False))
+    index.train(np.ascontiguousarray(database[sample], dtype=np.float32))
+    step = _db_chunk(dim)
+    for d0 in range(0, n, step):
+        index.add(np.ascontiguousarray(database[d0 : d0 + step], dtype=np.float32))
+    index.nprobe = nprobe
+    return index
+
+
+def _search_ivfpq(database: np.ndarray, queries: np.ndarray, k: int, params: IVFPQParams) -> tuple[np.ndarray, np.ndarray]:
+    index = build_ivfpq(database, params)
+    s, i = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    s = np.where(i < 0, -np.inf, s).astype(np.float32)
+    return i.astype(np.int64), s
+
+
+# ---- recall --------------------------------------------------------------------------------------
+
+
+def first_hit_ranks(predictions: np.ndarray, ground_truth: Sequence[np.ndarray]) -> np.ndarray:
+    """For each query, the 0-based rank of its first true positive among ``predictions``, or -1 for none."""
+    if len(predictions) != len(ground_truth):
+        raise ValueError(f"{len(predictions)} prediction rows but {len(ground_truth)} ground-truth entries")
+    ranks = np.full(len(predictions), -1, dtype=np.int64)
+    for q, (row, positives) in enumerate(zip(predictions, ground_truth)):
+        if len(positives) == 0:
+            continue
+        hits = np.flatnonzero(np.isin(row, positives))
+        if len(hits):
+            ranks[q] = hits[0]
+    return ranks
+
+
+def recall_at_n(predictions: np.ndarray, ground_truth: Sequence[np.ndarray], ns: Sequence[int]) -> dict[str, float]:
+    """``{"R@1": 57.8, ...}``: percent of all queries with a positive in the top N (no positive = a miss)."""
+    if max(ns) > predictions.shape[1]:
+        raise ValueError(f"recall@{max(ns)} needs at least {max(ns)} predictions per query, got {predictions.shape[1]}")
+    ranks = first_hit_ranks(predictions, ground_truth)
+    total = max(1, len(ranks))
+    return {f"R@{n}": 100.0 * float(((ranks >= 0) & (ranks < n)).sum()) / total for n in ns}
