@@ -1,0 +1,107 @@
+"""Packaging: lockstep versions, one package per plugin, wheels that install into a fresh environment."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import venv
+from pathlib import Path
+
+import pytest
+
+import loqi_core
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = sorted(p for p in (ROOT / "plugins").glob("loqi-plugin-*") if (p / "pyproject.toml").exists())
+
+
+def _project(path: Path) -> dict:
+    return tomllib.loads((path / "pyproject.toml").read_text())["project"]
+
+
+def test_core_version_matches_package():
+    assert _project(ROOT)["version"] == loqi_core.__version__
+
+
+@pytest.mark.parametrize("plugin", PLUGINS, ids=lambda p: p.name)
+def test_plugin_layout_and_lockstep_version(plugin):
+    project = _project(plugin)
+    short = plugin.name.removeprefix("loqi-plugin-")
+    package = "loqi_plugin_" + short.replace("-", "_")
+    assert project["name"] == plugin.name
+    assert project["version"] == loqi_core.__version__, "plugins release in lockstep with loqi-core"
+    assert any(d.replace(" ", "").startswith("loqi-core>=0.1.0,<0.2") for d in project["dependencies"])
+    assert list(project["entry-points"]["loqi"].values())[0].split(":")[0].startswith(package)
+    assert (plugin / package / "__init__.py").exists() and (plugin / "README.md").exists()
+    assert list((plugin / "tests").glob("test_*.py")), f"{plugin.name} has no tests"
+
+
+def _site_without_loqi(tmp: Path) -> Path:
+    """A folder of links to this environment's packages minus every loqi distribution: torch etc. without re-install."""
+    farm = tmp / "deps"
+    farm.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        name = entry.name.lower()
+        if "loqi" in name or name.endswith(".pth") or name.startswith("__editable__"):
+            continue
+        (farm / entry.name).symlink_to(entry)
+    return farm
+
+
+def copy_template(dest: Path, name: str) -> Path:
+    """What a new plugin author does: copy plugins/_template and replace NAME everywhere."""
+    target = dest / f"loqi-plugin-{name}"
+    for src in (ROOT / "plugins" / "_template").rglob("*"):
+        if "__pycache__" in src.parts or src.suffix == ".pyc":
+            continue
+        out = target / str(src.relative_to(ROOT / "plugins" / "_template")).replace("NAME", name)
+        if src.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(src.read_text().replace("NAME", name))
+    return target
+
+
+@pytest.mark.slow
+def test_every_package_builds_a_wheel_and_installs_into_a_fresh_venv(tmp_path):
+    wheels = tmp_path / "wheels"
+    template = copy_template(tmp_path, "example")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT),
+         str(template), *map(str, PLUGINS)],
+        check=True, capture_output=True, text=True,
+    )
+    built = {w.name.split("-")[0] for w in wheels.glob("*.whl")}
+    assert built == {"loqi_core", "loqi_plugin_example"} | {p.name.replace("-", "_") for p in PLUGINS}
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "deps.pth").write_text(str(_site_without_loqi(tmp_path)) + "\n")
+    # install the core and one plugin exactly as `pip install loqi-plugin-<name>` would, from wheels, no index
+    plugin = next((p for p in PLUGINS if p.name == "loqi-plugin-jpeg"), PLUGINS[0] if PLUGINS else None)
+    chosen = [next(wheels.glob("loqi_core-*.whl")), next(wheels.glob("loqi_plugin_example-*.whl"))]
+    if plugin is not None:
+        chosen.append(next(wheels.glob(plugin.name.replace("-", "_") + "-*.whl")))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index", "--no-deps",
+                    *map(str, chosen)], check=True, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    out = subprocess.run([str(env_dir / "bin" / "loqi"), "plugins", "--json"], check=True, capture_output=True,
+                         text=True, cwd=tmp_path, env={**env, "LOQI_STRICT_PLUGINS": "1"})
+    listed = {p["dist"]: p for p in json.loads(out.stdout)}
+    assert "loqi-core" in listed and not any(p["error"] for p in listed.values())
+    assert listed["loqi-plugin-example"]["registered"] == {"loss": ["example"]}
+    if plugin is not None:
+        assert plugin.name in listed
+    assert len(listed) == 2 + (plugin is not None), "only the installed plugins are visible, not the source tree's"
+    tested = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(template / "tests")],
+                            capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert tested.returncode == 0 and "passed" in tested.stdout, tested.stdout + tested.stderr
+    where = subprocess.run([str(python), "-c", "import loqi_core; print(loqi_core.__file__)"], check=True,
+                           capture_output=True, text=True, cwd=tmp_path, env=env).stdout
+    assert str(site) in where, "loqi_core must come from the wheel, not the source tree"
