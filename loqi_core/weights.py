@@ -90,9 +90,20 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 
         return load_file(str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"cannot load {path} safely (weights_only=True): {exc}") from None
+
+
+def _numpy_scalar_globals() -> list[Any]:
+    """Numpy scalar and dtype classes: plain data that many official checkpoints carry in their metadata
+    (pytorch-NetVlad stores ``recalls`` and ``best_score`` as numpy floats); allowing them runs no code."""
+    import numpy as np
+
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    scalar = np._core.multiarray.scalar
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]  # numpy 2 and numpy 1 names
 
 
 def unwrap_state_dict(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
