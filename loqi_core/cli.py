@@ -58,3 +58,7 @@ def main() -> None:
 
 
 _add_builtin_commands()
+
+
+if __name__ == "__main__":
+    main()
