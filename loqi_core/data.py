@@ -47,6 +47,15 @@ class TestSet:
     positives: list[np.ndarray] | None = None
     """Explicit ground truth: for each query, the indices of its database positives."""
     notes: list[str] = field(default_factory=list)
+    """Things a run should report: protocol mismatches, skipped files (a summary line each)."""
+    skipped: list[str] = field(default_factory=list)
+    """``"path: reason"`` for every file left out with ``skip_bad``; a run writes them to its directory."""
+    database_groups: np.ndarray | None = None
+    """Optional group label per database image (e.g. the view direction of a 360° video)."""
+    query_groups: np.ndarray | None = None
+    """With ``database_groups``: a positive must also share the query's group, not only be within the radius."""
+    expected_counts: dict[str, int] | None = None
+    """The published sizes of the split actually read ({} = none known); None: use the dataset's spec."""
 
     def ground_truth(self, radius_m: float = 25.0) -> list[np.ndarray]:
         """Database indices within ``radius_m`` of each query (the VPR protocol), or the explicit list."""
@@ -55,10 +64,17 @@ class TestSet:
         if self.database.positions is None or self.queries.positions is None:
             raise DataError(f'test set "{self.name}" has neither positions nor explicit ground truth')
         db = self.database.positions
-        out = []
-        for chunk in np.array_split(self.queries.positions, max(1, len(self.queries) // 1024 + 1)):
-            d2 = ((chunk[:, None, :] - db[None, :, :]) ** 2).sum(-1)
-            out.extend(np.flatnonzero(row <= radius_m**2) for row in d2)
+        grouped = self.database_groups is not None and self.query_groups is not None
+        out: list[np.ndarray] = []
+        step = max(1, 4_000_000 // max(1, len(db)))  # bounded memory: ~4M distances per chunk
+        for start in range(0, len(self.queries), step):
+            chunk = self.queries.positions[start : start + step]
+            dx = chunk[:, None, 0] - db[None, :, 0]
+            dy = chunk[:, None, 1] - db[None, :, 1]
+            close = dx * dx + dy * dy <= radius_m**2
+            if grouped:
+                close &= self.query_groups[start : start + step, None] == self.database_groups[None, :]  # type: ignore[index]
+            out.extend(np.flatnonzero(row) for row in close)
         return out
 
 
@@ -69,6 +85,9 @@ class TrainSet:
     name: str
     images: ImageList
     place_ids: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """``"path: reason"`` for every file left out with ``skip_bad``; a run writes them to its directory."""
 
     def places(self) -> dict[int, list[int]]:
         if self.place_ids is None:
@@ -77,6 +96,21 @@ class TrainSet:
         for i, pid in enumerate(self.place_ids.tolist()):
             groups.setdefault(int(pid), []).append(i)
         return groups
+
+
+def write_skipped(dataset: TestSet | TrainSet, run_dir: str | Path, filename: str | None = None) -> Path | None:
+    """Write the files ``skip_bad`` left out (one ``path: reason`` per line) into the run directory.
+
+    Returns the file written, or None when nothing was skipped. The default name is
+    ``skipped_<dataset name>.txt`` so that several datasets of one run do not overwrite each other.
+    """
+    if not dataset.skipped:
+        return None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.name) or "dataset"
+    out = Path(run_dir) / (filename or f"skipped_{safe}.txt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(dataset.skipped) + "\n")
+    return out
 
 
 def read_image(path: str | Path) -> "torch.Tensor":

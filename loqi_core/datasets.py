@@ -47,19 +47,33 @@ def load_dataset(
         reasons = "; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(reasons) from None
     dataset = loader(p)
-    if kind == "test" and spec.expected_counts:
-        check_counts(name, dataset, spec.expected_counts)  # type: ignore[arg-type]
+    if kind == "test":
+        expected = dataset.expected_counts if dataset.expected_counts is not None else spec.expected_counts  # type: ignore[union-attr]
+        if expected:
+            check_counts(name, dataset, expected)  # type: ignore[arg-type]
     return dataset
 
 
-def check_counts(name: str, test: TestSet, expected: dict[str, int]) -> None:
-    """Warn loudly when the data on disk is not the published protocol (the commonest reproduction failure)."""
+class ProtocolMismatchWarning(UserWarning):
+    """The dataset on disk is not the published split: recall is not comparable with published numbers."""
+
+
+def check_counts(name: str, test: TestSet, expected: dict[str, int]) -> bool:
+    """Warn loudly when the data on disk is not the published protocol (the commonest reproduction failure).
+
+    Returns True when the counts match. The message also goes into ``test.notes``, so runs report it.
+    """
     found = {"database": len(test.database), "queries": len(test.queries)}
     diffs = [f"{k}: expected {v}, found {found[k]}" for k, v in expected.items() if k in found and found[k] != v]
     if diffs:
-        message = f'dataset "{name}" differs from the paper\'s protocol ({"; ".join(diffs)}); results are not comparable'
+        message = (
+            f'PROTOCOL MISMATCH: dataset "{name}" differs from the published split ({"; ".join(diffs)}). '
+            "Recall on it is NOT comparable with published numbers; see `loqi datasets info "
+            f'{name}` for the expected source and layout.'
+        )
         test.notes.append(message)
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, ProtocolMismatchWarning, stacklevel=2)
+    return not diffs
 
 
-__all__ = ["load_dataset", "data_root", "check_counts", "DataError"]
+__all__ = ["load_dataset", "data_root", "check_counts", "ProtocolMismatchWarning", "DataError"]

@@ -1,12 +1,16 @@
 """The ``folder`` dataset: any folder in gmberton's VPR-datasets-downloader layout, or plain images.
 
 Test set: ``ROOT/images/test/{database,queries}/@east@north@...@.jpg`` (UTM east/north are fields 1, 2).
-Training set: any folder of images; ``@east@north@`` names give places (images within ``place_radius_m``).
+Training set: ``ROOT/images/train/`` in that layout, or any folder of images; ``@east@north@`` names give
+places (images within ``place_radius_m``), plain names give a label-free set (for ickd and mse).
+
+The params models here are shared by the dataset plugins that read this layout (msls, nordland, ...).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -14,28 +18,55 @@ from loqi_core.hookspecs import hookimpl
 from loqi_core.specs import DatasetSpec, Params
 
 LAYOUT = """\
-ROOT/images/test/database/@<utm_east>@<utm_north>@<zone>@<letter>@<lat>@<lon>@...@.jpg
+ROOT/images/test/database/@<utm_east>@<utm_north>@<zone>@<letter>@<lat>@<lon>@<pano_id>@...@.jpg
 ROOT/images/test/queries/@<utm_east>@<utm_north>@...@.jpg
-(a test set may also be given as ROOT/database and ROOT/queries; training: any folder of images)"""
+  (also accepted: ROOT/database/ and ROOT/queries/; subfolders are read recursively)
+Training (--train folder:PATH): ROOT/images/train/ in the same layout, or any folder of images;
+  names with @east@north@ form places (images within place_radius_m), other names train label-free."""
 
 
-class FolderParams(Params):
-    root: Path | None = Field(None, description="dataset folder (given as folder:PATH)")
+class FolderTestParams(Params):
+    """What every reader of the gmberton layout accepts."""
+
+    root: Path | None = Field(None, description="dataset folder (NAME:PATH, or --data-root/$LOQI_DATA + NAME)")
     split: str = Field("test", description="which split under images/ to read as the test set")
-    skip_bad: bool = Field(False, description="skip unreadable images and badly named files, listing them")
+    skip_bad: bool = Field(False, description="leave out unreadable or badly named files, listing them in the run directory")
+    check: Literal["quick", "full", "none"] = Field(
+        "quick", description="at load: quick = signature and end-marker check per file, full = decode all, none"
+    )
+
+
+class FolderParams(FolderTestParams):
+    order: Literal["none", "name", "frame", "timestamp"] = Field(
+        "none",
+        description="sequence order per subfolder (for video degradations): file name, frame index (field 7) or timestamp (field 13)",
+    )
+    train_split: str = Field("train", description="training: the split under images/ (when the folder has images/)")
+    labels: Literal["auto", "positions", "none"] = Field(
+        "auto", description="training: places from @east@north@ names, label-free, or auto (whichever the names allow)"
+    )
     place_radius_m: float = Field(10.0, gt=0, description="training: images this close form one place")
 
 
 def _test(params: FolderParams):
     from loqi_core.folder_reader import read_test_folder
 
-    return read_test_folder(params)
+    return read_test_folder(
+        params.root, split=params.split, skip_bad=params.skip_bad, validate=params.check, order=params.order
+    )
 
 
 def _train(params: FolderParams):
     from loqi_core.folder_reader import read_train_folder
 
-    return read_train_folder(params)
+    return read_train_folder(
+        params.root,
+        split=params.train_split,
+        labels=params.labels,
+        place_radius_m=params.place_radius_m,
+        skip_bad=params.skip_bad,
+        validate=params.check,
+    )
 
 
 @hookimpl
@@ -47,7 +78,11 @@ def loqi_register_datasets(register):
             test=_test,
             train=_train,
             description="Your own data: gmberton's @east@north@ layout, or any folder of images for training",
-            source="Your files. gmberton/VPR-datasets-downloader formats many public datasets into this layout.",
+            source=(
+                "Your files. gmberton/VPR-datasets-downloader formats many public datasets into this layout; "
+                "a folder of frames without coordinates serves as a label-free training set."
+            ),
+            license="yours",
             layout=LAYOUT,
         )
     )

@@ -1,86 +1,309 @@
-"""Reading the ``folder`` dataset from disk; every bad file is named (or, with skip_bad, listed)."""
+"""Reading image folders from disk; every bad file is named (or, with ``skip_bad``, left out and listed).
+
+Validation is staged so that a 100k-image database loads in seconds: at load time each file gets a cheap
+check (non-empty, a known image signature, and for JPEG/PNG the end marker that a truncated file lacks;
+other formats have their header parsed). ``validate="full"`` decodes every image up front instead, and
+``"none"`` skips the checks. A file that passes the quick check but still fails to decode is reported by
+:func:`loqi_core.data.read_image` with its path when the engine reads it.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
+from typing import Iterable, Literal
 
 import numpy as np
 
-from loqi_core.data import IMAGE_SUFFIXES, ImageList, TestSet, TrainSet
+from loqi_core.data import IMAGE_SUFFIXES, ImageList, TestSet, TrainSet, read_image
 from loqi_core.errors import DataError
+
+Validate = Literal["quick", "full", "none"]
+Order = Literal["none", "name", "frame", "timestamp"]
+Labels = Literal["auto", "positions", "none"]
+
+FRAME_FIELD = 7
+"""gmberton's ``pano_id`` field, where the downloader's Nordland (and loqi's video360) put the frame index."""
+TIMESTAMP_FIELD = 13
+SKIP_HINT = "(with skip_bad, such files are left out and listed in the run directory)"
+
+_JPEG = b"\xff\xd8\xff"
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ---- file names --------------------------------------------------------------------------------------
+def name_field(path: Path, index: int) -> str:
+    """Field ``index`` of an ``@``-separated file name ('' when the name has fewer fields)."""
+    fields = Path(path).name.split("@")
+    return fields[index] if index < len(fields) else ""
 
 
 def parse_utm(path: Path) -> tuple[float, float]:
     """``@east@north@...`` → (east, north); a name without valid coordinates is a DataError naming the file."""
-    fields = path.name.split("@")
+    fields = Path(path).name.split("@")
     try:
-        return float(fields[1]), float(fields[2])
+        east, north = float(fields[1]), float(fields[2])
     except (IndexError, ValueError):
         raise DataError(f"{path}: file name has no UTM coordinates (expected @east@north@...@.jpg)") from None
+    if not (math.isfinite(east) and math.isfinite(north)):
+        raise DataError(f"{path}: file name has non-finite UTM coordinates ({fields[1]!r}, {fields[2]!r})")
+    return east, north
 
 
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+# ---- listing and validation --------------------------------------------------------------------------
 def list_images(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted; a missing or empty folder is an error naming it."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"folder not found: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise DataError(f"no images (.jpg, .png, ...) in {folder}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
 
 
-def _positioned(folder: Path, skip_bad: bool, bad: list[str]) -> ImageList:
-    paths, positions = [], []
+def quick_check(path: Path) -> str | None:
+    """Why ``path`` is not a readable, complete image, found without decoding it; None when it looks fine."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - 1024))
+            tail = f.read()
+    except OSError as exc:
+        return f"cannot open: {exc.strerror or exc}"
+    if head.startswith(_JPEG):
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+    if head.startswith(_PNG):
+        return None if b"IEND" in tail[-64:] else "truncated PNG (no IEND chunk)"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - parsing the header is the check
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"not an image PIL can read ({exc})"
+    return None
+
+
+def full_check(path: Path) -> str | None:
+    """Decode the whole image; the reason it fails, or None."""
+    try:
+        read_image(path)
+    except DataError as exc:
+        return str(exc).removeprefix(f"cannot read image {path}: ")
+    return None
+
+
+def _progress(items: list, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="img", leave=False, mininterval=1.0)
+
+
+def validate_files(paths: list[Path], mode: Validate, skip_bad: bool, skipped: list[str]) -> list[Path]:
+    """Drop (with skip_bad) or raise on files that are not complete images; ``mode`` picks the check."""
+    if mode == "none":
+        return paths
+    check = quick_check if mode == "quick" else full_check
+    good = []
+    desc = "checking images" if mode == "quick" else "decoding images"
+    for path in _progress(paths, desc, len(paths) > 2000 or (mode == "full" and len(paths) > 200)):
+        reason = check(path)
+        if reason is None:
+            good.append(path)
+        elif skip_bad:
+            skipped.append(f"{path}: {reason}")
+        else:
+            raise DataError(f"{path}: {reason} {SKIP_HINT}")
+    return good
+
+
+# ---- image lists -------------------------------------------------------------------------------------
+def sequences_for(paths: list[Path], order: Order) -> list[list[int]] | None:
+    """Runs of indices in capture order: one run per directory, ordered by name, frame index or timestamp."""
+    if order == "none":
+        return None
+    runs: dict[Path, list[int]] = {}
+    for i, path in enumerate(paths):
+        runs.setdefault(path.parent, []).append(i)
+
+    def key(i: int):
+        path = paths[i]
+        if order == "name":
+            return _natural_key(path.name)
+        value = name_field(path, FRAME_FIELD if order == "frame" else TIMESTAMP_FIELD)
+        if order == "frame":
+            try:
+                return int(value)
+            except ValueError:
+                raise DataError(f"{path}: no frame index in field {FRAME_FIELD} of the name (order='frame')") from None
+        if not value:
+            raise DataError(f"{path}: no timestamp in field {TIMESTAMP_FIELD} of the name (order='timestamp')")
+        return value
+
+    return [sorted(run, key=key) for _, run in sorted(runs.items())]
+
+
+def read_image_list(
+    folder: Path,
+    *,
+    positions: bool = True,
+    skip_bad: bool = False,
+    validate: Validate = "quick",
+    order: Order = "none",
+    skipped: list[str] | None = None,
+) -> ImageList:
+    """The images under ``folder``; with ``positions`` each name must carry ``@east@north@``."""
+    skipped = skipped if skipped is not None else []
+    paths, coords = [], []
     for path in list_images(folder):
-        try:
-            positions.append(parse_utm(path))
-            paths.append(path)
-        except DataError as exc:
-            if not skip_bad:
-                raise
-            bad.append(str(exc))
+        if positions:
+            try:
+                coords.append(parse_utm(path))
+            except DataError as exc:
+                if not skip_bad:
+                    raise DataError(f"{exc} {SKIP_HINT}") from None
+                skipped.append(f"{path}: file name has no UTM coordinates")
+                continue
+        paths.append(path)
+    keep = set(validate_files(paths, validate, skip_bad, skipped))
+    if positions:
+        coords = [c for p, c in zip(paths, coords) if p in keep]
+    paths = [p for p in paths if p in keep]
     if not paths:
-        raise DataError(f"no usable images in {folder}")
-    return ImageList(paths, np.array(positions))
+        raise DataError(f"no usable images in {folder} ({len(skipped)} skipped as bad)")
+    return ImageList(paths, np.array(coords, dtype=np.float64) if positions else None, sequences_for(paths, order))
 
 
-def test_folders(root: Path, split: str) -> tuple[Path, Path]:
+def _note_skipped(notes: list[str], skipped: list[str], where: Path) -> None:
+    if skipped:
+        notes.append(f"skipped {len(skipped)} bad file(s) under {where}; the list is written to the run directory")
+
+
+# ---- test sets ---------------------------------------------------------------------------------------
+def split_folders(root: Path, split: str = "test") -> tuple[Path, Path]:
+    """``ROOT/images/<split>/{database,queries}`` (gmberton's layout) or ``ROOT/{database,queries}``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
     for base in (root / "images" / split, root):
         if (base / "database").is_dir() and (base / "queries").is_dir():
             return base / "database", base / "queries"
     raise DataError(f"{root}: expected images/{split}/database and images/{split}/queries (or database/ and queries/)")
 
 
-def read_test_folder(params) -> TestSet:
-    if params.root is None:
-        raise DataError("the folder dataset needs a path: --dataset folder:PATH")
-    root = Path(params.root)
-    db_dir, q_dir = test_folders(root, params.split)
-    bad: list[str] = []
-    test = TestSet(root.name or "folder", _positioned(db_dir, params.skip_bad, bad), _positioned(q_dir, params.skip_bad, bad))
-    test.notes.extend(bad)
+def read_test_folder(
+    root: Path | None,
+    *,
+    name: str | None = None,
+    split: str = "test",
+    skip_bad: bool = False,
+    validate: Validate = "quick",
+    order: Order = "none",
+    expected: dict[str, int] | None = None,
+) -> TestSet:
+    """A gmberton-layout test set; ``expected`` are the published counts of this split, checked by the caller."""
+    if root is None:
+        raise DataError("this dataset needs a path: give it as NAME:PATH, or set --data-root / $LOQI_DATA")
+    root = Path(root)
+    db_dir, q_dir = split_folders(root, split)
+    skipped: list[str] = []
+    kw = dict(skip_bad=skip_bad, validate=validate, order=order, skipped=skipped)
+    test = TestSet(name or root.name or "folder", read_image_list(db_dir, **kw), read_image_list(q_dir, **kw))
+    test.skipped = skipped
+    test.expected_counts = expected
+    _note_skipped(test.notes, skipped, root)
     return test
 
 
-def read_train_folder(params) -> TrainSet:
-    """Images with ``@east@north@`` names are grouped into places; otherwise the set is label-free."""
-    if params.root is None:
-        raise DataError("the folder dataset needs a path: --train folder:PATH")
-    paths = list_images(Path(params.root))
+# ---- training sets -----------------------------------------------------------------------------------
+def train_folder(root: Path, split: str = "train") -> Path:
+    """``ROOT/images/<split>`` in gmberton's layout, else ROOT itself (any folder of images)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    if (root / "images").is_dir():
+        if (root / "images" / split).is_dir():
+            return root / "images" / split
+        raise DataError(
+            f"{root} is in gmberton's layout but has no images/{split}/ (training on the test split would leak); "
+            "point folder:PATH at a folder of training images instead"
+        )
+    return root
+
+
+def read_train_folder(
+    root: Path | None,
+    *,
+    name: str | None = None,
+    split: str = "train",
+    labels: Labels = "auto",
+    place_radius_m: float = 10.0,
+    skip_bad: bool = False,
+    validate: Validate = "quick",
+) -> TrainSet:
+    """Images with ``@east@north@`` names are grouped into places (within ``place_radius_m``); else label-free.
+
+    ``labels="auto"``: places when every name has coordinates, label-free when none has, an error naming the
+    first file without coordinates when only some have (with skip_bad those files are left out).
+    """
+    if root is None:
+        raise DataError("this dataset needs a path: give it as NAME:PATH (e.g. folder:~/my_frames)")
+    base = train_folder(Path(root), split)
+    paths = list_images(base)
+    if labels == "auto":
+        has = [_has_utm(p) for p in paths]
+        labels = "positions" if any(has) else "none"
+        if any(has) and not all(has) and not skip_bad:
+            bad = paths[has.index(False)]
+            raise DataError(
+                f"{bad}: file name has no UTM coordinates, but other images in {base} have them; rename it, "
+                f"set labels='none' to train label-free, or skip_bad to leave such files out"
+            )
+    skipped: list[str] = []
+    images = read_image_list(base, positions=labels == "positions", skip_bad=skip_bad, validate=validate, skipped=skipped)
+    place_ids = group_places(images.positions, place_radius_m) if images.positions is not None else None
+    train = TrainSet(name or Path(root).name or "folder", images, place_ids)
+    train.skipped = skipped
+    _note_skipped(train.notes, skipped, base)
+    return train
+
+
+def _has_utm(path: Path) -> bool:
     try:
-        positions = np.array([parse_utm(p) for p in paths])
+        parse_utm(path)
     except DataError:
-        return TrainSet(Path(params.root).name, ImageList(paths))
-    return TrainSet(Path(params.root).name, ImageList(paths, positions), group_places(positions, params.place_radius_m))
+        return False
+    return True
 
 
 def group_places(positions: np.ndarray, radius_m: float) -> np.ndarray:
-    """Greedy clustering: each unassigned image starts a place that takes every unassigned image within radius."""
+    """Greedy clustering: each unassigned image, in order, starts a place that takes every unassigned image
+    within ``radius_m`` of it. A grid of ``radius_m`` cells keeps it linear in the number of images."""
+    positions = np.asarray(positions, dtype=np.float64)
+    cells = np.floor(positions / radius_m).astype(np.int64)
+    grid: dict[tuple[int, int], list[int]] = {}
+    for i, (cx, cy) in enumerate(cells.tolist()):
+        grid.setdefault((cx, cy), []).append(i)
     ids = np.full(len(positions), -1, dtype=np.int64)
     next_id = 0
     for i in range(len(positions)):
         if ids[i] >= 0:
             continue
-        near = (((positions - positions[i]) ** 2).sum(1) <= radius_m**2) & (ids < 0)
-        ids[near] = next_id
+        cx, cy = cells[i]
+        near = [j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in grid.get((cx + dx, cy + dy), ()) if ids[j] < 0]
+        cand = np.array(near, dtype=np.int64)
+        d2 = ((positions[cand] - positions[i]) ** 2).sum(1)
+        ids[cand[d2 <= radius_m**2]] = next_id
         next_id += 1
     return ids
