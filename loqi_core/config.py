@@ -46,15 +46,22 @@ class DistillConfig(Section):
     images_per_place: int = Field(4, ge=1)
     batch_size: int = Field(24, ge=1, description="images per batch for label-free training sets")
     epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="train exactly this many steps (cycling epochs); None = epochs")
     trainable: list[str] | None = Field(None, description="parameter-name prefixes to train; None = the method's")
     resize_long_side: int | None = Field(None, ge=8, description="resize training images to this longer side before degrading")
     augment: bool = Field(False, description="random crops and flips, identical for the teacher's and the student's view")
     freeze_bn: bool = Field(True, description="keep batch-norm statistics of the student frozen (the reference lets them drift)")
+    dropout: bool = Field(False, description="keep dropout / drop-path active in the student (the reference does)")
+    finetune_loss: str = Field(
+        "multisimilarity", description="loss of `loqi finetune` (the no-teacher baseline): a metric-learning loss"
+    )
     checkpoint_every: int = Field(500, ge=1)
-    log_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="step checkpoints kept on disk (the final one is always kept)")
+    log_every: int = Field(10, ge=1, description="steps between host syncs: loss check, CSV rows, progress bar")
     num_workers: int = Field(4, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto = on for CNN encoders on CUDA")
+    tensorboard: bool = Field(True, description="also log to TensorBoard when the tensorboard package is installed")
 
 
 class EvalConfig(Section):
@@ -64,9 +71,20 @@ class EvalConfig(Section):
     recall: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
     positive_radius: float = Field(25.0, gt=0, description="metres: a database image this close is a positive")
     clean_database: bool = Field(False, description="degrade only the queries (default: database and queries)")
-    index: Literal["auto", "flat", "torch", "ivfpq"] = "auto"
+    index: Literal["auto", "flat", "torch", "ivfpq"] = Field(
+        "auto", description="search: auto (torch top-k on CUDA, else flat), flat (FAISS exact, CPU), torch, ivfpq"
+    )
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
+    top_k: int = Field(10, ge=1, description="ranks kept per query in the predictions CSV (at least max recall N)")
+    cache_dir: Path | None = Field(None, description="evaluation cache root; default $LOQI_CACHE or ~/.cache/loqi")
+    cache: bool = Field(True, description="reuse cached degraded images and descriptors (each checked by size and sha256)")
+    cache_images: bool = Field(True, description="also cache degraded images (lossless PNG shards), not only descriptors")
+    ivf_nlist: int | None = Field(None, ge=1, description="IVF-PQ coarse cells; None = about 4*sqrt(database size)")
+    ivf_m: int | None = Field(None, ge=1, description="IVF-PQ sub-quantisers (must divide the dimension); None = auto")
+    ivf_nprobe: int | None = Field(None, ge=1, description="IVF-PQ cells visited per query; None = auto")
+    grid_queries: int = Field(6, ge=0, description="queries drawn in the top-k image grids and activation maps")
 
 
 class RunConfig(Section):

@@ -41,6 +41,17 @@ class TripletParams(Params):
     scale: float = Field(0.1, description="multiplier on the sum over anchors of the mean over (positive, negative) pairs")
 
 
+class MultiSimilarityParams(Params):
+    """Multi-similarity loss on the student's descriptors (MixVPR/SALAD/CricaVPR's training loss; finetune baseline)."""
+
+    alpha: float = Field(1.0, gt=0, description="weight of positive pairs (MixVPR: 1)")
+    beta: float = Field(50.0, gt=0, description="weight of negative pairs (MixVPR: 50)")
+    base: float = Field(0.0, description="similarity margin λ (MixVPR: 0)")
+    epsilon: float = Field(0.1, ge=0, description="pair-mining margin (MixVPR's miner: 0.1)")
+    mine: bool = Field(True, description="keep only hard pairs (multi-similarity mining)")
+    scale: float = Field(1.0, description="multiplier")
+
+
 def _ickd(params: ICKDParams):
     from loqi_core.losses.terms import ICKDLoss
 
@@ -59,8 +70,20 @@ def _triplet(params: TripletParams):
     return TripletLoss(params)
 
 
+def _multisimilarity(params: MultiSimilarityParams):
+    from loqi_core.losses.metric import MultiSimilarityLoss
+
+    return MultiSimilarityLoss(params)
+
+
 @hookimpl
 def loqi_register_losses(register):
     register(LossSpec("ickd", _ickd, ICKDParams, "Inter-channel correlation KD on encoder feature maps"))
     register(LossSpec("mse", _mse, MSEParams, "MSE between student (degraded) and teacher (clean) descriptors"))
     register(LossSpec("triplet", _triplet, TripletParams, "Triplet loss on student descriptors", needs_places=True))
+    register(
+        LossSpec(
+            "multisimilarity", _multisimilarity, MultiSimilarityParams,
+            "Multi-similarity metric-learning loss on student descriptors (the finetune baseline)", needs_places=True,
+        )
+    )

@@ -1,0 +1,469 @@
+"""The distillation engine: a frozen teacher sees the clean image, a student of the same method the degraded one.
+
+    final = distill(config, Path("runs/x"))                 # teacher → student (the paper's method)
+    final = distill(config, Path("runs/y"), mode="finetune")  # the baseline: no teacher, metric-learning loss
+    final = distill(config, Path("runs/x"), resume=True)    # continue exactly where a killed run stopped
+
+One code path for CPU (fp32) and CUDA (bf16 autocast, channels_last for CNNs, pinned memory), alone or under
+``torchrun --nproc-per-node N`` (DDP; rank 0 writes). The run directory receives ``config.json``,
+``plugins.json``, ``train_log.csv`` (every loss term of every step), ``summary.json`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from loqi_core.config import RunConfig, dump_config
+from loqi_core.data import TrainSet
+from loqi_core.datasets import load_dataset
+from loqi_core.degradation import parse_degradation
+from loqi_core.errors import ConfigError, LoqiError
+from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
+from loqi_core.model import VPRModel, build_model
+from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.specs import EncoderSpec
+from loqi_core.training import state as ckpt
+from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig
+from loqi_core.training.dist import DistEnv, setup
+
+Mode = Literal["distill", "finetune"]
+
+# Settings a resumed run may change: they do not alter what is computed at a given step.
+RESUMABLE = (
+    "device", "out", "data_root", "eval", "distill.max_steps", "distill.epochs", "distill.checkpoint_every",
+    "distill.keep_checkpoints", "distill.log_every", "distill.num_workers", "distill.tensorboard",
+)  # fmt: skip
+
+
+class TrainingError(LoqiError):
+    """Training cannot go on (a non-finite loss, a run directory that does not match)."""
+
+
+def distill(
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    mode: Literal["distill", "finetune"] = "distill",
+    resume: bool = False,
+    plugins: Plugins | None = None,
+) -> Path:
+    """Train a student and return the directory of its final checkpoint (``out_dir/checkpoints/final``).
+
+    ``mode="distill"``: the student (degraded images) learns the frozen teacher's outputs (clean images)
+    with ``config.distill.loss`` (default: the method's best loss in the paper). ``mode="finetune"``: the
+    paper's baseline, the student alone on degraded images with ``config.distill.finetune_loss``.
+    ``resume=True`` continues from the newest checkpoint in ``out_dir`` with identical results.
+    """
+    if mode not in ("distill", "finetune"):
+        raise ConfigError(f'mode must be "distill" or "finetune", not "{mode}"')
+    env, device = setup(config.device)
+    try:
+        return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device).run()
+    finally:
+        env.close()
+
+
+def encoder_spec(config: RunConfig, plugins: Plugins) -> EncoderSpec:
+    """The encoder spec a config's model section names (it carries trainable layers and the default loss)."""
+    m = config.model
+    if m.encoder is not None:
+        return plugins.encoder(m.encoder)
+    if m.method is None:
+        raise ConfigError("model.method: give a method (--method NAME) or an encoder and an aggregator")
+    return plugins.method(m.method)[0]
+
+
+def loss_expression(config: RunConfig, mode: Mode, spec: EncoderSpec) -> str:
+    if mode == "finetune":
+        return config.distill.finetune_loss
+    return config.distill.loss or spec.default_loss
+
+
+def select_trainable(model: nn.Module, prefixes: list[str] | tuple[str, ...], method: str) -> list[str]:
+    """Freeze every parameter outside ``prefixes`` (empty = train all); returns the trainable names."""
+    names = [n for n, _ in model.named_parameters()]
+    matches = lambda n: not prefixes or any(n == p or n.startswith(p + ".") for p in prefixes)  # noqa: E731
+    for p in prefixes:
+        if not any(n == p or n.startswith(p + ".") for n in names):
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ConfigError(
+                f'distill.trainable: "{p}" matches no parameter of "{method}" (its modules: {", ".join(tops[:40])})'
+            )
+    for n, param in model.named_parameters():
+        param.requires_grad_(matches(n))
+    return [n for n in names if matches(n)]
+
+
+def set_train_modes(model: nn.Module, prefixes: list[str] | tuple[str, ...], freeze_bn: bool, dropout: bool) -> None:
+    """Per-module train/eval flags: normalisation statistics update only in trainable layers and only when
+    ``freeze_bn`` is off; dropout, drop-path and attention dropout run only when ``dropout`` is on."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    for name, module in model.named_modules():
+        if isinstance(module, _NormBase):
+            full = name + ".weight"
+            trainable = not prefixes or any(full.startswith(p + ".") or name == p for p in prefixes)
+            module.training = trainable and not freeze_bn
+        else:
+            module.training = dropout
+
+
+class _CsvLog:
+    """``train_log.csv``: one row per step (step, epoch, lr, loss, every term); a resume drops rows past the checkpoint."""
+
+    def __init__(self, path: Path, terms: list[str], resume_step: int | None) -> None:
+        self.path = path
+        header = ["step", "epoch", "lr", "loss", *terms]
+        rows: list[list[str]] = []
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                old = list(csv.reader(f))
+            if old and old[0] == header:
+                rows = [r for r in old[1:] if r and int(r[0]) <= resume_step]
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        tmp.replace(path)
+        self.file = path.open("a", newline="")
+        self.writer = csv.writer(self.file)
+
+    def write(self, rows: list[list[Any]]) -> None:
+        self.writer.writerows(rows)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
+    a, b = _flatten(saved.model_dump(mode="json")), _flatten(given.model_dump(mode="json"))
+    keys = sorted(set(a) | set(b))
+    skip = lambda k: any(k == r or k.startswith(r + ".") for r in RESUMABLE)  # noqa: E731
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys if not skip(k) and a.get(k) != b.get(k)]
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Trainer:
+    def __init__(
+        self, config: RunConfig, out: Path, mode: Mode, resume: bool, plugins: Plugins, env: DistEnv, device: torch.device
+    ) -> None:
+        self.config, self.out, self.mode, self.resume = config, out, mode, resume
+        self.plugins, self.env, self.device = plugins, env, device
+        self.d = config.distill
+
+    # ---- setup ---------------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        cfg_file = self.out / "config.json"
+        if self.resume:
+            if not cfg_file.exists():
+                raise TrainingError(f"cannot resume: {cfg_file} not found (is {self.out} a loqi run directory?)")
+            saved = RunConfig.model_validate_json(cfg_file.read_text())
+            diffs = _config_differences(saved, self.config)
+            if diffs:
+                raise TrainingError(
+                    f"cannot resume {self.out}: the config differs from the one it was started with:\n  "
+                    + "\n  ".join(diffs)
+                )
+        elif ckpt.complete_checkpoints(self.out) or ckpt.final_dir(self.out).exists():
+            raise TrainingError(f"{self.out} already holds a training run; resume it (--resume) or choose another --out")
+
+    def _write_run_files(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        config = self.config.model_copy(update={"out": self.out})
+        (self.out / "config.json").write_text(dump_config(config))
+        (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
+
+    def _build_models(self) -> None:
+        m = self.config.model
+        _seed_all(self.config.seed)  # identical random init on every rank
+        built = build_model(
+            m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
+            aggregator_params=m.aggregator_params, weights=m.weights, image_size=m.image_size, plugins=self.plugins,
+        )  # fmt: skip
+        self.student: VPRModel = built
+        self.teacher: VPRModel | None = None
+        if self.mode == "distill":
+            self.teacher = copy.deepcopy(built).eval().requires_grad_(False)
+        spec = encoder_spec(self.config, self.plugins)
+        self.prefixes = list(self.d.trainable if self.d.trainable is not None else spec.trainable)
+        self.trainable = select_trainable(self.student, self.prefixes, built.info["method"])
+        set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
+        self.student.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        cuda = self.device.type == "cuda"
+        convs = sum(isinstance(mod, nn.Conv2d) for mod in built.encoder.modules())
+        self.channels_last = self.d.channels_last == "on" or (self.d.channels_last == "auto" and cuda and convs > 3)
+        if self.channels_last:
+            for model in (self.student, self.teacher):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
+        bf16 = self.d.precision == "bf16" or (self.d.precision == "auto" and cuda)
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.spec = spec
+
+    def _build_loss(self) -> CompositeLoss:
+        expr = loss_expression(self.config, self.mode, self.spec)
+        names = {n for _, n in parse_loss_expression(expr)}
+        params = self.d.loss_params
+        if self.mode == "finetune":
+            params = {k: v for k, v in params.items() if k in names}
+        return build_loss(expr, params, self.plugins)
+
+    def _build_data(self, loss: CompositeLoss) -> None:
+        train = load_dataset(self.d.train, "train", root=self.config.data_root, plugins=self.plugins)
+        assert isinstance(train, TrainSet)
+        if loss.needs_places and train.place_ids is None:
+            needing = [n for _, n, _ in loss.terms if self.plugins.loss(n).needs_places]
+            raise ConfigError(
+                f'loss "{loss.expression}": {", ".join(needing)} needs places (images grouped by location), but the '
+                f'training set "{self.d.train}" is label-free. Use a loss without it (ickd, mse) or a training set '
+                "with positions (@east@north@ file names)"
+            )
+        plan_cfg = PlanConfig(
+            by_places=loss.needs_places, places_per_batch=self.d.places_per_batch,
+            images_per_place=self.d.images_per_place, batch_size=self.d.batch_size, seed=self.config.seed,
+            world_size=self.env.world_size, rank=self.env.rank,
+        )  # fmt: skip
+        self.plan = BatchPlan(train, plan_cfg)
+        degradation = parse_degradation(self.config.degrade, self.plugins)
+        views = ViewConfig(self.d.resize_long_side, self.d.augment)
+        self.dataset = StepDataset(train, self.plan, degradation, views, self.config.seed)
+        self.total_steps = self.d.max_steps or self.d.epochs * self.plan.steps_per_epoch
+        self.train_name = train.name
+
+    def _loader(self, start: int) -> torch.utils.data.DataLoader:
+        workers = self.d.num_workers
+        return torch.utils.data.DataLoader(
+            self.dataset,  # type: ignore[arg-type]
+            batch_size=None,
+            sampler=range(start, self.total_steps),
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator(),  # keeps the global RNG untouched, so a resume replays it exactly
+        )
+
+    # ---- one step ------------------------------------------------------------------------------
+    def _inputs(self, model: VPRModel, images: Any) -> torch.Tensor:
+        x = model.prepare(images, self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None)
+
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from loqi_core.losses.terms import DistillBatch
+
+        t_lat = t_desc = None
+        if self.teacher is not None:
+            with torch.inference_mode(), self._autocast():
+                t_lat, t_desc = self.teacher(self._inputs(self.teacher, batch["clean"]))
+            t_lat, t_desc = t_lat.clone(), t_desc.clone()  # inference tensors → ordinary ones the loss may save
+        with self._autocast():
+            s_lat, s_desc = self.ddp(self._inputs(self.student, batch["degraded"]))
+        ids = batch.get("place_ids")
+        pos = batch.get("positions")
+        db = DistillBatch(
+            s_lat, t_lat, s_desc, t_desc,  # type: ignore[arg-type]
+            ids.to(self.device, non_blocking=True) if ids is not None else None,
+            pos.to(self.device, non_blocking=True) if pos is not None else None,
+        )  # fmt: skip
+        try:
+            total, terms = self.loss(db)
+        except (AttributeError, TypeError) as exc:
+            if self.teacher is None:
+                raise ConfigError(
+                    f'loss "{self.loss.expression}" needs the teacher\'s outputs, which `finetune` does not compute; '
+                    f"use a metric-learning loss such as multisimilarity or triplet ({exc})"
+                ) from None
+            raise
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.d.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.d.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return total.detach(), {k: v.detach() for k, v in terms.items()}
+
+    # ---- logging and checkpoints -----------------------------------------------------------------
+    def _flush(self, buffer: list[tuple[int, int, float, torch.Tensor]]) -> None:
+        """One host sync for all buffered steps: CSV rows, TensorBoard, progress bar, non-finite check."""
+        if not buffer:
+            return
+        values = torch.stack([v for *_, v in buffer]).float()
+        if self.env.enabled:
+            torch.distributed.all_reduce(values)
+            values /= self.env.world_size
+        values = values.cpu()
+        rows = [[s, e, f"{lr:.8g}", *(f"{x:.8g}" for x in v.tolist())] for (s, e, lr, _), v in zip(buffer, values)]
+        if self.env.is_main:
+            self.csv.write(rows)
+            if self.tb is not None:
+                for (s, _, lr, _), v in zip(buffer, values):
+                    self.tb.add_scalar("lr", lr, s)
+                    for name, x in zip(self.columns, v.tolist()):
+                        self.tb.add_scalar(f"loss/{name}", x, s)
+        self.last_terms = dict(zip(self.columns, values[-1].tolist()))
+        bad = (~torch.isfinite(values)).any(1).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            terms = ", ".join(f"{n}={x:.6g}" for n, x in zip(self.columns, values[i].tolist()))
+            last = ckpt.complete_checkpoints(self.out)
+            where = str(last[-1]) if last else "none (the run stopped before its first checkpoint)"
+            raise TrainingError(
+                f"loss is not finite at step {buffer[i][0]} ({terms}); training stopped. "
+                f"Last good checkpoint: {where}. Try a lower distill.lr or distill.precision=fp32"
+            )
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first, self.images_at_first = now, self.images
+        elif self.env.is_main:
+            rate = (self.images - self.images_at_first) / max(now - self.t_first, 1e-9)
+            self.rate = rate
+            self.pbar.set_postfix({"img/s": f"{rate:.1f}", **{k: f"{v:.4g}" for k, v in self.last_terms.items()}})
+        buffer.clear()
+
+    def _save(self, done: int, target: Path) -> Path:
+        tmp = ckpt.tmp_dir(target)
+        if self.env.is_main:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.env.barrier()
+        ckpt.write_rank_rng(tmp, self.env.rank)
+        self.env.barrier()
+        if self.env.is_main:
+            state = {
+                "step": done, "mode": self.mode, "total_steps": self.total_steps,
+                "world_size": self.env.world_size, "loss": self.loss.expression, "last_terms": self.last_terms,
+            }  # fmt: skip
+            ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state)
+            ckpt.prune(self.out, self.d.keep_checkpoints)
+        self.env.barrier()
+        return target
+
+    def _latest(self) -> Path | None:
+        found = ckpt.complete_checkpoints(self.out)
+        final = ckpt.final_dir(self.out)
+        if (final / ckpt.STATE_FILE).exists():
+            found.append(final)
+        if not found:
+            return None
+        return max(found, key=lambda p: json.loads((p / ckpt.STATE_FILE).read_text())["step"])
+
+    # ---- the run -------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        self._check_run_dir()
+        self._build_models()
+        self.loss = self._build_loss()
+        self._build_data(self.loss)
+        if self.env.is_main:
+            self._write_run_files()
+        self.env.barrier()
+
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError(f"distill.trainable {self.prefixes} leaves no parameter to train")
+        self.optimizer = torch.optim.Adam(self.params, lr=self.d.lr, weight_decay=self.d.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.d.gamma)
+        _seed_all(self.config.seed + self.env.rank)
+
+        start = 0
+        latest = self._latest() if self.resume else None
+        if latest is not None:
+            saved = ckpt.read_checkpoint(latest, self.env.rank, self.student, self.optimizer, self.scheduler)
+            if saved.get("mode") != self.mode:
+                raise TrainingError(f"{latest} was written by `{saved.get('mode')}`, not `{self.mode}`")
+            start = int(saved["step"])
+            set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
+        if start >= self.total_steps and latest is not None and latest.name == "final":
+            return latest
+
+        self.ddp: nn.Module = self.student
+        if self.env.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.student, device_ids=ids, static_graph=True)
+
+        self.columns = ["loss", *[n for _, n, _ in self.loss.terms]]
+        self.csv = _CsvLog(self.out / "train_log.csv", self.columns[1:], start if latest is not None else None) if self.env.is_main else None
+        self.tb = None
+        if self.env.is_main and self.d.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                self.tb = None
+        self.t_first: float | None = None
+        self.images = self.images_at_first = 0
+        self.rate = float("nan")
+        self.last_terms: dict[str, float] = {}
+        buffer: list[tuple[int, int, float, torch.Tensor]] = []
+        desc = f"{self.mode} {self.student.info['method']} {self.config.degrade} on {self.train_name}"
+        self.pbar = tqdm(total=self.total_steps, initial=start, desc=desc, unit="step", disable=not self.env.is_main, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        try:
+            for batch in self._loader(start):
+                step = int(batch["step"])
+                total, terms = self._step(batch)
+                done = step + 1
+                self.images += len(batch["clean"]) * self.env.world_size
+                lr = self.scheduler.get_last_lr()[0]
+                buffer.append((done, int(batch["epoch"]), lr, torch.stack([total, *(terms[c] for c in self.columns[1:])])))
+                self.pbar.update(1)
+                if done % self.d.log_every == 0 or done % self.d.checkpoint_every == 0 or done == self.total_steps:
+                    self._flush(buffer)
+                if done % self.d.checkpoint_every == 0 and done < self.total_steps:
+                    self._save(done, ckpt.step_dir(self.out, done))
+            self._flush(buffer)
+            final = self._save(self.total_steps, ckpt.final_dir(self.out))
+        finally:
+            self.pbar.close()
+            if self.csv is not None:
+                self.csv.close()
+            if self.tb is not None:
+                self.tb.close()
+        if self.env.is_main:
+            summary = {
+                "mode": self.mode, "method": self.student.info["method"], "degrade": self.config.degrade,
+                "loss": self.loss.expression, "train": self.d.train, "steps": self.total_steps, "resumed_from": start,
+                "world_size": self.env.world_size, "device": str(self.device),
+                "precision": "bf16" if self.autocast_dtype is not None else "fp32",
+                "trainable_parameters": sum(p.numel() for p in self.params),
+                "images_per_s": None if math.isnan(self.rate) else self.rate,
+                "wall_s": time.perf_counter() - t0, "final_terms": self.last_terms, "final_checkpoint": str(final),
+            }  # fmt: skip
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return final

@@ -1,0 +1,182 @@
+"""The training data pipeline: a deterministic batch plan indexed by step, loaded and degraded in workers.
+
+Item ``s`` of :class:`StepDataset` is the batch that this rank trains on at global step ``s``. Which images
+that is depends only on (seed, epoch, step, rank), so a resumed run reads exactly the batches it would have
+read, and the data position in a checkpoint is just the step. Images travel as uint8 (clean view for the
+teacher, degraded view for the student); normalisation happens on the device (``VPRModel.prepare``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loqi_core.data import TrainSet, read_image
+from loqi_core.degradation import sample_seed
+from loqi_core.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from loqi_core.degradation import Degradation
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How batches are drawn: ``places`` × ``images_per_place`` (for losses that need places) or plain batches."""
+
+    by_places: bool
+    places_per_batch: int
+    images_per_place: int
+    batch_size: int
+    seed: int
+    world_size: int = 1
+    rank: int = 0
+
+
+class BatchPlan:
+    """Per-epoch, seeded order of batches; each batch is a list of (image index, place id)."""
+
+    def __init__(self, train: TrainSet, cfg: PlanConfig) -> None:
+        self.cfg = cfg
+        self.n_images = len(train.images)
+        if cfg.by_places:
+            places = train.places()
+            self.places = [(pid, idx) for pid, idx in sorted(places.items()) if len(idx) >= 2]
+            if len(self.places) < 2:
+                raise DataError(
+                    f'training set "{train.name}" has {len(self.places)} place(s) with at least 2 images; '
+                    "a loss that needs places (triplet, multisimilarity) needs at least 2 such places"
+                )
+            self.dropped_places = len(places) - len(self.places)
+            per_batch = min(cfg.places_per_batch, len(self.places))
+            self.batches_per_epoch = len(self.places) // per_batch
+            self._per_batch = per_batch
+        else:
+            self.places = []
+            self.dropped_places = 0
+            self.batches_per_epoch = math.ceil(self.n_images / cfg.batch_size)
+        self.steps_per_epoch = self.batches_per_epoch // cfg.world_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f'training set "{train.name}" gives {self.batches_per_epoch} batch(es) per epoch, fewer than the '
+                f"{cfg.world_size} processes; use a smaller batch or more images"
+            )
+        self._cache: dict[int, list[list[tuple[int, int]]]] = {}
+
+    def epoch(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """All batches of one epoch, in training order (cached: a worker reuses it for every step)."""
+        if epoch not in self._cache:
+            rng = np.random.default_rng([self.cfg.seed, epoch])
+            if self.cfg.by_places:
+                order = rng.permutation(len(self.places))
+                batches = []
+                for b in range(self.batches_per_epoch):
+                    batch = []
+                    for p in order[b * self._per_batch : (b + 1) * self._per_batch]:
+                        pid, idx = self.places[int(p)]
+                        take = rng.choice(len(idx), size=min(len(idx), self.cfg.images_per_place), replace=False)
+                        batch.extend((idx[int(t)], pid) for t in sorted(take))
+                    batches.append(batch)
+            else:
+                order = rng.permutation(self.n_images)
+                bs = self.cfg.batch_size
+                batches = [[(int(i), -1) for i in order[b * bs : (b + 1) * bs]] for b in range(self.batches_per_epoch)]
+            self._cache = {epoch: batches}
+        return self._cache[epoch]
+
+    def batch(self, step: int) -> tuple[int, list[tuple[int, int]]]:
+        """(epoch, batch) this rank trains on at global ``step`` (batches are strided over ranks, like a
+        DistributedSampler; the tail of an epoch that does not fill every rank is skipped)."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        return epoch, self.epoch(epoch)[within * self.cfg.world_size + self.cfg.rank]
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    resize_long_side: int | None = None
+    augment: bool = False
+    min_crop: float = 0.7
+
+
+def _resize_uint8(img: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    import torch.nn.functional as F
+
+    if tuple(img.shape[-2:]) == tuple(size):
+        return img
+    x = F.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x[0].round_().clamp_(0, 255).to(img.dtype)
+
+
+def clean_view(img: "torch.Tensor", views: ViewConfig, rng: np.random.Generator) -> "torch.Tensor":
+    """Resize to the long side, then (with augment) a random crop resized back and a random flip.
+
+    The result is the teacher's view; the student's view is its degradation, so both see the same crop."""
+    if views.resize_long_side:
+        h, w = img.shape[-2:]
+        s = views.resize_long_side / max(h, w)
+        img = _resize_uint8(img, (max(1, round(h * s)), max(1, round(w * s))))
+    if views.augment:
+        h, w = img.shape[-2:]
+        f = rng.uniform(views.min_crop, 1.0)
+        ch, cw = max(1, round(h * f)), max(1, round(w * f))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        img = _resize_uint8(img[:, top : top + ch, left : left + cw], (h, w))
+        if rng.random() < 0.5:
+            img = img.flip(-1)
+    return img.contiguous()
+
+
+def load_image(path: Any) -> "torch.Tensor":
+    """Decode to uint8 RGB 3×H×W with torchvision.io (fast); anything it cannot read goes through PIL,
+    which names a missing or corrupt file."""
+    import torchvision.io as tio
+
+    try:
+        return tio.decode_image(tio.read_file(str(path)), mode=tio.ImageReadMode.RGB)
+    except Exception:
+        return read_image(path)
+
+
+def _stack(images: list["torch.Tensor"]) -> "torch.Tensor | list[torch.Tensor]":
+    import torch
+
+    if len({tuple(i.shape) for i in images}) == 1:
+        return torch.stack(images)
+    return images
+
+
+class StepDataset:
+    """``dataset[step]`` → {"clean", "degraded" (uint8 B×3×H×W or lists), "place_ids", "positions", "step"}."""
+
+    def __init__(self, train: TrainSet, plan: BatchPlan, degradation: "Degradation", views: ViewConfig, seed: int) -> None:
+        self.paths = [str(p) for p in train.images.paths]
+        self.positions = train.images.positions
+        self.plan = plan
+        self.degradation = degradation
+        self.views = views
+        self.seed = seed
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        import torch
+
+        epoch, batch = self.plan.batch(step)
+        clean, degraded = [], []
+        for index, _ in batch:
+            key = f"{epoch}:{index}"
+            rng = np.random.default_rng(sample_seed(self.seed, "view:" + key))
+            view = clean_view(load_image(self.paths[index]), self.views, rng)
+            clean.append(view)
+            degraded.append(self.degradation([view], seed=sample_seed(self.seed, key)).images[0])
+        out: dict[str, Any] = {"clean": _stack(clean), "degraded": _stack(degraded), "step": step, "epoch": epoch}
+        if self.plan.cfg.by_places:
+            out["place_ids"] = torch.tensor([pid for _, pid in batch], dtype=torch.long)
+            if self.positions is not None:
+                out["positions"] = torch.from_numpy(self.positions[[i for i, _ in batch]].astype(np.float32))
+        return out
+
+    def __len__(self) -> int:  # only for DataLoader's bookkeeping; items are addressed by step
+        return 2**62
