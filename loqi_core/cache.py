@@ -1,0 +1,226 @@
+"""The evaluation cache: degraded images and descriptors on disk, each file checked before it is trusted.
+
+Layout under the cache root (``--cache-dir``, default ``$LOQI_CACHE`` or ``~/.cache/loqi``)::
+
+    eval/images/<key>/shard_00000.bin (+ .json)   degraded images of one image list, one spec, one seed
+    eval/descriptors/<key>/descriptors.npy (+ .json)   float32 N×D, written as a memory map
+
+``<key>`` is a digest of everything the content depends on: the image files (paths, sizes, modification
+times), the degradation spec and seed, the model's weights and preprocessing (descriptors only) and the
+code versions. Every data file has a JSON sidecar with its size and sha256; a file whose sidecar is missing
+or does not match (a run killed mid-write, a truncated copy) is deleted and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+
+from loqi_core.weights import cache_dir, sha256_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from loqi_core.data import ImageList
+
+log = logging.getLogger("loqi.cache")
+
+EVAL_CACHE_VERSION = 1
+"""Bump when the cached formats or the extraction pipeline change meaning."""
+
+
+def digest(obj: Any, length: int = 24) -> str:
+    """A short stable hash of a JSON-able object (dict keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def image_list_fingerprint(images: "ImageList") -> str:
+    """Hash of the files' paths, sizes and modification times, and of the sequence order."""
+    h = hashlib.sha256()
+    for path in images.paths:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\0missing\n".encode())
+    h.update(json.dumps(images.sequences).encode())
+    return h.hexdigest()[:24]
+
+
+def model_fingerprint(model: "torch.nn.Module") -> str:
+    """Hash of the weights' bytes and of what the model is (method, parts, params, preprocessing)."""
+    import torch
+
+    h = hashlib.sha256()
+    info = {k: v for k, v in getattr(model, "info", {}).items() if k != "weights"}
+    preprocess = getattr(model, "preprocess", None)
+    if preprocess is not None:
+        info["preprocess"] = preprocess.model_dump(mode="json")
+    h.update(json.dumps(info, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def sidecar_of(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def seal(path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Record a finished data file's size and sha256 (plus ``meta``) in its sidecar."""
+    record = {"size": path.stat().st_size, "sha256": sha256_of(path), **(meta or {})}
+    _atomic_write_text(sidecar_of(path), json.dumps(record))
+
+
+def check(path: Path) -> dict[str, Any] | None:
+    """The sidecar of an intact data file; None when absent, and None (after deleting both) when corrupt."""
+    side = sidecar_of(path)
+    if not path.exists() and not side.exists():
+        return None
+    try:
+        record = json.loads(side.read_text())
+        ok = path.stat().st_size == record["size"] and sha256_of(path) == record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ok, record = False, None
+    if ok:
+        return record
+    log.warning("cache file %s is incomplete or corrupt (size/sha256 mismatch); rebuilding it", path)
+    for p in (path, side):
+        p.unlink(missing_ok=True)
+    return None
+
+
+@dataclass
+class CacheStats:
+    hits: list[str] = field(default_factory=list)
+    misses: list[str] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)
+
+
+class EvalCache:
+    """Content-keyed cache for evaluation; ``enabled=False`` works in a throw-away folder instead."""
+
+    def __init__(self, root: str | Path | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled
+        if enabled:
+            self.root = Path(root) if root is not None else cache_dir()
+        else:  # descriptors still stream to disk (memory maps), in a folder removed at exit
+            self.root = Path(tempfile.mkdtemp(prefix="loqi-eval-"))
+            atexit.register(shutil.rmtree, self.root, True)
+        self.stats = CacheStats()
+
+    def entry(self, kind: str, key: dict[str, Any]) -> Path:
+        """The folder for one cached item (created, with its key written as ``key.json`` for humans)."""
+        folder = self.root / "eval" / kind / digest({**key, "cache_version": EVAL_CACHE_VERSION})
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "key.json").exists():
+            _atomic_write_text(folder / "key.json", json.dumps(key, indent=2, default=str))
+        return folder
+
+    def lookup(self, path: Path) -> dict[str, Any] | None:
+        """The sidecar of a valid cached file, recording a hit, a miss or a rebuild."""
+        existed = path.exists() or sidecar_of(path).exists()
+        record = check(path) if self.enabled else None
+        if record is not None:
+            self.stats.hits.append(str(path))
+        elif existed and self.enabled:
+            self.stats.rebuilt.append(str(path))
+        else:
+            self.stats.misses.append(str(path))
+        return record
+
+
+# ---- descriptors ---------------------------------------------------------------------------------
+
+
+class DescriptorWriter:
+    """Streams descriptors into ``descriptors.npy`` as a memory map; ``close()`` seals it."""
+
+    def __init__(self, path: Path, n: int, dim: int) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".partial.npy")
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        self.filled = np.zeros(n, dtype=bool)
+
+    def write(self, indices: Iterable[int], rows: np.ndarray) -> None:
+        idx = np.fromiter(indices, dtype=np.int64)
+        self.array[idx] = rows
+        self.filled[idx] = True
+
+    def close(self, meta: dict[str, Any] | None = None) -> np.ndarray:
+        """Flush, check every row was written, rename into place, seal; returns a read-only memory map."""
+        if not self.filled.all():
+            missing = np.flatnonzero(~self.filled)[:5].tolist()
+            raise RuntimeError(f"descriptor rows never written (first: {missing}) for {self.path}")
+        self.array.flush()
+        del self.array
+        self.tmp.replace(self.path)
+        seal(self.path, meta)
+        return np.load(self.path, mmap_mode="r")
+
+
+def load_descriptors(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+# ---- degraded images -----------------------------------------------------------------------------
+
+
+def _png(img: "torch.Tensor") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _unpng(blob: bytes) -> "torch.Tensor":
+    import io
+
+    import torch
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as img:
+        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def write_shard(path: Path, images: list["torch.Tensor"], nbytes: list[int] | None, indices: list[int]) -> None:
+    """Degraded uint8 images as lossless PNGs concatenated in one file, with offsets and indices in the sidecar."""
+    blobs = [_png(img) for img in images]
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        for blob in blobs:
+            f.write(blob)
+    tmp.replace(path)
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).tolist()
+    seal(path, {"offsets": offsets, "indices": indices, "nbytes": nbytes})
+
+
+def read_shard(path: Path, record: dict[str, Any]) -> tuple[list[int], list["torch.Tensor"], list[int] | None]:
+    """(indices, images, codec bytes) of a shard whose sidecar ``record`` was checked."""
+    data = path.read_bytes()
+    offs = record["offsets"]
+    images = [_unpng(data[offs[i] : offs[i + 1]]) for i in range(len(offs) - 1)]
+    return list(record["indices"]), images, record.get("nbytes")

@@ -1,0 +1,386 @@
+"""The evaluation engine: degrade → encode → search → recall@N, with the protocol recorded next to the numbers.
+
+Protocol (the paper's, unless ``clean_database``): the database AND the queries are degraded and both are
+encoded by the model under test; a database image is a positive when it lies within ``positive_radius``
+metres of the query (or the dataset gives its ground truth explicitly); a query without any positive counts
+as a miss; recall@N is the percentage of all queries with a positive among the top N.
+
+Temporal degradations (video codecs) receive each capture-order sequence of an image list as one stream;
+an image list without order is encoded one image per stream. Degraded images and descriptors are cached
+(``loqi_core.cache``), so a second evaluation of the same model on the same data costs only the search.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+import loqi_core
+from loqi_core.cache import (
+    DescriptorWriter,
+    EvalCache,
+    check,
+    image_list_fingerprint,
+    load_descriptors,
+    model_fingerprint,
+    read_shard,
+    write_shard,
+)
+from loqi_core.config import EvalConfig
+from loqi_core.data import ImageList, TestSet, read_image
+from loqi_core.degradation import Degradation, Identity, parse_degradation, sample_seed
+from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.search import IVFPQParams, recall_at_n, resolve_backend, search
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from loqi_core.model import VPRModel
+
+log = logging.getLogger("loqi.evaluate")
+
+SHARD_SIZE = 64
+"""Images per degraded-image cache shard (whole sequences are never split across shards)."""
+
+
+def resolve_device(name: str | None = "auto") -> "torch.device":
+    """``auto`` → ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: "torch.device") -> bool:
+    """bf16 autocast on CUDA unless fp32 is asked for; CPUs run fp32 unless bf16 is asked for."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+# ---- degradation units and shards ----------------------------------------------------------------
+
+
+def degradation_units(images: ImageList, degradation: Degradation) -> list[list[int]]:
+    """The groups of indices degraded by one call: capture-order sequences for temporal degradations, else singles."""
+    if not degradation.temporal or images.sequences is None:
+        return [[i] for i in range(len(images))]
+    units = [list(s) for s in images.sequences if s]
+    covered = {i for s in units for i in s}
+    units += [[i] for i in range(len(images)) if i not in covered]
+    return units
+
+
+def temporal_note(images: ImageList, degradation: Degradation) -> str:
+    """How a temporal degradation was fed (stated in the protocol)."""
+    if not degradation.temporal:
+        return "not temporal: each image degraded on its own"
+    if images.sequences is None:
+        return "temporal codec, but the images have no capture order: each image encoded as its own one-frame stream"
+    return f"temporal codec: each of {len(images.sequences)} capture-order sequences encoded as one stream"
+
+
+def _shards(units: list[list[int]], size: int) -> list[list[list[int]]]:
+    shards, current, count = [], [], 0
+    for unit in units:
+        current.append(unit)
+        count += len(unit)
+        if count >= size:
+            shards.append(current)
+            current, count = [], 0
+    if current:
+        shards.append(current)
+    return shards
+
+
+class _ShardDataset:
+    """Item ``i`` = shard ``i``: read from the image cache if intact, else read, degrade and (maybe) cache it."""
+
+    def __init__(self, images: ImageList, degradation: Degradation, seed: int, folder: Path | None) -> None:
+        self.paths = images.paths
+        self.degradation = degradation
+        self.seed = seed
+        self.folder = folder
+        self.shards = _shards(degradation_units(images, degradation), SHARD_SIZE)
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list["torch.Tensor"], str]:
+        path = self.folder / f"shard_{i:05d}.bin" if self.folder is not None else None
+        if path is not None:
+            existed = path.exists()
+            record = check(path)
+            if record is not None:
+                indices, images, _ = read_shard(path, record)
+                return indices, images, "hit"
+        indices, images, nbytes = [], [], []
+        for unit in self.shards[i]:
+            clean = [read_image(self.paths[j]) for j in unit]
+            out = self.degradation(clean, seed=sample_seed(self.seed, self.paths[unit[0]].name))
+            if len(out.images) != len(unit):
+                raise RuntimeError(f'degradation "{self.degradation.spec}" returned {len(out.images)} images for {len(unit)}')
+            indices += unit
+            images += out.images
+            nbytes += out.nbytes if out.nbytes is not None else [None] * len(unit)
+        if path is not None:
+            write_shard(path, images, None if None in nbytes else nbytes, indices)
+            return indices, images, "rebuilt" if existed else "miss"
+        return indices, images, "uncached"
+
+
+def _identity_collate(item: Any) -> Any:
+    return item
+
+
+# ---- extraction ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractStats:
+    """What one extraction did: images, seconds, and whether caches answered."""
+
+    images: int = 0
+    seconds: float = 0.0
+    descriptors_cached: bool = False
+    image_shards: dict[str, int] = field(default_factory=dict)
+
+
+def _fixed_size(model: "VPRModel") -> bool:
+    pp = model.preprocess
+    return pp.size is not None and pp.mode in ("resize", "center_crop")
+
+
+def encode_batch(model: "VPRModel", images: Sequence["torch.Tensor"], device: "torch.device", bf16: bool) -> np.ndarray:
+    """uint8 images (one shape, or any shapes with a fixed input size) → float32 L2-normalised descriptors."""
+    import torch
+    import torch.nn.functional as F
+
+    same = len({tuple(img.shape) for img in images}) == 1
+    batch = torch.stack(list(images)) if same else list(images)
+    with torch.inference_mode():
+        x = model.prepare(batch, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            _, desc = model(x)
+        return F.normalize(desc.float(), dim=1).cpu().numpy()
+
+
+def extract(
+    model: "VPRModel",
+    images: ImageList,
+    degradation: Degradation,
+    *,
+    cache: EvalCache,
+    key: dict[str, Any],
+    seed: int = 0,
+    device: "torch.device | None" = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    precision: str = "auto",
+    cache_images: bool = True,
+    label: str = "extract",
+    stats: ExtractStats | None = None,
+    plugins: Plugins | None = None,
+) -> np.ndarray:
+    """Descriptors (N×D float32, a read-only memory map) of ``images`` after ``degradation``, via the cache.
+
+    ``key`` identifies the model and code (see ``evaluate``); the image list and degradation are added here.
+    Images of different sizes are batched separately (unless the model resizes to a fixed size).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    stats = stats if stats is not None else ExtractStats()
+    device = device or resolve_device()
+    start = time.perf_counter()
+    images_key = {"images": image_list_fingerprint(images), "degrade": degradation.spec or "none", "seed": seed,
+                  "temporal_units": degradation.temporal and images.sequences is not None,
+                  "code": degradation_versions(degradation, plugins or get_plugins())}
+    desc_path = cache.entry("descriptors", {**images_key, **key}) / "descriptors.npy"
+    if cache.lookup(desc_path) is not None:
+        stats.descriptors_cached = True
+        return load_descriptors(desc_path)
+    folder = None
+    if cache_images and cache.enabled and not isinstance(degradation, Identity):
+        folder = cache.entry("images", images_key)
+    dataset = _ShardDataset(images, degradation, seed, folder)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity_collate,
+                        persistent_workers=False, prefetch_factor=2 if num_workers else None)
+    bf16 = use_bf16(precision, device)
+    fixed = _fixed_size(model)
+    writer: DescriptorWriter | None = None
+    buckets: dict[Any, list[tuple[int, torch.Tensor]]] = {}
+
+    def flush(bucket_key: Any) -> None:
+        nonlocal writer
+        items = buckets.pop(bucket_key)
+        desc = encode_batch(model, [img for _, img in items], device, bf16)
+        if writer is None:
+            writer = DescriptorWriter(desc_path, len(images), desc.shape[1])
+        writer.write((i for i, _ in items), desc)
+        stats.images += len(items)
+
+    model.eval()
+    with tqdm(total=len(images), desc=label, unit="img", leave=False) as bar:
+        for indices, imgs, status in loader:
+            stats.image_shards[status] = stats.image_shards.get(status, 0) + 1
+            for i, img in zip(indices, imgs):
+                bucket_key = "fixed" if fixed else tuple(img.shape)
+                buckets.setdefault(bucket_key, []).append((i, img))
+                if len(buckets[bucket_key]) >= batch_size:
+                    flush(bucket_key)
+                elif sum(len(b) for b in buckets.values()) > 4 * batch_size:
+                    flush(max(buckets, key=lambda b: len(buckets[b])))
+            bar.update(len(indices))
+        for bucket_key in list(buckets):
+            flush(bucket_key)
+    if writer is None:
+        raise RuntimeError(f"no images to encode in {label}")
+    result = writer.close({"images": len(images)})
+    stats.seconds += time.perf_counter() - start
+    return result
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """One model on one test set under one protocol."""
+
+    dataset: str
+    recalls: dict[str, float]
+    predictions: np.ndarray
+    """Q×K database indices, best first (-1 where the database has fewer than K images)."""
+    scores: np.ndarray
+    ground_truth: list[np.ndarray]
+    protocol: dict[str, Any]
+    database_paths: list[Path]
+    query_paths: list[Path]
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def queries_without_positives(self) -> int:
+        return sum(1 for g in self.ground_truth if len(g) == 0)
+
+
+def model_versions(model: "VPRModel", plugins: Plugins) -> dict[str, str]:
+    """Versions of loqi-core and of the plugins that provide the model's encoder and aggregator."""
+    out = {"loqi-core": loqi_core.__version__}
+    for registry, name in ((plugins.encoders, model.info.get("encoder")), (plugins.aggregators, model.info.get("aggregator"))):
+        if name in registry:
+            p = registry.provider(name)
+            out[p.dist] = p.version
+    return out
+
+
+def degradation_versions(degradation: Degradation, plugins: Plugins) -> dict[str, str]:
+    """Versions of loqi-core and of the plugins whose grammars the degradation's spec tokens match."""
+    out = {"loqi-core": loqi_core.__version__}
+    for token in (degradation.spec or "").split("+"):
+        for _, dspec, provider in plugins.degradations.items():
+            if token and re.fullmatch(dspec.pattern, token):
+                out[provider.dist] = provider.version
+    return out
+
+
+def describe_protocol(protocol: dict[str, Any]) -> str:
+    """The protocol as a few human-readable lines (printed before the numbers and saved with them)."""
+    lines = [
+        f"database: {protocol['database']}; queries: {protocol['queries']}; {protocol['encoder']}",
+        f"positives: {protocol['positives']}; queries without a positive: {protocol['queries_without_positives']}",
+        f"recall@N for N in {protocol['recall_at']} (percent of all queries); search: {protocol['search']}; ties: {protocol['ties']}",
+        f"degradation: {protocol['degradation']} (seed {protocol['seed']}); {protocol['temporal']}",
+        f"weights: {protocol['weights']}; precision: {protocol['precision']}",
+    ]
+    if protocol.get("untrained"):
+        lines.insert(0, "UNTRAINED MODEL (--weights random): these numbers measure nothing but the pipeline")
+    return "\n".join(lines)
+
+
+def evaluate(
+    model: "VPRModel",
+    test: TestSet,
+    degradation: str | Degradation = "none",
+    *,
+    config: EvalConfig | None = None,
+    clean_database: bool | None = None,
+    seed: int = 0,
+    device: "str | torch.device | None" = "auto",
+    cache: EvalCache | None = None,
+    plugins: Plugins | None = None,
+    untrained: bool | None = None,
+    stats: dict[str, ExtractStats] | None = None,
+) -> EvalResult:
+    """Recall@N of ``model`` on ``test`` with database and queries degraded (the paper's protocol)."""
+    import torch
+
+    config = config or EvalConfig()
+    plugins = plugins or get_plugins()
+    cache = cache or EvalCache(config.cache_dir, enabled=config.cache)
+    clean_database = config.clean_database if clean_database is None else clean_database
+    deg = parse_degradation(degradation, plugins) if isinstance(degradation, str) else degradation
+    db_deg: Degradation = Identity() if clean_database else deg
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    model = model.to(device).eval()
+    key = {"model": model_fingerprint(model), "code": model_versions(model, plugins), "precision": use_bf16(config.precision, device)}
+    stats = stats if stats is not None else {}
+    common = dict(cache=cache, key=key, seed=seed, device=device, batch_size=config.batch_size,
+                  num_workers=config.num_workers, precision=config.precision, cache_images=config.cache_images,
+                  plugins=plugins)
+    stats["database"], stats["queries"] = ExtractStats(), ExtractStats()
+    db = extract(model, test.database, db_deg, label=f"{test.name} database", stats=stats["database"], **common)
+    q = extract(model, test.queries, deg, label=f"{test.name} queries", stats=stats["queries"], **common)
+    backend = resolve_backend(config.index, str(device))
+    k = max(max(config.recall), config.top_k)
+    t0 = time.perf_counter()
+    ivf = IVFPQParams(nlist=config.ivf_nlist, m=config.ivf_m, nprobe=config.ivf_nprobe)
+    idx, scores = search(db, q, k, backend, device=str(device), ivfpq=ivf)
+    search_s = time.perf_counter() - t0
+    gt = test.ground_truth(config.positive_radius)
+    recalls = recall_at_n(idx, gt, config.recall)
+    weights = str(model.info.get("weights"))
+    explicit = test.positives is not None
+    search_name = {"flat": "exact inner product, FAISS flat (CPU)", "torch": f"exact inner product, torch top-k ({device.type})",
+                   "ivfpq": "approximate, FAISS IVF-PQ"}[backend]
+    protocol = {
+        "database": "clean" if clean_database else f"degraded ({deg.spec or 'none'})",
+        "queries": f"degraded ({deg.spec or 'none'})" if not isinstance(deg, Identity) else "clean",
+        "encoder": "database and queries encoded by the model under test",
+        "degradation": deg.spec or "none",
+        "clean_database": clean_database,
+        "temporal": temporal_note(test.queries, deg),
+        "seed": seed,
+        "positives": "explicit ground truth from the dataset" if explicit
+        else f"database images within {config.positive_radius:g} m of the query (UTM east/north)",
+        "positive_radius_m": None if explicit else config.positive_radius,
+        "queries_without_positives": f"count as misses ({sum(1 for g in gt if len(g) == 0)} of {len(gt)})",
+        "recall_at": list(config.recall),
+        "search": search_name,
+        "ties": "equal scores ranked by the lower database index",
+        "precision": "bf16 autocast" if use_bf16(config.precision, device) else "fp32",
+        "weights": weights,
+        "untrained": weights == "random" if untrained is None else untrained,
+        "n_database": len(test.database),
+        "n_queries": len(test.queries),
+    }
+    return EvalResult(
+        dataset=test.name,
+        recalls=recalls,
+        predictions=idx,
+        scores=scores,
+        ground_truth=gt,
+        protocol=protocol,
+        database_paths=list(test.database.paths),
+        query_paths=list(test.queries.paths),
+        timings={"database_s": stats["database"].seconds, "queries_s": stats["queries"].seconds, "search_s": search_s},
+        cache={"descriptors_cached": [stats["database"].descriptors_cached, stats["queries"].descriptors_cached],
+               "image_shards": {k: dict(v.image_shards) for k, v in stats.items()}},
+    )
