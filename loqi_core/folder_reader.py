@@ -307,3 +307,24 @@ def group_places(positions: np.ndarray, radius_m: float) -> np.ndarray:
         ids[cand[d2 <= radius_m**2]] = next_id
         next_id += 1
     return ids
+
+
+def read_protocol_test_set(
+    params,
+    name: str,
+    expected_by_split: dict[str, dict[str, int]],
+    *,
+    order: Order = "none",
+    root: Path | None = None,
+) -> TestSet:
+    """A published test set in gmberton's layout: reads ``params.split`` and attaches that split's published
+    counts (``load_dataset`` warns loudly when the disk differs). ``params`` is a FolderTestParams."""
+    return read_test_folder(
+        root if root is not None else params.root,
+        name=name,
+        split=params.split,
+        skip_bad=params.skip_bad,
+        validate=params.check,
+        order=order,
+        expected=expected_by_split.get(params.split, {}),
+    )
