@@ -1,21 +1,133 @@
-"""Commands not built yet: they say so instead of pretending."""
+"""``loqi eval`` (recall@N of one model) and ``loqi report`` (several runs in one table and plot)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 import click
 
-COMMANDS = []
-
-@click.command("eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def eval_command() -> None:
-    """(not built yet)"""
-    raise click.ClickException("`loqi eval` is not built yet in this version of loqi-core.")
+from loqi_core.errors import ConfigError
 
 
-COMMANDS.append(eval_command)
+def parse_recall(text: str | None) -> list[int] | None:
+    """``"1 2 5 10"`` or ``"1,2,5,10"`` → [1, 2, 5, 10]."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+    except ValueError:
+        raise ConfigError(f'--recall: expected numbers such as "1 2 5 10", got "{text}"') from None
+    if not values or min(values) < 1:
+        raise ConfigError(f'--recall: every N must be at least 1, got "{text}"')
+    return sorted(set(values))
 
-@click.command("report", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def report_command() -> None:
-    """(not built yet)"""
-    raise click.ClickException("`loqi report` is not built yet in this version of loqi-core.")
+
+def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by eval, run and sweep: the model, the protocol, the search, the run directory."""
+    options = [
+        click.option("--method", "-m", help="VPR method (see `loqi plugins`), e.g. lite0-gem, mixvpr, salad."),
+        click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method)."),
+        click.option("--aggregator", help="Mix and match: aggregator name."),
+        click.option("--weights", "-w", help='"default", a variant ("official"), "random" (an honest smoke run), a file, a checkpoint or a run directory.'),
+        click.option("--degrade", "-d", help="Degradation of database and queries, e.g. jpeg10, res360p+qp40, none."),
+        click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML config file (any RunConfig field)."),
+        click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: a new folder under runs/)."),
+        click.option("--seed", type=int, help="Seed of the degradations (and of training, for run/sweep)."),
+        click.option("--device", help='"auto" (CUDA when available), "cpu", "cuda", "cuda:1".'),
+        click.option("--data-root", type=click.Path(file_okay=False), help="Dataset root (default $LOQI_DATA)."),
+        click.option("--image-size", type=(int, int), default=None, metavar="H W", help="Input size overriding the method's (quick CPU runs)."),
+        click.option("--recall", help='Recall@N values, e.g. "1 2 5 10" (default) or 1,5,10.'),
+        click.option("--positive-radius", type=float, help="Metres: a database image this close to the query is a positive (default 25)."),
+        click.option("--clean-database/--degraded-database", default=None, help="Degrade only the queries (default: database and queries, the paper's protocol)."),
+        click.option("--index", type=click.Choice(["auto", "flat", "torch", "ivfpq"]), help="Search: auto (torch top-k on CUDA, else FAISS flat), flat, torch, ivfpq (approximate)."),
+        click.option("--batch-size", "eval_batch_size", type=int, help="Images per extraction batch (default 32)."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), help="Evaluation cache (default $LOQI_CACHE or ~/.cache/loqi)."),
+        click.option("--no-cache", is_flag=True, help="Neither read nor write cached degraded images and descriptors."),
+        click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. -s eval.ivf_nprobe=64."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
-COMMANDS.append(report_command)
+def resolve(kw: dict[str, Any], extra: dict[str, Any] | None = None):
+    """The RunConfig of a command: defaults < method run_defaults < --config file < flags (and -s overrides)."""
+    from loqi_core.config import parse_override, resolve_run_config
+
+    overrides: dict[str, Any] = {
+        "model.method": kw.get("method"), "model.encoder": kw.get("encoder"), "model.aggregator": kw.get("aggregator"),
+        "model.weights": kw.get("weights"), "model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
+        "degrade": kw.get("degrade"), "seed": kw.get("seed"), "device": kw.get("device"), "data_root": kw.get("data_root"),
+        "out": kw.get("out"), "eval.recall": parse_recall(kw.get("recall")), "eval.positive_radius": kw.get("positive_radius"),
+        "eval.clean_database": kw.get("clean_database"), "eval.index": kw.get("index"),
+        "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
+        "eval.cache": False if kw.get("no_cache") else None, **(extra or {}),
+    }  # fmt: skip
+    for text in kw.get("sets") or ():
+        key, value = parse_override(text)
+        overrides[key] = value
+    config = resolve_run_config(kw.get("config_file"), overrides)
+    if config.model.method is None and config.model.encoder is None:
+        raise ConfigError("give a method: --method NAME (see `loqi plugins` for the installed ones)")
+    return config
+
+
+def split_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+@click.command("eval")
+@eval_options
+@click.option("--dataset", "--test", "-t", "dataset", help="Test set(s), comma-separated: NAME or NAME:PATH (default demo).")
+def eval_command(dataset: str | None, **kw: Any) -> None:
+    """Recall@N of one model on one or more test sets, with the protocol stated next to the numbers.
+
+    The paper's protocol by default: the database AND the queries are degraded (--degrade) and both are
+    encoded by the model under test (--clean-database degrades the queries only). A database image is a
+    positive when it lies within --positive-radius metres (UTM east/north) of the query, or the dataset gives
+    its ground truth; a query without any positive counts as a miss. Recall@N is the percentage of all
+    queries with a positive among the top N.
+
+    Degraded images and descriptors are cached on disk (keyed by data, degradation, weights and code
+    version, each file checked by size and sha256), so evaluating the same model again costs only the search.
+
+    The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
+    predictions/*.csv and grids/*.png.
+
+    \b
+    Examples:
+      loqi eval --method lite0-gem --dataset demo --degrade jpeg10
+      loqi eval --method mixvpr --weights runs/run-mixvpr-jpeg10-.../ --dataset nordland --degrade jpeg10
+      loqi eval --method salad --dataset msls:/data/msls --degrade none --index ivfpq
+    """
+    from loqi_core.runner import run_eval
+
+    config = resolve(kw, {"eval.test": split_list(dataset)})
+    run_eval(config, echo=click.echo)
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "-o", type=click.Path(file_okay=False), help="Where to write report.md, report.json, recall.png (default runs/report-<time>).")
+def report_command(run_dirs: tuple[str, ...], out: str | None) -> None:
+    """Combine several run directories (loqi run, sweep or eval) into one table and one recall@N plot.
+
+    Reads each run's metrics.json; writes report.md (one Table II per run), report.json (all metrics, labelled)
+    and recall.png (every row of every run, one panel per dataset), and prints the tables.
+
+    \b
+    Example:
+      loqi report runs/run-mixvpr-jpeg10-* runs/run-salad-jpeg10-*
+    """
+    from loqi_core.report import combine
+
+    target = Path(out) if out else Path("runs") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = combine([Path(d) for d in run_dirs], target)
+    click.echo((folder / "report.md").read_text())
+    click.echo(f"report: {folder}")
+
+
+COMMANDS = [eval_command, report_command]

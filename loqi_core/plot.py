@@ -1,0 +1,137 @@
+"""Small Pillow drawings for reports (matplotlib is not a dependency): recall@N line charts and image tiles."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image as PILImage
+
+PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+GOOD, BAD, WARN = (30, 160, 60), (210, 40, 40), (200, 0, 0)
+
+
+def font(size: int = 13):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizing
+        return ImageFont.load_default()
+
+
+def _text_w(draw, text: str, f) -> int:
+    box = draw.textbbox((0, 0), text, font=f)
+    return box[2] - box[0]
+
+
+def recall_chart(
+    panels: dict[str, dict[str, dict[str, float]]], title: str = "", banner: str | None = None, width: int = 460
+) -> "PILImage.Image":
+    """One panel per dataset, one line per row: recall (%) against N (log-spaced x axis like the papers' plots).
+
+    ``panels``: ``{dataset: {row label: {"R@1": 57.8, ...}}}``.
+    """
+    from PIL import Image, ImageDraw
+
+    f, fs, ft = font(13), font(11), font(15)
+    labels = list(dict.fromkeys(lbl for rows in panels.values() for lbl in rows))
+    colors = {lbl: PALETTE[i % len(PALETTE)] for i, lbl in enumerate(labels)}
+    ph, top = 340, 40 + (24 if banner else 0)
+    legend_h = 18 * len(labels) + 10
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max([_text_w(probe, t, ft) for t in (title, banner or "")] + [_text_w(probe, lbl, f) + 60 for lbl in labels])
+    img = Image.new("RGB", (max(max(1, len(panels)) * width, text_w + 20), top + ph + legend_h), "white")
+    d = ImageDraw.Draw(img)
+    if title:
+        d.text((10, 8), title, fill="black", font=ft)
+    if banner:
+        d.text((10, 30), banner, fill=WARN, font=f)
+    for p, (dataset, rows) in enumerate(panels.items()):
+        x0, y0, x1, y1 = p * width + 60, top + 25, p * width + width - 20, top + ph - 40
+        ns = sorted({int(k[2:]) for r in rows.values() for k in r})
+        if not ns:
+            continue
+        lo, hi = np.log(ns[0]), np.log(ns[-1]) if ns[-1] > ns[0] else np.log(ns[0]) + 1
+
+        def px(n: int) -> float:
+            return x0 + (np.log(n) - lo) / (hi - lo) * (x1 - x0)
+
+        def py(v: float) -> float:
+            return y1 - v / 100.0 * (y1 - y0)
+
+        d.text(((x0 + x1) / 2 - _text_w(d, dataset, f) / 2, top + 5), dataset, fill="black", font=f)
+        d.text((p * width + 8, top + 5), "R@N (%)", fill="black", font=fs)
+        for v in range(0, 101, 20):
+            d.line([(x0, py(v)), (x1, py(v))], fill=(225, 225, 225))
+            d.text((x0 - 30, py(v) - 7), f"{v:3d}", fill="black", font=fs)
+        for n in ns:
+            d.line([(px(n), y1), (px(n), y1 + 4)], fill="black")
+            d.text((px(n) - 4, y1 + 6), str(n), fill="black", font=fs)
+        d.rectangle([x0, y0, x1, y1], outline="black")
+        d.text(((x0 + x1) / 2 - 10, y1 + 22), "N", fill="black", font=f)
+        for lbl, rec in rows.items():
+            pts = [(px(int(k[2:])), py(v)) for k, v in sorted(rec.items(), key=lambda kv: int(kv[0][2:]))]
+            if len(pts) > 1:
+                d.line(pts, fill=colors[lbl], width=2)
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[lbl])
+    for i, lbl in enumerate(labels):
+        y = top + ph + 4 + 18 * i
+        d.line([(20, y + 8), (45, y + 8)], fill=colors[lbl], width=3)
+        d.text((52, y), lbl, fill="black", font=f)
+    return img
+
+
+def bordered(img: "PILImage.Image", color: tuple[int, int, int] | None, width: int = 4) -> "PILImage.Image":
+    """The image inside a coloured frame (green right, red wrong, grey for a query)."""
+    from PIL import ImageOps
+
+    return ImageOps.expand(img, border=width, fill=color or (160, 160, 160))
+
+
+def tile(rows: Sequence[Sequence["PILImage.Image"]], captions: Sequence[str] = (), banner: str | None = None,
+         pad: int = 6, header: str = "") -> "PILImage.Image":
+    """Lay out rows of images (each row with an optional caption above it) on a white sheet."""
+    from PIL import Image, ImageDraw
+
+    f = font(12)
+    cw = max((sum(im.width for im in r) + pad * (len(r) + 1) for r in rows), default=200)
+    cap_h = 16 if captions else 0
+    extra = (18 if banner else 0) + (18 if header else 0)
+    heights = [max((im.height for im in r), default=0) + cap_h + pad for r in rows]
+    sheet = Image.new("RGB", (max(cw, 320), sum(heights) + extra + pad), "white")
+    d = ImageDraw.Draw(sheet)
+    y = pad
+    if header:
+        d.text((pad, y), header, fill="black", font=f)
+        y += 18
+    if banner:
+        d.text((pad, y), banner, fill=WARN, font=f)
+        y += 18
+    for r, h, cap in zip(rows, heights, list(captions) + [""] * len(rows)):
+        if cap:
+            d.text((pad, y), cap, fill="black", font=f)
+        x = pad
+        for im in r:
+            sheet.paste(im, (x, y + cap_h))
+            x += im.width + pad
+        y += h
+    return sheet
+
+
+def heatmap(values: np.ndarray, size: tuple[int, int], under: "PILImage.Image | None" = None) -> "PILImage.Image":
+    """A 2-D map scaled to 0..1, coloured blue→red (a jet-like ramp), resized to ``size`` (w, h), over ``under``."""
+    from PIL import Image
+
+    v = values.astype(np.float64)
+    v = (v - v.min()) / (v.max() - v.min() + 1e-12)
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    rgb = (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+    heat = Image.fromarray(rgb).resize(size, Image.BILINEAR)
+    return Image.blend(under.convert("RGB").resize(size), heat, 0.55) if under is not None else heat

@@ -1,0 +1,334 @@
+"""Run reports: ``metrics.json`` (stable schema), ``results.md`` (the paper's Table II), plots, predictions, grids.
+
+``metrics.json`` schema ``loqi.metrics/1`` (documented in docs/evaluation.md; fields are only ever added)::
+
+    {"schema": "loqi.metrics/1", "loqi_version": "0.1.0", "created": "...",
+     "run": {"kind": "run"|"sweep"|"eval", "method": ..., "degrade": ..., "weights": ..., "untrained": bool, "seed": 0},
+     "recall_at": [1, 2, 5, 10],
+     "rows": {"<row>": {"label": "...", "weights": "...", "loss": "..."}},
+     "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ...,
+                                "rows": {"<row>": {"R@1": 57.8, "R@2": ..., ...}},
+                                "protocol": {...}, "protocols": {"<row>": {...}}, "notes": [...]}}}
+
+Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``; a sweep adds
+``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. Recall values are percentages.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+import loqi_core
+from loqi_core.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from loqi_core.evaluate import EvalResult
+
+SCHEMA = "loqi.metrics/1"
+ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
+UNTRAINED = "UNTRAINED MODEL (--weights random): these numbers test the pipeline, not the method"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a dataset or row name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"
+
+
+def row_label(row: str, degrade: str) -> str:
+    """Human label of a row, as in the paper's Table II."""
+    if row == "pretrained_clean":
+        return "Pretrained, clean images"
+    if row == "pretrained_degraded":
+        return f"Pretrained, {degrade}"
+    if row == "finetuned":
+        return f"Finetuned, {degrade}"
+    if row == "distilled":
+        return f"Distilled, {degrade}"
+    if row.startswith("distilled:"):
+        return f"Distilled {row.split(':', 1)[1]}, {degrade}"
+    return f"{row}, {degrade}"
+
+
+def _row_order(row: str) -> tuple[int, str]:
+    base = row.split(":", 1)[0]
+    return (ROWS.index(base) if base in ROWS else len(ROWS), row)
+
+
+class Report:
+    """Collects the evaluations of one run and writes every report file into its directory."""
+
+    def __init__(self, run: dict[str, Any], recall_at: Sequence[int]) -> None:
+        self.run = run
+        self.recall_at = list(recall_at)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, dict[str, EvalResult]] = {}
+        self.notes: dict[str, list[str]] = {}
+
+    @property
+    def untrained(self) -> bool:
+        return bool(self.run.get("untrained"))
+
+    def add(self, row: str, result: "EvalResult", **meta: Any) -> None:
+        self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", "")), **meta})
+        self.results.setdefault(result.dataset, {})[row] = result
+
+    def note(self, dataset: str, notes: Sequence[str]) -> None:
+        self.notes.setdefault(dataset, []).extend(n for n in notes if n not in self.notes.get(dataset, []))
+
+    def metrics(self) -> dict[str, Any]:
+        datasets = {}
+        for name, rows in self.results.items():
+            ordered = sorted(rows, key=_row_order)
+            main = rows.get("pretrained_degraded") or rows[ordered[-1]]
+            datasets[name] = {
+                "n_database": len(main.database_paths),
+                "n_queries": len(main.query_paths),
+                "queries_without_positives": main.queries_without_positives,
+                "rows": {r: {k: round(v, 4) for k, v in rows[r].recalls.items()} for r in ordered},
+                "protocol": main.protocol,
+                "protocols": {r: rows[r].protocol for r in ordered},
+                "notes": self.notes.get(name, []),
+            }
+        return {
+            "schema": SCHEMA,
+            "loqi_version": loqi_core.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "run": self.run,
+            "recall_at": self.recall_at,
+            "rows": {r: self.rows[r] for r in sorted(self.rows, key=_row_order)},
+            "datasets": datasets,
+        }
+
+    def write(self, run_dir: Path, grid_queries: int = 6, grid_k: int = 5) -> dict[str, Any]:
+        """Write metrics.json, results.md, recall.png, predictions/*.csv and grids/*.png; returns the metrics."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = self.metrics()
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (run_dir / "results.md").write_text(results_markdown(metrics))
+        write_recall_plot(run_dir / "recall.png", [metrics])
+        for dataset, rows in self.results.items():
+            for row, result in rows.items():
+                name = f"{slug(dataset)}__{slug(row)}"
+                write_predictions(run_dir / "predictions" / f"{name}.csv", result, self.untrained)
+                if grid_queries:
+                    write_grid(run_dir / "grids" / f"{name}.png", result, grid_queries, grid_k,
+                               f"{dataset}: {self.rows[row]['label']}", UNTRAINED if self.untrained else None)
+        return metrics
+
+
+# ---- results.md -----------------------------------------------------------------------------------
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
+    """The paper's Table II: pretrained clean and degraded as absolute recall, finetuned/distilled as Δ (absolute)."""
+    run = metrics.get("run", {})
+    lines = [f"# {title or 'loqi results'}", ""]
+    if run.get("untrained"):
+        lines += [f"> **{UNTRAINED}**", ""]
+    facts = [f"{k}: `{run[k]}`" for k in ("method", "degrade", "loss", "weights", "seed") if run.get(k) is not None]
+    if facts:
+        lines += ["; ".join(facts), ""]
+    lines += table_markdown(metrics) + [""]
+    lines += ["Recall@N in percent of all queries (a query without a positive counts as a miss). Δ rows are relative to",
+              "the pretrained model on degraded images; the absolute value follows in parentheses.", "", "## Protocol", ""]
+    for name, ds in metrics["datasets"].items():
+        p = ds["protocol"]
+        lines.append(f"- **{name}** ({ds['n_database']} database, {ds['n_queries']} queries): database {p['database']}, "
+                     f"queries {p['queries']}, {p['encoder']}; positives: {p['positives']}; queries without a positive: "
+                     f"{p['queries_without_positives']}; search: {p['search']}; {p['temporal']}; precision {p['precision']}.")
+        lines += [f"  - note: {n}" for n in ds.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
+    """Markdown table lines: one column group (R@1, R@2, ...) per dataset, one line per row."""
+    ns = metrics["recall_at"]
+    names = list(metrics["datasets"])
+    header = ["" if not prefix else "run"] + [f"{d} R@{n}" if i == 0 else f"R@{n}" for d in names for i, n in enumerate(ns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    all_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"]}, key=_row_order)
+    for row in all_rows:
+        label = metrics.get("rows", {}).get(row, {}).get("label", row)
+        delta = row.split(":", 1)[0] in ("finetuned", "distilled") or row == "model"
+        cells = [f"{prefix}{label}" + (" Δ" if delta else "")]
+        for d in names:
+            rows = metrics["datasets"][d]["rows"]
+            base = rows.get("pretrained_degraded")
+            for n in ns:
+                key = f"R@{n}"
+                if row not in rows:
+                    cells.append("–")
+                elif delta and base is not None and row != "model":
+                    cells.append(f"{rows[row][key] - base[key]:+.2f} ({_fmt(rows[row][key])})")
+                else:
+                    cells.append(_fmt(rows[row][key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# ---- plots, predictions, grids --------------------------------------------------------------------
+
+
+def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> None:
+    """recall@N against N: one panel per dataset, one line per row (of every run given)."""
+    from loqi_core.plot import recall_chart
+
+    panels: dict[str, dict[str, dict[str, float]]] = {}
+    untrained = False
+    for i, m in enumerate(all_metrics):
+        untrained |= bool(m.get("run", {}).get("untrained"))
+        prefix = f"{labels[i]}: " if labels else ""
+        for d, ds in m["datasets"].items():
+            for row, rec in ds["rows"].items():
+                panels.setdefault(d, {})[prefix + m.get("rows", {}).get(row, {}).get("label", row)] = rec
+    run = all_metrics[0].get("run", {}) if all_metrics else {}
+    title = "recall@N" + (f" - {run.get('method')} / {run.get('degrade')}" if len(all_metrics) == 1 else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recall_chart(panels, title, UNTRAINED if untrained else None).save(path)
+
+
+def write_predictions(path: Path, result: "EvalResult", untrained: bool = False) -> None:
+    """One line per query: its positives, the rank of the first one, and the top-k database indices and scores."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        if untrained:
+            f.write(f"# {UNTRAINED}\n")
+        w = csv.writer(f)
+        w.writerow(["query", "query_path", "n_positives", "first_positive_rank", "top_k", "top_k_correct", "top_k_scores", "top1_path"])
+        for q, (row, scores, gt) in enumerate(zip(result.predictions, result.scores, result.ground_truth)):
+            valid = row[row >= 0]
+            correct = np.isin(valid, gt)
+            first = int(np.argmax(correct)) + 1 if correct.any() else ""
+            w.writerow([
+                q, result.query_paths[q], len(gt), first, " ".join(map(str, valid.tolist())),
+                "".join("1" if c else "0" for c in correct), " ".join(f"{s:.5f}" for s in scores[: len(valid)]),
+                result.database_paths[valid[0]] if len(valid) else "",
+            ])  # fmt: skip
+
+
+def _thumb(path: Path, height: int = 96):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        return img.resize((max(1, round(img.width * height / img.height)), height))
+
+
+def grid_queries(n_queries: int, n: int) -> list[int]:
+    """``n`` query indices spread evenly over the list (the same ones in every row and run)."""
+    return sorted(set(np.linspace(0, n_queries - 1, min(n, n_queries)).round().astype(int).tolist())) if n_queries else []
+
+
+def write_grid(path: Path, result: "EvalResult", n: int, k: int, header: str, banner: str | None) -> None:
+    """A few queries (grey frame) and their top-k database images, framed green when right and red when wrong."""
+    from loqi_core.plot import BAD, GOOD, bordered, tile
+
+    rows, captions = [], []
+    for q in grid_queries(len(result.query_paths), n):
+        gt = result.ground_truth[q]
+        tiles = [bordered(_thumb(result.query_paths[q]), None)]
+        for db in result.predictions[q, :k]:
+            if db >= 0:
+                tiles.append(bordered(_thumb(result.database_paths[db]), GOOD if db in gt else BAD))
+        rows.append(tiles)
+        captions.append(f"query {q} (positives: {len(gt)}): top-{k} on the right, green = a positive, red = not")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tile(rows, captions, banner, header=header + " (clean images shown)").save(path)
+
+
+# ---- loqi report ----------------------------------------------------------------------------------
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run directory's metrics.json, checked for the schema."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no metrics.json (not a finished loqi run directory)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not str(data.get("schema", "")).startswith("loqi.metrics/"):
+        raise DataError(f"{path}: not a loqi metrics file (schema {data.get('schema')!r})")
+    return data
+
+
+def run_label(metrics: dict[str, Any], run_dir: Path) -> str:
+    run = metrics.get("run", {})
+    parts = [run.get("method"), run.get("degrade"), run.get("loss")]
+    return " ".join(str(p) for p in parts if p) or Path(run_dir).name
+
+
+def combine(run_dirs: Sequence[Path], out: Path) -> Path:
+    """``loqi report``: one table (report.md, report.json) and one plot (recall.png) over several runs."""
+    all_metrics = [load_metrics(Path(d)) for d in run_dirs]
+    labels = [run_label(m, Path(d)) for m, d in zip(all_metrics, run_dirs)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lbl} [{Path(d).name}]" for lbl, d in zip(labels, run_dirs)]
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# loqi report", ""]
+    if any(m.get("run", {}).get("untrained") for m in all_metrics):
+        lines += [f"> **Some runs are untrained: {UNTRAINED}**", ""]
+    for m, lbl, d in zip(all_metrics, labels, run_dirs):
+        lines += [f"## {lbl}", "", f"run directory: `{d}`" + (" (**untrained**)" if m.get("run", {}).get("untrained") else ""), ""]
+        lines += table_markdown(m) + [""]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "report.json").write_text(json.dumps({"schema": "loqi.report/1", "runs": [
+        {"label": lbl, "dir": str(d), "metrics": m} for m, lbl, d in zip(all_metrics, labels, run_dirs)]}, indent=2))
+    write_recall_plot(out / "recall.png", all_metrics, labels)
+    return out
+
+
+# ---- activation maps (the paper's Fig. 4) -----------------------------------------------------------
+
+
+def activation_map(model: Any, image: Any, device: Any) -> np.ndarray:
+    """Mean absolute activation over channels of the encoder's latent map for one uint8 image (h×w)."""
+    import torch
+
+    with torch.inference_mode():
+        latent, _ = model(model.prepare([image], device))
+    return latent[0].float().abs().mean(0).cpu().numpy()
+
+
+def write_activation_maps(
+    path: Path, teacher: Any, student: Any, query_paths: Sequence[Path], degradation: Any, *, n: int = 4,
+    seed: int = 0, device: Any = "cpu", banner: str | None = None, student_label: str = "student",
+) -> None:
+    """Rows of queries; columns: clean image, teacher on it, degraded image, teacher on it, student on it."""
+    from PIL import Image
+
+    from loqi_core.data import read_image
+    from loqi_core.degradation import sample_seed
+    from loqi_core.plot import heatmap, tile
+
+    rows, captions = [], []
+    for q in grid_queries(len(query_paths), n):
+        clean = read_image(query_paths[q])
+        # one image per call: temporal codecs see a one-frame stream here (the figure, not the evaluation)
+        degraded = degradation([clean], seed=sample_seed(seed, Path(query_paths[q]).name)).images[0]
+        h = 128
+        def pil(t: Any) -> Image.Image:
+            im = Image.fromarray(t.permute(1, 2, 0).numpy())
+            return im.resize((max(1, round(im.width * h / im.height)), h))
+
+        c_img, d_img = pil(clean), pil(degraded)
+        rows.append([
+            c_img, heatmap(activation_map(teacher, clean, device), c_img.size, c_img),
+            d_img, heatmap(activation_map(teacher, degraded, device), d_img.size, d_img),
+            heatmap(activation_map(student, degraded, device), d_img.size, d_img),
+        ])  # fmt: skip
+        captions.append(f"query {q}: clean | teacher(clean) | {degradation.spec or 'degraded'} | teacher(degraded) | {student_label}(degraded)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tile(rows, captions, banner, header="encoder activation maps (mean |activation| over channels)").save(path)
