@@ -211,8 +211,7 @@ class _Trainer:
         self.teacher: VPRModel | None = None
         if self.mode == "distill":
             self.teacher = copy.deepcopy(built).eval().requires_grad_(False)
-        spec = encoder_spec(self.config, self.plugins)
-        self.prefixes = list(self.d.trainable if self.d.trainable is not None else spec.trainable)
+        self.prefixes = list(self.d.trainable if self.d.trainable is not None else self.spec.trainable)
         self.trainable = select_trainable(self.student, self.prefixes, built.info["method"])
         set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
         self.student.to(self.device)
@@ -227,7 +226,6 @@ class _Trainer:
                     model.to(memory_format=torch.channels_last)
         bf16 = self.d.precision == "bf16" or (self.d.precision == "auto" and cuda)
         self.autocast_dtype = torch.bfloat16 if bf16 else None
-        self.spec = spec
 
     def _build_loss(self) -> CompositeLoss:
         expr = loss_expression(self.config, self.mode, self.spec)
@@ -386,9 +384,10 @@ class _Trainer:
         from tqdm.auto import tqdm
 
         self._check_run_dir()
-        self._build_models()
-        self.loss = self._build_loss()
+        self.spec = encoder_spec(self.config, self.plugins)
+        self.loss = self._build_loss()  # cheap checks first: loss, data, then the models (maybe a download)
         self._build_data(self.loss)
+        self._build_models()
         if self.env.is_main:
             self._write_run_files()
         self.env.barrier()

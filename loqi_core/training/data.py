@@ -133,10 +133,14 @@ def clean_view(img: "torch.Tensor", views: ViewConfig, rng: np.random.Generator)
 def load_image(path: Any) -> "torch.Tensor":
     """Decode to uint8 RGB 3×H×W with torchvision.io (fast); anything it cannot read goes through PIL,
     which names a missing or corrupt file."""
+    import warnings
+
     import torchvision.io as tio
 
     try:
-        return tio.decode_image(tio.read_file(str(path)), mode=tio.ImageReadMode.RGB)
+        with warnings.catch_warnings():  # torchvision >= 0.29 flags its decoders as deprecated in favour of torchcodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return tio.decode_image(tio.read_file(str(path)), mode=tio.ImageReadMode.RGB)
     except Exception:
         return read_image(path)
 
