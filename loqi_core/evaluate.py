@@ -351,8 +351,8 @@ def evaluate(
     search_name = {"flat": "exact inner product, FAISS flat (CPU)", "torch": f"exact inner product, torch top-k ({device.type})",
                    "ivfpq": "approximate, FAISS IVF-PQ"}[backend]
     protocol = {
-        "database": "clean" if clean_database else f"degraded ({deg.spec or 'none'})",
-        "queries": f"degraded ({deg.spec or 'none'})" if not isinstance(deg, Identity) else "clean",
+        "database": "clean" if clean_database or isinstance(deg, Identity) else f"degraded ({deg.spec})",
+        "queries": "clean" if isinstance(deg, Identity) else f"degraded ({deg.spec})",
         "encoder": "database and queries encoded by the model under test",
         "degradation": deg.spec or "none",
         "clean_database": clean_database,

@@ -1,0 +1,135 @@
+"""End-to-end: `loqi run`, `loqi sweep`, `loqi eval` and `loqi report` on the tiny method with a handful of steps."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from loqi_core.cli import cli
+from loqi_core.runner import PAPER_LOSSES, expand_losses
+from loqi_core.testing import isolated_plugins
+from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
+
+QUICK = ["-s", "distill.batch_size=4", "-s", "distill.places_per_batch=2", "-s", "distill.images_per_place=2",
+         "-s", "distill.num_workers=0", "-s", "eval.num_workers=0", "-s", "eval.batch_size=4",
+         "-s", "distill.lr=0.001", "-s", "eval.grid_queries=2"]  # fmt: skip
+
+
+@pytest.fixture()
+def env(tmp_path):
+    root = write_vpr_folder(tmp_path / "data", places=8)
+    with isolated_plugins(("tiny", tiny_plugin)):
+        yield tmp_path, root
+
+
+def invoke(args: list[str]):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def common(tmp_path: Path, root: Path, out: str) -> list[str]:
+    # places: each database image and its query lie within 10 m, so triplet/multisimilarity have positives
+    return ["--method", "tiny", "--degrade", "blur3", "--weights", "random", "--train", f"folder:{root}/images/test",
+            "--test", f"folder:{root}", "--max-steps", "2", "--out", str(tmp_path / out),
+            "--cache-dir", str(tmp_path / "cache"), *QUICK]  # fmt: skip
+
+
+def test_run_writes_the_whole_report(env):
+    tmp_path, root = env
+    res = invoke(["run", *common(tmp_path, root, "run"), "--baseline", "finetune"])
+    out = tmp_path / "run"
+    assert "UNTRAINED" in res.output and "database: degraded (blur3); queries: degraded (blur3)" in res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["schema"] == "loqi.metrics/1" and m["run"]["untrained"] is True and m["run"]["loss"] == "mse"
+    ds = m["datasets"]["data"]
+    assert list(ds["rows"]) == ["pretrained_clean", "pretrained_degraded", "finetuned", "distilled"]
+    assert set(ds["rows"]["distilled"]) == {"R@1", "R@2", "R@5", "R@10"}
+    assert all(0 <= v <= 100 for r in ds["rows"].values() for v in r.values())
+    assert ds["protocols"]["pretrained_clean"]["database"] == "clean"
+    assert ds["protocol"]["database"] == "degraded (blur3)" and ds["protocol"]["untrained"] is True
+    assert json.loads((out / "config.json").read_text())["out"] == str(out)
+    assert "loqi-core" in json.loads((out / "plugins.json").read_text())
+    md = (out / "results.md").read_text()
+    assert "UNTRAINED" in md and "Distilled, blur3 Δ" in md and "Finetuned, blur3 Δ" in md
+    for name in ("recall.png", "activations/data.png", "grids/data__distilled.png", "grids/data__pretrained_clean.png"):
+        with Image.open(out / name) as img:
+            assert img.width > 100 and img.height > 100
+    with open(out / "predictions" / "data__distilled.csv") as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("# UNTRAINED")
+    rows = list(csv.DictReader(lines[1:]))
+    assert len(rows) == 8 and len(rows[0]["top_k"].split()) == 8
+    assert (out / "distill" / "checkpoints" / "final" / "model.safetensors").exists()
+
+    # started again with the same --out: training resumes (already final) and every evaluation is cached
+    again = invoke(["run", *common(tmp_path, root, "run"), "--baseline", "finetune"])
+    assert again.output.count("(descriptors from cache)") == 4 and "resuming distill" in again.output
+    assert json.loads((out / "metrics.json").read_text())["datasets"]["data"]["rows"] == ds["rows"]
+
+
+def test_eval_of_the_run_and_report(env):
+    tmp_path, root = env
+    invoke(["run", *common(tmp_path, root, "run")])
+    res = invoke(["eval", "--method", "tiny", "--weights", str(tmp_path / "run"), "--dataset", f"folder:{root}",
+                  "--degrade", "blur3", "--out", str(tmp_path / "ev"), "--cache-dir", str(tmp_path / "cache"),
+                  "--recall", "1 3", "--clean-database", *QUICK[-10:]])  # fmt: skip
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert list(m["datasets"]["data"]["rows"]) == ["model"] and m["recall_at"] == [1, 3]
+    assert m["datasets"]["data"]["protocol"]["database"] == "clean"
+    assert "distill" in m["datasets"]["data"]["protocol"]["weights"]
+    assert "database: clean; queries: degraded (blur3)" in res.output
+    rep = invoke(["report", str(tmp_path / "run"), str(tmp_path / "ev"), "--out", str(tmp_path / "rep")])
+    assert "tiny blur3" in rep.output and (tmp_path / "rep" / "recall.png").exists()
+    combined = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [r["dir"] for r in combined["runs"]] == [str(tmp_path / "run"), str(tmp_path / "ev")]
+
+
+@pytest.mark.slow
+def test_sweep_shares_the_teacher_and_reports_every_loss(env):
+    tmp_path, root = env
+    res = invoke(["sweep", *common(tmp_path, root, "sweep"), "--losses", "mse,ickd+0.5*mse,triplet"])
+    m = json.loads((tmp_path / "sweep" / "metrics.json").read_text())
+    rows = list(m["datasets"]["data"]["rows"])
+    assert rows == ["pretrained_clean", "pretrained_degraded", "distilled:ickd+0.5*mse", "distilled:mse", "distilled:triplet"]
+    for expr in ("mse", "ickd+0.5_mse", "triplet"):
+        assert (tmp_path / "sweep" / f"distill-{expr}" / "checkpoints" / "final").is_dir()
+    md = (tmp_path / "sweep" / "results.md").read_text()
+    assert "Distilled ickd+0.5*mse, blur3 Δ" in md
+    assert res.output.count("Pretrained, blur3") >= 1
+
+
+def test_sweep_skips_triplet_on_label_free_training_set(env, tmp_path):
+    _, root = env
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i, p in enumerate(sorted((root / "images" / "test" / "database").iterdir())):
+        (plain / f"img{i}.png").write_bytes(p.read_bytes())
+    args = common(tmp_path, root, "sweep2")
+    args[args.index("--train") + 1] = f"folder:{plain}"
+    res = invoke(["sweep", *args, "--losses", "mse,triplet"])
+    m = json.loads((tmp_path / "sweep2" / "metrics.json").read_text())
+    assert "distilled:triplet" not in m["datasets"]["data"]["rows"] and "distilled:mse" in m["datasets"]["data"]["rows"]
+    assert any("triplet skipped" in n for n in m["datasets"]["data"]["notes"]) and "skipping loss triplet" in res.output
+
+
+def test_expand_losses():
+    assert expand_losses("all") == list(PAPER_LOSSES) and len(PAPER_LOSSES) == 7
+    assert set(PAPER_LOSSES) == {"ickd", "mse", "triplet", "ickd+mse", "ickd+triplet", "mse+triplet", "ickd+mse+triplet"}
+    assert expand_losses("ickd, mse,ickd") == ["ickd", "mse"]
+
+
+def test_bad_inputs_are_one_line_errors(env):
+    tmp_path, root = env
+    r = CliRunner().invoke(cli, ["eval", "--method", "tiny", "--weights", "random", "--dataset", f"folder:{root}",
+                                 "--recall", "1 x", "--out", str(tmp_path / "e")])  # fmt: skip
+    assert r.exit_code != 0 and "--recall" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert r.exit_code != 0 and "metrics.json" in r.output
+    r = CliRunner().invoke(cli, ["eval", "--dataset", f"folder:{root}"])
+    assert r.exit_code != 0 and "--method" in r.output
