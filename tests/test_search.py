@@ -99,14 +99,14 @@ def test_fewer_database_entries_than_k():
 
 def test_ivfpq_finds_most_true_neighbours():
     rng = np.random.default_rng(2)
-    centers = rng.normal(size=(50, 32))
-    db = _unit(centers[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 32)))
-    q = _unit(db[:200] + 0.05 * rng.normal(size=(200, 32)))
-    idx, _ = S.search(db, q, 10, "ivfpq", ivfpq=S.IVFPQParams(nprobe=8))
+    centers = rng.normal(size=(20, 16))
+    db = _unit(centers[rng.integers(0, 20, 1500)] + 0.3 * rng.normal(size=(1500, 16)))
+    q = _unit(db[:100] + 0.05 * rng.normal(size=(100, 16)))
+    params = S.IVFPQParams(nlist=16, m=8, nbits=6, nprobe=4)
+    idx, _ = S.search(db, q, 10, "ivfpq", ivfpq=params)
     true_nn = _brute(db, q, 1)[:, 0]
     assert (idx == true_nn[:, None]).any(1).mean() > 0.8
-    nlist, m, nprobe = S.ivfpq_settings(5000, 32, S.IVFPQParams(nprobe=8))
-    assert (nlist, m, nprobe) == (128, 32, 8)
+    assert S.ivfpq_settings(5000, 32, S.IVFPQParams()) == (128, 32, 16)  # 4*sqrt(N) capped at N/39; D<=64 -> m=D
 
 
 def test_bad_backend_and_shapes():
