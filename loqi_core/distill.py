@@ -272,6 +272,12 @@ class _Trainer:
 
     # ---- one step ------------------------------------------------------------------------------
     def _inputs(self, model: VPRModel, images: Any) -> torch.Tensor:
+        if isinstance(images, list) and model.preprocess.size is None:
+            shapes = sorted({tuple(i.shape[-2:]) for i in images})
+            raise ConfigError(
+                f"a training batch holds images of different sizes {shapes[:4]} and method "
+                f'"{model.info["method"]}" keeps the image size; set model.image_size (e.g. -s "model.image_size=[320,320]")'
+            )
         x = model.prepare(images, self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -459,7 +465,7 @@ class _Trainer:
                 "mode": self.mode, "method": self.student.info["method"], "degrade": self.config.degrade,
                 "loss": self.loss.expression, "train": self.d.train, "steps": self.total_steps, "resumed_from": start,
                 "world_size": self.env.world_size, "device": str(self.device),
-                "precision": "bf16" if self.autocast_dtype is not None else "fp32",
+                "precision": "bf16" if self.autocast_dtype is not None else "fp32", "channels_last": self.channels_last,
                 "trainable_parameters": sum(p.numel() for p in self.params),
                 "images_per_s": None if math.isnan(self.rate) else self.rate,
                 "wall_s": time.perf_counter() - t0, "final_terms": self.last_terms, "final_checkpoint": str(final),
