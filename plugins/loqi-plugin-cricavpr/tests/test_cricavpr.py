@@ -1,0 +1,107 @@
+"""CricaVPR: conformance kit (grouped and batch-independent modes), the release's key set, groups and regions."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from loqi_core.model import build_model
+from loqi_core.plugins import get_plugins
+from loqi_core.testing import MethodTests, random_images, random_state_dict
+from loqi_plugin_cricavpr import CricaEncoderParams, CricaParams
+from loqi_plugin_cricavpr.model import CricaAggregator, CricaEncoder, convert_official, region_bounds
+from loqi_plugin_dinov2.testing import load_on_meta
+
+FIXTURES = Path(__file__).parent / "fixtures"
+OFFICIAL = FIXTURES / "cricavpr_official.json"
+
+
+class TestCricaVPROnViTS(MethodTests):
+    """ViT-S/14 stand-in (384 channels, 4 blocks, adapters scaled with the width) on 56×56 images: a 4×4 patch grid."""
+
+    method = "cricavpr"
+    encoder_params = {"arch": "vits14", "depth": 4}
+    image_size = (56, 56)
+    descriptor_dim = 14 * 384
+    batch_independent = False
+
+
+class TestCricaVPRBatchIndependentMode(TestCricaVPROnViTS):
+    aggregator_params = {"group_size": 1}
+    batch_independent = True
+
+
+def _full_model():
+    from torch import nn
+
+    model = nn.Module()
+    model.encoder = CricaEncoder(CricaEncoderParams())
+    model.aggregator = CricaAggregator(768, CricaParams())
+    return model
+
+
+def test_release_checkpoint_keys_load_strict_at_full_size():
+    """All 668 keys of CricaVPR.pth (``module.`` + the upstream model definition's names) onto ViT-B/14."""
+    load_on_meta(_full_model, OFFICIAL, convert_official)
+
+
+@pytest.mark.slow
+def test_release_layout_with_real_values_loads_and_runs(tmp_path):
+    """The nested {"model_state_dict": ..., "epoch": ...} file, loaded through --weights PATH at full size."""
+    path = tmp_path / "CricaVPR.pth"
+    torch.save({"model_state_dict": random_state_dict(OFFICIAL), "epoch": 10}, path)
+    model = build_model("cricavpr", weights=str(path)).eval()
+    with torch.no_grad():
+        latent, desc = model(model.prepare(random_images(2, 240, 320)))
+    assert latent.shape == (2, 768, 16, 16) and desc.shape == (2, 10752)
+    assert torch.allclose(model.aggregator.gem.p, random_state_dict(OFFICIAL)["module.aggregation.1.p"])
+
+
+def test_region_bounds_match_the_release_slices_at_224():
+    assert region_bounds(16, 2) == [0, 8, 16]
+    assert region_bounds(16, 3) == [0, 5, 11, 16]
+    assert region_bounds(4, 3) == [0, 1, 3, 4]
+
+
+def test_groups_attend_within_themselves_only():
+    torch.manual_seed(0)
+    agg = CricaAggregator(32, CricaParams(group_size=2, heads=4, feedforward=64)).eval()
+    feats = (torch.randn(4, 32, 4, 4), torch.randn(4, 32))
+    with torch.no_grad():
+        grouped = agg(feats)
+        first = agg((feats[0][:2], feats[1][:2]))
+        second = agg((feats[0][2:], feats[1][2:]))
+        agg.group_size = 0
+        whole = agg(feats)
+    assert torch.allclose(grouped, torch.cat([first, second]), atol=1e-6)
+    assert not torch.allclose(grouped, whole, atol=1e-4), "cross-image attention had no effect"
+
+
+def test_token_order_cls_first_then_regions():
+    agg = CricaAggregator(32, CricaParams(heads=4, feedforward=64))
+    patches = torch.rand(1, 32, 6, 6)
+    cls = torch.randn(1, 32)
+    tokens = agg.region_tokens(patches, cls)
+    assert tokens.shape == (1, 14, 32) and torch.equal(tokens[:, 0], cls)
+    x = torch.nn.functional.normalize(patches, dim=1)
+    top_left_2x2 = x[..., :3, :3].pow(3).mean(dim=(-2, -1)).pow(1 / 3)
+    bottom_right_3x3 = x[..., 4:, 4:].pow(3).mean(dim=(-2, -1)).pow(1 / 3)
+    assert torch.allclose(tokens[:, 1], top_left_2x2, atol=1e-6)
+    assert torch.allclose(tokens[:, 13], bottom_right_3x3, atol=1e-6)
+
+
+def test_adapters_sit_in_every_block_and_change_the_output():
+    enc = CricaEncoder(CricaEncoderParams(arch="vits14", depth=2)).eval()
+    assert all(hasattr(b, "adapter") for b in enc.backbone.vit.blocks)
+    x = torch.randn(1, 3, 42, 42)
+    with torch.no_grad():
+        with_adapter = enc(x)[0]
+        enc.scale = 0.0
+        without = enc(x)[0]
+    assert not torch.allclose(with_adapter, without)
+
+
+def test_method_facts_and_deterministic_eval_batch():
+    spec, _ = get_plugins().method("cricavpr")
+    assert spec.preprocess.size == (224, 224) and spec.default_loss == "ickd"
+    assert spec.run_defaults["eval.batch_size"] == CricaParams().group_size == 16
