@@ -33,7 +33,7 @@ def loqi_register_datasets(register):
             "nordland",
             params=FolderTestParams,
             test=_test,
-            description="Nordland: a 728 km train ride, summer database vs winter queries, in frame order",
+            description="Nordland: a 10-hour train ride, summer database vs winter queries, in frame order",
             source=(
                 "Run download_nordland_subset.py from github.com/gmberton/VPR-datasets-downloader (every 10th winter "
                 "frame as query: 27 592 / 2 760, the split the paper and MixVPR use). download_nordland.py keeps every "
