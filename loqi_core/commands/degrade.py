@@ -1,13 +1,460 @@
-"""Commands not built yet: they say so instead of pretending."""
+"""``loqi degrade``: what a degradation costs (bytes, bits per pixel, PSNR), or a degraded copy of a dataset.
+
+Images are fed to a degradation exactly as the evaluation engine feeds them (``loqi_core.evaluate``): a
+temporal degradation (video codec) gets each capture-order sequence as one stream and every other image as a
+one-frame stream; any other degradation gets one image per call. The per-call seed is also the engine's, so
+``loqi degrade jpeg10 --out DIR`` writes the very images ``loqi eval --degrade jpeg10`` sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 
-COMMANDS = []
+from loqi_core.errors import ConfigError
 
-@click.command("degrade", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def degrade_command() -> None:
-    """(not built yet)"""
-    raise click.ClickException("`loqi degrade` is not built yet in this version of loqi-core.")
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from loqi_core.data import ImageList, TestSet, TrainSet
+    from loqi_core.degradation import Degradation
+    from loqi_core.plugins import Plugins
+
+MANIFEST = "loqi-degrade.json"
+PROGRESS = "loqi-degrade.progress.jsonl"
+LOSSLESS_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-COMMANDS.append(degrade_command)
+# ---- measuring ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpecStats:
+    """What one spec did to a set of images: counts, bytes, pixels and squared error against the clean images."""
+
+    spec: str
+    images: int = 0
+    coded_images: int = 0
+    nbytes: int = 0
+    sent_pixels: int = 0
+    """Pixels of the degraded images as sent (their own size)."""
+    coded_pixels: int = 0
+    """Clean-image pixels of the images whose degradation reported a byte count."""
+    clean_pixels: int = 0
+    squared_error: float = 0.0
+    """Sum over every clean pixel and channel of (clean − degraded)², degraded resized to the clean size."""
+    sent_sizes: Counter = field(default_factory=Counter)
+    clean_sizes: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    protocol: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What the degradation warned about while running (e.g. a resize that enlarges)."""
+
+    def add(self, clean: "torch.Tensor", degraded: "torch.Tensor", nbytes: int | None) -> None:
+        """Account for one image pair (uint8 3×H×W each, degraded possibly at another size)."""
+        import torch.nn.functional as F
+
+        self.images += 1
+        h, w = clean.shape[-2:]
+        dh, dw = degraded.shape[-2:]
+        self.clean_sizes[(w, h)] += 1
+        self.sent_sizes[(dw, dh)] += 1
+        self.sent_pixels += dh * dw
+        self.clean_pixels += h * w
+        if nbytes is not None:
+            self.coded_images += 1
+            self.nbytes += int(nbytes)
+            self.coded_pixels += h * w
+        d = degraded.detach().cpu().float()
+        if (dh, dw) != (h, w):
+            d = F.interpolate(d[None], size=(h, w), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 255)
+        self.squared_error += float((d - clean.float()).pow(2).sum())
+
+    @property
+    def bytes_per_image(self) -> float | None:
+        return self.nbytes / self.coded_images if self.coded_images else None
+
+    @property
+    def bits_per_pixel(self) -> float | None:
+        """Coded bits per pixel of the clean image: one denominator for every spec, whatever size it sends."""
+        return 8 * self.nbytes / self.coded_pixels if self.coded_pixels else None
+
+    @property
+    def psnr(self) -> float:
+        """PSNR in dB over all pixels and channels of all images (inf when nothing changed)."""
+        mse = self.squared_error / max(1, 3 * self.clean_pixels)
+        return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+    @property
+    def enlarged(self) -> bool:
+        return self.sent_pixels > self.clean_pixels
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "images": self.images,
+            "bytes_per_image": self.bytes_per_image,
+            "bits_per_pixel": self.bits_per_pixel,
+            "psnr_db": None if math.isinf(self.psnr) else round(self.psnr, 3),
+            "sent_size": _size_text(self.sent_sizes),
+            "clean_size": _size_text(self.clean_sizes),
+            "enlarged": self.enlarged,
+            "images_per_second": round(self.images / self.seconds, 2) if self.seconds else None,
+            "protocol": self.protocol,
+            "warnings": self.warnings,
+        }
+
+
+def _size_text(sizes: Counter) -> str:
+    """``64×32``, or the commonest size and how many others there are."""
+    if not sizes:
+        return "-"
+    (w, h), _ = sizes.most_common(1)[0]
+    return f"{w}×{h}" + (f" (+{len(sizes) - 1} other sizes)" if len(sizes) > 1 else "")
+
+
+# ---- feeding the degradation ----------------------------------------------------------------------
+
+
+def truncate(images: "ImageList", limit: int | None) -> "ImageList":
+    """The first ``limit`` images of a list, with its sequences cut to them (order kept)."""
+    from loqi_core.data import ImageList
+
+    if limit is None or limit >= len(images):
+        return images
+    sequences = None
+    if images.sequences is not None:
+        sequences = [[i for i in s if i < limit] for s in images.sequences]
+        sequences = [s for s in sequences if s]
+    positions = images.positions[:limit] if images.positions is not None else None
+    return ImageList(images.paths[:limit], positions, sequences)
+
+
+def degrade_list(
+    images: "ImageList",
+    degradation: "Degradation",
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    skip: Callable[[list[int]], bool] | None = None,
+) -> Iterator[tuple[list[int], list["torch.Tensor"], list["torch.Tensor"], list[int | None]]]:
+    """Yield ``(indices, clean, degraded, nbytes)`` per degradation call, fed as the evaluation engine feeds it.
+
+    ``skip(indices)`` true leaves a unit out without reading it (resuming a copy).
+    """
+    from loqi_core.data import read_image
+    from loqi_core.degradation import sample_seed
+    from loqi_core.evaluate import degradation_units
+
+    for unit in degradation_units(images, degradation):
+        if skip is not None and skip(unit):
+            continue
+        clean = [read_image(images.paths[i]) for i in unit]
+        out = degradation([c.to(device) for c in clean], seed=sample_seed(seed, images.paths[unit[0]].name))
+        if len(out.images) != len(unit):
+            raise ConfigError(f'degradation "{degradation.spec}" returned {len(out.images)} images for {len(unit)}')
+        nbytes = list(out.nbytes) if out.nbytes is not None else [None] * len(unit)
+        yield unit, clean, [img.cpu() for img in out.images], nbytes
+
+
+def image_lists(dataset: "TestSet | TrainSet", which: str, limit: int | None) -> list[tuple[str, "ImageList"]]:
+    """The named image lists of a test set (database, queries) or a training set (train), each truncated."""
+    from loqi_core.data import TestSet
+
+    if isinstance(dataset, TestSet):
+        lists = [("database", dataset.database), ("queries", dataset.queries)]
+        lists = [(n, l) for n, l in lists if which in ("all", n)]
+    else:
+        if which not in ("all", "train"):
+            raise ConfigError(f"--images {which}: a training set has one image list; use --images all")
+        lists = [("train", dataset.images)]
+    if not lists:
+        raise ConfigError(f"--images {which}: a test set has the image lists database and queries (or all)")
+    return [(name, truncate(images, limit)) for name, images in lists]
+
+
+def measure(
+    spec: str,
+    lists: list[tuple[str, "ImageList"]],
+    *,
+    seed: int,
+    device: str,
+    plugins: "Plugins | None" = None,
+    sink: Callable[[str, "ImageList", list[int], list["torch.Tensor"], list[int | None]], None] | None = None,
+    skip: Callable[[str, "ImageList", list[int]], bool] | None = None,
+) -> SpecStats:
+    """Degrade every image of ``lists`` with ``spec``; ``sink`` receives each unit's degraded images."""
+    from tqdm import tqdm
+
+    from loqi_core.degradation import parse_degradation
+    from loqi_core.evaluate import temporal_note
+
+    degradation = parse_degradation(spec, plugins)
+    stats = SpecStats(spec)
+    total = sum(len(images) for _, images in lists)
+    start = time.perf_counter()
+    with tqdm(total=total, desc=spec, unit="img", leave=False, disable=None) as bar, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        for name, images in lists:
+            stats.protocol[name] = temporal_note(images, degradation)
+            unit_skip = (lambda unit, n=name, i=images: skip(n, i, unit)) if skip is not None else None
+            for unit, clean, degraded, nbytes in degrade_list(images, degradation, seed=seed, device=device, skip=unit_skip):
+                for c, d, b in zip(clean, degraded, nbytes):
+                    stats.add(c, d, b)
+                if sink is not None:
+                    sink(name, images, unit, degraded, nbytes)
+                bar.update(len(unit))
+    stats.seconds = time.perf_counter() - start
+    stats.warnings = sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)})
+    return stats
+
+
+def format_table(rows: list[SpecStats]) -> str:
+    """The report table, one row per spec, and the notes that say how to read it."""
+    header = ("spec", "images", "sent size", "bytes/image", "bits/pixel", "PSNR dB", "images/s")
+    body = []
+    for s in rows:
+        bpi, bpp = s.bytes_per_image, s.bits_per_pixel
+        body.append((
+            s.spec, str(s.images), _size_text(s.sent_sizes),
+            "-" if bpi is None else f"{bpi:,.0f}", "-" if bpp is None else f"{bpp:.3f}",
+            "inf" if math.isinf(s.psnr) else f"{s.psnr:.2f}", f"{s.images / s.seconds:.0f}" if s.seconds else "-",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [
+        "bytes/image: coded bytes per image ('-': nothing encoded); bits/pixel: those bits per pixel of the clean",
+        "image, whatever size is sent; PSNR: over all pixels of all images against the clean ones, an image sent",
+        "at another size first resized to the clean size (bicubic, antialiased).",
+    ]
+    for s in rows:
+        notes += [f"{s.spec}: {message}" for message in s.warnings]
+        if s.enlarged and not s.warnings:
+            notes.append(
+                f"{s.spec}: ENLARGES the images ({_size_text(s.clean_sizes)} → {_size_text(s.sent_sizes)}): it adds pixels, "
+                "so it degrades these images only through what comes after it"
+            )
+    protocols = {(k, v) for s in rows for k, v in s.protocol.items() if not v.startswith("not temporal")}
+    notes += [f"{name}: {note}" for name, note in sorted(protocols)]
+    return "\n".join(lines + [""] + notes)
+
+
+# ---- writing a degraded copy ----------------------------------------------------------------------
+
+
+def dataset_root(text: str, plugins: "Plugins", data_root: str | None) -> Path | None:
+    """The folder a dataset string reads from (as ``load_dataset`` resolves it), or None when it has none."""
+    from loqi_core.datasets import data_root as resolve_root
+
+    name, _, path = text.partition(":")
+    if path:
+        return Path(path).expanduser()
+    fields = plugins.dataset(name).params.model_fields
+    if "root" not in fields:
+        return None
+    default = fields["root"].default
+    if default is None:
+        base = resolve_root(data_root)
+        return base / name if base is not None else None
+    return Path(default)
+
+
+def layout_root(paths: list[Path], root: Path | None) -> Path:
+    """The dataset root when every image lies under it, else the deepest folder holding all images."""
+    resolved = [p.resolve() for p in paths]
+    if root is not None:
+        base = root.resolve()
+        if all(p.is_relative_to(base) for p in resolved):
+            return base
+    return Path(os.path.commonpath([str(p.parent) for p in resolved]))
+
+
+def _save(image: "torch.Tensor", path: Path) -> None:
+    """Write one uint8 image atomically; JPEG at quality 100 without chroma subsampling, the rest losslessly."""
+    from PIL import Image
+
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    suffix = path.suffix.lower()
+    options: dict[str, Any] = {}
+    if suffix in (".jpg", ".jpeg"):
+        options = {"format": "JPEG", "quality": 100, "subsampling": 0}
+    elif suffix == ".webp":
+        options = {"format": "WEBP", "lossless": True}
+    else:
+        options = {"format": Image.registered_extensions().get(suffix, "PNG")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pil.save(tmp, **options)
+    tmp.replace(path)
+
+
+def _copy_side_files(root: Path, files: list[Path], out: Path) -> int:
+    """Copy the non-image files of every folder between ``root`` and the images (ground-truth CSVs and such)."""
+    import shutil
+
+    from loqi_core.data import IMAGE_SUFFIXES
+
+    folders: set[Path] = set()
+    for f in files:
+        for folder in [f.parent, *f.parent.parents]:
+            if not folder.is_relative_to(root):
+                break
+            folders.add(folder)
+    copied = 0
+    for folder in sorted(folders):
+        for item in folder.iterdir():
+            target = out / item.relative_to(root)
+            if item.is_file() and item.suffix.lower() not in IMAGE_SUFFIXES and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(item, target)
+                copied += 1
+    return copied
+
+
+class CopyWriter:
+    """Writes degraded images under ``out`` at their paths relative to ``root``, resumably.
+
+    ``loqi-degrade.json`` records the spec, seed and dataset; ``loqi-degrade.progress.jsonl`` gets one line
+    per finished degradation call, so a killed copy resumes with the calls it had not finished.
+    """
+
+    def __init__(self, out: Path, root: Path, settings: dict[str, Any], fmt: str) -> None:
+        self.out, self.root, self.fmt = out, root, fmt
+        self.done: dict[str, int | None] = {}
+        manifest = out / MANIFEST
+        if manifest.exists():
+            previous = json.loads(manifest.read_text())
+            if previous.get("settings") != settings:
+                raise ConfigError(
+                    f"{out} holds a degraded copy made with other settings ({previous.get('settings')}); "
+                    "choose another --out or delete it"
+                )
+            if (out / PROGRESS).exists():
+                for line in (out / PROGRESS).read_text().splitlines():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a line cut short by a kill: its unit is redone
+                        continue
+                    self.done.update(zip(record["files"], record["nbytes"]))
+        elif out.exists() and any(out.iterdir()):
+            raise ConfigError(f"--out {out} exists and is not empty; choose a new folder")
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps({"settings": settings}, indent=2))
+        self.settings = settings
+
+    def target(self, path: Path) -> str:
+        rel = path.resolve().relative_to(self.root)
+        return str(rel.with_suffix(".png") if self.fmt == "png" else rel)
+
+    def is_done(self, paths: list[Path]) -> bool:
+        return all(self.target(p) in self.done and (self.out / self.target(p)).exists() for p in paths)
+
+    def write(self, paths: list[Path], images: list["torch.Tensor"], nbytes: list[int | None]) -> None:
+        files = [self.target(p) for p in paths]
+        for f, img in zip(files, images):
+            _save(img, self.out / f)
+        with open(self.out / PROGRESS, "a") as log:
+            log.write(json.dumps({"files": files, "nbytes": nbytes}) + "\n")
+        self.done.update(zip(files, nbytes))
+
+    def finish(self, stats: SpecStats) -> Path:
+        """Write the final manifest: settings, every file's coded bytes, and the figures of the images degraded
+        by this invocation (``resumed_images`` were written by an earlier, interrupted one)."""
+        manifest = self.out / MANIFEST
+        figures = {**stats.as_dict(), "resumed_images": len(self.done) - stats.images}
+        manifest.write_text(json.dumps({"settings": self.settings, "figures": figures, "nbytes": self.done}, indent=2))
+        return manifest
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+
+@click.command("degrade")
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--dataset", "-D", required=True, help="Dataset: demo, NAME (under --data-root), NAME:PATH or folder:PATH.")
+@click.option("--report", is_flag=True, help="Print bytes per image, bits per pixel and PSNR of each SPEC; write nothing.")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Write the degraded copy here (one SPEC).")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True, help="Which split of the dataset.")
+@click.option("--images", "which", type=click.Choice(["all", "database", "queries", "train"]), default="all", show_default=True, help="Which image lists of the split.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images of each image list (sequences cut to them).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Degradation seed (the same as loqi eval's --seed).")
+@click.option("--device", default="cpu", show_default=True, help='Where images are degraded: "cpu", or "cuda" (JPEG then runs on nvJPEG).')
+@click.option("--format", "fmt", type=click.Choice(["keep", "png"]), default="keep", show_default=True, help="keep: same file names and formats; png: lossless PNG everywhere.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures as JSON here.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Dataset root (default $LOQI_DATA).")
+def degrade_command(
+    specs: tuple[str, ...], dataset: str, report: bool, out: Path | None, split: str, which: str, limit: int | None,
+    seed: int, device: str, fmt: str, json_path: Path | None, data_root: str | None,
+) -> None:  # fmt: skip
+    """Measure what degradations cost, or write a degraded copy of a dataset.
+
+    \b
+    loqi degrade --report jpeg10 res270p qp40 h264-qp40 res270p+qp40 --dataset demo
+    loqi degrade jpeg10 --dataset nordland --out /data/nordland-jpeg10
+
+    --report prints, per SPEC, the bytes each image costs, bits per pixel and PSNR against the clean images,
+    so a degradation can be chosen by bandwidth. Without it, the one SPEC is applied to the dataset and the
+    images are written under --out at the same paths relative to the dataset root, with the same file names
+    (JPEG files at quality 100 without chroma subsampling, other formats losslessly; --format png keeps
+    every pixel exactly), plus the dataset's non-image files (ground truth) from the folders on the way,
+    so `--dataset NAME:OUT` reads the copy. loqi-degrade.json records the spec, seed, protocol, figures and
+    every file's coded bytes; a killed copy resumes when run again with the same arguments.
+
+    Video codecs (qpN, h264-qpN, av1-qpN) encode each capture-order sequence of the dataset as one stream
+    and every image without an order as its own one-frame (intra-only) stream, as `loqi eval` does.
+    """
+    from loqi_core.datasets import load_dataset
+    from loqi_core.plugins import get_plugins
+
+    if not report and len(specs) != 1:
+        raise ConfigError(f"give one SPEC to write a copy (got {len(specs)}: {' '.join(specs)}), or use --report")
+    if not report and out is None:
+        raise ConfigError("give --out DIR to write a degraded copy, or --report to measure without writing")
+    if report and out is not None:
+        raise ConfigError("--report writes nothing: drop --out (or drop --report to write a copy of one SPEC)")
+    plugins = get_plugins()
+    data = load_dataset(dataset, split, root=data_root, plugins=plugins)  # type: ignore[arg-type]
+    lists = image_lists(data, which, limit)
+
+    if report:
+        rows = [measure(spec, lists, seed=seed, device=device, plugins=plugins) for spec in specs]
+        click.echo(f"{dataset} ({split}: " + ", ".join(f"{n} {len(l)}" for n, l in lists) + f"), seed {seed}, device {device}\n")
+        click.echo(format_table(rows))
+        if json_path is not None:
+            json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+
+    assert out is not None
+    paths = [p for _, images in lists for p in images.paths]
+    root = layout_root(paths, dataset_root(dataset, plugins, data_root))
+    settings = {"spec": specs[0], "seed": seed, "dataset": dataset, "split": split, "images": which, "limit": limit,
+                "format": fmt, "device": device}  # fmt: skip
+    writer = CopyWriter(out, root, settings, fmt)
+    stats = measure(
+        specs[0], lists, seed=seed, device=device, plugins=plugins,
+        sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
+        skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
+    )  # fmt: skip
+    side = _copy_side_files(root, paths, out)
+    manifest = writer.finish(stats)
+    resumed = len(paths) - stats.images
+    click.echo(format_table([stats]))
+    click.echo(
+        f"\nwrote {stats.images} images under {out} (layout of {root}" + (f"; {resumed} already there from an earlier run" if resumed else "")
+        + (f"; {side} non-image files copied" if side else "") + f"); manifest {manifest}"
+    )  # fmt: skip
+    if fmt == "keep" and any(p.suffix.lower() not in LOSSLESS_SUFFIXES for p in paths):
+        click.echo("note: JPEG files were re-encoded at quality 100 (4:4:4), close to but not exactly the degraded pixels; --format png is exact")
+
+
+COMMANDS = [degrade_command]
