@@ -157,7 +157,7 @@ class DescriptorWriter:
 
     def __init__(self, path: Path, n: int, dim: int) -> None:
         self.path = path
-        self.tmp = path.with_name(path.name + ".partial.npy")
+        self.tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
         self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         self.filled = np.zeros(n, dtype=bool)
 

@@ -192,3 +192,14 @@ def test_search_on_extracted_memory_maps(tiny):
     f = evaluate(model, test, "none", config=CFG.model_copy(update={"index": "flat"}), cache=cache, device="cpu")
     assert np.array_equal(r.predictions, f.predictions) and "torch top-k" in r.protocol["search"]
 
+
+
+def test_worker_processes_give_the_same_descriptors(tiny, tmp_path):
+    plugins, model, test, cache = tiny
+    kw = dict(key={"model": "w"}, device=torch.device("cpu"), batch_size=3, cache_images=False)
+    from loqi_core.degradation import parse_degradation
+
+    blur = parse_degradation("blur3")
+    alone = np.array(extract(model, test.queries, blur, cache=EvalCache(tmp_path / "c0"), num_workers=0, **kw))
+    workers = np.array(extract(model, test.queries, blur, cache=EvalCache(tmp_path / "c2"), num_workers=2, **kw))
+    assert np.allclose(alone, workers, atol=1e-6)
