@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,7 +213,7 @@ class _Trainer:
         if self.mode == "distill":
             self.teacher = copy.deepcopy(built).eval().requires_grad_(False)
         self.prefixes = list(self.d.trainable if self.d.trainable is not None else self.spec.trainable)
-        self.trainable = select_trainable(self.student, self.prefixes, built.info["method"])
+        select_trainable(self.student, self.prefixes, built.info["method"])
         set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
         self.student.to(self.device)
         if self.teacher is not None:
@@ -251,6 +252,12 @@ class _Trainer:
             world_size=self.env.world_size, rank=self.env.rank,
         )  # fmt: skip
         self.plan = BatchPlan(train, plan_cfg)
+        if self.plan.dropped_places and self.env.is_main:
+            warnings.warn(
+                f'training set "{train.name}": {self.plan.dropped_places} place(s) with a single image left out '
+                "(a place needs a second image to give a positive)",
+                stacklevel=2,
+            )
         degradation = parse_degradation(self.config.degrade, self.plugins)
         views = ViewConfig(self.d.resize_long_side, self.d.augment)
         self.dataset = StepDataset(train, self.plan, degradation, views, self.config.seed)
@@ -412,7 +419,6 @@ class _Trainer:
             if saved.get("mode") != self.mode:
                 raise TrainingError(f"{latest} was written by `{saved.get('mode')}`, not `{self.mode}`")
             start = int(saved["step"])
-            set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
         if start >= self.total_steps and latest is not None and latest.name == "final":
             return latest
 
