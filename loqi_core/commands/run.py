@@ -34,6 +34,7 @@ def _extra(kw: dict[str, Any], **more: Any) -> dict[str, Any]:
 def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     """The whole experiment in one command, reported like the paper's Table II.
 
+    \b
     1. evaluate the pretrained model (the teacher) on clean and on degraded images;
     2. distil: a frozen teacher sees clean training images, a student the degraded ones (--loss);
     3. evaluate the student on degraded images;
