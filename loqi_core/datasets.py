@@ -28,14 +28,19 @@ def load_dataset(
     params: dict[str, Any] | None = None,
     plugins: Plugins | None = None,
 ) -> TestSet | TrainSet:
-    """``NAME`` reads ``<data root>/NAME`` (or the plugin's own default); ``NAME:PATH`` reads PATH."""
+    """``NAME`` reads ``<data root>/NAME`` (or the plugin's own default); ``NAME:PATH`` reads PATH.
+
+    Dataset parameters may follow a ``?``: ``folder:~/frames?skip_bad=true&check=full``, ``msls?split=val``
+    (values parse as YAML scalars); ``params`` override them.
+    """
     plugins = plugins or get_plugins()
+    text, options = split_options(text)
     name, _, path = text.partition(":")
     spec = plugins.dataset(name)
     loader = spec.test if kind == "test" else spec.train
     if loader is None:
         raise ConfigError(f'dataset "{name}" has no {kind} split (it provides {"train" if kind == "test" else "test"} only)')
-    values = dict(params or {})
+    values = {**options, **(params or {})}
     fields = spec.params.model_fields
     if path:
         values["root"] = Path(path).expanduser()
@@ -52,6 +57,25 @@ def load_dataset(
         if expected:
             check_counts(name, dataset, expected)  # type: ignore[arg-type]
     return dataset
+
+
+def split_options(text: str) -> tuple[str, dict[str, Any]]:
+    """``"folder:PATH?skip_bad=true&check=full"`` → ``("folder:PATH", {"skip_bad": True, "check": "full"})``."""
+    import yaml
+
+    head, sep, tail = text.rpartition("?")
+    if not sep or "=" not in tail:
+        return text, {}
+    options: dict[str, Any] = {}
+    for item in tail.split("&"):
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f'dataset "{text}": option "{item}" must look like key=value')
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            options[key.strip()] = raw
+    return head, options
 
 
 class ProtocolMismatchWarning(UserWarning):

@@ -289,3 +289,16 @@ def test_data_root_joins_the_name(tmp_path, monkeypatch):
     assert len(load_dataset("folder", "test").database) == 2
     monkeypatch.delenv("LOQI_DATA")
     assert len(load_dataset("folder", "test", root=tmp_path).queries) == 2
+
+
+def test_dataset_options_after_a_question_mark(tmp_path):
+    write_vpr_folder(tmp_path, places=3)
+    _png(tmp_path / "images/test/queries/bad.png")
+    test = load_dataset(f"folder:{tmp_path}?skip_bad=true&check=full", "test")
+    assert len(test.queries) == 3 and len(test.skipped) == 1
+    with pytest.raises(Exception, match="no_such_option"):
+        load_dataset(f"folder:{tmp_path}?no_such_option=1", "test")
+    from loqi_core.datasets import split_options
+
+    assert split_options("msls?split=val") == ("msls", {"split": "val"})
+    assert split_options("folder:/data/what?") == ("folder:/data/what?", {})

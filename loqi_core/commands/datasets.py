@@ -65,15 +65,15 @@ def info_command(name: str) -> None:
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, help="Dataset root (default $LOQI_DATA).")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable or badly named files and list them instead of stopping.")
 def check_command(dataset: str, kind: str | None, data_root: str | None, skip_bad: bool) -> None:
-    """Read DATASET (NAME or NAME:PATH) from disk and report its sizes against the published split.
+    """Read DATASET (NAME, NAME:PATH, optionally ?key=value options) and compare it with the published split.
 
     Every file gets the cheap check (signature and end marker); a bad file stops the check with its name,
     or with --skip-bad is listed. Nothing is written.
     """
     from loqi_core.data import TestSet
-    from loqi_core.datasets import load_dataset
+    from loqi_core.datasets import load_dataset, split_options
 
-    spec = get_plugins().dataset(dataset.partition(":")[0])
+    spec = get_plugins().dataset(split_options(dataset)[0].partition(":")[0])
     kind = kind or ("test" if spec.test else "train")
     params = {"skip_bad": True} if skip_bad and "skip_bad" in spec.params.model_fields else None
     with warnings.catch_warnings(record=True):
