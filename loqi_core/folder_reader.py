@@ -1,8 +1,9 @@
 """Reading image folders from disk; every bad file is named (or, with ``skip_bad``, left out and listed).
 
 Validation is staged so that a 100k-image database loads in seconds: at load time each file gets a cheap
-check (non-empty, a known image signature, and for JPEG/PNG the end marker that a truncated file lacks;
-other formats have their header parsed). ``validate="full"`` decodes every image up front instead, and
+check (non-empty, a known image signature, and for JPEG/PNG the end marker that a truncated file lacks --
+only a file without it is decoded, since phones append data after valid images; other formats have their
+header parsed). ``validate="full"`` decodes every image up front instead, and
 ``"none"`` skips the checks. A file that passes the quick check but still fails to decode is reported by
 :func:`loqi_core.data.read_image` with its path when the engine reads it.
 """
@@ -79,10 +80,18 @@ def quick_check(path: Path) -> str | None:
             tail = f.read()
     except OSError as exc:
         return f"cannot open: {exc.strerror or exc}"
+    # No end marker near the end: truncated, or a valid file with data appended after the image (phones add
+    # trailers and motion-photo videos). Only such files are decoded to tell which.
     if head.startswith(_JPEG):
-        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+        if b"\xff\xd9" in tail:
+            return None
+        reason = full_check(path)
+        return None if reason is None else f"truncated JPEG (no end-of-image marker; decoding fails: {reason})"
     if head.startswith(_PNG):
-        return None if b"IEND" in tail[-64:] else "truncated PNG (no IEND chunk)"
+        if b"IEND" in tail[-64:]:
+            return None
+        reason = full_check(path)
+        return None if reason is None else f"truncated PNG (no IEND chunk; decoding fails: {reason})"
     from PIL import Image, UnidentifiedImageError
 
     try:

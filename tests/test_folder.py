@@ -302,3 +302,12 @@ def test_dataset_options_after_a_question_mark(tmp_path):
 
     assert split_options("msls?split=val") == ("msls", {"split": "val"})
     assert split_options("folder:/data/what?") == ("folder:/data/what?", {})
+
+
+def test_data_appended_after_the_image_is_not_called_truncated(tmp_path):
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(_jpeg_bytes() + b"MOTION-PHOTO-TRAILER" * 200)  # 4 kB after the end-of-image marker
+    assert quick_check(path) is None
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(_jpeg_bytes()[:-400])
+    assert "truncated JPEG" in quick_check(cut)
