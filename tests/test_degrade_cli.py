@@ -213,3 +213,12 @@ def test_enlarging_degradation_is_flagged(plugins, dataset):
 def test_argument_errors(plugins, dataset, args, message):
     code, out = _run(*args, "--dataset", f"folder:{dataset}")
     assert code != 0 and message in out
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(plugins, dataset):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, out = _run("--report", "blur3", "--dataset", f"folder:{dataset}", "--device", "cuda")
+    assert code != 0 and "no CUDA device is visible" in out

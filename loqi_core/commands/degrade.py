@@ -422,6 +422,11 @@ def degrade_command(
         raise ConfigError("give --out DIR to write a degraded copy, or --report to measure without writing")
     if report and out is not None:
         raise ConfigError("--report writes nothing: drop --out (or drop --report to write a copy of one SPEC)")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA device is visible; use --device cpu")
     plugins = get_plugins()
     data = load_dataset(dataset, split, root=data_root, plugins=plugins)  # type: ignore[arg-type]
     lists = image_lists(data, which, limit)
