@@ -177,3 +177,38 @@ def test_vocab_command_is_on_the_loqi_command_line():
     get_plugins().add_commands(cli)
     result = CliRunner().invoke(cli, ["anyloc", "vocab", "--help"])
     assert result.exit_code == 0 and "FAISS k-means" in result.output
+
+
+@pytest.mark.slow
+def test_distillation_with_the_default_loss_trains_the_backbone_not_the_vocabulary(tmp_path):
+    """Two engine steps of ickd+triplet on a reduced AnyLoc: places from @east@north@ names, VLAD gradients."""
+    import json
+
+    from PIL import Image
+
+    from loqi_core.config import resolve_run_config
+    from loqi_core.distill import distill
+    from loqi_core.model import load_checkpoint
+    from loqi_core.testing import random_images
+
+    images = tmp_path / "train"
+    images.mkdir()
+    for i, img in enumerate(random_images(16, 56, 56, seed=2)):
+        east = 500000.0 + 100.0 * (i // 4)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(images / f"@{east:.1f}@4000000.0@@@@@@@{i:03d}@.jpg")
+    enc = {"depth": 2, "embed_dim": 32, "num_heads": 2, "layer": 1}
+    agg = {"clusters": 4, "vocabulary": "random"}
+    config = resolve_run_config(None, {
+        "model.method": "anyloc", "model.weights": "random", "model.encoder_params": enc, "model.aggregator_params": agg,
+        "degrade": "jpeg10", "device": "cpu", "distill.train": f"folder:{images}", "distill.places_per_batch": 3,
+        "distill.images_per_place": 4, "distill.max_steps": 2, "distill.num_workers": 0, "distill.lr": 1e-3,
+        "distill.log_every": 1,
+    })
+    final = distill(config, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["loss"] == "ickd+triplet" and set(summary["final_terms"]) >= {"ickd", "triplet"}
+    teacher = build_model("anyloc", weights="random", encoder_params=enc, aggregator_params=agg)
+    student = build_model("anyloc", weights="random", encoder_params=enc, aggregator_params=agg)
+    load_checkpoint(student, final)
+    assert torch.equal(student.aggregator.centers, teacher.aggregator.centers)
+    assert summary["trainable_parameters"] == sum(p.numel() for p in student.encoder.parameters())

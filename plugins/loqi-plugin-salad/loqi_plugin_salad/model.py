@@ -73,7 +73,10 @@ class Salad(nn.Module):
         patches, cls = features
         f = self.cluster_features(patches).flatten(2)  # B × l × n
         scores = self.score(patches).flatten(2)  # B × m × n
-        assign = log_optimal_transport(scores, self.dust_bin, self.params.sinkhorn_iters).exp()[:, :-1]
+        # the transport plan in float32 even under bf16 autocast: log-sum-exp iterations need the precision
+        work = torch.promote_types(scores.dtype, torch.float32)
+        plan = log_optimal_transport(scores.to(work), self.dust_bin.to(work), self.params.sinkhorn_iters)
+        assign = plan.exp()[:, :-1].to(f.dtype)
         local = F.normalize(torch.einsum("bln,bmn->blm", f, assign), dim=1).flatten(1)
         token = F.normalize(self.token_features(cls), dim=-1)
         return F.normalize(torch.cat([token, local], dim=-1), dim=-1)
