@@ -133,14 +133,18 @@ def test_temporal_codec_gets_each_sequence_in_order_and_other_images_alone(plugi
     assert CALLS == [[0, 1, 2, 3], [5], [4]]
 
 
-def test_copy_keeps_layout_pixels_and_side_files_and_reads_back(plugins, dataset, tmp_path):
+def test_copy_keeps_layout_pixels_and_side_files_and_reads_back(plugins, dataset, tmp_path, monkeypatch):
     import torch
 
+    import loqi_core.commands.degrade as degrade
     from loqi_core.datasets import load_dataset
 
+    (dataset / "download.zip").write_bytes(b"z" * 100)
+    monkeypatch.setattr(degrade, "SIDE_FILE_LIMIT", 50)
     out_dir = tmp_path / "copy"
     code, out = _run("blur3", "--dataset", f"folder:{dataset}", "--out", str(out_dir))
     assert code == 0, out
+    assert not (out_dir / "download.zip").exists() and "not copied" in out and "download.zip" in out
     clean_files = sorted(p.relative_to(dataset) for p in dataset.rglob("*.png"))
     assert sorted(p.relative_to(out_dir) for p in out_dir.rglob("*.png")) == clean_files
     blur = parse_degradation("blur3")

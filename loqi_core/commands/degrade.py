@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 MANIFEST = "loqi-degrade.json"
 PROGRESS = "loqi-degrade.progress.jsonl"
 LOSSLESS_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".webp")
+SIDE_FILE_LIMIT = 64 * 2**20
+"""Non-image files larger than this (archives, caches) are not copied into a degraded copy."""
 
 
 # ---- measuring ------------------------------------------------------------------------------------
@@ -298,27 +300,34 @@ def _save(image: "torch.Tensor", path: Path) -> None:
     tmp.replace(path)
 
 
-def _copy_side_files(root: Path, files: list[Path], out: Path) -> int:
-    """Copy the non-image files of every folder between ``root`` and the images (ground-truth CSVs and such)."""
+def _copy_side_files(root: Path, files: list[Path], out: Path) -> tuple[int, list[Path]]:
+    """Copy the non-image files of every folder between ``root`` and the images (ground-truth CSVs and such).
+
+    Files over ``SIDE_FILE_LIMIT`` bytes (archives, caches) are left out and returned, so the caller can say so.
+    """
     import shutil
 
     from loqi_core.data import IMAGE_SUFFIXES
 
     folders: set[Path] = set()
     for f in files:
-        for folder in [f.parent, *f.parent.parents]:
+        for folder in [f.resolve().parent, *f.resolve().parent.parents]:
             if not folder.is_relative_to(root):
                 break
             folders.add(folder)
-    copied = 0
+    copied, too_big = 0, []
     for folder in sorted(folders):
         for item in folder.iterdir():
             target = out / item.relative_to(root)
-            if item.is_file() and item.suffix.lower() not in IMAGE_SUFFIXES and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(item, target)
-                copied += 1
-    return copied
+            if not item.is_file() or item.suffix.lower() in IMAGE_SUFFIXES or target.exists():
+                continue
+            if item.stat().st_size > SIDE_FILE_LIMIT:
+                too_big.append(item)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, target)
+            copied += 1
+    return copied, too_big
 
 
 class CopyWriter:
@@ -450,7 +459,7 @@ def degrade_command(
         sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
         skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
     )  # fmt: skip
-    side = _copy_side_files(root, paths, out)
+    side, too_big = _copy_side_files(root, paths, out)
     manifest = writer.finish(stats)
     resumed = len(paths) - stats.images
     click.echo(format_table([stats]))
@@ -458,6 +467,8 @@ def degrade_command(
         f"\nwrote {stats.images} images under {out} (layout of {root}" + (f"; {resumed} already there from an earlier run" if resumed else "")
         + (f"; {side} non-image files copied" if side else "") + f"); manifest {manifest}"
     )  # fmt: skip
+    if too_big:
+        click.echo(f"not copied (over {SIDE_FILE_LIMIT >> 20} MB): " + ", ".join(str(p) for p in too_big))
     if fmt == "keep" and any(p.suffix.lower() not in LOSSLESS_SUFFIXES for p in paths):
         click.echo("note: JPEG files were re-encoded at quality 100 (4:4:4), close to but not exactly the degraded pixels; --format png is exact")
 
