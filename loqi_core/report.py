@@ -133,7 +133,8 @@ def _fmt(v: float) -> str:
 def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
     """The paper's Table II: pretrained clean and degraded as absolute recall, finetuned/distilled as Δ (absolute)."""
     run = metrics.get("run", {})
-    lines = [f"# {title or 'loqi results'}", ""]
+    default = f"loqi {run.get('kind', '')}: {run.get('method')}, {run.get('degrade')}" if run.get("method") else "loqi results"
+    lines = [f"# {title or default}", ""]
     if run.get("untrained"):
         lines += [f"> **{UNTRAINED}**", ""]
     facts = [f"{k}: `{run[k]}`" for k in ("method", "degrade", "loss", "weights", "seed") if run.get(k) is not None]
