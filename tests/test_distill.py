@@ -225,11 +225,15 @@ def test_cli_distill_and_resume(tiny, tmp_path):
     from loqi_core.cli import cli
 
     train = helpers.write_images(tmp_path / "train", 16)
+    (tmp_path / "c.toml").write_text("[distill]\nresize_long_side = 24\nlog_every = 2\n")
     args = ["distill", "--method", "tiny", "--weights", "random", "--degrade", "blur3", "--train", f"folder:{train}",
             "--max-steps", "3", "--lr", "1e-3", "--device", "cpu", "--out", str(tmp_path / "run"),
+            "-c", str(tmp_path / "c.toml"), "-s", "distill.resize_long_side=null",
             "-s", "distill.num_workers=0", "-s", "distill.batch_size=4"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    saved = RunConfig.model_validate_json((tmp_path / "run" / "config.json").read_text())
+    assert saved.distill.resize_long_side is None and saved.distill.log_every == 2  # -s key=null clears the file's value
     assert "student checkpoint:" in result.output and (tmp_path / "run/checkpoints/final/model.safetensors").exists()
     more = CliRunner().invoke(cli, ["distill", "--resume", str(tmp_path / "run"), "--max-steps", "5"])
     assert more.exit_code == 0, more.output

@@ -47,9 +47,11 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
         "seed": kw["seed"], "device": kw["device"], "data_root": kw["data_root"],
         ("distill.finetune_loss" if mode == "finetune" else "distill.loss"): loss,
     }  # fmt: skip
+    set_keys = set()
     for text in kw["sets"]:
         key, value = parse_override(text)
         overrides[key] = value
+        set_keys.add(key)
     if kw["resume_dir"]:
         run_dir = Path(kw["resume_dir"])
         cfg_file = run_dir / "config.json"
@@ -61,6 +63,12 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
                 set_dotted(data, dotted, value)
         return validate(data), run_dir
     config = resolve_run_config(kw["config_file"], overrides)
+    nulls = [key for key, value in overrides.items() if value is None and key in set_keys]
+    if nulls:  # -s key=null clears a default (resolve_run_config skips None values)
+        data = config.model_dump(mode="json")
+        for key in nulls:
+            set_dotted(data, key, None)
+        config = validate(data)
     if config.model.method is None and config.model.encoder is None:
         raise ConfigError("give a method: --method NAME (see `loqi plugins` for the installed ones)")
     out = Path(kw["out"]) if kw["out"] else config.out
