@@ -174,7 +174,7 @@ def image_lists(dataset: "TestSet | TrainSet", which: str, limit: int | None) ->
 
     if isinstance(dataset, TestSet):
         lists = [("database", dataset.database), ("queries", dataset.queries)]
-        lists = [(n, l) for n, l in lists if which in ("all", n)]
+        lists = [(n, images) for n, images in lists if which in ("all", n)]
     else:
         if which not in ("all", "train"):
             raise ConfigError(f"--images {which}: a training set has one image list; use --images all")
@@ -442,7 +442,7 @@ def degrade_command(
 
     if report:
         rows = [measure(spec, lists, seed=seed, device=device, plugins=plugins) for spec in specs]
-        click.echo(f"{dataset} ({split}: " + ", ".join(f"{n} {len(l)}" for n, l in lists) + f"), seed {seed}, device {device}\n")
+        click.echo(f"{dataset} ({split}: " + ", ".join(f"{n} {len(images)}" for n, images in lists) + f"), seed {seed}, device {device}\n")
         click.echo(format_table(rows))
         if json_path is not None:
             json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=2))

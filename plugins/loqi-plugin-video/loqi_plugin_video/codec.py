@@ -16,9 +16,9 @@ from fractions import Fraction
 from typing import Sequence
 
 import av
-from av.video.frame import PictureType
 import numpy as np
 import torch
+from av.video.frame import PictureType
 
 from loqi_core.degradation import Degradation, Degraded
 from loqi_core.errors import ConfigError, DataError

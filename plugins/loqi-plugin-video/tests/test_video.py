@@ -6,11 +6,11 @@ import csv
 import numpy as np
 import pytest
 import torch
+from loqi_plugin_video.codec import coded_size, encode_stream
 
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, DataError
 from loqi_core.testing import DegradationTests, random_images
-from loqi_plugin_video.codec import coded_size, encode_stream
 
 
 class TestVideoConformance(DegradationTests):
@@ -33,6 +33,7 @@ def test_x264_qp_is_constant_per_frame():
     """The H.264 decoder exports each macroblock's QP: P-frames sit at N, I-frames at N-3 (ipratio 1.4), no AQ."""
     stream = encode_stream(_sequence(), "h264", 40, inspect=True)
     assert stream.pict_types[0] == "I" and "P" in stream.pict_types
+    assert len(stream.frame_qp) == len(stream.pict_types) == 8
     for kind, qp in zip(stream.pict_types, stream.frame_qp):
         assert qp == (37.0 if kind == "I" else 40.0), (kind, qp)
     for setting in ("rc=cqp", "qp=40", "ip_ratio=1.40", "aq=0", "bframes=0", "keyint=60", "threads=1"):
