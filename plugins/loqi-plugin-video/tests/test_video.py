@@ -36,7 +36,8 @@ def test_x264_qp_is_constant_per_frame():
     assert len(stream.frame_qp) == len(stream.pict_types) == 8
     for kind, qp in zip(stream.pict_types, stream.frame_qp):
         assert qp == (37.0 if kind == "I" else 40.0), (kind, qp)
-    for setting in ("rc=cqp", "qp=40", "ip_ratio=1.40", "aq=0", "bframes=0", "keyint=60", "threads=1"):
+    veryfast = ("subme=2", "ref=1", "trellis=0", "me=hex")  # what x264's preset veryfast sets
+    for setting in ("rc=cqp", "qp=40", "ip_ratio=1.40", "aq=0", "bframes=0", "keyint=60", "threads=1", *veryfast):
         assert setting in stream.encoder_settings.split(), setting
 
 
@@ -49,7 +50,8 @@ def test_x265_qp_is_constant_per_frame(tmp_path):
     for row in rows:
         assert float(row["QP"]) == (37.0 if row["Type"].strip() == "I-SLICE" else 40.0), row
     assert {r["Type"].strip() for r in rows} == {"I-SLICE", "P-SLICE"}
-    for setting in ("rc=cqp", "qp=40", "ipratio=1.40", "aq-mode=0", "bframes=0", "keyint=60", "frame-threads=1", "no-cutree"):
+    veryfast = ("rc-lookahead=15", "ref=2", "subme=1", "rd=2")  # what x265's preset veryfast sets
+    for setting in ("rc=cqp", "qp=40", "ipratio=1.40", "aq-mode=0", "bframes=0", "keyint=60", "frame-threads=1", "no-cutree", *veryfast):
         assert setting in stream.encoder_settings.split(), setting
 
 
