@@ -89,6 +89,7 @@ def test_method_facts():
         d = spec.run_defaults
         assert d["distill.lr"] == 5e-5 and d["distill.batch_size"] == 16 and d["distill.max_steps"] == 120
         assert d["distill.augment"] and d["distill.freeze_bn"] and d["distill.resize_long_side"] == 256
+        assert d["distill.checkpoint_every"] < d["distill.max_steps"]
 
 
 def test_run_defaults_are_valid_config_and_flags_override_them():
