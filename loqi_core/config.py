@@ -84,6 +84,7 @@ class EvalConfig(Section):
     ivf_nlist: int | None = Field(None, ge=1, description="IVF-PQ coarse cells; None = about 4*sqrt(database size)")
     ivf_m: int | None = Field(None, ge=1, description="IVF-PQ sub-quantisers (must divide the dimension); None = auto")
     ivf_nprobe: int | None = Field(None, ge=1, description="IVF-PQ cells visited per query; None = auto")
+    ivf_refine: int = Field(10, ge=0, description="IVF-PQ: re-rank the top refine*k exactly from the database on disk; 0 = off")
     grid_queries: int = Field(6, ge=0, description="queries drawn in the top-k image grids and activation maps")
 
 

@@ -341,7 +341,7 @@ def evaluate(
     backend = resolve_backend(config.index, str(device))
     k = max(max(config.recall), config.top_k)
     t0 = time.perf_counter()
-    ivf = IVFPQParams(nlist=config.ivf_nlist, m=config.ivf_m, nprobe=config.ivf_nprobe)
+    ivf = IVFPQParams(nlist=config.ivf_nlist, m=config.ivf_m, nprobe=config.ivf_nprobe, refine=config.ivf_refine)
     idx, scores = search(db, q, k, backend, device=str(device), ivfpq=ivf)
     search_s = time.perf_counter() - t0
     gt = test.ground_truth(config.positive_radius)
@@ -349,7 +349,7 @@ def evaluate(
     weights = str(model.info.get("weights"))
     explicit = test.positives is not None
     search_name = {"flat": "exact inner product, FAISS flat (CPU)", "torch": f"exact inner product, torch top-k ({device.type})",
-                   "ivfpq": "approximate, FAISS IVF-PQ"}[backend]
+                   "ivfpq": "approximate, FAISS IVF-PQ" + (f", top {config.ivf_refine}·k re-ranked exactly" if config.ivf_refine else "")}[backend]
     protocol = {
         "database": "clean" if clean_database or isinstance(deg, Identity) else f"degraded ({deg.spec})",
         "queries": "clean" if isinstance(deg, Identity) else f"degraded ({deg.spec})",

@@ -44,6 +44,8 @@ class IVFPQParams:
     nprobe: int | None = None
     """Cells visited per query; default min(nlist, max(16, nlist // 16))."""
     train_size: int = 100_000
+    refine: int = 10
+    """Re-rank the IVF-PQ top ``refine``·k with exact scores read from the (memory-mapped) database; 0 = off."""
 
 
 def resolve_backend(backend: str, device: str | None) -> str:
@@ -197,9 +199,32 @@ def build_ivfpq(database: np.ndarray, params: IVFPQParams, seed: int = 0):
 
 def _search_ivfpq(database: np.ndarray, queries: np.ndarray, k: int, params: IVFPQParams) -> tuple[np.ndarray, np.ndarray]:
     index = build_ivfpq(database, params)
-    s, i = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    wide = min(len(database), k * params.refine) if params.refine else k
+    s, i = index.search(q, max(k, wide))
     s = np.where(i < 0, -np.inf, s).astype(np.float32)
-    return i.astype(np.int64), s
+    i = i.astype(np.int64)
+    if params.refine:
+        s, i = refine(database, q, i, k)
+    return i[:, :k], s[:, :k]
+
+
+def refine(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of each query's candidates (read from the database, a memory map is fine), best ``k`` kept."""
+    width, dim = candidates.shape[1], database.shape[1]
+    step = max(1, DB_CHUNK_BYTES // (4 * width * dim))
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for q0 in range(0, len(queries), step):
+        cand = candidates[q0 : q0 + step]
+        ids = np.unique(cand[cand >= 0])
+        rows = np.asarray(database[ids], dtype=np.float32)  # sorted reads: sequential-ish on a memory map
+        pos = np.searchsorted(ids, np.where(cand >= 0, cand, ids[0] if len(ids) else 0))
+        scores = np.einsum("qd,qkd->qk", queries[q0 : q0 + step], rows[pos]) if len(ids) else np.zeros(cand.shape)
+        scores = np.where(cand >= 0, scores, -np.inf).astype(np.float32)
+        s, i = _order(scores, cand, k)
+        out_s[q0 : q0 + step, : s.shape[1]], out_i[q0 : q0 + step, : i.shape[1]] = s, i
+    return out_s, out_i
 
 
 # ---- recall --------------------------------------------------------------------------------------
