@@ -4,6 +4,7 @@ writes a complete run directory, batches places correctly and fails clearly."""
 from __future__ import annotations
 
 import csv
+import math
 import importlib.util
 import json
 from pathlib import Path
@@ -21,6 +22,15 @@ from loqi_core.testing.tiny import Blur, tiny_plugin
 _spec = importlib.util.spec_from_file_location("distill_helpers", Path(__file__).with_name("distill_helpers.py"))
 helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two shared cores: one torch thread avoids oversubscription (results do not depend on it here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -242,3 +252,18 @@ def test_cli_distill_and_resume(tiny, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     bad = CliRunner().invoke(cli, ["distill", "--method", "tiny", "--loss", "nope", "--train", f"folder:{train}"])
     assert bad.exit_code != 0 and "nope" in bad.output
+
+
+def test_bf16_autocast_and_channels_last_path_runs_on_cpu(tiny, tmp_path):
+    """The CUDA settings (bf16 autocast, channels_last) through the same code path, forced on the CPU."""
+    train = helpers.write_images(tmp_path / "train", 8)
+    config = RunConfig.model_validate(
+        helpers.tiny_config(train, max_steps=2, precision="bf16", channels_last="on", loss="ickd+mse")
+    )
+    distill(config, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["channels_last"] is True
+    rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
+    assert all(math.isfinite(float(r["ickd"])) and math.isfinite(float(r["mse"])) for r in rows)
+    weights = build_model("tiny", weights=str(tmp_path / "run")).state_dict()
+    assert all(v.dtype != torch.bfloat16 for v in weights.values())  # master weights stay fp32
