@@ -415,9 +415,15 @@ class _Trainer:
         start = 0
         latest = self._latest() if self.resume else None
         if latest is not None:
+            peek = json.loads((latest / ckpt.STATE_FILE).read_text())  # every rank reads it: all stop together
+            if peek.get("mode") != self.mode:
+                raise TrainingError(f"{latest} was written by `loqi {peek.get('mode')}`, not `loqi {self.mode}`")
+            if peek.get("world_size") != self.env.world_size:
+                raise TrainingError(
+                    f"{latest} was written by {peek.get('world_size')} process(es); resume it with the same number "
+                    f"(now {self.env.world_size}) so that every rank continues its own data and RNG stream"
+                )
             saved = ckpt.read_checkpoint(latest, self.env.rank, self.student, self.optimizer, self.scheduler)
-            if saved.get("mode") != self.mode:
-                raise TrainingError(f"{latest} was written by `{saved.get('mode')}`, not `{self.mode}`")
             start = int(saved["step"])
         if start >= self.total_steps and latest is not None and latest.name == "final":
             return latest

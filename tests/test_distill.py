@@ -267,3 +267,16 @@ def test_bf16_autocast_and_channels_last_path_runs_on_cpu(tiny, tmp_path):
     assert all(math.isfinite(float(r["ickd"])) and math.isfinite(float(r["mse"])) for r in rows)
     weights = build_model("tiny", weights=str(tmp_path / "run")).state_dict()
     assert all(v.dtype != torch.bfloat16 for v in weights.values())  # master weights stay fp32
+
+
+def test_resume_refuses_other_mode_or_process_count(tiny, tmp_path):
+    train = helpers.write_places(tmp_path / "train", places=4, per_place=2)
+    config = RunConfig.model_validate(helpers.tiny_config(train, max_steps=2, checkpoint_every=1, keep_checkpoints=5))
+    distill(config, tmp_path / "run")
+    with pytest.raises(TrainingError, match="written by `loqi distill`, not `loqi finetune`"):
+        distill(config, tmp_path / "run", mode="finetune", resume=True)
+    state_file = tmp_path / "run" / "checkpoints" / "final" / "train_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "world_size": 2}))
+    with pytest.raises(TrainingError, match="written by 2 process"):
+        distill(config, tmp_path / "run", resume=True)

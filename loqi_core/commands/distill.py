@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -72,6 +73,8 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
     if config.model.method is None and config.model.encoder is None:
         raise ConfigError("give a method: --method NAME (see `loqi plugins` for the installed ones)")
     out = Path(kw["out"]) if kw["out"] else config.out
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun give --out DIR: every process must name the same run directory")
     if out is None:
         name = config.model.method or config.model.encoder
         out = Path("runs") / f"{mode}-{name}-{config.degrade}-{time.strftime('%Y%m%d-%H%M%S')}"
