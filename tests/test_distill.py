@@ -280,3 +280,27 @@ def test_resume_refuses_other_mode_or_process_count(tiny, tmp_path):
     state_file.write_text(json.dumps({**state, "world_size": 2}))
     with pytest.raises(TrainingError, match="written by 2 process"):
         distill(config, tmp_path / "run", resume=True)
+
+
+def test_tensorboard_gets_every_term_when_installed(tiny, tmp_path, monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    scalars: list[tuple[str, float, int]] = []
+
+    class Writer:
+        def __init__(self, logdir: str) -> None:
+            self.logdir = logdir
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            scalars.append((tag, value, step))
+
+        def close(self) -> None:
+            scalars.append(("closed", 0.0, 0))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", SimpleNamespace(SummaryWriter=Writer))
+    train = helpers.write_images(tmp_path / "train", 8)
+    config = RunConfig.model_validate(helpers.tiny_config(train, max_steps=3, tensorboard=True, loss="ickd+mse"))
+    distill(config, tmp_path / "run")
+    tags = {(t, s) for t, _, s in scalars}
+    assert {("loss/loss", 3), ("loss/ickd", 3), ("loss/mse", 1), ("lr", 2)} <= tags and scalars[-1][0] == "closed"
