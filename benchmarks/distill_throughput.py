@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="measured steps (default 50 on cuda, 4 on cpu)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10 on cuda, 2 on cpu)")
     parser.add_argument("--degrade", default="jpeg10")
-    parser.add_argument("--workers", type=int, default=None, help="loader workers (default 8 on cuda, 1 on cpu)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: CPU cores up to 16 on cuda, 1 on cpu)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
     args = parser.parse_args()
@@ -128,7 +129,7 @@ def main() -> None:
     batch = args.batch or (48 if cuda else 4)
     steps = args.steps or (50 if cuda else 4)
     warmup = args.warmup or (10 if cuda else 2)
-    args.workers = args.workers if args.workers is not None else (8 if cuda else 1)
+    args.workers = args.workers if args.workers is not None else (min(16, os.cpu_count() or 1) if cuda else 1)
     plugins = get_plugins()
     methods = args.methods.split(",") if args.methods else plugins.methods()
     device = torch.device(args.device)

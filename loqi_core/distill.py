@@ -165,6 +165,11 @@ def _config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys if not skip(k) and a.get(k) != b.get(k)]
 
 
+def _scalar(value: Any) -> torch.Tensor:
+    """A loss value as a detached fp32 0-d tensor (stays on the device: no host sync)."""
+    return torch.as_tensor(value).detach().float().reshape(())
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -323,7 +328,7 @@ class _Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.d.clip_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
-        return total.detach(), {k: v.detach() for k, v in terms.items()}
+        return _scalar(total), {k: _scalar(v) for k, v in terms.items()}
 
     # ---- logging and checkpoints -----------------------------------------------------------------
     def _flush(self, buffer: list[tuple[int, int, float, torch.Tensor]]) -> None:
@@ -408,7 +413,8 @@ class _Trainer:
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"distill.trainable {self.prefixes} leaves no parameter to train")
-        self.optimizer = torch.optim.Adam(self.params, lr=self.d.lr, weight_decay=self.d.weight_decay)
+        fused = self.device.type == "cuda"  # one kernel for all parameters on the GPU
+        self.optimizer = torch.optim.Adam(self.params, lr=self.d.lr, weight_decay=self.d.weight_decay, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.d.gamma)
         _seed_all(self.config.seed + self.env.rank)
 
