@@ -32,7 +32,7 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method)."),
         click.option("--aggregator", help="Mix and match: aggregator name."),
         click.option("--weights", "-w", help='"default", a variant ("official"), "random" (an honest smoke run), a file, a checkpoint or a run directory.'),
-        click.option("--degrade", "-d", help="Degradation of database and queries, e.g. jpeg10, res360p+qp40, none."),
+        click.option("--degrade", "-d", help="Degradation of database and queries: jpeg10 (the default), res360p+qp40, qp40, none (clean)."),
         click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML config file (any RunConfig field)."),
         click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: a new folder under runs/)."),
         click.option("--seed", type=int, help="Seed of the degradations (and of training, for run/sweep)."),
