@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import random
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -371,8 +372,6 @@ class _Trainer:
     def _save(self, done: int, target: Path) -> Path:
         tmp = ckpt.tmp_dir(target)
         if self.env.is_main:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.env.barrier()
