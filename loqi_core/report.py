@@ -161,7 +161,8 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     all_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"]}, key=_row_order)
     for row in all_rows:
         label = metrics.get("rows", {}).get(row, {}).get("label", row)
-        delta = row.split(":", 1)[0] in ("finetuned", "distilled") or row == "model"
+        has_base = any("pretrained_degraded" in metrics["datasets"][d]["rows"] for d in names)
+        delta = row.split(":", 1)[0] in ("finetuned", "distilled") and has_base
         cells = [f"{prefix}{label}" + (" Δ" if delta else "")]
         for d in names:
             rows = metrics["datasets"][d]["rows"]
@@ -170,7 +171,7 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
                 key = f"R@{n}"
                 if row not in rows:
                     cells.append("–")
-                elif delta and base is not None and row != "model":
+                elif delta and base is not None:
                     cells.append(f"{rows[row][key] - base[key]:+.2f} ({_fmt(rows[row][key])})")
                 else:
                     cells.append(_fmt(rows[row][key]))

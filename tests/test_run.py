@@ -86,6 +86,7 @@ def test_eval_of_the_run_and_report(env):
     assert "database: clean; queries: degraded (blur3)" in res.output
     rep = invoke(["report", str(tmp_path / "run"), str(tmp_path / "ev"), "--out", str(tmp_path / "rep")])
     assert "tiny blur3" in rep.output and (tmp_path / "rep" / "recall.png").exists()
+    assert "| model, blur3 |" in rep.output  # no Δ without a pretrained row to compare with
     combined = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [r["dir"] for r in combined["runs"]] == [str(tmp_path / "run"), str(tmp_path / "ev")]
 
