@@ -85,6 +85,11 @@ def temporal_note(images: ImageList, degradation: Degradation) -> str:
     return f"temporal codec: each of {len(images.sequences)} capture-order sequences encoded as one stream"
 
 
+def _temporal_both(test: TestSet, db_deg: Degradation, q_deg: Degradation) -> str:
+    db, q = temporal_note(test.database, db_deg), temporal_note(test.queries, q_deg)
+    return q if db == q else f"database: {db}; queries: {q}"
+
+
 def _shards(units: list[list[int]], size: int) -> list[list[list[int]]]:
     shards, current, count = [], [], 0
     for unit in units:
@@ -356,7 +361,7 @@ def evaluate(
         "encoder": "database and queries encoded by the model under test",
         "degradation": deg.spec or "none",
         "clean_database": clean_database,
-        "temporal": temporal_note(test.queries, deg),
+        "temporal": _temporal_both(test, db_deg, deg),
         "seed": seed,
         "positives": "explicit ground truth from the dataset" if explicit
         else f"database images within {config.positive_radius:g} m of the query (UTM east/north)",

@@ -203,3 +203,12 @@ def test_worker_processes_give_the_same_descriptors(tiny, tmp_path):
     alone = np.array(extract(model, test.queries, blur, cache=EvalCache(tmp_path / "c0"), num_workers=0, **kw))
     workers = np.array(extract(model, test.queries, blur, cache=EvalCache(tmp_path / "c2"), num_workers=2, **kw))
     assert np.allclose(alone, workers, atol=1e-6)
+
+
+def test_protocol_states_how_each_list_met_a_temporal_codec(tiny):
+    plugins, model, test, cache = tiny
+    ordered = VPRTestSet("seq", ImageList(test.database.paths, test.database.positions, sequences=[[0, 1, 2, 3], [4, 5, 6, 7]]),
+                         test.queries)
+    r = evaluate(model, ordered, Recorder(), config=CFG, cache=cache, device="cpu")
+    assert r.protocol["temporal"].startswith("database: temporal codec: each of 2 capture-order sequences")
+    assert "queries: temporal codec, but the images have no capture order" in r.protocol["temporal"]
