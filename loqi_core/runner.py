@@ -4,7 +4,7 @@
     run_dir = run_sweep(config, expand_losses("all"))      # loqi sweep: the paper's Fig. 3
     run_dir = run_eval(config)                             # loqi eval
 
-Every run directory holds config.json (resolved), plugins.json (versions), metrics.json, results.md, recall.png,
+Every run directory holds config.json (resolved), plugins.json (versions), run.log, metrics.json, results.md, recall.png,
 predictions/, grids/, activations/ (run and sweep) and the training runs under distill*/ and finetune/.
 Evaluations go through the shared descriptor cache, so the teacher is encoded once per dataset and degradation,
 and a killed run, started again with the same --out, resumes its training and re-evaluates from the cache.
@@ -68,8 +68,17 @@ class Experiment:
 
     def __init__(self, config: RunConfig, kind: str, plugins: Plugins | None = None, echo: Echo = print) -> None:
         self.plugins = plugins or get_plugins()
-        self.echo = echo
         self.out = Path(config.out) if config.out is not None else default_run_dir(kind, config)
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = self.out / "run.log"
+
+        def echo_and_log(text: str) -> None:  # everything printed also goes to run.log
+            echo(text)
+            with open(log, "a") as f:
+                f.write(text + "\n")
+
+        self.echo = echo_and_log
+        self.echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self.config = config.model_copy(update={"out": self.out})
         self.kind = kind
         self.device = resolve_device(config.device)
@@ -81,7 +90,6 @@ class Experiment:
             load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
             for t in ev.test
         ]
-        self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(dump_config(self.config))
         (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
@@ -90,7 +98,7 @@ class Experiment:
                "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
         self.report = Report(run, ev.recall)
         if self.untrained:
-            echo(f"!! {UNTRAINED}")
+            self.echo(f"!! {UNTRAINED}")
 
     def build(self, weights: str | None = None) -> "VPRModel":
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""

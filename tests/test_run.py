@@ -66,6 +66,7 @@ def test_run_writes_the_whole_report(env):
     rows = list(csv.DictReader(lines[1:]))
     assert len(rows) == 8 and len(rows[0]["top_k"].split()) == 8
     assert (out / "distill" / "checkpoints" / "final" / "model.safetensors").exists()
+    assert "Distilled, blur3" in (out / "run.log").read_text()
 
     # started again with the same --out: training resumes (already final) and every evaluation is cached
     again = invoke(["run", *common(tmp_path, root, "run"), "--baseline", "finetune"])
