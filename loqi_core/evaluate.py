@@ -197,7 +197,6 @@ def extract(
     ``key`` identifies the model and code (see ``evaluate``); the image list and degradation are added here.
     Images of different sizes are batched separately (unless the model resizes to a fixed size).
     """
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -220,7 +219,7 @@ def extract(
     bf16 = use_bf16(precision, device)
     fixed = _fixed_size(model)
     writer: DescriptorWriter | None = None
-    buckets: dict[Any, list[tuple[int, torch.Tensor]]] = {}
+    buckets: dict[Any, list[tuple[int, "torch.Tensor"]]] = {}
 
     def flush(bucket_key: Any) -> None:
         nonlocal writer

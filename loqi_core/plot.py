@@ -57,10 +57,10 @@ def recall_chart(
             continue
         lo, hi = np.log(ns[0]), np.log(ns[-1]) if ns[-1] > ns[0] else np.log(ns[0]) + 1
 
-        def px(n: int) -> float:
+        def px(n: int, x0: float = x0, x1: float = x1, lo: float = lo, hi: float = hi) -> float:
             return x0 + (np.log(n) - lo) / (hi - lo) * (x1 - x0)
 
-        def py(v: float) -> float:
+        def py(v: float, y0: float = y0, y1: float = y1) -> float:
             return y1 - v / 100.0 * (y1 - y0)
 
         d.text(((x0 + x1) / 2 - _text_w(d, dataset, f) / 2, top + 5), dataset, fill="black", font=f)

@@ -304,13 +304,19 @@ def activation_map(model: Any, image: Any, device: Any) -> np.ndarray:
     return latent[0].float().abs().mean(0).cpu().numpy()
 
 
+def _pil(image: Any, height: int = 128) -> Any:
+    """A uint8 3×H×W tensor as a PIL image of the given height."""
+    from PIL import Image
+
+    im = Image.fromarray(image.permute(1, 2, 0).numpy())
+    return im.resize((max(1, round(im.width * height / im.height)), height))
+
+
 def write_activation_maps(
     path: Path, teacher: Any, student: Any, query_paths: Sequence[Path], degradation: Any, *, n: int = 4,
     seed: int = 0, device: Any = "cpu", banner: str | None = None, student_label: str = "student",
 ) -> None:
     """Rows of queries; columns: clean image, teacher on it, degraded image, teacher on it, student on it."""
-    from PIL import Image
-
     from loqi_core.data import read_image
     from loqi_core.degradation import sample_seed
     from loqi_core.plot import heatmap, tile
@@ -320,12 +326,7 @@ def write_activation_maps(
         clean = read_image(query_paths[q])
         # one image per call: temporal codecs see a one-frame stream here (the figure, not the evaluation)
         degraded = degradation([clean], seed=sample_seed(seed, Path(query_paths[q]).name)).images[0]
-        h = 128
-        def pil(t: Any) -> Image.Image:
-            im = Image.fromarray(t.permute(1, 2, 0).numpy())
-            return im.resize((max(1, round(im.width * h / im.height)), h))
-
-        c_img, d_img = pil(clean), pil(degraded)
+        c_img, d_img = _pil(clean), _pil(degraded)
         rows.append([
             c_img, heatmap(activation_map(teacher, clean, device), c_img.size, c_img),
             d_img, heatmap(activation_map(teacher, degraded, device), d_img.size, d_img),
