@@ -48,7 +48,7 @@ class DistillConfig(Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="train exactly this many steps (cycling epochs); None = epochs")
     trainable: list[str] | None = Field(None, description="parameter-name prefixes to train; None = the method's")
-    resize_long_side: int | None = Field(None, ge=8, description="resize training images to this longer side before degrading")
+    resize_long_side: int | None = Field(None, ge=8, description="shrink larger training images to this longer side before degrading (never enlarges)")
     augment: bool = Field(False, description="random crops and flips, identical for the teacher's and the student's view")
     freeze_bn: bool = Field(True, description="keep batch-norm statistics of the student frozen (the reference lets them drift)")
     dropout: bool = Field(False, description="keep dropout / drop-path active in the student (the reference does)")

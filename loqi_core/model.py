@@ -60,6 +60,9 @@ def _geometry(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     if pp.max_side and max(h, w) > pp.max_side:
         s = pp.max_side / max(h, w)
         x = _resize(x, (max(1, round(h * s)), max(1, round(w * s))), pp.interpolation)
+    elif pp.min_side and min(h, w) < pp.min_side:
+        s = pp.min_side / min(h, w)
+        x = _resize(x, (round(h * s), round(w * s)), pp.interpolation)
     if pp.size is not None and pp.mode == "resize":
         x = _resize(x, pp.size, pp.interpolation)
     elif pp.mode == "center_crop":

@@ -41,6 +41,8 @@ class Preprocess(Params):
     """Crop height and width down to a multiple of this (14 for DINOv2 patches)."""
     max_side: int | None = None
     """Downscale, keeping the aspect ratio, when the longer side exceeds this."""
+    min_side: int | None = None
+    """Upscale, keeping the aspect ratio, when the shorter side is below this (tiny frames, stride-32 CNNs)."""
     interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -26,6 +26,8 @@ def test_preprocess_resize_crop_multiple_and_normalise():
     assert torch.allclose(out[0, 0], torch.full((28, 28), (1 - 0.485) / 0.229), atol=1e-4)
     out = preprocess_images([img], Preprocess(max_side=45, multiple_of=14))
     assert out.shape == (1, 3, 14, 42)  # 40×90 → 20×45 → multiples of 14
+    out = preprocess_images([torch.zeros(3, 32, 64, dtype=torch.uint8)], Preprocess(min_side=128))
+    assert out.shape == (1, 3, 128, 256)  # tiny frames are enlarged for stride-32 encoders
     out = preprocess_images(torch.zeros(2, 3, 30, 30, dtype=torch.uint8), Preprocess(size=(16, 8)))
     assert out.shape == (2, 3, 16, 8)
     with pytest.raises(ValueError, match="different sizes"):

