@@ -104,6 +104,10 @@ def test_sweep_shares_the_teacher_and_reports_every_loss(env):
     md = (tmp_path / "sweep" / "results.md").read_text()
     assert "Distilled ickd+0.5*mse, blur3 Δ" in md
     assert res.output.count("Pretrained, blur3") >= 1
+    r = CliRunner().invoke(cli, ["eval", "--method", "tiny", "--weights", str(tmp_path / "sweep"), "--dataset", f"folder:{root}",
+                                 "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert r.exit_code != 0 and "one student per loss" in r.output and "distill-mse" in r.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_sweep_skips_triplet_on_label_free_training_set(env, tmp_path):
