@@ -92,7 +92,6 @@ def test_eval_of_the_run_and_report(env):
     assert [r["dir"] for r in combined["runs"]] == [str(tmp_path / "run"), str(tmp_path / "ev")]
 
 
-@pytest.mark.slow
 def test_sweep_shares_the_teacher_and_reports_every_loss(env):
     tmp_path, root = env
     res = invoke(["sweep", *common(tmp_path, root, "sweep"), "--losses", "mse,ickd+0.5*mse,triplet"])
