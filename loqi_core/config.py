@@ -171,15 +171,14 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     method_defaults: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Layer method defaults, a config file and CLI overrides (dotted keys; None values are skipped)."""
+    """Layer method defaults, a config file and CLI overrides (dotted keys; an explicit None clears a value)."""
     data: dict[str, Any] = {}
     for dotted, value in (method_defaults or {}).items():
         set_dotted(data, dotted, value)
     if file is not None:
         data = deep_merge(data, read_config_file(file))
     for dotted, value in (overrides or {}).items():
-        if value is not None:
-            set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
     return validate(data)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 
+from loqi_core.commands.options import common_options, resolve, split_list
 from loqi_core.errors import ConfigError
 
 
@@ -26,18 +27,8 @@ def parse_recall(text: str | None) -> list[int] | None:
 
 
 def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by eval, run and sweep: the model, the protocol, the search, the run directory."""
+    """The shared flags plus the protocol, the search and the cache: eval, run and sweep take these."""
     options = [
-        click.option("--method", "-m", help="VPR method (see `loqi plugins`), e.g. lite0-gem, mixvpr, salad."),
-        click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method)."),
-        click.option("--aggregator", help="Mix and match: aggregator name."),
-        click.option("--weights", "-w", help='"default", a variant ("official"), "random" (an honest smoke run), a file, a checkpoint or a run directory.'),
-        click.option("--degrade", "-d", help="Degradation of database and queries: jpeg10 (the default), res360p+qp40, qp40, none (clean)."),
-        click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML config file (any RunConfig field)."),
-        click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: a new folder under runs/)."),
-        click.option("--seed", type=int, help="Seed of the degradations (and of training, for run/sweep)."),
-        click.option("--device", help='"auto" (CUDA when available), "cpu", "cuda", "cuda:1".'),
-        click.option("--data-root", type=click.Path(file_okay=False), help="Dataset root (default $LOQI_DATA)."),
         click.option("--image-size", type=(int, int), default=None, metavar="H W", help="Input size overriding the method's (quick CPU runs)."),
         click.option("--recall", help='Recall@N values, e.g. "1 2 5 10" (default) or 1,5,10.'),
         click.option("--positive-radius", type=float, help="Metres: a database image this close to the query is a positive (default 25)."),
@@ -46,37 +37,21 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size", "eval_batch_size", type=int, help="Images per extraction batch (default 32)."),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Evaluation cache (default $LOQI_CACHE or ~/.cache/loqi)."),
         click.option("--no-cache", is_flag=True, help="Neither read nor write cached degraded images and descriptors."),
-        click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. -s eval.ivf_nprobe=64."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
-    return f
+    return common_options(f)
 
 
-def resolve(kw: dict[str, Any], extra: dict[str, Any] | None = None):
-    """The RunConfig of a command: defaults < method run_defaults < --config file < flags (and -s overrides)."""
-    from loqi_core.config import parse_override, resolve_run_config
-
-    overrides: dict[str, Any] = {
-        "model.method": kw.get("method"), "model.encoder": kw.get("encoder"), "model.aggregator": kw.get("aggregator"),
-        "model.weights": kw.get("weights"), "model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
-        "degrade": kw.get("degrade"), "seed": kw.get("seed"), "device": kw.get("device"), "data_root": kw.get("data_root"),
-        "out": kw.get("out"), "eval.recall": parse_recall(kw.get("recall")), "eval.positive_radius": kw.get("positive_radius"),
+def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    """The RunConfig fields the evaluation flags set (None = flag not given)."""
+    return {
+        "model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
+        "eval.recall": parse_recall(kw.get("recall")), "eval.positive_radius": kw.get("positive_radius"),
         "eval.clean_database": kw.get("clean_database"), "eval.index": kw.get("index"),
         "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
-        "eval.cache": False if kw.get("no_cache") else None, **(extra or {}),
+        "eval.cache": False if kw.get("no_cache") else None,
     }  # fmt: skip
-    for text in kw.get("sets") or ():
-        key, value = parse_override(text)
-        overrides[key] = value
-    config = resolve_run_config(kw.get("config_file"), overrides)
-    if config.model.method is None and config.model.encoder is None:
-        raise ConfigError("give a method: --method NAME (see `loqi plugins` for the installed ones)")
-    return config
-
-
-def split_list(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 @click.command("eval")
@@ -105,7 +80,7 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
     """
     from loqi_core.runner import run_eval
 
-    config = resolve(kw, {"eval.test": split_list(dataset)})
+    config = resolve(kw, {**eval_overrides(kw), "eval.test": split_list(dataset)})
     run_eval(config, echo=click.echo)
 
 

@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from loqi_core.commands.evaluate import eval_options, resolve, split_list
+from loqi_core.commands.evaluate import eval_options, eval_overrides
+from loqi_core.commands.options import resolve, split_list
 
 
 def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -22,7 +23,7 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _extra(kw: dict[str, Any], **more: Any) -> dict[str, Any]:
-    return {"distill.train": kw.pop("train"), "eval.test": split_list(kw.pop("test")),
+    return {**eval_overrides(kw), "distill.train": kw.pop("train"), "eval.test": split_list(kw.pop("test")),
             "distill.max_steps": kw.pop("max_steps"), "distill.lr": kw.pop("lr"), **more}  # fmt: skip
 
 

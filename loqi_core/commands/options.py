@@ -1,0 +1,70 @@
+"""Flags every experiment command shares (model, degradation, config, run directory) and how they become a RunConfig."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from loqi_core.errors import ConfigError
+
+# flag name (click parameter) -> RunConfig field it sets
+COMMON_FIELDS = {
+    "method": "model.method",
+    "encoder": "model.encoder",
+    "aggregator": "model.aggregator",
+    "weights": "model.weights",
+    "degrade": "degrade",
+    "seed": "seed",
+    "device": "device",
+    "data_root": "data_root",
+    "out": "out",
+}
+
+
+def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--method/--encoder/--aggregator/--weights/--degrade/--config/--out/--seed/--device/--data-root/--set``."""
+    options = [
+        click.option("--method", "-m", help="VPR method (see `loqi plugins`), e.g. lite0-gem, mixvpr, salad."),
+        click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method)."),
+        click.option("--aggregator", help="Mix and match: aggregator name."),
+        click.option("--weights", "-w", help='"default", a variant ("official"), "random" (an honest smoke run), a file, a checkpoint or a run directory.'),
+        click.option("--degrade", "-d", help="Degradation, e.g. jpeg10 (the default), res360p+qp40, qp40, none (clean)."),
+        click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML config file (any RunConfig field)."),
+        click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: a new folder under runs/)."),
+        click.option("--seed", type=int, help="Seed of everything: sampling, degradation, augmentation, random init."),
+        click.option("--device", help='"auto" (CUDA when available), "cpu", "cuda", "cuda:1".'),
+        click.option("--data-root", type=click.Path(file_okay=False), help="Dataset root (default $LOQI_DATA)."),
+        click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Any config field, e.g. -s distill.checkpoint_every=100 -s eval.ivf_nprobe=64 (null clears one)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def cli_overrides(kw: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Dotted overrides from the flags that were given (None = not given), then every ``--set`` as written."""
+    from loqi_core.config import parse_override
+
+    given = {field: kw.get(flag) for flag, field in COMMON_FIELDS.items()} | (extra or {})
+    overrides = {k: v for k, v in given.items() if v is not None}
+    for text in kw.get("sets") or ():
+        key, value = parse_override(text)
+        overrides[key] = value
+    return overrides
+
+
+def resolve(kw: dict[str, Any], extra: dict[str, Any] | None = None):
+    """The RunConfig of a command: defaults < method run_defaults < --config file < flags and --set."""
+    from loqi_core.config import resolve_run_config
+
+    config = resolve_run_config(kw.get("config_file"), cli_overrides(kw, extra))
+    if config.model.method is None and config.model.encoder is None:
+        raise ConfigError("give a method: --method NAME (see `loqi plugins` for the installed ones)")
+    return config
+
+
+def split_list(text: str | None) -> list[str] | None:
+    """``"msls, nordland"`` → ["msls", "nordland"]."""
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
