@@ -14,6 +14,8 @@ download); the speed does not depend on them.
 
     python benchmarks/distill_throughput.py --device cuda --batch 48 --steps 50
     python benchmarks/distill_throughput.py --device cpu --methods lite0-gem,mixvpr --batch 4 --steps 4
+
+Offline, AnyLoc needs a vocabulary that is not a download: ``--set anyloc:model.aggregator_params.vocabulary=random``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def write_jpegs(folder: Path, n: int, size: tuple[int, int]) -> None:
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"@{east:.1f}@4000000.0@@@@@@@{i:05d}@.jpg", quality=90)
 
 
-def bare_rate(method: str, size: tuple[int, int], batch: int, steps: int, warmup: int, device, bf16: bool) -> float:
+def bare_rate(config, size: tuple[int, int], batch: int, steps: int, warmup: int, device, bf16: bool) -> float:
     """Images/s of teacher forward + student forward/backward on tensors already on the device."""
     import torch
 
@@ -55,8 +57,10 @@ def bare_rate(method: str, size: tuple[int, int], batch: int, steps: int, warmup
     from loqi_core.model import build_model
     from loqi_core.plugins import get_plugins
 
+    method = config.model.method
     spec = get_plugins().method(method)[0]
-    student = build_model(method, weights="random", image_size=size)
+    student = build_model(method, weights="random", image_size=size, encoder_params=config.model.encoder_params,
+                          aggregator_params=config.model.aggregator_params)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     select_trainable(student, spec.trainable, method)
     set_train_modes(student, spec.trainable, freeze_bn=True, dropout=False)
@@ -87,14 +91,10 @@ def bare_rate(method: str, size: tuple[int, int], batch: int, steps: int, warmup
     return steps * batch / (time.perf_counter() - t0)
 
 
-def full_rate(method: str, size: tuple[int, int], batch: int, steps: int, warmup: int, args, work: Path) -> dict:
-    """Images/s of the engine's own step (``distill``), from its summary.json."""
-    from loqi_core.config import resolve_run_config
-    from loqi_core.distill import distill
+def run_config(method: str, size: tuple[int, int], batch: int, steps: int, warmup: int, args, images: Path):
+    """The benchmark's RunConfig for one method, with the ``--set`` overrides that name it (or no method)."""
+    from loqi_core.config import parse_override, resolve_run_config
 
-    images = work / f"images-{size[0]}x{size[1]}"
-    if not images.exists():
-        write_jpegs(images, max(4 * batch, 32), size)
     overrides = {
         "model.method": method, "model.weights": "random", "model.image_size": list(size), "degrade": args.degrade,
         "device": args.device, "distill.train": f"folder:{images}", "distill.batch_size": batch,
@@ -103,8 +103,19 @@ def full_rate(method: str, size: tuple[int, int], batch: int, steps: int, warmup
         "distill.num_workers": args.workers, "distill.tensorboard": False, "distill.resize_long_side": None,
         "distill.augment": False, "distill.precision": args.precision,
     }  # fmt: skip
-    config = resolve_run_config(None, overrides)
-    out = work / f"run-{method}"
+    for text in args.set:
+        target, _, assignment = text.rpartition(":") if ":" in text.split("=", 1)[0] else ("", "", text)
+        if target in ("", method):
+            key, value = parse_override(assignment)
+            overrides[key] = value
+    return resolve_run_config(None, overrides)
+
+
+def full_rate(config, work: Path) -> dict:
+    """Images/s of the engine's own step (``distill``), from its summary.json."""
+    from loqi_core.distill import distill
+
+    out = work / f"run-{config.model.method}"
     distill(config, out)
     return json.loads((out / "summary.json").read_text())
 
@@ -124,6 +135,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: CPU cores up to 16 on cuda, 1 on cpu)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                        help="config override, for one method or all, e.g. anyloc:model.aggregator_params.vocabulary=random")
     args = parser.parse_args()
     cuda = args.device == "cuda"
     batch = args.batch or (48 if cuda else 4)
@@ -138,8 +151,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             size = input_size(method, plugins)
-            full = full_rate(method, size, batch, steps, warmup, args, Path(tmp))
-            bare = bare_rate(method, size, batch, steps, warmup, device, bf16)
+            images = Path(tmp) / f"images-{size[0]}x{size[1]}"
+            if not images.exists():
+                write_jpegs(images, max(4 * batch, 32), size)
+            config = run_config(method, size, batch, steps, warmup, args, images)
+            full = full_rate(config, Path(tmp))
+            bare = bare_rate(config, size, batch, steps, warmup, device, bf16)
             row = {
                 "method": method, "input": f"{size[0]}x{size[1]}", "batch": batch, "precision": "bf16" if bf16 else "fp32",
                 "bare_img_s": round(bare, 2), "full_img_s": round(full["images_per_s"], 2),
