@@ -303,6 +303,7 @@ class DatasetTests(abc.ABC):
         gt = test.ground_truth(25.0)
         assert len(gt) == len(test.queries)
         assert all(((g >= 0) & (g < len(test.database))).all() for g in gt)
+        assert any(len(g) > 0 for g in gt), "no query has a positive within 25 m: the bounds check above saw nothing"
         assert read_image(test.queries.paths[0]).dtype.is_floating_point is False
         for images in (test.database, test.queries):
             if images.sequences is not None:
