@@ -1,7 +1,6 @@
 """Config files, overrides and method defaults; errors name the field path and never show a traceback."""
 
 import pytest
-from click.testing import CliRunner
 
 from loqi_core.config import RunConfig, parse_override, resolve_config, resolve_run_config
 from loqi_core.errors import ConfigError
