@@ -52,7 +52,7 @@ def test_tie_straddling_rank_k_is_settled_by_index(backend):
 def test_recall_hand_computed(backend):
     idx, _ = S.search(DB, QUERIES, 5, backend)
     r = S.recall_at_n(idx, GT, [1, 2, 3, 5])
-    # q0: first positive (3) at rank 1; q1: 2 at rank 1; q2: 0 at rank 3; q3: none -> a miss everywhere
+    # 0-based ranks of the first positive: q0: 3 at 1; q1: 2 at 1; q2: 0 at 3; q3: none -> a miss everywhere
     assert r == {"R@1": 0.0, "R@2": 50.0, "R@3": 50.0, "R@5": 75.0}
     assert S.first_hit_ranks(idx, GT).tolist() == [1, 1, 3, -1]
 
