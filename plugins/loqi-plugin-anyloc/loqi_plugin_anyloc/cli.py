@@ -33,7 +33,7 @@ def anyloc_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help='"auto" (cuda when available), "cpu", "cuda".')
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
-              help="Output .pt file: a clusters×C tensor, the format of the official AnyLoc centres.")
+              help="Output .safetensors file holding one clusters×C tensor named \"centers\".")
 def vocab_command(
     dataset: str, split: str, data_root: Path | None, weights: str, encoder_params: str, clusters: int,
     num_images: int | None, per_image: int | None, niter: int, batch_size: int, seed: int, device: str, out: Path,
@@ -41,14 +41,14 @@ def vocab_command(
     """Build an AnyLoc VLAD vocabulary with FAISS k-means over a dataset's images.
 
     The AnyLoc encoder (with --weights) turns each image into L2-normalised facet descriptors per patch;
-    cosine k-means of them gives the centres, written as a .pt tensor like the official per-domain files.
+    cosine k-means of them gives the centres, written as safetensors (the official per-domain .pt files load too).
     Use it with `aggregator_params.vocabulary=OUT` (and the same `aggregator_params.clusters`).
 
     \b
     Example:
-      loqi anyloc vocab --dataset folder:/data/pitts30k -o runs/pitts_c32.pt
+      loqi anyloc vocab --dataset folder:/data/pitts30k -o runs/pitts_c32.safetensors
       loqi eval --method anyloc --dataset folder:/data/pitts30k \\
-          --set model.aggregator_params.vocabulary=runs/pitts_c32.pt
+          --set model.aggregator_params.vocabulary=runs/pitts_c32.safetensors
     """
     import numpy as np
     import torch
@@ -58,6 +58,9 @@ def vocab_command(
     from loqi_core.errors import ConfigError
     from loqi_core.model import build_model
     from loqi_plugin_anyloc.vocab import collect, kmeans_centers
+
+    if out.suffix != ".safetensors":
+        raise click.BadParameter(f"{out}: loqi writes vocabularies as .safetensors", param_hint="-o/--out")
 
     try:
         enc_params = json.loads(encoder_params)
@@ -78,6 +81,8 @@ def vocab_command(
         centers = kmeans_centers(descriptors, clusters, niter=niter, seed=seed)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    from safetensors.torch import save_file
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(centers, out)
+    save_file({"centers": centers.contiguous()}, str(out))
     click.echo(f"wrote {tuple(centers.shape)} centres to {out}")

@@ -157,14 +157,16 @@ def test_vocab_command_builds_a_file_the_aggregator_loads(tmp_path):
     from loqi_plugin_anyloc.cli import anyloc_group
 
     root = write_vpr_folder(tmp_path / "data", places=6, size=(32, 48))
-    out = tmp_path / "vocab.pt"
+    out = tmp_path / "vocab.safetensors"
     result = CliRunner().invoke(anyloc_group, [
         "vocab", "--dataset", f"folder:{root}", "--weights", "random", "--encoder-params",
         '{"depth": 2, "embed_dim": 32, "num_heads": 2, "layer": 1}', "--clusters", "4", "--niter", "5", "-o", str(out),
     ])
     assert result.exit_code == 0, result.output
     assert "36 descriptors" in result.output  # 6 database images × (28×42 → 2×3 patches)
-    centres = torch.load(out, weights_only=True)
+    from safetensors.torch import load_file
+
+    centres = load_file(str(out))["centers"]
     assert centres.shape == (4, 32)
     model = build_model("anyloc", weights="random", encoder_params={"depth": 2, "embed_dim": 32, "num_heads": 2, "layer": 1},
                         aggregator_params={"clusters": 4, "vocabulary": str(out)})
