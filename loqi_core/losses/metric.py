@@ -12,9 +12,9 @@ With mining on, a negative is kept only if S_in + ε > min_p S_ip and a positive
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from loqi_core.losses import MultiSimilarityParams
+from loqi_core.losses.terms import place_pairs
 
 
 class MultiSimilarityLoss:
@@ -22,15 +22,9 @@ class MultiSimilarityLoss:
         self.params = params
 
     def __call__(self, batch) -> torch.Tensor:
-        if batch.place_ids is None:
-            raise ValueError("the multisimilarity loss needs place ids; this training set has none")
         p = self.params
-        desc = F.normalize(batch.student_desc.float(), dim=1)
-        ids = batch.place_ids.to(desc.device)
+        desc, pos, neg = place_pairs(batch, "multisimilarity")
         sim = desc @ desc.T
-        same = ids[:, None] == ids[None, :]
-        pos = same & ~torch.eye(len(ids), dtype=torch.bool, device=desc.device)
-        neg = ~same
         if p.mine:
             inf = torch.finfo(sim.dtype).max
             min_pos = torch.where(pos, sim, torch.full_like(sim, inf)).amin(1, keepdim=True)

@@ -30,6 +30,17 @@ def channel_gram(latent: torch.Tensor, normalize_channels: bool = True) -> torch
     return F.normalize(torch.bmm(x, x.transpose(1, 2)), p=2, dim=2)
 
 
+def place_pairs(batch: DistillBatch, loss: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L2-normalised student descriptors, and which pairs share a place (positives) or not (negatives)."""
+    if batch.place_ids is None:
+        raise ValueError(f"the {loss} loss needs place ids; this training set has none (use ickd or mse)")
+    desc = F.normalize(batch.student_desc.float(), dim=1)
+    ids = batch.place_ids.to(desc.device)
+    same = ids[:, None] == ids[None, :]
+    eye = torch.eye(len(ids), dtype=torch.bool, device=desc.device)
+    return desc, same & ~eye, ~same
+
+
 class ICKDLoss:
     def __init__(self, params: ICKDParams) -> None:
         self.params = params
@@ -63,22 +74,15 @@ class TripletLoss:
         self.params = params
 
     def __call__(self, batch: DistillBatch) -> torch.Tensor:
-        if batch.place_ids is None:
-            raise ValueError("the triplet loss needs place ids; this training set has none (use ickd or mse)")
         p = self.params
-        desc = F.normalize(batch.student_desc.float(), dim=1)
-        ids = batch.place_ids.to(desc.device)
+        desc, pos_mask, neg_mask = place_pairs(batch, "triplet")
         sim = desc @ desc.T
-        same = ids[:, None] == ids[None, :]
-        eye = torch.eye(len(ids), dtype=torch.bool, device=desc.device)
-        pos_mask = same & ~eye
-        neg_mask = ~same
         if batch.positions is not None:
             pos = batch.positions.to(desc.device).float()
             neg_mask &= torch.cdist(pos, pos) > p.negative_min_distance_m
         dist = torch.cdist(desc, desc)
         losses = []
-        for a in range(len(ids)):
+        for a in range(len(desc)):
             if not pos_mask[a].any() or not neg_mask[a].any():
                 continue
             candidates = torch.nonzero(pos_mask[a]).flatten()
