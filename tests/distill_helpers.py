@@ -79,7 +79,8 @@ def _main(argv: list[str]) -> None:
             result = save(self, done, target)
             if target.name == "final":
                 total = sum(float(v.double().sum()) for v in self.student.state_dict().values())
-                print(f"RANK{self.env.rank} {total:.12f}", flush=True)
+                sys.stdout.write(f"RANK{self.env.rank} {total:.12f}\n")  # one write: ranks share the pipe
+                sys.stdout.flush()
             return result
 
         _Trainer._save = reporting_save  # type: ignore[method-assign]

@@ -30,7 +30,7 @@ def test_torchrun_two_processes(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 
-    digests = dict(re.findall(r"RANK(\d) (\S+)", proc.stdout))
+    digests = dict(re.findall(r"RANK(\d) (-?\d+\.\d{12})", proc.stdout))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # DDP kept the replicas identical
     run = tmp_path / "run"
     step = run / "checkpoints" / "step-00000002"
