@@ -53,7 +53,6 @@ def vocab_command(
     import numpy as np
     import torch
 
-    from loqi_core.datasets import data_root as resolve_root
     from loqi_core.datasets import load_dataset
     from loqi_core.errors import ConfigError
     from loqi_core.model import build_model
@@ -71,7 +70,7 @@ def vocab_command(
         "anyloc", weights=weights, encoder_params=enc_params,
         aggregator_params={"clusters": clusters, "vocabulary": "random"},
     ).eval().to(dev)
-    data = load_dataset(dataset, split, root=resolve_root(data_root))
+    data = load_dataset(dataset, split, root=data_root)
     paths = data.database.paths if split == "test" else data.images.paths
     if num_images is not None and num_images < len(paths):
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, num_images).round().astype(int)]
