@@ -7,7 +7,9 @@ For each method, at its paper input size, in one process:
 - full: ``loqi_core.distill.distill`` on a folder of generated JPEGs of that size: decoding and the degradation
   in the loader workers, uint8 transfer, preprocessing on the device, the method's default loss, gradient
   clipping, Adam, the scheduler and logging. Its images/s comes from the run's ``summary.json``, measured after
-  the first logging interval (warm-up).
+  the first logging interval (warm-up);
+- loader: the engine's own training DataLoader alone (decode, view, degradation in the workers; no model), with
+  the run's degradation and with none, so a full/bare shortfall can be traced to decoding or to the codec.
 
 The ratio full/bare is the engine's efficiency (target on a GPU: at least 0.85). Weights are random (no
 download); the speed does not depend on them.
@@ -120,6 +122,32 @@ def full_rate(config, work: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def loader_rate(config, work: Path) -> float:
+    """Images/s of the engine's training DataLoader alone: the same dataset, plan, views and workers as ``distill``.
+
+    The batches the workers prefetch (4 per worker) are drained first, so the rate is the steady production rate."""
+    import torch
+
+    from loqi_core.distill import _Trainer, encoder_spec
+    from loqi_core.plugins import get_plugins
+    from loqi_core.training.dist import DistEnv
+
+    workers = max(1, config.distill.num_workers)
+    drain, measured = 4 * workers + 2, max(16, 8 * workers)
+    config = config.model_copy(update={"distill": config.distill.model_copy(update={"max_steps": drain + measured})})
+    plugins = get_plugins()
+    trainer = _Trainer(config, work / "loader-only", "distill", False, plugins, DistEnv(), torch.device(config.device))
+    trainer.spec = encoder_spec(config, plugins)
+    trainer._build_data(trainer._build_loss())
+    batches = iter(trainer._loader(0))
+    for _ in range(drain):
+        next(batches)
+    t0, images = time.perf_counter(), 0
+    for _ in range(measured):
+        images += len(next(batches)["clean"])
+    return images / (time.perf_counter() - t0)
+
+
 def main() -> None:
     import torch
 
@@ -157,19 +185,23 @@ def main() -> None:
             config = run_config(method, size, batch, steps, warmup, args, images)
             full = full_rate(config, Path(tmp))
             bare = bare_rate(config, size, batch, steps, warmup, device, bf16)
+            loader = loader_rate(config, Path(tmp))
+            loader_clean = loader_rate(config.model_copy(update={"degrade": "none"}), Path(tmp))
             row = {
                 "method": method, "input": f"{size[0]}x{size[1]}", "batch": batch, "precision": "bf16" if bf16 else "fp32",
                 "bare_img_s": round(bare, 2), "full_img_s": round(full["images_per_s"], 2),
                 "ratio": round(full["images_per_s"] / bare, 3), "loss": full["loss"],
+                "loader_img_s": round(loader, 1), "loader_no_degradation_img_s": round(loader_clean, 1),
             }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n{name}, degradation {args.degrade}, {steps} measured steps after {warmup} warm-up, {args.workers} workers\n")
-    print("| method | input | batch | precision | loss | bare img/s | full img/s | full/bare |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| method | input | batch | precision | loss | bare img/s | full img/s | full/bare | loader img/s ({args.degrade}) | loader img/s (none) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['input']} | {r['batch']} | {r['precision']} | {r['loss']} | {r['bare_img_s']} | {r['full_img_s']} | {r['ratio']:.2f} |")
+        print(f"| {r['method']} | {r['input']} | {r['batch']} | {r['precision']} | {r['loss']} | {r['bare_img_s']} | "
+              f"{r['full_img_s']} | {r['ratio']:.2f} | {r['loader_img_s']} | {r['loader_no_degradation_img_s']} |")
     if args.json:
         args.json.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
 

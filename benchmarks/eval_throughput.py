@@ -70,6 +70,7 @@ def bench_extract(method: str, n: int, size: int, batch: int, workers: int, devi
         t0 = time.perf_counter()
         extract(model, images, Identity(), **{**kw, "key": {"bench": 2}})
         pipeline = n / (time.perf_counter() - t0)
+        loader = loader_rate(images, workers)
 
     x = model.prepare(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8), dev)
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -85,11 +86,29 @@ def bench_extract(method: str, n: int, size: int, batch: int, workers: int, devi
         bare = steps * batch / (time.perf_counter() - t0)
     return {"method": method, "images": n, "size": size, "batch": batch, "workers": workers, "device": str(dev),
             "precision": "bf16" if bf16 else "fp32", "pipeline_img_s": pipeline, "bare_forward_img_s": bare,
-            "ratio": pipeline / bare}  # fmt: skip
+            "ratio": pipeline / bare, "loader_only_img_s": loader}  # fmt: skip
 
 
-def bench_search(scale: float, dim: int, device_gpu: bool, repeats: int) -> list[dict]:
-    """Seconds per exact search of Q×N×D random unit descriptors, top-10, for each backend."""
+def loader_rate(images, workers: int) -> float:
+    """Images/s of extraction's own DataLoader alone (read and decode in the workers, no model), start-up included
+    as in ``extract``: the ceiling that decoding puts on extraction."""
+    from torch.utils.data import DataLoader
+
+    from loqi_core.degradation import Identity
+    from loqi_core.evaluate import _identity_collate, _ShardDataset
+
+    dataset = _ShardDataset(images, Identity(), 0, None)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity_collate,
+                        prefetch_factor=2 if workers else None)
+    t0, count = time.perf_counter(), 0
+    for indices, _, _ in loader:
+        count += len(indices)
+    return count / (time.perf_counter() - t0)
+
+
+def bench_search(scale: float, dim: int, backends_wanted: list[str], repeats: int) -> list[dict]:
+    """Seconds per exact search of Q×N×D random unit descriptors, top-10, for each backend (the first is the
+    reference the others' top-1 is compared with)."""
     import torch
 
     from loqi_core.search import search
@@ -99,9 +118,10 @@ def bench_search(scale: float, dim: int, device_gpu: bool, repeats: int) -> list
     db = _unit(rng.standard_normal((nd, dim), dtype=np.float32))
     q = _unit(rng.standard_normal((nq, dim), dtype=np.float32))
     rows = []
-    backends = [("flat", "cpu", "FAISS flat, CPU"), ("torch", "cpu", "torch top-k, CPU")]
-    if device_gpu and torch.cuda.is_available():
-        backends.append(("torch", "cuda", f"torch top-k, {torch.cuda.get_device_name(0)}"))
+    known = {"flat": ("flat", "cpu", "FAISS flat, CPU"), "torch-cpu": ("torch", "cpu", "torch top-k, CPU")}
+    if torch.cuda.is_available():
+        known["torch-cuda"] = ("torch", "cuda", f"torch top-k, {torch.cuda.get_device_name(0)}")
+    backends = [known[b] for b in backends_wanted if b in known]
     reference = None
     for backend, dev, label in backends:
         search(db[:100], q[:10], 10, backend, device=dev)  # warm-up
@@ -167,6 +187,8 @@ def main() -> None:
     ap.add_argument("--ivf-nlist", type=int, default=1024)
     ap.add_argument("--ivf-m", type=int, default=32)
     ap.add_argument("--ivf-nprobe", type=int, default=32)
+    ap.add_argument("--search-backends", default="flat,torch-cpu,torch-cuda",
+                    help="comma list, first = reference: flat, torch-cpu, torch-cuda (skipped without CUDA)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: extract, search, ivfpq")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -175,11 +197,12 @@ def main() -> None:
     print(f"machine: {out['machine']}\n")
     if "extract" not in skip:
         e = out["extract"] = bench_extract(args.method, args.images, args.size, args.batch, args.workers, args.device)
-        print("| model | input | batch | device, precision | extraction img/s | bare forward img/s | ratio |\n|---|---|---|---|---|---|---|")
-        print(f"| {e['method']} | {e['size']}² PNG | {e['batch']} | {e['device']}, {e['precision']} | "
-              f"{e['pipeline_img_s']:.1f} | {e['bare_forward_img_s']:.1f} | {e['ratio']:.2f} |\n")
+        print("| model | input | images | batch | workers | device, precision | extraction img/s | bare forward img/s | ratio | loader only img/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| {e['method']} | {e['size']}² PNG | {e['images']} | {e['batch']} | {e['workers']} | {e['device']}, {e['precision']} | "
+              f"{e['pipeline_img_s']:.1f} | {e['bare_forward_img_s']:.1f} | {e['ratio']:.2f} | {e['loader_only_img_s']:.1f} |\n")
     if "search" not in skip:
-        rows = out["search"] = bench_search(args.search_scale, args.dim, True, args.repeats)
+        rows = out["search"] = bench_search(args.search_scale, args.dim, args.search_backends.split(","), args.repeats)
         print("| search (top-10, exact) | queries × database × dim | seconds | top-1 agrees |\n|---|---|---|---|")
         for r in rows:
             print(f"| {r['backend']} | {r['queries']} × {r['database']} × {r['dim']} | {r['seconds']:.2f} | {r['agrees_with_first']:.4f} |")
