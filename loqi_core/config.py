@@ -7,13 +7,18 @@ A typo or a bad value is reported as the field path and the reason (``distill.lr
 from __future__ import annotations
 
 import json
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loqi_core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04, ROS 2 Humble): the same parser from PyPI
+    import tomli as tomllib
 
 
 class Section(BaseModel):

@@ -102,8 +102,10 @@ def _numpy_scalar_globals() -> list[Any]:
     import numpy as np
 
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
-    scalar = np._core.multiarray.scalar
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]  # numpy 2 and numpy 1 names
+    numpy2 = hasattr(np, "_core")  # numpy 2 renamed numpy.core to numpy._core
+    scalar = (np._core if numpy2 else np.core).multiarray.scalar
+    other = "numpy.core.multiarray.scalar" if numpy2 else "numpy._core.multiarray.scalar"
+    return [scalar, (scalar, other), np.dtype, *dtypes]  # pickles from numpy 1 and numpy 2 name it differently
 
 
 def unwrap_state_dict(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Packaging: lockstep versions, one package per plugin, wheels that install into a fresh environment."""
 
+import ast
 import json
 import os
 import subprocess
@@ -36,6 +37,49 @@ def test_plugin_layout_and_lockstep_version(plugin):
     assert list(project["entry-points"]["loqi"].values())[0].split(":")[0].startswith(package)
     assert (plugin / package / "__init__.py").exists() and (plugin / "README.md").exists()
     assert list((plugin / "tests").glob("test_*.py")), f"{plugin.name} has no tests"
+
+
+# Third-party modules the packages import, and the distribution that provides each.
+DISTRIBUTIONS = {
+    "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow", "pydantic": "pydantic",
+    "tqdm": "tqdm", "safetensors": "safetensors", "click": "click", "faiss": "faiss-cpu", "av": "av", "timm": "timm",
+    "yaml": "pyyaml", "pluggy": "pluggy", "tomli": "tomli",
+}  # fmt: skip
+
+
+def _imported_distributions(package: Path) -> set[str]:
+    """Distributions whose modules a package's own code (not its tests) imports."""
+    found = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return {DISTRIBUTIONS[m] for m in found if m in DISTRIBUTIONS}
+
+
+def _requirements(path: Path) -> dict[str, str]:
+    from packaging.requirements import Requirement
+
+    return {(r := Requirement(d)).name.lower(): str(r.specifier) for d in _project(path)["dependencies"]}
+
+
+@pytest.mark.parametrize("package", [ROOT, *PLUGINS], ids=lambda p: p.name)
+def test_declares_every_distribution_it_imports(package):
+    source = ROOT / "loqi_core" if package == ROOT else next(package.glob("loqi_plugin_*/__init__.py")).parent
+    missing = _imported_distributions(source) - set(_requirements(package))
+    assert not missing, f"{package.name} imports {sorted(missing)} without declaring them"
+
+
+def test_one_bound_per_distribution_across_packages():
+    seen: dict[str, dict[str, str]] = {}
+    for package in [ROOT, *PLUGINS]:
+        for name, spec in _requirements(package).items():
+            if not name.startswith("loqi-"):
+                seen.setdefault(name, {})[package.name] = spec
+    disagree = {name: specs for name, specs in seen.items() if len(set(specs.values())) > 1}
+    assert not disagree, f"packages declare different bounds: {disagree}"
 
 
 def _site_without_loqi(tmp: Path) -> Path:
