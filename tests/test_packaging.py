@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import venv
 from pathlib import Path
 
 import pytest
 
 import loqi_core
+from loqi_core.config import tomllib  # the stdlib parser, or tomli on Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = sorted(p for p in (ROOT / "plugins").glob("loqi-plugin-*") if (p / "pyproject.toml").exists())
