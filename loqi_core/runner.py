@@ -93,7 +93,7 @@ class Experiment:
         (self.out / "config.json").write_text(dump_config(self.config))
         (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
-               "degrade": config.degrade, "weights": config.model.weights, "untrained": self.untrained,
+               "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
                "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
         self.report = Report(run, ev.recall)
@@ -111,7 +111,7 @@ class Experiment:
         return build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
             aggregator_params=m.aggregator_params, weights=weights or m.weights, image_size=m.image_size,
-            plugins=self.plugins,
+            protocol=self.config.protocol, plugins=self.plugins,
         )  # fmt: skip
 
     def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,8 @@ class ICKDLoss:
         diff = channel_gram(s, self.params.normalize_channels) - channel_gram(t, self.params.normalize_channels)
         if self.params.reduction == "frobenius":
             value = diff.pow(2).sum().sqrt()
+            if self.params.step_images is not None:
+                value = value * math.sqrt(self.params.step_images / diff.shape[0])
         else:
             value = diff.pow(2).sum() / (diff.shape[1] * diff.shape[0])
         return self.params.scale * value
