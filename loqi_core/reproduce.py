@@ -13,6 +13,7 @@ unfinished one resumes its training and takes its evaluations from the descripto
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -177,6 +178,8 @@ def run_table2(runs: Sequence[PlannedRun], base: dict[str, Any], out: Path, conf
     """Run what is not done (resuming what was started), then write ``out/results.md``; returns its path."""
     from loqi_core.runner import run_experiment
 
+    if int(os.environ.get("RANK", "0")) != 0:  # another rank of a torchrun job: it encodes its share, rank 0 reports
+        echo = _silent
     for i, run in enumerate(runs, 1):
         config = run_config(run, base, config_file, protocol)
         if run.done:
@@ -185,7 +188,13 @@ def run_table2(runs: Sequence[PlannedRun], base: dict[str, Any], out: Path, conf
             continue
         echo(f"[{i}/{len(runs)}] {run.method} / {config.degrade}: running in {run.out}")
         run_experiment(config, baseline="finetune" if run.finetune else None, plugins=plugins, echo=echo)
+    if echo is _silent:
+        return out / "results.md"
     return write_results(runs, out, protocol)
+
+
+def _silent(text: str) -> None:
+    """The echo of ranks other than 0."""
 
 
 def _check_same(run: PlannedRun, config: RunConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,8 @@ def table2_command(methods: str | None, degrades: str | None, tests: str | None,
         click.echo(describe_plan(runs, base, config_file, protocol))
         return
     results = run_table2(runs, base, Path(out), config_file, protocol, echo=click.echo)
-    click.echo(f"\n{results.read_text()}\nresults: {results}")
+    if results.exists() and int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"\n{results.read_text()}\nresults: {results}")
 
 
 COMMANDS = [reproduce_group]
