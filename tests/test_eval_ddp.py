@@ -64,3 +64,44 @@ def test_torchrun_two_ranks_equal_one_process_bit_for_bit(tmp_path):
     assert double.stdout.count("R@1") == single.stdout.count("R@1") > 0
     db = np.load(next((tmp_path / "cache2").glob("eval/descriptors/*/descriptors.npy")))
     assert np.isfinite(db).all() and db.shape[0] == 150
+
+
+CONFIG = """
+[model]
+image_size = [42, 42]
+encoder_params = {arch = "vits14", depth = 1}
+aggregator_params = {group_size = 0, heads = 4}
+[eval]
+num_workers = 0
+grid_queries = 2
+batch_size = 8
+[distill]
+num_workers = 0
+places_per_batch = 2
+images_per_place = 2
+lr = 0.001
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_loqi_run_trains_with_ddp_and_reports_once(tmp_path):
+    """`loqi run` under torchrun: DDP training, shared extraction, one report; the teacher's rows equal one process's."""
+    root = write_vpr_folder(tmp_path / "data", places=40, size=(24, 32))
+    (tmp_path / "c.toml").write_text(CONFIG)
+    args = ["run", "--method", "cricavpr", "--weights", "random", "--train", f"folder:{root}/images/test", "--test",
+            f"folder:{root}", "--degrade", "jpeg20", "--max-steps", "2", "--config", str(tmp_path / "c.toml")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "LOQI_OFFLINE": "1"}
+    runs = {}
+    for name, prefix in (("one", [sys.executable, LOQI]),
+                         ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", LOQI])):
+        proc = subprocess.run([*prefix, *args, "--out", str(tmp_path / name), "--cache-dir", str(tmp_path / f"cache-{name}")],
+                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert proc.stdout.count("run directory:") == 1
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())["datasets"]["data"]["rows"]
+    summary = json.loads((tmp_path / "two" / "distill" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    for row in ("pretrained_clean", "pretrained_degraded"):
+        assert runs["one"][row] == runs["two"][row]
+    assert set(runs["two"]) == {"pretrained_clean", "pretrained_degraded", "distilled"}
+    assert (tmp_path / "two" / "activations" / "data.png").exists()
