@@ -100,6 +100,9 @@ class RunConfig(Section):
     degrade: str = Field("jpeg10", description='degradation spec, e.g. "jpeg10", "res360p+qp40"')
     distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    protocol: Literal["upstream", "paper"] = Field(
+        "upstream", description="upstream: each method as its release runs it; paper: as the LoQI-VPR authors ran it"
+    )
     seed: int = 0
     device: str = Field("auto", description='"auto" (cuda when available), "cpu", "cuda", "cuda:1"')
     data_root: Path | None = Field(None, description="dataset root; default $LOQI_DATA")
@@ -192,13 +195,15 @@ def dump_config(config: RunConfig) -> str:
 
 
 def resolve_run_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None, plugins: Any = None) -> RunConfig:
-    """Like ``resolve_config``, with the defaults of whichever method the file or flags name."""
+    """Like ``resolve_config``, with the defaults of whichever method the file or flags name and of the protocol."""
     from loqi_core.plugins import get_plugins
+    from loqi_core.protocol import protocol_defaults, protocol_degrade
 
     first = resolve_config(file, overrides)
     name = first.model.method or first.model.encoder
-    if name is None:
+    if name is None and first.protocol == "upstream":
         return first
     plugins = plugins or get_plugins()
-    spec = plugins.encoder(name) if name in plugins.encoders else plugins.method(name)[0]
-    return resolve_config(file, overrides, spec.run_defaults)
+    spec = None if name is None else plugins.encoder(name) if name in plugins.encoders else plugins.method(name)[0]
+    config = resolve_config(file, overrides, {**(spec.run_defaults if spec else {}), **protocol_defaults(first.protocol, spec)})
+    return config.model_copy(update={"degrade": protocol_degrade(config.degrade, config.protocol, plugins)})

@@ -212,7 +212,8 @@ class _Trainer:
         _seed_all(self.config.seed)  # identical random init on every rank
         built = build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
-            aggregator_params=m.aggregator_params, weights=m.weights, image_size=m.image_size, plugins=self.plugins,
+            aggregator_params=m.aggregator_params, weights=m.weights, image_size=m.image_size,
+            protocol=self.config.protocol, plugins=self.plugins,
         )  # fmt: skip
         self.student: VPRModel = built
         self.teacher: VPRModel | None = None
@@ -240,6 +241,10 @@ class _Trainer:
         params = self.d.loss_params
         if self.mode == "finetune":
             params = {k: v for k, v in params.items() if k in names}
+        elif self.config.protocol == "paper":  # the authors' effective weights (loqi_core.losses.paper)
+            from loqi_core.losses.paper import paper_weighting
+
+            expr, params = paper_weighting(expr, params)
         return build_loss(expr, params, self.plugins)
 
     def _build_data(self, loss: CompositeLoss) -> None:

@@ -13,6 +13,7 @@ an image list without order is encoded one image per stream. Degraded images and
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,11 +31,13 @@ from loqi_core.cache import (
     load_descriptors,
     model_fingerprint,
     read_shard,
+    sidecar_of,
     write_shard,
 )
 from loqi_core.config import EvalConfig
 from loqi_core.data import ImageList, TestSet, read_image
 from loqi_core.degradation import Degradation, Identity, parse_degradation, sample_seed
+from loqi_core.errors import ConfigError
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.search import IVFPQParams, recall_at_n, resolve_backend, search
 
@@ -143,6 +146,64 @@ def _identity_collate(item: Any) -> Any:
     return item
 
 
+# ---- scale-out under torchrun ---------------------------------------------------------------------
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the torchrun job this process belongs to; (0, 1) when alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def extraction_blocks(shards: list[list[list[int]]], batch_size: int) -> list[list[int]]:
+    """Consecutive shard ids grouped into blocks of at least ``SHARD_SIZE·k`` images, ``k`` the smallest with
+    ``SHARD_SIZE·k`` a multiple of ``batch_size``. A batch never spans two blocks, so the batches (and thus the
+    descriptors, bit for bit) do not depend on how many ranks share the blocks."""
+    images = SHARD_SIZE * batch_size // math.gcd(SHARD_SIZE, batch_size)
+    blocks: list[list[int]] = [[]]
+    count = 0
+    for i, shard in enumerate(shards):
+        if count >= images:
+            blocks.append([])
+            count = 0
+        blocks[-1].append(i)
+        count += sum(len(u) for u in shard)
+    return [b for b in blocks if b]
+
+
+def _merge_rank_parts(desc_path: Path, n: int, world: int, meta: dict[str, Any]) -> np.ndarray:
+    """Rank 0: every rank's descriptor rows (``descriptors.rankR.npy`` + their row indices) into one sealed file."""
+    writer: DescriptorWriter | None = None
+    for r in range(world):
+        part, rows = _rank_part(desc_path, r)
+        if not part.exists():
+            continue  # a rank with no block (more ranks than blocks)
+        values = np.load(part, mmap_mode="r")
+        writer = writer or DescriptorWriter(desc_path, n, values.shape[1])
+        writer.write(np.load(rows), values)
+        del values
+        part.unlink()
+        rows.unlink()
+        sidecar_of(part).unlink(missing_ok=True)
+    if writer is None:
+        raise RuntimeError(f"no rank encoded any image for {desc_path}")
+    return writer.close(meta)
+
+
+def _rank_part(desc_path: Path, rank: int) -> tuple[Path, Path]:
+    return desc_path.with_name(f"descriptors.rank{rank}.npy"), desc_path.with_name(f"rows.rank{rank}.npy")
+
+
 # ---- extraction ----------------------------------------------------------------------------------
 
 
@@ -214,25 +275,40 @@ def extract(
     if cache_images and cache.enabled and not isinstance(degradation, Identity):
         folder = cache.entry("images", images_key)
     dataset = _ShardDataset(images, degradation, seed, folder)
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity_collate,
+    rank, world = dist_rank_world()
+    if world > 1 and not cache.enabled:
+        raise ConfigError("under torchrun the ranks hand their descriptors over through the evaluation cache: keep "
+                          "eval.cache on (on several nodes, eval.cache_dir must be a folder every node shares)")  # fmt: skip
+    blocks = extraction_blocks(dataset.shards, batch_size)
+    mine = [s for block in blocks[rank::world] for s in block]  # under torchrun: every world-th block
+    block_of = {s: b for b, block in enumerate(blocks) for s in block}
+    rows = sorted(i for s in mine for unit in dataset.shards[s] for i in unit)
+    local = {i: k for k, i in enumerate(rows)} if world > 1 else None
+    loader = DataLoader(dataset, batch_size=None, sampler=mine, num_workers=num_workers, collate_fn=_identity_collate,
                         persistent_workers=False, prefetch_factor=2 if num_workers else None)
     bf16 = use_bf16(precision, device)
     fixed = _fixed_size(model)
     writer: DescriptorWriter | None = None
     buckets: dict[Any, list[tuple[int, "torch.Tensor"]]] = {}
+    part, part_rows = _rank_part(desc_path, rank)
 
     def flush(bucket_key: Any) -> None:
         nonlocal writer
         items = buckets.pop(bucket_key)
         desc = encode_batch(model, [img for _, img in items], device, bf16)
         if writer is None:
-            writer = DescriptorWriter(desc_path, len(images), desc.shape[1])
-        writer.write((i for i, _ in items), desc)
+            writer = DescriptorWriter(part, len(rows), desc.shape[1]) if local else DescriptorWriter(desc_path, len(images), desc.shape[1])
+        writer.write((local[i] if local else i for i, _ in items), desc)
         stats.images += len(items)
 
     model.eval()
-    with tqdm(total=len(images), desc=label, unit="img", leave=False) as bar:
-        for indices, imgs, status in loader:
+    with tqdm(total=len(rows), desc=label if world == 1 else f"{label} (rank {rank}/{world})", unit="img", leave=False) as bar:
+        previous = None
+        for shard, (indices, imgs, status) in zip(mine, loader):
+            if block_of[shard] != previous:
+                for bucket_key in list(buckets):  # a batch never spans two blocks
+                    flush(bucket_key)
+                previous = block_of[shard]
             stats.image_shards[status] = stats.image_shards.get(status, 0) + 1
             for i, img in zip(indices, imgs):
                 bucket_key = "fixed" if fixed else tuple(img.shape)
@@ -244,9 +320,20 @@ def extract(
             bar.update(len(indices))
         for bucket_key in list(buckets):
             flush(bucket_key)
-    if writer is None:
-        raise RuntimeError(f"no images to encode in {label}")
-    result = writer.close({"images": len(images)})
+    meta = {"images": len(images)}
+    if local is None:
+        if writer is None:
+            raise RuntimeError(f"no images to encode in {label}")
+        result = writer.close(meta)
+    else:  # each rank seals its part; rank 0 merges them into the one cached file every rank then reads
+        if writer is not None:
+            writer.close({"images": len(rows), "rank": rank})
+            np.save(part_rows, np.asarray(rows, dtype=np.int64))
+        _barrier()
+        if rank == 0:
+            _merge_rank_parts(desc_path, len(images), world, meta)
+        _barrier()
+        result = load_descriptors(desc_path)
     stats.seconds += time.perf_counter() - start
     return result
 
@@ -322,8 +409,12 @@ def evaluate(
     plugins: Plugins | None = None,
     untrained: bool | None = None,
     stats: dict[str, ExtractStats] | None = None,
-) -> EvalResult:
-    """Recall@N of ``model`` on ``test`` with database and queries degraded (the paper's protocol)."""
+) -> EvalResult | None:
+    """Recall@N of ``model`` on ``test`` with database and queries degraded (the paper's protocol).
+
+    Under torchrun every rank encodes its share of the images; rank 0 searches and returns the result, the
+    other ranks return None.
+    """
     import torch
 
     config = config or EvalConfig()
@@ -342,6 +433,8 @@ def evaluate(
     stats["database"], stats["queries"] = ExtractStats(), ExtractStats()
     db = extract(model, test.database, db_deg, label=f"{test.name} database", stats=stats["database"], **common)
     q = extract(model, test.queries, deg, label=f"{test.name} queries", stats=stats["queries"], **common)
+    if dist_rank_world()[0] != 0:
+        return None
     backend = resolve_backend(config.index, str(device))
     k = max(max(config.recall), config.top_k)
     t0 = time.perf_counter()

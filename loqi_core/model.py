@@ -40,43 +40,53 @@ class VPRModel(nn.Module):
         return preprocess_images(images, self.preprocess, device)
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool = True) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     if mode == "area":
         return F.interpolate(x, size=size, mode="area")
-    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
 
 
-def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+def _center_crop(x: torch.Tensor, h: int, w: int, rounding: str = "loqi") -> torch.Tensor:
+    """The centred h×w window; torchvision rounding places it at round((H−h)/2) (half to even), loqi floors."""
+    dh, dw = x.shape[-2] - h, x.shape[-1] - w
+    top, left = (int(round(dh / 2.0)), int(round(dw / 2.0))) if rounding == "torchvision" else (dh // 2, dw // 2)
     return x[..., top : top + h, left : left + w]
+
+
+def _fit_long_side(h: int, w: int, side: int, rounding: str) -> tuple[int, int]:
+    if rounding == "torchvision":  # the authors' downscale: the long side exactly, the other int(other·side/long)
+        return (side, int(w * side / h)) if h >= w else (int(h * side / w), side)
+    s = side / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
 
 
 def _geometry(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     h, w = x.shape[-2:]
+    aa, rnd = pp.antialias, pp.rounding
     if pp.max_side and max(h, w) > pp.max_side:
-        s = pp.max_side / max(h, w)
-        x = _resize(x, (max(1, round(h * s)), max(1, round(w * s))), pp.interpolation)
+        x = _resize(x, _fit_long_side(h, w, pp.max_side, rnd), pp.interpolation, aa)
     elif pp.min_side and min(h, w) < pp.min_side:
         s = pp.min_side / min(h, w)
-        x = _resize(x, (round(h * s), round(w * s)), pp.interpolation)
+        x = _resize(x, (round(h * s), round(w * s)), pp.interpolation, aa)
+    m = pp.multiple_of
     if pp.size is not None and pp.mode == "resize":
-        x = _resize(x, pp.size, pp.interpolation)
+        x = _resize(x, pp.size, pp.interpolation, aa)
     elif pp.mode == "center_crop":
         h, w = x.shape[-2:]
         if pp.size is None:
-            x = _center_crop(x, min(h, w), min(h, w))
+            side = max(m, min(h, w) // m * m) if rnd == "torchvision" else min(h, w)
+            x = _center_crop(x, side, side, rnd)
         else:
             s = max(pp.size[0] / h, pp.size[1] / w)
-            x = _resize(x, (max(pp.size[0], round(h * s)), max(pp.size[1], round(w * s))), pp.interpolation)
-            x = _center_crop(x, *pp.size)
-    m = pp.multiple_of
+            x = _resize(x, (max(pp.size[0], round(h * s)), max(pp.size[1], round(w * s))), pp.interpolation, aa)
+            x = _center_crop(x, *pp.size, rnd)
     if m > 1:
         h, w = x.shape[-2:]
-        x = _center_crop(x, max(m, h // m * m), max(m, w // m * m))
+        x = _center_crop(x, max(m, h // m * m), max(m, w // m * m), rnd)
     return x
 
 
@@ -114,13 +124,15 @@ def build_model(
     aggregator_params: dict[str, Any] | None = None,
     weights: str | Path | None = "default",
     image_size: tuple[int, int] | None = None,
+    protocol: str = "upstream",
     plugins: Plugins | None = None,
 ) -> VPRModel:
     """Compose a model from registered parts and load its weights.
 
     ``weights``: ``"default"`` (the method's first declared weights), a declared variant name
     (``"official"``, ``"imagenet"``), ``"random"``, a loqi checkpoint (``.safetensors`` or run directory),
-    or any other file in the method's official format.
+    or any other file in the method's official format. ``protocol`` picks the method's preprocessing under
+    that protocol (``"paper"``: as the paper's authors ran it), where the method declares one.
     """
     plugins = plugins or get_plugins()
     if method is None and encoder is None:
@@ -138,7 +150,11 @@ def build_model(
     agg_p = _params(agg_spec.params, aggregator_params, "aggregator_params")
     enc = enc_spec.factory(enc_p)
     agg = agg_spec.factory(agg_p, in_channels=enc.out_channels)
-    pp = enc_spec.preprocess if image_size is None else enc_spec.preprocess.model_copy(update={"size": tuple(image_size)})
+    pp = enc_spec.preprocess
+    if protocol in enc_spec.protocols and enc_spec.protocols[protocol].preprocess is not None:
+        pp = enc_spec.protocols[protocol].preprocess
+    if image_size is not None:
+        pp = pp.model_copy(update={"size": tuple(image_size)})
     info = {
         "method": method or f"{enc_spec.name}+{agg_spec.name}",
         "encoder": enc_spec.name,

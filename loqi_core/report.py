@@ -3,7 +3,8 @@
 ``metrics.json`` schema ``loqi.metrics/1`` (documented in docs/evaluation.md; fields are only ever added)::
 
     {"schema": "loqi.metrics/1", "loqi_version": "0.1.0", "created": "...",
-     "run": {"kind": "run"|"sweep"|"eval", "method": ..., "degrade": ..., "weights": ..., "untrained": bool, "seed": 0},
+     "run": {"kind": "run"|"sweep"|"eval", "method": ..., "degrade": ..., "protocol": "upstream"|"paper",
+             "weights": ..., "untrained": bool, "seed": 0},
      "recall_at": [1, 2, 5, 10],
      "rows": {"<row>": {"label": "...", "weights": "...", "loss": "..."}},
      "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ...,
@@ -137,7 +138,7 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
     lines = [f"# {title or default}", ""]
     if run.get("untrained"):
         lines += [f"> **{UNTRAINED}**", ""]
-    facts = [f"{k}: `{run[k]}`" for k in ("method", "degrade", "loss", "weights", "seed") if run.get(k) is not None]
+    facts = [f"{k}: `{run[k]}`" for k in ("method", "degrade", "protocol", "loss", "weights", "seed") if run.get(k) is not None]
     if facts:
         lines += ["; ".join(facts), ""]
     lines += table_markdown(metrics) + [""]

@@ -12,6 +12,7 @@ and a killed run, started again with the same --out, resumes its training and re
 
 from __future__ import annotations
 
+import atexit
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from loqi_core.data import TestSet
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError
-from loqi_core.evaluate import EvalResult, describe_protocol, evaluate, resolve_device
+from loqi_core.evaluate import EvalResult, describe_protocol, evaluate
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.report import UNTRAINED, Report, results_markdown, slug, write_activation_maps
 
@@ -67,12 +68,20 @@ class Experiment:
     """Shared state of one command: run directory, plugins, device, evaluation cache, test sets, report."""
 
     def __init__(self, config: RunConfig, kind: str, plugins: Plugins | None = None, echo: Echo = print) -> None:
+        from loqi_core.training.dist import setup
+
         self.plugins = plugins or get_plugins()
-        self.out = Path(config.out) if config.out is not None else default_run_dir(kind, config)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.env, self.device = setup(config.device)  # under torchrun: join the job; rank 0 alone writes and reports
+        if self.env.initialized_here:
+            atexit.register(self.env.close)
+        self.out = Path(_from_rank0(str(config.out if config.out is not None else default_run_dir(kind, config))))
         log = self.out / "run.log"
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
 
         def echo_and_log(text: str) -> None:  # everything printed also goes to run.log
+            if not self.env.is_main:
+                return
             echo(text)
             with open(log, "a") as f:
                 f.write(text + "\n")
@@ -81,7 +90,6 @@ class Experiment:
         self.echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")
         self.config = config.model_copy(update={"out": self.out})
         self.kind = kind
-        self.device = resolve_device(config.device)
         self.untrained = config.model.weights == "random"
         ev = config.eval
         self.cache = EvalCache(ev.cache_dir, enabled=ev.cache)
@@ -90,10 +98,11 @@ class Experiment:
             load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
             for t in ev.test
         ]
-        (self.out / "config.json").write_text(dump_config(self.config))
-        (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
+        if self.env.is_main:
+            (self.out / "config.json").write_text(dump_config(self.config))
+            (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
-               "degrade": config.degrade, "weights": config.model.weights, "untrained": self.untrained,
+               "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
                "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
         self.report = Report(run, ev.recall)
@@ -111,7 +120,7 @@ class Experiment:
         return build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
             aggregator_params=m.aggregator_params, weights=weights or m.weights, image_size=m.image_size,
-            plugins=self.plugins,
+            protocol=self.config.protocol, plugins=self.plugins,
         )  # fmt: skip
 
     def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:
@@ -121,6 +130,8 @@ class Experiment:
         for test in self.tests:
             result = evaluate(model, test, deg, config=self.config.eval, seed=self.config.seed, device=self.device,
                               cache=self.cache, plugins=self.plugins, untrained=self.untrained)  # fmt: skip
+            if result is None:  # another rank of a torchrun job: it only encoded its share
+                continue
             self.report.add(row, result, **meta)
             self.report.note(test.name, test.notes)
             cached = " (descriptors from cache)" if all(result.cache["descriptors_cached"]) else ""
@@ -139,13 +150,13 @@ class Experiment:
         from loqi_core.distill import distill
 
         target = self.out / folder
-        resume = (target / "config.json").exists()
+        resume = _from_rank0((target / "config.json").exists())  # decided once: rank 0 may already be writing it
         self.echo(f"{'resuming' if resume else 'training'} {mode} in {target} ...")
         return distill(config or self.config, target, mode=mode, resume=resume, plugins=self.plugins)  # type: ignore[arg-type]
 
     def activations(self, teacher: "VPRModel", student: "VPRModel", tag: str = "", label: str = "student") -> None:
         n = self.config.eval.grid_queries
-        if not n:
+        if not n or not self.env.is_main:
             return
         for test in self.tests:
             name = slug(test.name) + (f"__{slug(tag)}" if tag else "")
@@ -156,11 +167,24 @@ class Experiment:
             )  # fmt: skip
 
     def finish(self) -> Path:
+        if not self.env.is_main:
+            return self.out
         metrics = self.report.write(self.out, grid_queries=self.config.eval.grid_queries)
         self.print_protocols()
         self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.config.degrade}"))
         self.echo(f"run directory: {self.out}")
         return self.out
+
+
+def _from_rank0(value: Any) -> Any:
+    """Under torchrun, rank 0's value on every rank (a run directory named after the time, a resume decision)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _teacher_rows(exp: Experiment) -> "VPRModel":

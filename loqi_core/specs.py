@@ -44,6 +44,11 @@ class Preprocess(Params):
     min_side: int | None = None
     """Upscale, keeping the aspect ratio, when the shorter side is below this (tiny frames, stride-32 CNNs)."""
     interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
+    antialias: bool = True
+    """Antialias bilinear/bicubic resizes; False = a plain tensor resize (torchvision's default on tensors before 0.17)."""
+    rounding: Literal["loqi", "torchvision"] = "loqi"
+    """loqi: max/min_side sizes rounded, centre-crop offsets floored. torchvision (the LoQI-VPR authors' transforms):
+    max_side sizes truncated, offsets round((H−h)/2), and a centre square cut at once to a multiple of ``multiple_of``."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -70,6 +75,18 @@ class WeightsSpec:
 
 
 @dataclass(frozen=True)
+class MethodProtocol:
+    """A method under a named protocol: its preprocessing and the config defaults that differ from upstream."""
+
+    preprocess: Preprocess | None = None
+    """Replaces the method's preprocessing; None keeps it."""
+    run_defaults: dict[str, Any] = field(default_factory=dict)
+    """Config defaults by dotted path, layered over the method's ``run_defaults`` (files and flags still override)."""
+    notes: tuple[str, ...] = ()
+    """One line per difference from upstream, with where the fact comes from (shown in reports and docs)."""
+
+
+@dataclass(frozen=True)
 class EncoderSpec:
     """An encoder: uint8-free, normalised images (B×3×H×W) → latent map B×C×h×w (or a tuple led by it).
 
@@ -92,6 +109,8 @@ class EncoderSpec:
     citation: str = ""
     run_defaults: dict[str, Any] = field(default_factory=dict)
     """Config defaults this method sets, by dotted path (``{"distill.lr": 5e-5}``); files and flags override them."""
+    protocols: dict[str, MethodProtocol] = field(default_factory=dict)
+    """What this method does differently under a named protocol (``--protocol paper``: as the paper's authors ran it)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,8 @@ class DegradationSpec:
     params: type[Params] = NoParams
     description: str = ""
     examples: tuple[str, ...] = ()
+    protocols: dict[str, str] = field(default_factory=dict)
+    """Suffix this grammar's token takes under a named protocol when it ends the chain (``{"paper": "-q95"}``)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ COMMON_FIELDS = {
     "aggregator": "model.aggregator",
     "weights": "model.weights",
     "degrade": "degrade",
+    "protocol": "protocol",
     "seed": "seed",
     "device": "device",
     "data_root": "data_root",
@@ -23,13 +24,15 @@ COMMON_FIELDS = {
 
 
 def common_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--method/--encoder/--aggregator/--weights/--degrade/--config/--out/--seed/--device/--data-root/--set``."""
+    """``--method/--encoder/--aggregator/--weights/--degrade/--protocol/--config/--out/--seed/--device/--data-root/--set``."""
     options = [
         click.option("--method", "-m", help="VPR method (see `loqi plugins`), e.g. lite0-gem, mixvpr, salad."),
         click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method)."),
         click.option("--aggregator", help="Mix and match: aggregator name."),
         click.option("--weights", "-w", help='"default", a variant ("official"), "random" (an honest smoke run), a file, a checkpoint or a run directory.'),
         click.option("--degrade", "-d", help="Degradation, e.g. jpeg10 (the default), res360p+qp40, qp40, none (clean)."),
+        click.option("--protocol", type=click.Choice(["upstream", "paper"]),
+                     help="upstream (default): each method as its release runs it; paper: as the LoQI-VPR authors ran it (docs/reproducing.md)."),
         click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML config file (any RunConfig field)."),
         click.option("--out", "-o", type=click.Path(file_okay=False), help="Run directory (default: a new folder under runs/)."),
         click.option("--seed", type=int, help="Seed of everything: sampling, degradation, augmentation, random init."),

@@ -89,4 +89,6 @@ def sweep_command(losses: str, **kw: Any) -> None:
     run_sweep(config, expand_losses(losses), echo=click.echo)
 
 
-COMMANDS = [run_command, sweep_command]
+from loqi_core.commands.reproduce import COMMANDS as REPRODUCE  # noqa: E402  (cli.py lists command modules)
+
+COMMANDS = [run_command, sweep_command, *REPRODUCE]

@@ -23,6 +23,11 @@ class ICKDParams(Params):
         "frobenius",
         description="frobenius: ‖G_s−G_t‖_F over the batch (LoQI); squared_mean: Σ(G_s−G_t)²/(C·B) (original ICKD)",
     )
+    step_images: int | None = Field(
+        None, ge=1,
+        description="frobenius only: rescale the norm to a step of this many images (×√(N/B)); the authors' step "
+        "encodes 168 (24 anchors × (anchor, positive, 5 negatives)); None = the batch as it is",
+    )
 
 
 class MSEParams(Params):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,8 @@ class ICKDLoss:
         diff = channel_gram(s, self.params.normalize_channels) - channel_gram(t, self.params.normalize_channels)
         if self.params.reduction == "frobenius":
             value = diff.pow(2).sum().sqrt()
+            if self.params.step_images is not None:
+                value = value * math.sqrt(self.params.step_images / diff.shape[0])
         else:
             value = diff.pow(2).sum() / (diff.shape[1] * diff.shape[0])
         return self.params.scale * value
@@ -67,8 +70,23 @@ class MSELoss:
         return self.params.scale * F.mse_loss(s, t)
 
 
+def far_apart(positions: torch.Tensor, min_distance_m: float) -> torch.Tensor:
+    """B×2 metric positions → B×B mask of pairs farther apart than ``min_distance_m``.
+
+    Exact at any batch size and translation-invariant: float64 coordinate differences (not cdist's
+    matrix-multiply expansion, whose float32 error at UTM scale ≈3e7 reaches kilometres above 25 rows).
+    """
+    pos = positions.to(torch.float64)
+    pos = pos - pos[:1]  # relative to the batch, so the magnitude of the coordinates does not matter
+    return (pos[:, None, :] - pos[None, :, :]).pow(2).sum(-1) > float(min_distance_m) ** 2
+
+
 class TripletLoss:
-    """Per anchor: the student's most similar positive (same place) against N negatives (other places)."""
+    """Per anchor: the student's most similar positive (same place) against N negatives (other places).
+
+    Vectorised over anchors (no host sync per anchor). Negatives are the N most similar (``hardest``) or a
+    uniformly random N of the anchor's negatives; an anchor with fewer than N uses all it has.
+    """
 
     def __init__(self, params: TripletParams) -> None:
         self.params = params
@@ -76,23 +94,22 @@ class TripletLoss:
     def __call__(self, batch: DistillBatch) -> torch.Tensor:
         p = self.params
         desc, pos_mask, neg_mask = place_pairs(batch, "triplet")
-        sim = desc @ desc.T
         if batch.positions is not None:
-            pos = batch.positions.to(desc.device).float()
-            neg_mask &= torch.cdist(pos, pos) > p.negative_min_distance_m
-        dist = torch.cdist(desc, desc)
-        losses = []
-        for a in range(len(desc)):
-            if not pos_mask[a].any() or not neg_mask[a].any():
-                continue
-            candidates = torch.nonzero(pos_mask[a]).flatten()
-            positive = candidates[sim[a, candidates].argmax()]
-            negs = torch.nonzero(neg_mask[a]).flatten()
-            if p.negative_mining == "hardest":
-                negs = negs[sim[a, negs].argsort(descending=True)[: p.negatives]]
-            else:
-                negs = negs[torch.randperm(len(negs), device="cpu")[: p.negatives].to(negs.device)]
-            losses.append(F.relu(dist[a, positive] - dist[a, negs] + p.margin).mean())
-        if not losses:
-            return desc.sum() * 0.0
-        return p.scale * torch.stack(losses).sum()
+            neg_mask &= far_apart(batch.positions.to(desc.device), p.negative_min_distance_m)
+        sim = desc @ desc.T
+        # pairwise differences, never the |a|²+|b|²−2ab expansion, so the distances are exact at any batch size
+        dist = torch.cdist(desc, desc, compute_mode="donot_use_mm_for_euclid_dist")
+        lowest = torch.finfo(sim.dtype).min
+        positive = torch.where(pos_mask, sim, lowest).argmax(1)  # first most similar positive, as a loop would pick
+        detached = sim.detach()
+        if p.negative_mining == "hardest":
+            keys = torch.where(neg_mask, detached, lowest)
+        else:  # a uniformly random subset: independent uniform keys, keep the N largest
+            keys = torch.where(neg_mask, torch.rand(sim.shape, device=sim.device), -1.0)
+        negs = keys.topk(min(p.negatives, keys.shape[1]), dim=1).indices
+        chosen = neg_mask.gather(1, negs)  # False where an anchor has fewer than N negatives
+        d_pos = dist.gather(1, positive[:, None])
+        hinge = F.relu(d_pos - dist.gather(1, negs) + p.margin) * chosen
+        per_anchor = hinge.sum(1) / chosen.sum(1).clamp(min=1)
+        valid = pos_mask.any(1) & neg_mask.any(1)
+        return p.scale * (per_anchor * valid).sum()

@@ -179,7 +179,7 @@ class StepDataset:
         if self.plan.cfg.by_places:
             out["place_ids"] = torch.tensor([pid for _, pid in batch], dtype=torch.long)
             if self.positions is not None:
-                out["positions"] = torch.from_numpy(self.positions[[i for i, _ in batch]].astype(np.float32))
+                out["positions"] = torch.from_numpy(self.positions[[i for i, _ in batch]].astype(np.float64))
         return out
 
     def __len__(self) -> int:  # only for DataLoader's bookkeeping; items are addressed by step

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from loqi_core import hookimpl
-from loqi_core.specs import AggregatorSpec, EncoderSpec, Params, Preprocess, WeightsSpec
+from loqi_core.specs import AggregatorSpec, EncoderSpec, MethodProtocol, Params, Preprocess, WeightsSpec
 from loqi_plugin_dinov2 import ArchParams, LICENSE as DINOV2_LICENSE, hub_url
 
 CITATION = (
@@ -24,6 +24,15 @@ CITATION = (
 )
 DOMAINS = ("indoor", "urban", "aerial", "structured", "unstructured", "global")
 VOCAB_BASE_URL = "https://github.com/AnyLoc/DINO/releases/download/v1"
+PAPER = MethodProtocol(
+    preprocess=Preprocess(max_side=1024, multiple_of=14, interpolation="bicubic", antialias=False, rounding="torchvision"),
+    run_defaults={"model.aggregator_params.vocabulary": "indoor"},
+    notes=(
+        "anyloc: bicubic downscale without antialiasing above 1024 px, centre crop to multiples of 14 "
+        "(jamesjin0516/AnyLoc feature_extract.py); upstream antialiases",
+        "anyloc: the indoor vocabulary on every test set, as the authors' test config (upstream: urban)",
+    ),
+)
 
 
 class AnyLocEncoderParams(ArchParams):
@@ -100,6 +109,7 @@ def loqi_register_encoders(register):
             trainable=("encoder",),
             default_loss="ickd+triplet",
             citation=CITATION,
+            protocols={"paper": PAPER},
         )
     )
 

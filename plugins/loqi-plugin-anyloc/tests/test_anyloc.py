@@ -214,3 +214,35 @@ def test_distillation_with_the_default_loss_trains_the_backbone_not_the_vocabula
     load_checkpoint(student, final)
     assert torch.equal(student.aggregator.centers, teacher.aggregator.centers)
     assert summary["trainable_parameters"] == sum(p.numel() for p in student.encoder.parameters())
+
+
+@pytest.mark.parametrize("h,w", [(1100, 733), (480, 1030)])
+def test_paper_protocol_downscales_without_antialiasing_like_the_authors(h, w):
+    """jamesjin0516/AnyLoc feature_extract.py as facts: ToTensor+Normalize, downscale above 1024 px (bicubic on the
+    tensor, antialias off, other side int()-truncated), CenterCrop((h//14·14, w//14·14))."""
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    from loqi_core.model import preprocess_images
+    from loqi_core.specs import IMAGENET_MEAN, IMAGENET_STD
+    from loqi_core.testing import random_images
+
+    spec = get_plugins().encoder("anyloc")
+    img = random_images(1, h, w, seed=w)[0]
+    x = TF.normalize(img.float()[None] / 255, IMAGENET_MEAN, IMAGENET_STD)
+    nh, nw = (1024, int(w * 1024 / h)) if h >= w else (int(h * 1024 / w), 1024)
+    x = TF.resize(x, (nh, nw), interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+    authors = T.CenterCrop((nh // 14 * 14, nw // 14 * 14))(x)
+    got = preprocess_images(img[None], spec.protocols["paper"].preprocess)
+    assert got.shape == authors.shape and torch.allclose(got, authors, atol=1e-5)
+    upstream = preprocess_images(img[None], spec.preprocess)
+    assert upstream.shape != authors.shape or (upstream - authors).abs().max() > 0.05
+
+
+def test_paper_protocol_uses_the_indoor_vocabulary():
+    from loqi_core.config import resolve_run_config
+
+    paper = resolve_run_config(None, {"model.method": "anyloc", "protocol": "paper"})
+    assert paper.model.aggregator_params["vocabulary"] == "indoor"
+    assert resolve_run_config(None, {"model.method": "anyloc"}).model.aggregator_params == {}
+    assert VLADParams().vocabulary == "urban"

@@ -13,10 +13,12 @@ the whole incoming batch, as upstream does. No torch import here.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from loqi_core import hookimpl
-from loqi_core.specs import AggregatorSpec, EncoderSpec, Params, Preprocess, WeightsSpec
+from loqi_core.specs import AggregatorSpec, EncoderSpec, MethodProtocol, Params, Preprocess, WeightsSpec
 from loqi_plugin_dinov2 import ArchParams
 
 CITATION = (
@@ -42,6 +44,24 @@ class CricaParams(Params):
     feedforward: int = Field(2048, ge=1, description="feed-forward width of the cross-image encoder")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the cross-image encoder (training only)")
     gem_p: float = Field(3.0, gt=0.0, description="initial GeM exponent (learned; the checkpoint sets it)")
+    regions: Literal["scaled", "fixed"] = Field(
+        "scaled",
+        description="scaled: the 2×2 and 3×3 grids cut any patch grid proportionally (16 → 0:8:16, 0:5:11:16); "
+        "fixed: the release's hard-coded slices 0:8, 8: and 0:5, 5:11, 11: whatever the grid (the LoQI-VPR authors')",
+    )
+
+
+PAPER = MethodProtocol(
+    preprocess=Preprocess(mode="center_crop", multiple_of=14, rounding="torchvision"),
+    run_defaults={"model.aggregator_params.regions": "fixed", "model.aggregator_params.group_size": 0,
+                  "eval.batch_size": 100},
+    notes=(
+        "cricavpr: centre crop of the native image to a square of side min(H, W)//14·14, no resize "
+        "(jamesjin0516/CricaVPR feature_extract.py); upstream resizes to 224×224",
+        "cricavpr: the release's fixed region slices 0:8/8: and 0:5/5:11/11: on whatever patch grid that gives "
+        "(CricaVPR network.py), and cross-image attention over each batch of 100 (the authors' test batch)",
+    ),
+)
 
 
 def _convert_official(obj):
@@ -88,6 +108,7 @@ def loqi_register_encoders(register):
             default_loss="ickd",
             citation=CITATION,
             run_defaults={"eval.batch_size": 16},
+            protocols={"paper": PAPER},
         )
     )
 

@@ -71,8 +71,18 @@ class CricaEncoder(nn.Module):
         return self.backbone.to_map(t[:, 1:], self.backbone.grid(x)), t[:, 0]
 
 
-def region_bounds(n: int, parts: int) -> list[int]:
-    """Cut points of ``n`` rows into ``parts`` near-equal regions: 16 → [0, 8, 16] and [0, 5, 11, 16] (the release's)."""
+FIXED_BOUNDS = {2: [0, 8], 3: [0, 5, 11]}
+"""The release's hard-coded region starts (written for a 16×16 grid); each last region runs to the edge."""
+
+
+def region_bounds(n: int, parts: int, regions: str = "scaled") -> list[int]:
+    """Cut points of ``n`` rows into ``parts`` regions: 16 → [0, 8, 16] and [0, 5, 11, 16] (the release's).
+
+    ``scaled`` cuts any ``n`` proportionally; ``fixed`` keeps the release's starts whatever ``n`` (the LoQI-VPR
+    authors feed native-resolution grids to it, so its last regions grow).
+    """
+    if regions == "fixed":
+        return FIXED_BOUNDS[parts] + [n]
     return [int(n * k / parts + 0.5) for k in range(parts + 1)]
 
 
@@ -92,6 +102,7 @@ class CricaAggregator(nn.Module):
     def __init__(self, in_channels: int, params: CricaParams) -> None:
         super().__init__()
         self.group_size = params.group_size
+        self.regions = params.regions
         self.gem = GeM(params.gem_p)
         layer = nn.TransformerEncoderLayer(
             in_channels, params.heads, params.feedforward, dropout=params.dropout, activation="gelu", batch_first=False
@@ -101,11 +112,12 @@ class CricaAggregator(nn.Module):
     def region_tokens(self, patches: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         x = F.normalize(patches, dim=1)
         h, w = x.shape[-2:]
-        if min(h, w) < 3:
-            raise ValueError(f"CricaVPR needs a patch grid of at least 3×3, got {h}×{w}")
+        least = 12 if self.regions == "fixed" else 3
+        if min(h, w) < least:
+            raise ValueError(f"CricaVPR ({self.regions} regions) needs a patch grid of at least {least}×{least}, got {h}×{w}")
         tokens = [cls]
         for parts in (2, 3):
-            rows, cols = region_bounds(h, parts), region_bounds(w, parts)
+            rows, cols = region_bounds(h, parts, self.regions), region_bounds(w, parts, self.regions)
             for r in range(parts):
                 for c in range(parts):
                     tokens.append(self.gem(x[..., rows[r] : rows[r + 1], cols[c] : cols[c + 1]]))

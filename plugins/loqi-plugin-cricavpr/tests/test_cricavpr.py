@@ -105,3 +105,49 @@ def test_method_facts_and_deterministic_eval_batch():
     spec, _ = get_plugins().method("cricavpr")
     assert spec.preprocess.size == (224, 224) and spec.default_loss == "ickd"
     assert spec.run_defaults["eval.batch_size"] == CricaParams().group_size == 16
+
+
+def test_paper_protocol_crops_a_native_square_as_the_authors_centercrop():
+    """The authors: side = min(H, W)//14·14, transforms.CenterCrop((side, side)) on the normalised tensor, no resize."""
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    from loqi_core.model import preprocess_images
+    from loqi_core.specs import IMAGENET_MEAN, IMAGENET_STD
+
+    spec = get_plugins().encoder("cricavpr")
+    pp = spec.protocols["paper"].preprocess
+    for h, w in ((133, 100), (100, 133), (120, 181), (98, 98)):  # 133: offset (133-98)/2 = 17.5, rounded to 18
+        img = random_images(1, h, w, seed=h + w)[0]
+        normalised = TF.normalize(img.float()[None] / 255, IMAGENET_MEAN, IMAGENET_STD)
+        side = min(h, w) // 14 * 14
+        authors = T.CenterCrop((side, side))(normalised)
+        got = preprocess_images(img[None], pp)
+        assert got.shape == authors.shape and torch.equal(got, authors), (h, w)
+    floored = preprocess_images(random_images(1, 133, 100, seed=233)[0][None], pp.model_copy(update={"rounding": "loqi"}))
+    assert not torch.equal(floored, T.CenterCrop((98, 98))(TF.normalize(random_images(1, 133, 100, seed=233)[0].float()[None] / 255, IMAGENET_MEAN, IMAGENET_STD)))
+
+
+def test_paper_protocol_uses_the_release_fixed_region_slices():
+    """network.py slices x_p[:, :, 0:8, 0:8], ..., x_p[:, :, 11:, 11:] whatever the grid (here 20×20)."""
+    agg = CricaAggregator(32, CricaParams(heads=4, feedforward=64, regions="fixed"))
+    patches, cls = torch.rand(2, 32, 20, 20), torch.randn(2, 32)
+    tokens = agg.region_tokens(patches, cls)
+    x = torch.nn.functional.normalize(patches, dim=1)
+    gem = lambda r: r.clamp(min=1e-6).pow(3).mean(dim=(-2, -1)).pow(1 / 3)  # noqa: E731
+    slices2 = [(slice(0, 8), slice(0, 8)), (slice(0, 8), slice(8, None)), (slice(8, None), slice(0, 8)), (slice(8, None), slice(8, None))]
+    thirds = (slice(0, 5), slice(5, 11), slice(11, None))
+    expected = [cls] + [gem(x[..., r, c]) for r, c in slices2] + [gem(x[..., r, c]) for r in thirds for c in thirds]
+    assert torch.allclose(tokens, torch.stack(expected, dim=1), atol=1e-6)
+    scaled = CricaAggregator(32, CricaParams(heads=4, feedforward=64)).region_tokens(patches, cls)
+    assert not torch.allclose(tokens, scaled, atol=1e-3)
+    with pytest.raises(ValueError, match="at least 12×12"):
+        agg.region_tokens(torch.rand(1, 32, 11, 16), torch.randn(1, 32))
+
+
+def test_paper_protocol_config_defaults():
+    from loqi_core.config import resolve_run_config
+
+    c = resolve_run_config(None, {"model.method": "cricavpr", "protocol": "paper"})
+    assert c.model.aggregator_params == {"regions": "fixed", "group_size": 0} and c.eval.batch_size == 100
+    assert resolve_run_config(None, {"model.method": "cricavpr"}).eval.batch_size == 16

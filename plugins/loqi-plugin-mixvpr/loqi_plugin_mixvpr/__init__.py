@@ -9,13 +9,20 @@ from __future__ import annotations
 from pydantic import Field
 
 from loqi_core import hookimpl
-from loqi_core.specs import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec
+from loqi_core.specs import AggregatorSpec, EncoderSpec, MethodProtocol, NoParams, Params, Preprocess, WeightsSpec
 
 CITATION = (
     "A. Ali-bey, B. Chaib-draa, P. Giguère. MixVPR: Feature Mixing for Visual Place Recognition. WACV 2023."
 )
 LICENSE = "no licence file in amaralibey/MixVPR (all rights reserved by default); research use at your own judgement"
 TRAINABLE = ("encoder.layer2", "encoder.layer3", "aggregator")
+PAPER = MethodProtocol(
+    preprocess=Preprocess(size=(320, 320), interpolation="bicubic", antialias=False),
+    notes=(
+        "mixvpr: torchvision Resize((320, 320), bicubic, antialias=None) on the normalised tensor, i.e. no "
+        "antialiasing (jamesjin0516/MixVPR feature_extract.py); upstream resizes with antialiasing",
+    ),
+)
 
 
 class MixVPRParams(Params):
@@ -114,6 +121,7 @@ def loqi_register_encoders(register):
                 trainable=TRAINABLE,
                 default_loss="ickd",
                 citation=CITATION,
+                protocols={"paper": PAPER},
             )
         )
 

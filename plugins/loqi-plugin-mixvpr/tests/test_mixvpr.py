@@ -127,3 +127,23 @@ def test_method_facts():
         assert spec.default_loss == "ickd"
         assert spec.trainable == ("encoder.layer2", "encoder.layer3", "aggregator")
         assert [w.name for w in spec.weights] == ["official", "imagenet"]
+
+
+def test_paper_protocol_is_the_authors_tensor_resize_without_antialiasing():
+    """The authors: ToTensor, Normalize, then tvf.Resize((320, 320), bicubic, antialias=None) — off for tensors."""
+    import torchvision.transforms.functional as TF
+
+    from loqi_core.model import preprocess_images
+    from loqi_core.specs import IMAGENET_MEAN, IMAGENET_STD
+    from loqi_core.testing import random_images
+
+    spec = get_plugins().encoder("mixvpr")
+    img = random_images(1, 480, 640, seed=2)[0]  # shrinking: antialiasing would matter
+    normalised = TF.normalize(img.float()[None] / 255, IMAGENET_MEAN, IMAGENET_STD)
+    authors = TF.resize(normalised, [320, 320], interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+    paper = preprocess_images(img[None], spec.protocols["paper"].preprocess)
+    upstream = preprocess_images(img[None], spec.preprocess)
+    assert torch.allclose(paper, authors, atol=1e-5)
+    assert (upstream - authors).abs().max() > 0.1
+    model = build_model("mixvpr", weights="random", protocol="paper")
+    assert model.preprocess == spec.protocols["paper"].preprocess

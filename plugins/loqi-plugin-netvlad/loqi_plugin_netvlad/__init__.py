@@ -9,13 +9,14 @@ from __future__ import annotations
 from pydantic import Field
 
 from loqi_core import hookimpl
-from loqi_core.specs import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec
+from loqi_core.specs import AggregatorSpec, EncoderSpec, MethodProtocol, NoParams, Params, Preprocess, WeightsSpec
 
 CITATION = (
     "R. Arandjelović, P. Gronat, A. Torii, T. Pajdla, J. Sivic. NetVLAD: CNN architecture for weakly "
     "supervised place recognition. CVPR 2016."
 )
 GDRIVE_ID = "17luTjZFCX639guSVy00OUtzfTQo4AMF2"
+PAPER = MethodProtocol(notes=("netvlad: native image size, as upstream (LoQI-VPR Feature_Extractor.py): nothing differs",))
 
 
 class NetVLADParams(Params):
@@ -84,6 +85,7 @@ def loqi_register_encoders(register):
             trainable=("encoder.24", "encoder.26", "encoder.28", "aggregator"),
             default_loss="mse",
             citation=CITATION,
+            protocols={"paper": PAPER},
         )
     )
 

@@ -1,7 +1,9 @@
 """loqi plugin resolution: ``resNp`` (height N, aspect kept), ``scaleF`` and ``WxH`` downscaling.
 
 Optional suffixes, in this order: ``-area`` / ``-bilinear`` / ``-bicubic`` picks the interpolation (default
-bilinear, as the authors' ``cv2.resize``), and ``-back`` resizes the result back to the original size.
+bilinear, as the authors' ``cv2.resize``), ``-back`` resizes the result back to the original size, and ``-qN``
+stores the result as a JPEG of quality N and reads it back (``-q95``: what the authors' ``cv2.imwrite`` does;
+``--protocol paper`` adds it to a resolution stage that ends the chain).
 Without ``-back`` the small image is handed on as it is: to the next stage of a chain (``res270p+qp40``
 encodes the 270p frames) and then to the model's own preprocessing, which resizes it to the model's input.
 """
@@ -17,7 +19,8 @@ from loqi_core import hookimpl
 from loqi_core.specs import DegradationSpec, Params
 
 MAX_SIDE = 16384
-SUFFIXES = r"(?:-(?P<interpolation>area|bilinear|bicubic))?(?:-(?P<back>back))?"
+SUFFIXES = r"(?:-(?P<interpolation>area|bilinear|bicubic))?(?:-(?P<back>back))?(?:-q(?P<file_quality>\d+))?"
+PROTOCOLS = {"paper": "-q95"}  # the authors write each resized image with cv2.imwrite: JPEG, quality 95 by default
 
 
 def _bounded(low: int, high: int, what: str, example: str):
@@ -46,6 +49,10 @@ class ResizeParams(Params):
         "bicubic: antialiased, like ffmpeg's bicubic scaler (the authors' video pipeline); area: box average",
     )
     back: bool = Field(False, description="resize the result back to the original size (suffix -back)")
+    file_quality: int | None = Field(
+        None, ge=1, le=100,
+        description="store the result as a JPEG of this quality and read it back (suffix -qN; cv2.imwrite's default: 95)",
+    )
 
     @field_validator("back", mode="before")
     @classmethod
@@ -69,19 +76,19 @@ class SizeParams(ResizeParams):
 def _by_height(params: HeightParams):
     from loqi_plugin_resolution.resize import Resize, size_for_height
 
-    return Resize(lambda h, w: size_for_height(h, w, params.height), params.interpolation, params.back)
+    return Resize(lambda h, w: size_for_height(h, w, params.height), params.interpolation, params.back, params.file_quality)
 
 
 def _by_scale(params: ScaleParams):
     from loqi_plugin_resolution.resize import Resize, size_for_scale
 
-    return Resize(lambda h, w: size_for_scale(h, w, params.factor), params.interpolation, params.back)
+    return Resize(lambda h, w: size_for_scale(h, w, params.factor), params.interpolation, params.back, params.file_quality)
 
 
 def _by_size(params: SizeParams):
     from loqi_plugin_resolution.resize import Resize
 
-    return Resize(lambda h, w: (params.height, params.width), params.interpolation, params.back)
+    return Resize(lambda h, w: (params.height, params.width), params.interpolation, params.back, params.file_quality)
 
 
 @hookimpl
@@ -92,8 +99,9 @@ def loqi_register_degradations(register):
             r"res(?P<height>\d+)p" + SUFFIXES,
             _by_height,
             HeightParams,
-            "resize to height N, aspect kept; -area|-bilinear|-bicubic, -back to resize back",
-            ("res360p", "res270p-bicubic", "res180p-back"),
+            "resize to height N, aspect kept; -area|-bilinear|-bicubic, -back to resize back, -qN via a JPEG-N file",
+            ("res360p", "res270p-bicubic", "res180p-back", "res360p-q95"),
+            PROTOCOLS,
         )
     )
     register(
@@ -104,6 +112,7 @@ def loqi_register_degradations(register):
             ScaleParams,
             "scale both sides by F (0 < F <= 1); same suffixes as resNp",
             ("scale0.25", "scale0.5-area"),
+            PROTOCOLS,
         )
     )
     register(
@@ -114,5 +123,6 @@ def loqi_register_degradations(register):
             SizeParams,
             "resize to exactly W×H (aspect not kept); same suffixes as resNp",
             ("480x270", "240x180-bicubic"),
+            PROTOCOLS,
         )
     )

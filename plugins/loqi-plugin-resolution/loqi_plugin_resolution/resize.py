@@ -42,13 +42,31 @@ def resize(image: torch.Tensor, size: tuple[int, int], interpolation: str) -> to
     return y[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
-class Resize(Degradation):
-    """Resize each image to ``target(h, w)``; with ``back``, resize it back to (h, w) afterwards."""
+def jpeg_file_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """What writing a uint8 3×H×W image as a JPEG file (libjpeg, 4:2:0, as cv2.imwrite and PIL do) and reading it gives."""
+    import io
 
-    def __init__(self, target: Callable[[int, int], tuple[int, int]], interpolation: str, back: bool) -> None:
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    decoded = np.asarray(Image.open(buf).convert("RGB"))
+    return torch.from_numpy(decoded.copy()).permute(2, 0, 1).contiguous().to(image.device)
+
+
+class Resize(Degradation):
+    """Resize each image to ``target(h, w)``; with ``back``, resize it back to (h, w); with ``file_quality``, pass it
+    through a JPEG file of that quality (the authors' ``cv2.imwrite``)."""
+
+    def __init__(
+        self, target: Callable[[int, int], tuple[int, int]], interpolation: str, back: bool, file_quality: int | None = None
+    ) -> None:
         self.target = target
         self.interpolation = interpolation
         self.back = back
+        self.file_quality = file_quality
         self._warned = False
 
     def __call__(self, images: Sequence[torch.Tensor], *, seed: int = 0) -> Degraded:
@@ -66,5 +84,6 @@ class Resize(Degradation):
                     stacklevel=2,
                 )
             small = resize(img, size, self.interpolation)
-            out.append(resize(small, (h, w), self.interpolation) if self.back else small)
+            result = resize(small, (h, w), self.interpolation) if self.back else small
+            out.append(jpeg_file_round_trip(result, self.file_quality) if self.file_quality else result)
         return Degraded(out)

@@ -87,3 +87,31 @@ def test_range_errors_name_token_and_range(spec, words):
     with pytest.raises(ConfigError) as info:
         parse_degradation(spec)
     assert f'"{spec}"' in str(info.value) and words in str(info.value)
+
+
+def test_q95_suffix_is_the_authors_imwrite_round_trip():
+    """``-q95``: the bilinear (INTER_LINEAR-like) resize, then a JPEG file of quality 95 (cv2.imwrite's default) read back."""
+    import io
+
+    img = random_images(1, 48, 64, seed=5)[0]
+    small = parse_degradation("res24p")([img]).images[0]
+    buf = io.BytesIO()
+    Image.fromarray(small.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=95)
+    expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).copy()).permute(2, 0, 1)
+    got = parse_degradation("res24p-q95")([img]).images[0]
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, small)  # the file step is lossy, so the suffix is not a no-op
+    assert parse_degradation("scale0.5-bicubic-back-q95")([img]).images[0].shape == img.shape
+
+
+def test_paper_protocol_adds_the_file_step_to_a_final_resolution_stage():
+    from loqi_core.plugins import get_plugins
+    from loqi_core.protocol import protocol_degrade
+
+    p = get_plugins()
+    assert protocol_degrade("res360p", "paper", p) == "res360p-q95"
+    assert protocol_degrade("scale0.25-area", "paper", p) == "scale0.25-area-q95"
+    assert protocol_degrade("res360p-q95", "paper", p) == "res360p-q95"
+    assert protocol_degrade("res270p+qp40", "paper", p) == "res270p+qp40"  # the codec's frames are what is stored
+    assert protocol_degrade("jpeg10", "paper", p) == "jpeg10"
+    assert protocol_degrade("res360p", "upstream", p) == "res360p"

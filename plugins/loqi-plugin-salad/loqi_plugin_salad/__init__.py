@@ -10,13 +10,21 @@ from __future__ import annotations
 from pydantic import Field
 
 from loqi_core import hookimpl
-from loqi_core.specs import AggregatorSpec, EncoderSpec, Params, Preprocess, WeightsSpec
+from loqi_core.specs import AggregatorSpec, EncoderSpec, MethodProtocol, Params, Preprocess, WeightsSpec
 from loqi_plugin_dinov2 import ArchParams
 
 CITATION = (
     "S. Izquierdo, J. Civera. Optimal Transport Aggregation for Visual Place Recognition. CVPR 2024."
 )
 RELEASE_URL = "https://github.com/serizba/salad/releases/download/v1.0.0/dino_salad.ckpt"
+
+PAPER = MethodProtocol(
+    preprocess=Preprocess(max_side=1024, multiple_of=14, interpolation="bicubic", antialias=False, rounding="torchvision"),
+    notes=(
+        "salad: native resolution, bicubic downscale without antialiasing only above 1024 px, then a centre crop to "
+        "multiples of 14 (jamesjin0516/salad feature_extract.py); upstream resizes to 322×322",
+    ),
+)
 
 
 class SaladEncoderParams(ArchParams):
@@ -75,6 +83,7 @@ def loqi_register_encoders(register):
             + ("encoder.backbone.vit.norm", "aggregator"),
             default_loss="ickd",
             citation=CITATION,
+            protocols={"paper": PAPER},
         )
     )
 

@@ -78,3 +78,33 @@ def test_dust_bin_is_a_parameter_the_release_names():
     agg = Salad(16, SaladParams(clusters=2, cluster_dim=4, token_dim=4, hidden=8))
     names = set(agg.state_dict())
     assert {"dust_bin", "score.0.weight", "score.3.weight", "cluster_features.3.bias", "token_features.2.weight"} <= names
+
+
+def _authors_native(img: torch.Tensor, max_size: int = 1024) -> torch.Tensor:
+    """jamesjin0516/salad feature_extract.py as facts: ToTensor+Normalize, downscale (bicubic, tensor, no antialias)
+    when the long side exceeds max_image_size, the other side int()-truncated, then CenterCrop to multiples of 14."""
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    from loqi_core.specs import IMAGENET_MEAN, IMAGENET_STD
+
+    x = TF.normalize(img.float()[None] / 255, IMAGENET_MEAN, IMAGENET_STD)
+    h, w = x.shape[-2:]
+    if max(h, w) > max_size:
+        h, w = (max_size, int(w * max_size / h)) if h == max(h, w) else (int(h * max_size / w), max_size)
+        x = TF.resize(x, (h, w), interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+    return T.CenterCrop((h // 14 * 14, w // 14 * 14))(x)
+
+
+@pytest.mark.parametrize("h,w", [(480, 640), (1100, 733), (301, 1500)])
+def test_paper_protocol_is_native_resolution_cropped_to_multiples_of_14(h, w):
+    from loqi_core.model import preprocess_images
+    from loqi_core.testing import random_images
+
+    spec = get_plugins().encoder("salad")
+    img = random_images(1, h, w, seed=h)[0]
+    got = preprocess_images(img[None], spec.protocols["paper"].preprocess)
+    authors = _authors_native(img)
+    assert got.shape == authors.shape
+    assert torch.allclose(got, authors, atol=1e-5)
+    assert spec.preprocess.size == (322, 322)  # upstream stays as the release runs it
