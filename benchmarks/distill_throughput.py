@@ -67,7 +67,9 @@ def bare_rate(config, size: tuple[int, int], batch: int, steps: int, warmup: int
     select_trainable(student, spec.trainable, method)
     set_train_modes(student, spec.trainable, freeze_bn=True, dropout=False)
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in student.encoder.modules())
-    fmt = torch.channels_last if device.type == "cuda" and convs > 3 else torch.contiguous_format  # engine's "auto"
+    mode = config.distill.channels_last  # the engine's rule: "auto" = on for CNN encoders on CUDA
+    on = mode == "on" or (mode == "auto" and device.type == "cuda" and convs > 3)
+    fmt = torch.channels_last if on else torch.contiguous_format
     student.to(device, memory_format=fmt)
     teacher.to(device, memory_format=fmt)
     x = torch.randn(batch, 3, *size, device=device).contiguous(memory_format=fmt)
