@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 import click
@@ -10,14 +12,32 @@ from loqi_core import __version__
 from loqi_core.errors import LoqiError
 
 
+def debug() -> bool:
+    """``LOQI_DEBUG=1``: let loqi's errors and OS errors through with their tracebacks (to debug loqi itself)."""
+    return os.environ.get("LOQI_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 class LoqiGroup(click.Group):
-    """Turns loqi's own errors into a one-line ``Error: ...`` instead of a traceback."""
+    """Turns loqi's own errors and OS errors (permission, full disk, missing file) into one ``Error: ...`` line.
+
+    Any other exception is a bug in loqi or a plugin and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
+        from loqi_core.fileio import as_os_error, describe_os_error
+
         try:
             return super().invoke(ctx)
         except LoqiError as exc:
+            if debug():
+                raise
             raise click.ClickException(str(exc)) from None
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            os_error = as_os_error(exc)
+            if os_error is None or os_error.errno == errno.EPIPE or debug():
+                raise
+            raise click.ClickException(describe_os_error(os_error)) from None
 
 
 @click.group(cls=LoqiGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
