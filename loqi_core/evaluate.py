@@ -35,6 +35,7 @@ from loqi_core.cache import (
 from loqi_core.config import EvalConfig
 from loqi_core.data import ImageList, TestSet, read_image
 from loqi_core.degradation import Degradation, Identity, parse_degradation, sample_seed
+from loqi_core.errors import ConfigError
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.search import IVFPQParams, recall_at_n, resolve_backend, search
 
@@ -50,12 +51,34 @@ SHARD_SIZE = 64
 
 
 def resolve_device(name: str | None = "auto") -> "torch.device":
-    """``auto`` → ``cuda`` when available, else ``cpu``."""
+    """``auto`` → ``cuda`` when available, else ``cpu``; a device this machine lacks is a ``ConfigError``."""
     import torch
 
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f'device: "{name}" is not a device (auto, cpu, cuda, cuda:N, mps)') from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f'device: "{name}" asked for, but CUDA is not available on this machine (use --device cpu or auto)')
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f'device: "{name}" asked for, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}')
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f'device: "{name}" asked for, but MPS is not available on this machine (use --device cpu or auto)')
+    return device
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU thread count when given; returns the count in effect (recorded in every run's config.json,
+    since the same seed gives the same numbers only at the same thread count)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def use_bf16(precision: str, device: "torch.device") -> bool:
@@ -231,22 +254,27 @@ def extract(
         stats.images += len(items)
 
     model.eval()
-    with tqdm(total=len(images), desc=label, unit="img", leave=False) as bar:
-        for indices, imgs, status in loader:
-            stats.image_shards[status] = stats.image_shards.get(status, 0) + 1
-            for i, img in zip(indices, imgs):
-                bucket_key = "fixed" if fixed else tuple(img.shape)
-                buckets.setdefault(bucket_key, []).append((i, img))
-                if len(buckets[bucket_key]) >= batch_size:
-                    flush(bucket_key)
-                elif sum(len(b) for b in buckets.values()) > 4 * batch_size:
-                    flush(max(buckets, key=lambda b: len(buckets[b])))
-            bar.update(len(indices))
-        for bucket_key in list(buckets):
-            flush(bucket_key)
-    if writer is None:
-        raise RuntimeError(f"no images to encode in {label}")
-    result = writer.close({"images": len(images)})
+    try:
+        with tqdm(total=len(images), desc=label, unit="img", leave=False) as bar:
+            for indices, imgs, status in loader:
+                stats.image_shards[status] = stats.image_shards.get(status, 0) + 1
+                for i, img in zip(indices, imgs):
+                    bucket_key = "fixed" if fixed else tuple(img.shape)
+                    buckets.setdefault(bucket_key, []).append((i, img))
+                    if len(buckets[bucket_key]) >= batch_size:
+                        flush(bucket_key)
+                    elif sum(len(b) for b in buckets.values()) > 4 * batch_size:
+                        flush(max(buckets, key=lambda b: len(buckets[b])))
+                bar.update(len(indices))
+            for bucket_key in list(buckets):
+                flush(bucket_key)
+        if writer is None:
+            raise RuntimeError(f"no images to encode in {label}")
+        result = writer.close({"images": len(images)})
+    except BaseException:
+        if writer is not None:  # a failure (full disk, Ctrl-C, a bad image) leaves no *.partial.npy behind
+            writer.abort()
+        raise
     stats.seconds += time.perf_counter() - start
     return result
 

@@ -58,8 +58,15 @@ def _run(mode: str, kw: dict[str, Any], loss: str | None) -> None:
 
     from loqi_core.distill import distill
 
+    from loqi_core.runner import log_error
+
     config, out = _resolve(mode, kw, loss)
-    final = distill(config, out, mode=mode, resume=bool(kw["resume_dir"]))  # type: ignore[arg-type]
+    try:
+        final = distill(config, out, mode=mode, resume=bool(kw["resume_dir"]))  # type: ignore[arg-type]
+    except BaseException as exc:
+        if (out / "config.json").exists():  # the run directory exists (it is made after validation): log there
+            log_error(out, exc)
+        raise
     summary = out / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
