@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 
 import click
 
 from loqi_core import __version__
-from loqi_core.errors import LoqiError
+from loqi_core.errors import LoqiError, one_line
 
 
 def debug() -> bool:
@@ -23,21 +22,15 @@ class LoqiGroup(click.Group):
     Any other exception is a bug in loqi or a plugin and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
-        from loqi_core.fileio import as_os_error, describe_os_error
-
         try:
             return super().invoke(ctx)
-        except LoqiError as exc:
-            if debug():
-                raise
-            raise click.ClickException(str(exc)) from None
         except click.ClickException:
             raise
         except Exception as exc:
-            os_error = as_os_error(exc)
-            if os_error is None or os_error.errno == errno.EPIPE or debug():
+            message = one_line(exc)
+            if message is None or debug():
                 raise
-            raise click.ClickException(describe_os_error(os_error)) from None
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=LoqiGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 _HINTS = {
     errno.ENOSPC: "the disk is full: free some space or choose another --out / --cache-dir",
     errno.EDQUOT: "the disk quota is exceeded: free some space or choose another --out / --cache-dir",
-    errno.EACCES: "no permission to write there: choose another --out / --cache-dir",
-    errno.EPERM: "no permission to write there: choose another --out / --cache-dir",
+    errno.EACCES: "check its permissions, or choose another --out / --cache-dir",
+    errno.EPERM: "check its permissions, or choose another --out / --cache-dir",
     errno.EROFS: "the file system is read-only: choose another --out / --cache-dir",
     errno.ENOTDIR: "a part of this path is a file, not a folder",
     errno.EISDIR: "this path is a folder, not a file",
@@ -71,7 +71,7 @@ def as_os_error(exc: BaseException, path: str | Path | None = None) -> OSError |
     """The ``OSError`` behind ``exc``: itself, or one a library reported as text (safetensors: "(os error 28)");
     ``path`` names the file when the library's text names only its own temporary file."""
     if isinstance(exc, OSError):
-        return exc
+        return exc if exc.errno is not None else _from_worker(exc)
     match = re.search(r"\(os error (\d+)\)", str(exc))
     if match is None:
         return None
@@ -79,6 +79,15 @@ def as_os_error(exc: BaseException, path: str | Path | None = None) -> OSError |
     where = re.search(r'at path "([^"]+)"', str(exc))
     filename = str(path) if path is not None else where.group(1) if where else None
     return OSError(code, os.strerror(code), filename)
+
+
+def _from_worker(exc: OSError) -> OSError:
+    """A DataLoader worker's OSError comes back as text ending in "[Errno 28] No space left on device: 'path'"."""
+    found = re.findall(r"\[Errno (\d+)\] ([^\n]+?)(?:: '([^'\n]*)')?$", str(exc), flags=re.MULTILINE)
+    if not found:
+        return exc
+    code, cause, filename = found[-1]
+    return OSError(int(code), cause, filename or None)
 
 
 def describe_os_error(exc: OSError) -> str:

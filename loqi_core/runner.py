@@ -23,7 +23,7 @@ from loqi_core.config import RunConfig, dump_config
 from loqi_core.data import TestSet, TrainSet
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
-from loqi_core.errors import ConfigError, LoqiError
+from loqi_core.errors import ConfigError, one_line
 from loqi_core.evaluate import EvalResult, apply_threads, describe_protocol, evaluate, resolve_device
 from loqi_core.fileio import write_text
 from loqi_core.plugins import Plugins, get_plugins
@@ -280,13 +280,9 @@ def log_error(run_dir: Path, exc: BaseException) -> None:
     terminal shows them), the traceback for anything else (a bug); nothing when the directory is gone."""
     import traceback
 
-    from loqi_core.fileio import as_os_error, describe_os_error
-
-    os_error = as_os_error(exc)
-    if isinstance(exc, LoqiError):
-        text = f"Error: {exc}"
-    elif os_error is not None:
-        text = f"Error: {describe_os_error(os_error)}"
+    message = one_line(exc)
+    if message is not None:
+        text = f"Error: {message}"
     elif isinstance(exc, KeyboardInterrupt):
         text = "Interrupted (Ctrl-C); start the same command again to resume"
     else:

@@ -118,6 +118,11 @@ def _full_disk_for_metrics(monkeypatch, tmp: Path) -> None:
     monkeypatch.setattr(pathlib.Path, "write_text", write_text)
 
 
+def _corrupt_query(monkeypatch, tmp: Path) -> None:
+    query = sorted((tmp / "data" / "images" / "test" / "queries").iterdir())[0]
+    query.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+
+
 # ---- checks after a row ---------------------------------------------------------------------------------
 
 
@@ -184,6 +189,10 @@ CASES = [
          "model.safetensors: No space left on device", setup=_full_disk_in_checkpoint, late=True, check=_no_partial_files),
     Case("disk-full-cache-shard", EVAL + " --weights random", 1, "shard_00000.bin: No space left on device",
          setup=_full_disk_at_write("shard_"), late=True, check=_no_partial_files),
+    Case("disk-full-cache-shard-in-loader-worker", EVAL + " --weights random -s eval.num_workers=1", 1,
+         "shard_00000.bin: No space left on device", setup=_full_disk_at_write("shard_"), late=True, check=_no_partial_files),
+    Case("corrupt-image-in-loader-worker", EVAL.replace("folder:{root}", "'folder:{root}?check=none'")
+         + " --weights random -s eval.num_workers=1", 1, "cannot read image", setup=_corrupt_query, late=True),
     Case("disk-full-cache-key", EVAL + " --weights random", 1, "key.json: No space left on device",
          setup=_full_disk_at_write("key.json"), late=True, check=_no_partial_files),
     Case("disk-full-descriptors", EVAL + " --weights random --degrade none", 1, ".partial.npy: No space left on device",
