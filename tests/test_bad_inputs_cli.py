@@ -80,23 +80,27 @@ def _full_disk_at_write(name_part: str) -> Callable[[Any, Path], None]:
     return setup
 
 
-def _full_disk_in_checkpoint(monkeypatch, tmp: Path) -> None:
-    """safetensors reports a full disk as text in a SafetensorError, after writing part of the file."""
-    import safetensors.torch
-    from safetensors import SafetensorError
+def _full_disk_in_checkpoint(name: str) -> Callable[[Any, Path], None]:
+    """safetensors reports a full disk as text in a SafetensorError, after writing part of the file ``name``."""
 
-    from loqi_core.training import state
+    def setup(monkeypatch, tmp: Path) -> None:
+        import safetensors.torch
+        from safetensors import SafetensorError
 
-    real = safetensors.torch.save_file
+        from loqi_core.training import state
 
-    def save_file(tensors, filename, metadata=None):
-        if "model.safetensors" in str(filename):
-            Path(filename).write_bytes(b"partial")
-            raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at path "{filename}"')
-        return real(tensors, filename, metadata=metadata)
+        real = safetensors.torch.save_file
 
-    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
-    monkeypatch.setattr(state, "save_file", save_file)
+        def save_file(tensors, filename, metadata=None):
+            if name in str(filename):
+                Path(filename).write_bytes(b"partial")
+                raise SafetensorError(f'Error while serializing: I/O error: No space left on device (os error 28) at path "{filename}"')
+            return real(tensors, filename, metadata=metadata)
+
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+        monkeypatch.setattr(state, "save_file", save_file)
+
+    return setup
 
 
 def _full_disk_for_descriptors(monkeypatch, tmp: Path) -> None:
@@ -186,7 +190,11 @@ CASES = [
     Case("cache-read-only", EVAL.replace("{cache}", "{tmp}/ro/cache") + " --weights random", 1, "Permission denied",
          setup=_chmod_readonly("ro"), skip=ROOT_SKIP if ROOT else None),
     Case("disk-full-checkpoint", DISTILL + " --max-steps 2 -s distill.checkpoint_every=1", 1,
-         "model.safetensors: No space left on device", setup=_full_disk_in_checkpoint, late=True, check=_no_partial_files),
+         "model.safetensors: No space left on device", setup=_full_disk_in_checkpoint("model.safetensors"), late=True,
+         check=_no_partial_files),
+    Case("disk-full-checkpoint-optimizer", DISTILL + " --max-steps 2 -s distill.checkpoint_every=1", 1,
+         "optimizer.safetensors: No space left on device", setup=_full_disk_in_checkpoint("optimizer.safetensors"),
+         late=True, check=_no_partial_files),
     Case("disk-full-cache-shard", EVAL + " --weights random", 1, "shard_00000.bin: No space left on device",
          setup=_full_disk_at_write("shard_"), late=True, check=_no_partial_files),
     Case("disk-full-cache-shard-in-loader-worker", EVAL + " --weights random -s eval.num_workers=1", 1,
