@@ -398,7 +398,7 @@ class _Trainer:
                 }  # fmt: skip
                 ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state)
                 ckpt.prune(self.out, self.d.keep_checkpoints)
-        except BaseException:  # a full disk or Ctrl-C mid-write: the half-written checkpoint goes, the last good one stays
+        except BaseException:  # a full disk or Ctrl-C mid-write: the half-written one goes, the last good one stays
             if self.env.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -420,7 +420,8 @@ class _Trainer:
 
         self._check_run_dir()
         self.spec = encoder_spec(self.config, self.plugins)
-        self.loss = training_loss(self.config, self.mode, self.spec, self.plugins)  # cheap checks first: loss, data, then the models (maybe a download)
+        # cheap checks first: loss, data, then the models (maybe a download)
+        self.loss = training_loss(self.config, self.mode, self.spec, self.plugins)
         self._build_data(self.loss)
         self._build_models()
         if self.env.is_main:

@@ -63,11 +63,11 @@ def resolve_device(name: str | None = "auto") -> "torch.device":
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f'device: "{name}" asked for, but CUDA is not available on this machine (use --device cpu or auto)')
+            raise ConfigError(f'device: "{name}" asked for, but CUDA is not available here (use --device cpu or auto)')
         if device.index is not None and device.index >= count:
             raise ConfigError(f'device: "{name}" asked for, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}')
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f'device: "{name}" asked for, but MPS is not available on this machine (use --device cpu or auto)')
+        raise ConfigError(f'device: "{name}" asked for, but MPS is not available here (use --device cpu or auto)')
     return device
 
 

@@ -47,9 +47,14 @@ def write_bytes(path: Path, data: bytes) -> None:
         with partial_file(path) as tmp, open(tmp, "wb") as f:
             _write(f, data)
     except OSError as exc:
-        if exc.filename is None:  # a failed write() (full disk) does not say which file: name it
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
+        raise located(exc, path) from None
+
+
+def located(exc: OSError, path: str | Path) -> OSError:
+    """``exc``, or when it names no file (a failed ``write()`` on a full disk does not) a copy naming ``path``."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def write_text(path: Path, text: str) -> None:

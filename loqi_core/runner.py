@@ -25,7 +25,7 @@ from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, one_line
 from loqi_core.evaluate import EvalResult, apply_threads, describe_protocol, evaluate, resolve_device
-from loqi_core.fileio import write_text
+from loqi_core.fileio import located, write_text
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.report import UNTRAINED, Report, results_markdown, slug, write_activation_maps
 
@@ -133,14 +133,20 @@ class Experiment:
                 continue
             field = "finetune_loss" if mode == "finetune" else "loss"
             cfg = config.model_copy(update={"distill": config.distill.model_copy(update={field: expr})})
-            check_places(training_loss(cfg, mode, spec, self.plugins), train, config.distill.train, self.plugins)  # type: ignore[arg-type]
+            loss = training_loss(cfg, mode, spec, self.plugins)  # type: ignore[arg-type]
+            check_places(loss, train, config.distill.train, self.plugins)
         return train
 
     @contextmanager
     def logged(self) -> Iterator[None]:
-        """Append any error that ends the command to run.log (the terminal gets it from the CLI)."""
+        """Append any error that ends the command to run.log (the terminal gets it from the CLI); an OS error
+        that names no file (a failed write on a full disk) is reported against the run directory."""
         try:
             yield
+        except OSError as exc:
+            exc = located(exc, self.out)
+            log_error(self.out, exc)
+            raise exc from None
         except BaseException as exc:
             log_error(self.out, exc)
             raise

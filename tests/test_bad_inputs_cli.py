@@ -111,15 +111,25 @@ def _full_disk_for_descriptors(monkeypatch, tmp: Path) -> None:
 
 
 def _full_disk_for_metrics(monkeypatch, tmp: Path) -> None:
+    """Path.write_text fails as on a full disk: the OSError of write() names no file."""
     real = pathlib.Path.write_text
 
     def write_text(self, data, *args, **kwargs):
         if self.name == "metrics.json":
             real(self, data[:10], *args, **kwargs)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(self, data, *args, **kwargs)
 
     monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+
+
+def _full_disk_for_train_log(monkeypatch, tmp: Path) -> None:
+    from loqi_core import distill
+
+    def write(self, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(distill._CsvLog, "write", write)
 
 
 def _corrupt_query(monkeypatch, tmp: Path) -> None:
@@ -205,8 +215,10 @@ CASES = [
          setup=_full_disk_at_write("key.json"), late=True, check=_no_partial_files),
     Case("disk-full-descriptors", EVAL + " --weights random --degrade none", 1, ".partial.npy: No space left on device",
          setup=_full_disk_for_descriptors, late=True, check=_no_partial_files),
-    Case("disk-full-eval-output", EVAL + " --weights random", 1, "metrics.json: No space left on device",
+    Case("disk-full-eval-output", EVAL + " --weights random", 1, "{out}: No space left on device",
          setup=_full_disk_for_metrics, late=True, check=_no_partial_files),
+    Case("disk-full-train-log", DISTILL, 1, "{out}: No space left on device", setup=_full_disk_for_train_log,
+         late=True, check=_no_partial_files),
     # item 14: a "?" in a path, an empty degradation term, plural of loss, no advice to load pickles unsafely
     Case("path-with-question-mark-quoted", EVAL.replace("folder:{root}", "'folder:\"{qroot}\"'") + " --weights random",
          0, "R@1", check=_evaluated),
@@ -266,9 +278,8 @@ def env(tmp_path, monkeypatch):
         yield tmp_path, root
 
 
-def _args(case: Case, tmp: Path, root: Path) -> list[str]:
-    text = case.args.format(tmp=tmp, root=root, qroot=tmp / "q?x=1", out=tmp / "out", cache=tmp / "cache")
-    return shlex.split(text)
+def _fill(text: str, tmp: Path, root: Path) -> str:
+    return text.format(tmp=tmp, root=root, qroot=tmp / "q?x=1", out=tmp / "out", cache=tmp / "cache")
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
@@ -278,7 +289,8 @@ def test_bad_input(case: Case, env, monkeypatch):
     tmp, root = env
     if case.setup is not None:
         case.setup(monkeypatch, tmp)
-    result = CliRunner().invoke(cli, _args(case, tmp, root))
+    result = CliRunner().invoke(cli, shlex.split(_fill(case.args, tmp, root)))
+    fragment = _fill(case.fragment, tmp, root)
     output = result.output
     assert "Traceback" not in output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -287,7 +299,7 @@ def test_bad_input(case: Case, env, monkeypatch):
         assert text not in output
     if case.rc:
         errors = [line for line in output.splitlines() if line.startswith("Error: ")]
-        assert len(errors) == 1 and case.fragment in errors[0], output
+        assert len(errors) == 1 and fragment in errors[0], output
         assert errors[0] == output.rstrip().splitlines()[-1], "the error must be the last line"
         if case.late:
             log = (tmp / "out" / "run.log").read_text()
@@ -295,7 +307,7 @@ def test_bad_input(case: Case, env, monkeypatch):
         else:
             assert not (tmp / "out").exists(), "an early error left a run directory behind"
     else:
-        assert case.fragment in output
+        assert fragment in output
     if case.check is not None:
         case.check(tmp)
 
@@ -303,7 +315,7 @@ def test_bad_input(case: Case, env, monkeypatch):
 def test_debug_lets_the_traceback_through(env, monkeypatch):
     tmp, root = env
     monkeypatch.setenv("LOQI_DEBUG", "1")
-    result = CliRunner().invoke(cli, _args(CASES[0], tmp, root))
+    result = CliRunner().invoke(cli, shlex.split(_fill(CASES[0].args, tmp, root)))
     assert result.exit_code == 1 and type(result.exception).__name__ == "ConfigError"
 
 
