@@ -330,3 +330,17 @@ def test_os_errors_are_one_line_without_traceback_from_the_console_script(tmp_pa
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"Error: {out}: Not a directory (a part of this path is a file, not a folder)"
+
+
+def test_quoted_dataset_paths_split_as_written():
+    from loqi_core.commands.options import split_list
+    from loqi_core.datasets import split_options
+    from loqi_core.errors import ConfigError
+
+    assert split_list('demo, folder:"/d/a,b"?check=full,msls') == ["demo", 'folder:"/d/a,b"?check=full', "msls"]
+    assert split_options('folder:"/d/what?x=1"?check=full') == ("folder:/d/what?x=1", {"check": "full"})
+    assert split_options('folder:"/d/what?x=1"') == ("folder:/d/what?x=1", {})
+    with pytest.raises(ConfigError, match="no closing"):
+        split_options('folder:"/d/what?x=1')
+    with pytest.raises(ConfigError, match='only \\?key=value options may follow the closing quote, not "x"'):
+        split_options('folder:"/d"x')
