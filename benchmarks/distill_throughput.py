@@ -130,7 +130,7 @@ def loader_rate(config, work: Path) -> float:
     The batches the workers prefetch (4 per worker) are drained first, so the rate is the steady production rate."""
     import torch
 
-    from loqi_core.distill import _Trainer, encoder_spec
+    from loqi_core.distill import _Trainer, encoder_spec, training_loss
     from loqi_core.plugins import get_plugins
     from loqi_core.training.dist import DistEnv
 
@@ -140,7 +140,7 @@ def loader_rate(config, work: Path) -> float:
     plugins = get_plugins()
     trainer = _Trainer(config, work / "loader-only", "distill", False, plugins, DistEnv(), torch.device(config.device))
     trainer.spec = encoder_spec(config, plugins)
-    trainer._build_data(trainer._build_loss())
+    trainer._build_data(training_loss(config, "distill", trainer.spec, plugins))
     batches = iter(trainer._loader(0))
     for _ in range(drain):
         next(batches)

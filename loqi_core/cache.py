@@ -14,6 +14,7 @@ or does not match (a run killed mid-write, a truncated copy) is deleted and rebu
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import json
 import logging
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
+from loqi_core.errors import ConfigError
+from loqi_core.fileio import describe_os_error, write_bytes, write_text
 from loqi_core.weights import cache_dir, sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,12 +78,6 @@ def model_fingerprint(model: "torch.nn.Module") -> str:
     return h.hexdigest()[:24]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def sidecar_of(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
@@ -88,7 +85,7 @@ def sidecar_of(path: Path) -> Path:
 def seal(path: Path, meta: dict[str, Any] | None = None) -> None:
     """Record a finished data file's size and sha256 (plus ``meta``) in its sidecar."""
     record = {"size": path.stat().st_size, "sha256": sha256_of(path), **(meta or {})}
-    _atomic_write_text(sidecar_of(path), json.dumps(record))
+    write_text(sidecar_of(path), json.dumps(record))
 
 
 def check(path: Path) -> dict[str, Any] | None:
@@ -128,12 +125,24 @@ class EvalCache:
             atexit.register(shutil.rmtree, self.root, True)
         self.stats = CacheStats()
 
+    def check_writable(self) -> None:
+        """Fail before any work when the cache root cannot be created or written (read-only, a file in the way)."""
+        try:
+            (self.root / "eval").mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root / "eval"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"evaluation cache {self.root} is not writable: {describe_os_error(exc)}; "
+                "or run with --no-cache"
+            ) from None
+
     def entry(self, kind: str, key: dict[str, Any]) -> Path:
         """The folder for one cached item (created, with its key written as ``key.json`` for humans)."""
         folder = self.root / "eval" / kind / digest({**key, "cache_version": EVAL_CACHE_VERSION})
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "key.json").exists():
-            _atomic_write_text(folder / "key.json", json.dumps(key, indent=2, default=str))
+            write_text(folder / "key.json", json.dumps(key, indent=2, default=str))
         return folder
 
     def lookup(self, path: Path) -> dict[str, Any] | None:
@@ -158,8 +167,18 @@ class DescriptorWriter:
     def __init__(self, path: Path, n: int, dim: int) -> None:
         self.path = path
         self.tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+        try:
+            self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n, dim))
+            _reserve(self.tmp)
+        except BaseException:
+            self.abort()
+            raise
         self.filled = np.zeros(n, dtype=bool)
+
+    def abort(self) -> None:
+        """Drop the unfinished file (an extraction that failed leaves no ``*.partial.npy`` behind)."""
+        self.__dict__.pop("array", None)
+        self.tmp.unlink(missing_ok=True)
 
     def write(self, indices: Iterable[int], rows: np.ndarray) -> None:
         idx = np.fromiter(indices, dtype=np.int64)
@@ -176,6 +195,16 @@ class DescriptorWriter:
         self.tmp.replace(self.path)
         seal(self.path, meta)
         return np.load(self.path, mmap_mode="r")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a full disk then raises ENOSPC here, not SIGBUS mid-write."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate: best effort
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def load_descriptors(path: Path) -> np.ndarray:
@@ -209,11 +238,7 @@ def _unpng(blob: bytes) -> "torch.Tensor":
 def write_shard(path: Path, images: list["torch.Tensor"], nbytes: list[int] | None, indices: list[int]) -> None:
     """Degraded uint8 images as lossless PNGs concatenated in one file, with offsets and indices in the sidecar."""
     blobs = [_png(img) for img in images]
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        for blob in blobs:
-            f.write(blob)
-    tmp.replace(path)
+    write_bytes(path, b"".join(blobs))
     offsets = np.cumsum([0] + [len(b) for b in blobs]).tolist()
     seal(path, {"offsets": offsets, "indices": indices, "nbytes": nbytes})
 

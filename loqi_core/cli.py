@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from loqi_core import __version__
-from loqi_core.errors import LoqiError
+from loqi_core.errors import LoqiError, one_line
+
+
+def debug() -> bool:
+    """``LOQI_DEBUG=1``: let loqi's errors and OS errors through with their tracebacks (to debug loqi itself)."""
+    return os.environ.get("LOQI_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class LoqiGroup(click.Group):
-    """Turns loqi's own errors into a one-line ``Error: ...`` instead of a traceback."""
+    """Turns loqi's own errors and OS errors (permission, full disk, missing file) into one ``Error: ...`` line.
+
+    Any other exception is a bug in loqi or a plugin and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except LoqiError as exc:
-            raise click.ClickException(str(exc)) from None
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            message = one_line(exc)
+            if message is None or debug():
+                raise
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=LoqiGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

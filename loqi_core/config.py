@@ -7,11 +7,12 @@ A typo or a bad value is reported as the field path and the reason (``distill.lr
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loqi_core.errors import ConfigError
 
@@ -21,8 +22,32 @@ else:  # Python 3.10 (Ubuntu 22.04, ROS 2 Humble): the same parser from PyPI
     import tomli as tomllib
 
 
+IMAGE_SIDE = (8, 8192)
+"""Bounds of ``model.image_size`` (pixels per side): beyond them a run fails late or tries to allocate terabytes."""
+SEED_MAX = 2**63 - 1
+LR_MAX = 1e10
+"""Larger learning rates overflow float32 inside the optimizer (a smaller absurd one is caught as a non-finite loss)."""
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
+
+
+def check_recall(values: list[int]) -> list[int]:
+    """The recall@N values, sorted and unique; the same rule for ``--recall``, ``eval.recall`` and ``-s``."""
+    if not values:
+        raise ValueError("give at least one N, e.g. [1, 5, 10]")
+    if min(values) < 1:
+        raise ValueError(f"every N must be at least 1, got {list(values)}")
+    return sorted(set(values))
+
+
+def check_device_name(name: str) -> str:
+    """The syntax of a device name (whether this machine has it is checked when a run starts)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ValueError(f'"{name}" is not a device ({DEVICE_FORMS})')
+    return name
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -36,6 +61,14 @@ class ModelConfig(Section):
     weights: str = Field("default", description='"default", a variant ("official"), "random", or a file/run dir')
     image_size: tuple[int, int] | None = Field(None, description="(height, width) overriding the method's input size")
 
+    @field_validator("image_size")
+    @classmethod
+    def _bounded_size(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        lo, hi = IMAGE_SIDE
+        if size is not None and not all(lo <= side <= hi for side in size):
+            raise ValueError(f"each side must be between {lo} and {hi} pixels, got {list(size)}")
+        return size
+
 
 class DistillConfig(Section):
     """Teacher/student training; defaults are the paper's (reference code) unless a method overrides them."""
@@ -43,10 +76,10 @@ class DistillConfig(Section):
     train: str = Field("demo", description="training dataset: NAME or NAME:PATH (folder:PATH for your own images)")
     loss: str | None = Field(None, description='loss expression, e.g. "ickd+0.5*mse+triplet"; None = method default')
     loss_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    gamma: float = Field(0.99999, description="ExponentialLR factor, stepped every iteration")
-    clip_grad_norm: float | None = 1.0
+    lr: float = Field(1e-6, gt=0, le=LR_MAX)
+    weight_decay: float = Field(0.0, ge=0)
+    gamma: float = Field(0.99999, gt=0, le=1, description="ExponentialLR factor, stepped every iteration")
+    clip_grad_norm: float | None = Field(1.0, gt=0)
     places_per_batch: int = Field(6, ge=1)
     images_per_place: int = Field(4, ge=1)
     batch_size: int = Field(24, ge=1, description="images per batch for label-free training sets")
@@ -92,6 +125,11 @@ class EvalConfig(Section):
     ivf_refine: int = Field(10, ge=0, description="IVF-PQ: re-rank the top refine*k exactly from the database on disk; 0 = off")
     grid_queries: int = Field(6, ge=0, description="queries drawn in the top-k image grids and activation maps")
 
+    @field_validator("recall")
+    @classmethod
+    def _recall(cls, values: list[int]) -> list[int]:
+        return check_recall(values)
+
 
 class RunConfig(Section):
     """Everything one ``loqi`` run needs; written resolved into every run directory."""
@@ -103,10 +141,20 @@ class RunConfig(Section):
     protocol: Literal["upstream", "paper"] = Field(
         "upstream", description="upstream: each method as its release runs it; paper: as the LoQI-VPR authors ran it"
     )
-    seed: int = 0
-    device: str = Field("auto", description='"auto" (cuda when available), "cpu", "cuda", "cuda:1"')
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    device: str = Field("auto", description='"auto" (cuda when available), "cpu", "cuda", "cuda:1", "mps"')
+    threads: int | None = Field(
+        None, ge=1, le=4096,
+        description="torch CPU threads; None = torch's default. Recorded resolved in config.json: "
+        "the same seed gives the same numbers only at the same thread count",
+    )  # fmt: skip
     data_root: Path | None = Field(None, description="dataset root; default $LOQI_DATA")
     out: Path | None = Field(None, description="run directory; default a new folder under runs/")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, name: str) -> str:
+        return check_device_name(name)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -114,16 +162,25 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: unknown config format (use .toml, .yaml or .yml)")
     try:
         if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        if path.suffix in (".yaml", ".yml"):
+            data = tomllib.loads(path.read_text())
+        else:
             import yaml
 
-            return yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
     except Exception as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}") from None
-    raise ConfigError(f"{path}: unknown config format (use .toml, .yaml or .yml)")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of fields and sections (model:, distill:, eval:), "
+            f"not {'a list' if isinstance(data, list) else f'a single value ({data!r})'}"
+        )
+    return data
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -160,8 +217,17 @@ def validate(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {_reason(e)}" for e in exc.errors()]
+        if len(lines) == 1:
+            raise ConfigError(f"invalid config: {lines[0]}") from None
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _reason(error: Any) -> str:
+    """Pydantic's message, without the "Value error, " prefix of loqi's own validators."""
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])
+    return error["msg"]
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

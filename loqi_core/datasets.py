@@ -31,7 +31,8 @@ def load_dataset(
     """``NAME`` reads ``<data root>/NAME`` (or the plugin's own default); ``NAME:PATH`` reads PATH.
 
     Dataset parameters may follow a ``?``: ``folder:~/frames?skip_bad=true&check=full``, ``msls?split=val``
-    (values parse as YAML scalars); ``params`` override them.
+    (values parse as YAML scalars); ``params`` override them. A path holding ``?``, ``,`` or ``=`` goes in double
+    quotes: ``folder:"/data/what?x=1"?skip_bad=true``.
     """
     plugins = plugins or get_plugins()
     text, options = split_options(text)
@@ -43,13 +44,18 @@ def load_dataset(
     values = {**options, **(params or {})}
     fields = spec.params.model_fields
     if path:
-        values["root"] = Path(path).expanduser()
+        try:
+            values["root"] = Path(path).expanduser()
+        except RuntimeError:  # "~someone" with no such user
+            raise DataError(f'dataset "{text}": cannot expand "{path.split("/")[0]}": no such user') from None
     elif "root" in fields and fields["root"].default is None and data_root(root) is not None:
         values["root"] = data_root(root) / name  # type: ignore[operator]
     try:
         p = spec.params(**values)
     except ValidationError as exc:
         reasons = "; ".join(f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        if options and any(e["type"] == "extra_forbidden" for e in exc.errors()):
+            reasons += f' (if the "?" belongs to the path, quote the path: {name}:"PATH")'
         raise ConfigError(reasons) from None
     dataset = loader(p)
     if kind == "test":
@@ -60,12 +66,27 @@ def load_dataset(
 
 
 def split_options(text: str) -> tuple[str, dict[str, Any]]:
-    """``"folder:PATH?skip_bad=true&check=full"`` → ``("folder:PATH", {"skip_bad": True, "check": "full"})``."""
-    import yaml
+    """``"folder:PATH?skip_bad=true&check=full"`` → ``("folder:PATH", {"skip_bad": True, "check": "full"})``.
 
+    ``folder:"PATH"?...``: a double-quoted path is taken literally (it may hold ``?``, ``=`` or ``,``)."""
+    name, colon, rest = text.partition(":")
+    if colon and rest.startswith('"'):
+        end = rest.find('"', 1)
+        if end < 0:
+            raise ConfigError(f'dataset "{text}": the quoted path has no closing "')
+        path, tail = rest[1:end], rest[end + 1 :]
+        if tail and not tail.startswith("?"):
+            raise ConfigError(f'dataset "{text}": only ?key=value options may follow the closing quote, not "{tail}"')
+        return f"{name}:{path}", _options(text, tail[1:]) if tail else {}
     head, sep, tail = text.rpartition("?")
     if not sep or "=" not in tail:
         return text, {}
+    return head, _options(text, tail)
+
+
+def _options(text: str, tail: str) -> dict[str, Any]:
+    import yaml
+
     options: dict[str, Any] = {}
     for item in tail.split("&"):
         key, eq, raw = item.partition("=")
@@ -75,7 +96,7 @@ def split_options(text: str) -> tuple[str, dict[str, Any]]:
             options[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError:
             options[key.strip()] = raw
-    return head, options
+    return options
 
 
 class ProtocolMismatchWarning(UserWarning):

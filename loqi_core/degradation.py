@@ -81,7 +81,12 @@ def parse_degradation(spec: str, plugins: "Plugins | None" = None) -> Degradatio
     spec = spec.strip()
     if spec.lower() in CLEAN_SPECS:
         return Identity()
-    stages = [_parse_token(token.strip(), plugins) for token in spec.split("+")]
+    tokens = [token.strip() for token in spec.split("+")]
+    if "" in tokens:
+        i = tokens.index("")
+        where = "at the start" if i == 0 else "at the end" if i == len(tokens) - 1 else f'after "{tokens[i - 1]}"'
+        raise ConfigError(f'degradation "{spec}": empty term {where} (term {i + 1}); chain terms with a single +')
+    stages = [_parse_token(token, plugins) for token in tokens]
     return stages[0] if len(stages) == 1 else Chain(stages, spec)
 
 

@@ -31,6 +31,7 @@ from loqi_core.data import TrainSet
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, LoqiError
+from loqi_core.evaluate import apply_threads, resolve_device
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
@@ -43,7 +44,7 @@ Mode = Literal["distill", "finetune"]
 
 # Settings a resumed run may change: they do not alter what is computed at a given step.
 RESUMABLE = (
-    "device", "out", "data_root", "eval", "distill.max_steps", "distill.epochs", "distill.checkpoint_every",
+    "device", "threads", "out", "data_root", "eval", "distill.max_steps", "distill.epochs", "distill.checkpoint_every",
     "distill.keep_checkpoints", "distill.log_every", "distill.num_workers", "distill.tensorboard",
 )  # fmt: skip
 
@@ -59,19 +60,23 @@ def distill(
     mode: Literal["distill", "finetune"] = "distill",
     resume: bool = False,
     plugins: Plugins | None = None,
+    train: TrainSet | None = None,
 ) -> Path:
     """Train a student and return the directory of its final checkpoint (``out_dir/checkpoints/final``).
 
     ``mode="distill"``: the student (degraded images) learns the frozen teacher's outputs (clean images)
     with ``config.distill.loss`` (default: the method's best loss in the paper). ``mode="finetune"``: the
     paper's baseline, the student alone on degraded images with ``config.distill.finetune_loss``.
-    ``resume=True`` continues from the newest checkpoint in ``out_dir`` with identical results.
+    ``resume=True`` continues from the newest checkpoint in ``out_dir`` with identical results. ``train``: the
+    training set ``config.distill.train`` names, when the caller has already loaded it.
     """
     if mode not in ("distill", "finetune"):
         raise ConfigError(f'mode must be "distill" or "finetune", not "{mode}"')
+    resolve_device(config.device)  # a device this machine lacks: one clear line before any work
+    config = config.model_copy(update={"threads": apply_threads(config.threads)})
     env, device = setup(config.device)
     try:
-        return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device).run()
+        return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train).run()
     finally:
         env.close()
 
@@ -90,6 +95,31 @@ def loss_expression(config: RunConfig, mode: Mode, spec: EncoderSpec) -> str:
     if mode == "finetune":
         return config.distill.finetune_loss
     return config.distill.loss or spec.default_loss
+
+
+def training_loss(config: RunConfig, mode: Mode, spec: EncoderSpec, plugins: Plugins) -> CompositeLoss:
+    """The loss a training run of ``mode`` uses, built from the registry (unknown terms and bad params fail here)."""
+    expr = loss_expression(config, mode, spec)
+    names = {n for _, n in parse_loss_expression(expr)}
+    params = config.distill.loss_params
+    if mode == "finetune":
+        params = {k: v for k, v in params.items() if k in names}
+    elif config.protocol == "paper":  # the authors' effective weights (loqi_core.losses.paper)
+        from loqi_core.losses.paper import paper_weighting
+
+        expr, params = paper_weighting(expr, params)
+    return build_loss(expr, params, plugins)
+
+
+def check_places(loss: CompositeLoss, train: TrainSet, train_name: str, plugins: Plugins) -> None:
+    """A loss that needs places (triplet) cannot train on a label-free training set."""
+    if loss.needs_places and train.place_ids is None:
+        needing = [n for _, n, _ in loss.terms if plugins.loss(n).needs_places]
+        raise ConfigError(
+            f'loss "{loss.expression}": {", ".join(needing)} needs places (images grouped by location), but the '
+            f'training set "{train_name}" is label-free. Use a loss without it (ickd, mse) or a training set '
+            "with positions (@east@north@ file names)"
+        )
 
 
 def select_trainable(model: nn.Module, prefixes: list[str] | tuple[str, ...], method: str) -> list[str]:
@@ -179,9 +209,10 @@ def _seed_all(seed: int) -> None:
 
 class _Trainer:
     def __init__(
-        self, config: RunConfig, out: Path, mode: Mode, resume: bool, plugins: Plugins, env: DistEnv, device: torch.device
+        self, config: RunConfig, out: Path, mode: Mode, resume: bool, plugins: Plugins, env: DistEnv, device: torch.device,
+        train: TrainSet | None = None,
     ) -> None:
-        self.config, self.out, self.mode, self.resume = config, out, mode, resume
+        self.config, self.out, self.mode, self.resume, self.train = config, out, mode, resume, train
         self.plugins, self.env, self.device = plugins, env, device
         self.d = config.distill
 
@@ -235,28 +266,10 @@ class _Trainer:
         bf16 = self.d.precision == "bf16" or (self.d.precision == "auto" and cuda)
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
-    def _build_loss(self) -> CompositeLoss:
-        expr = loss_expression(self.config, self.mode, self.spec)
-        names = {n for _, n in parse_loss_expression(expr)}
-        params = self.d.loss_params
-        if self.mode == "finetune":
-            params = {k: v for k, v in params.items() if k in names}
-        elif self.config.protocol == "paper":  # the authors' effective weights (loqi_core.losses.paper)
-            from loqi_core.losses.paper import paper_weighting
-
-            expr, params = paper_weighting(expr, params)
-        return build_loss(expr, params, self.plugins)
-
     def _build_data(self, loss: CompositeLoss) -> None:
-        train = load_dataset(self.d.train, "train", root=self.config.data_root, plugins=self.plugins)
+        train = self.train or load_dataset(self.d.train, "train", root=self.config.data_root, plugins=self.plugins)
         assert isinstance(train, TrainSet)
-        if loss.needs_places and train.place_ids is None:
-            needing = [n for _, n, _ in loss.terms if self.plugins.loss(n).needs_places]
-            raise ConfigError(
-                f'loss "{loss.expression}": {", ".join(needing)} needs places (images grouped by location), but the '
-                f'training set "{self.d.train}" is label-free. Use a loss without it (ickd, mse) or a training set '
-                "with positions (@east@north@ file names)"
-            )
+        check_places(loss, train, self.d.train, self.plugins)
         plan_cfg = PlanConfig(
             by_places=loss.needs_places, places_per_batch=self.d.places_per_batch,
             images_per_place=self.d.images_per_place, batch_size=self.d.batch_size, seed=self.config.seed,
@@ -379,16 +392,21 @@ class _Trainer:
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        self.env.barrier()
-        ckpt.write_rank_rng(tmp, self.env.rank)
-        self.env.barrier()
-        if self.env.is_main:
-            state = {
-                "step": done, "mode": self.mode, "total_steps": self.total_steps,
-                "world_size": self.env.world_size, "loss": self.loss.expression, "last_terms": self.last_terms,
-            }  # fmt: skip
-            ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state)
-            ckpt.prune(self.out, self.d.keep_checkpoints)
+        try:
+            self.env.barrier()
+            ckpt.write_rank_rng(tmp, self.env.rank)
+            self.env.barrier()
+            if self.env.is_main:
+                state = {
+                    "step": done, "mode": self.mode, "total_steps": self.total_steps,
+                    "world_size": self.env.world_size, "loss": self.loss.expression, "last_terms": self.last_terms,
+                }  # fmt: skip
+                ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state)
+                ckpt.prune(self.out, self.d.keep_checkpoints)
+        except BaseException:  # a full disk or Ctrl-C mid-write: the half-written one goes, the last good one stays
+            if self.env.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self.env.barrier()
         return target
 
@@ -407,7 +425,8 @@ class _Trainer:
 
         self._check_run_dir()
         self.spec = encoder_spec(self.config, self.plugins)
-        self.loss = self._build_loss()  # cheap checks first: loss, data, then the models (maybe a download)
+        # cheap checks first: loss, data, then the models (maybe a download)
+        self.loss = training_loss(self.config, self.mode, self.spec, self.plugins)
         self._build_data(self.loss)
         self._build_models()
         if self.env.is_main:

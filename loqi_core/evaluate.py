@@ -53,12 +53,34 @@ SHARD_SIZE = 64
 
 
 def resolve_device(name: str | None = "auto") -> "torch.device":
-    """``auto`` → ``cuda`` when available, else ``cpu``."""
+    """``auto`` → ``cuda`` when available, else ``cpu``; a device this machine lacks is a ``ConfigError``."""
     import torch
 
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f'device: "{name}" is not a device (auto, cpu, cuda, cuda:N, mps)') from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f'device: "{name}" asked for, but CUDA is not available here (use --device cpu or auto)')
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f'device: "{name}" asked for, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}')
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f'device: "{name}" asked for, but MPS is not available here (use --device cpu or auto)')
+    return device
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU thread count when given; returns the count in effect (recorded in every run's config.json,
+    since the same seed gives the same numbers only at the same thread count)."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def use_bf16(precision: str, device: "torch.device") -> bool:
@@ -302,38 +324,43 @@ def extract(
         stats.images += len(items)
 
     model.eval()
-    with tqdm(total=len(rows), desc=label if world == 1 else f"{label} (rank {rank}/{world})", unit="img", leave=False) as bar:
-        previous = None
-        for shard, (indices, imgs, status) in zip(mine, loader):
-            if block_of[shard] != previous:
-                for bucket_key in list(buckets):  # a batch never spans two blocks
-                    flush(bucket_key)
-                previous = block_of[shard]
-            stats.image_shards[status] = stats.image_shards.get(status, 0) + 1
-            for i, img in zip(indices, imgs):
-                bucket_key = "fixed" if fixed else tuple(img.shape)
-                buckets.setdefault(bucket_key, []).append((i, img))
-                if len(buckets[bucket_key]) >= batch_size:
-                    flush(bucket_key)
-                elif sum(len(b) for b in buckets.values()) > 4 * batch_size:
-                    flush(max(buckets, key=lambda b: len(buckets[b])))
-            bar.update(len(indices))
-        for bucket_key in list(buckets):
-            flush(bucket_key)
-    meta = {"images": len(images)}
-    if local is None:
-        if writer is None:
-            raise RuntimeError(f"no images to encode in {label}")
-        result = writer.close(meta)
-    else:  # each rank seals its part; rank 0 merges them into the one cached file every rank then reads
-        if writer is not None:
-            writer.close({"images": len(rows), "rank": rank})
-            np.save(part_rows, np.asarray(rows, dtype=np.int64))
-        _barrier()
-        if rank == 0:
-            _merge_rank_parts(desc_path, len(images), world, meta)
-        _barrier()
-        result = load_descriptors(desc_path)
+    try:
+        with tqdm(total=len(rows), desc=label if world == 1 else f"{label} (rank {rank}/{world})", unit="img", leave=False) as bar:
+            previous = None
+            for shard, (indices, imgs, status) in zip(mine, loader):
+                if block_of[shard] != previous:
+                    for bucket_key in list(buckets):  # a batch never spans two blocks
+                        flush(bucket_key)
+                    previous = block_of[shard]
+                stats.image_shards[status] = stats.image_shards.get(status, 0) + 1
+                for i, img in zip(indices, imgs):
+                    bucket_key = "fixed" if fixed else tuple(img.shape)
+                    buckets.setdefault(bucket_key, []).append((i, img))
+                    if len(buckets[bucket_key]) >= batch_size:
+                        flush(bucket_key)
+                    elif sum(len(b) for b in buckets.values()) > 4 * batch_size:
+                        flush(max(buckets, key=lambda b: len(buckets[b])))
+                bar.update(len(indices))
+            for bucket_key in list(buckets):
+                flush(bucket_key)
+        meta = {"images": len(images)}
+        if local is None:
+            if writer is None:
+                raise RuntimeError(f"no images to encode in {label}")
+            result = writer.close(meta)
+        else:  # each rank seals its part; rank 0 merges them into the one cached file every rank then reads
+            if writer is not None:
+                writer.close({"images": len(rows), "rank": rank})
+                np.save(part_rows, np.asarray(rows, dtype=np.int64))
+            _barrier()
+            if rank == 0:
+                _merge_rank_parts(desc_path, len(images), world, meta)
+            _barrier()
+            result = load_descriptors(desc_path)
+    except BaseException:
+        if writer is not None:  # a failure (full disk, Ctrl-C, a bad image) leaves no *.partial.npy behind
+            writer.abort()
+        raise
     stats.seconds += time.perf_counter() - start
     return result
 

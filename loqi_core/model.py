@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from loqi_core.errors import ConfigError, WeightsError
+from loqi_core.fileio import save_safetensors, write_text
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.specs import EncoderSpec, Params, Preprocess, WeightsSpec
 from loqi_core.weights import fetch_weights, load_state_dict, unwrap_state_dict
@@ -148,6 +149,7 @@ def build_model(
         agg_spec = plugins.aggregator(aggregator or enc_spec.default_aggregator or enc_spec.name)
     enc_p = _params(enc_spec.params, encoder_params, "encoder_params")
     agg_p = _params(agg_spec.params, aggregator_params, "aggregator_params")
+    resolved = resolve_weights(enc_spec, weights)  # before building: missing weights cost no work
     enc = enc_spec.factory(enc_p)
     agg = agg_spec.factory(agg_p, in_channels=enc.out_channels)
     pp = enc_spec.preprocess
@@ -165,7 +167,7 @@ def build_model(
         "weights": str(weights),
     }
     model = VPRModel(enc, agg, pp, info)
-    load_weights(model, enc_spec, weights)
+    load_weights(model, enc_spec, *resolved)
     return model
 
 
@@ -173,11 +175,14 @@ def _find_variant(spec: EncoderSpec, name: str) -> WeightsSpec | None:
     return next((w for w in spec.weights if w.name == name), None)
 
 
-def load_weights(model: VPRModel, spec: EncoderSpec, weights: str | Path | None) -> None:
-    """Fill ``model`` with the named weights (see ``build_model``); every load is strict."""
+def resolve_weights(spec: EncoderSpec, weights: str | Path | None) -> tuple[str, WeightsSpec | None, Path | None]:
+    """What ``weights`` names for this encoder, located on disk (a declared variant is fetched: cache or download).
+
+    Returns ``(kind, variant, path)`` with kind ``random``, ``variant``, ``checkpoint`` (a loqi checkpoint) or
+    ``file`` (a file in the method's official format); raises ``WeightsError`` when nothing is there.
+    """
     if weights in (None, "random"):
-        model.info["weights"] = "random"
-        return
+        return "random", None, None
     weights = str(weights)
     if weights == "default":
         if not spec.weights:
@@ -185,19 +190,26 @@ def load_weights(model: VPRModel, spec: EncoderSpec, weights: str | Path | None)
         weights = spec.weights[0].name
     variant = _find_variant(spec, weights)
     if variant is not None:
-        state = load_state_dict(fetch_weights(variant))
-        model.info["weights"] = variant.name
-    else:
-        path = Path(weights)
-        if path.is_dir() or path.suffix == ".safetensors" or path.with_suffix(".json").exists():
-            load_checkpoint(model, path)
-            return
-        if not path.exists():
-            names = ", ".join(w.name for w in spec.weights) or "none declared"
-            raise WeightsError(f'weights "{weights}" is neither a file nor a variant of "{spec.name}" ({names}, random)')
-        variant = _find_variant(spec, "official") or (spec.weights[0] if spec.weights else None)
-        state = load_state_dict(path)
-        model.info["weights"] = str(path)
+        return "variant", variant, fetch_weights(variant)
+    path = Path(weights)
+    if path.is_dir() or path.suffix == ".safetensors" or path.with_suffix(".json").exists():
+        return "checkpoint", None, checkpoint_file(path)
+    if not path.exists():
+        names = ", ".join(w.name for w in spec.weights) or "none declared"
+        raise WeightsError(f'weights "{weights}" is neither a file nor a variant of "{spec.name}" ({names}, random)')
+    return "file", _find_variant(spec, "official") or (spec.weights[0] if spec.weights else None), path
+
+
+def load_weights(model: VPRModel, spec: EncoderSpec, kind: str, variant: WeightsSpec | None, path: Path | None) -> None:
+    """Fill ``model`` with the weights ``resolve_weights`` located; every load is strict."""
+    if kind == "random":
+        model.info["weights"] = "random"
+        return
+    if kind == "checkpoint":
+        load_checkpoint(model, path)  # type: ignore[arg-type]
+        return
+    state = load_state_dict(path)  # type: ignore[arg-type]
+    model.info["weights"] = variant.name if kind == "variant" else str(path)  # type: ignore[union-attr]
     state = unwrap_state_dict(state)
     if variant is not None and variant.convert is not None:
         state = variant.convert(state)
@@ -205,7 +217,7 @@ def load_weights(model: VPRModel, spec: EncoderSpec, weights: str | Path | None)
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f'weights "{weights}" do not fit method "{spec.name}": {str(exc)[:2000]}') from None
+        raise WeightsError(f'weights "{model.info["weights"]}" do not fit method "{spec.name}": {str(exc)[:2000]}') from None
 
 
 CHECKPOINT_FILE = "model.safetensors"
@@ -213,25 +225,18 @@ CHECKPOINT_FILE = "model.safetensors"
 
 def save_checkpoint(model: VPRModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``model.json`` (what the model is) atomically; returns the weights path."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path / CHECKPOINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"method": model.info["method"]})
-    tmp.replace(path)
-    sidecar = path.with_suffix(".json")
-    tmp_json = sidecar.with_name(sidecar.name + ".tmp")
-    tmp_json.write_text(json.dumps({**model.info, **(extra or {})}, indent=2))
-    tmp_json.replace(sidecar)
+    save_safetensors(state, path, metadata={"method": model.info["method"]})
+    write_text(path.with_suffix(".json"), json.dumps({**model.info, **(extra or {})}, indent=2))
     return path
 
 
-def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
-    """Load a loqi checkpoint (file or run directory) into ``model``; refuses one of another method."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The weights file of a loqi checkpoint (a file, a checkpoint directory or a run directory), with its sidecar."""
     path = Path(path)
     if path.is_dir():
         candidates = [path / CHECKPOINT_FILE, path / "checkpoints" / "final" / CHECKPOINT_FILE]
@@ -239,7 +244,13 @@ def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
     sidecar = path.with_suffix(".json")
     if not path.exists() or not sidecar.exists():
         raise WeightsError(f"no loqi checkpoint at {path} (expected {path.name} and {sidecar.name})")
-    meta = json.loads(sidecar.read_text())
+    return path
+
+
+def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
+    """Load a loqi checkpoint (file or run directory) into ``model``; refuses one of another method."""
+    path = checkpoint_file(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
     for key in ("encoder", "aggregator"):
         if meta.get(key) != model.info[key]:
             raise WeightsError(

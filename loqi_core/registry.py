@@ -28,7 +28,8 @@ def unknown_message(kind: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = " Did you mean " + ", ".join(f'"{c}"' for c in close) + "?" if close else ""
     installed = ", ".join(sorted(known)) or "none"
-    return f'Unknown {kind} "{name}".{hint} Installed {kind}s: {installed}. To add one: pip install loqi-plugin-<name>'
+    plural = kind + ("es" if kind.endswith("s") else "s")  # losses, not "losss"
+    return f'Unknown {kind} "{name}".{hint} Installed {plural}: {installed}. To add one: pip install loqi-plugin-<name>'
 
 
 class Registry(Generic[T]):

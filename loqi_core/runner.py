@@ -15,16 +15,18 @@ from __future__ import annotations
 import atexit
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from loqi_core.cache import EvalCache
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data import TestSet
+from loqi_core.data import TestSet, TrainSet
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
-from loqi_core.errors import ConfigError
-from loqi_core.evaluate import EvalResult, describe_protocol, evaluate
+from loqi_core.errors import ConfigError, one_line
+from loqi_core.evaluate import EvalResult, apply_threads, describe_protocol, evaluate, resolve_device
+from loqi_core.fileio import located, write_text
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.report import UNTRAINED, Report, results_markdown, slug, write_activation_maps
 
@@ -65,16 +67,40 @@ def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
 
 
 class Experiment:
-    """Shared state of one command: run directory, plugins, device, evaluation cache, test sets, report."""
+    """Shared state of one command: run directory, plugins, device, evaluation cache, test sets, report.
 
-    def __init__(self, config: RunConfig, kind: str, plugins: Plugins | None = None, echo: Echo = print) -> None:
+    Every input (device, degradation, cache, test and training sets, losses, the model and its weights) is resolved
+    before the run directory is made, so a bad one costs no work and leaves nothing behind. ``losses``: the
+    ``(mode, expression)`` pairs the command will train; ``weights``: those of ``self.model`` (default: the config's).
+    """
+
+    def __init__(
+        self, config: RunConfig, kind: str, plugins: Plugins | None = None, echo: Echo = print,
+        losses: Sequence[tuple[str, str]] = (), weights: str | None = None,
+    ) -> None:  # fmt: skip
         from loqi_core.training.dist import setup
 
         self.plugins = plugins or get_plugins()
+        self.kind = kind
+        resolve_device(config.device)  # a clear error for a device this machine lacks, before torchrun setup
         self.env, self.device = setup(config.device)  # under torchrun: join the job; rank 0 alone writes and reports
         if self.env.initialized_here:
             atexit.register(self.env.close)
         self.out = Path(_from_rank0(str(config.out if config.out is not None else default_run_dir(kind, config))))
+        threads = apply_threads(config.threads)
+        self.untrained = config.model.weights == "random"
+        ev = config.eval
+        self.cache = EvalCache(ev.cache_dir, enabled=ev.cache)
+        if ev.cache:
+            self.cache.check_writable()
+        self.degradation = parse_degradation(config.degrade, self.plugins)
+        self.tests: list[TestSet] = [
+            load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
+            for t in ev.test
+        ]
+        self.train_set = self._check_training(config, losses) if losses else None
+        self.config = config.model_copy(update={"out": self.out, "threads": threads})
+        self.model = self.build(weights)  # last: the costliest check (weights found, read and fitting)
         log = self.out / "run.log"
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -88,19 +114,10 @@ class Experiment:
 
         self.echo = echo_and_log
         self.echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        self.config = config.model_copy(update={"out": self.out})
-        self.kind = kind
-        self.untrained = config.model.weights == "random"
-        ev = config.eval
-        self.cache = EvalCache(ev.cache_dir, enabled=ev.cache)
-        self.degradation = parse_degradation(config.degrade, self.plugins)
-        self.tests: list[TestSet] = [
-            load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
-            for t in ev.test
-        ]
         if self.env.is_main:
-            (self.out / "config.json").write_text(dump_config(self.config))
-            (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
+            with self.logged():
+                write_text(self.out / "config.json", dump_config(self.config))
+                write_text(self.out / "plugins.json", json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
                "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
@@ -108,6 +125,40 @@ class Experiment:
         self.report = Report(run, ev.recall)
         if self.untrained:
             self.echo(f"!! {UNTRAINED}")
+
+    def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
+        """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);
+        ``sweep`` only parses it, since it skips with a note the losses its training set cannot feed."""
+        from loqi_core.distill import check_places, encoder_spec, training_loss
+        from loqi_core.losses.expression import parse_loss_expression
+
+        train = load_dataset(config.distill.train, "train", root=config.data_root, plugins=self.plugins)
+        assert isinstance(train, TrainSet)
+        spec = encoder_spec(config, self.plugins)
+        for mode, expr in losses:
+            if self.kind == "sweep":
+                for _, name in parse_loss_expression(expr):
+                    self.plugins.loss(name)
+                continue
+            field = "finetune_loss" if mode == "finetune" else "loss"
+            cfg = config.model_copy(update={"distill": config.distill.model_copy(update={field: expr})})
+            loss = training_loss(cfg, mode, spec, self.plugins)  # type: ignore[arg-type]
+            check_places(loss, train, config.distill.train, self.plugins)
+        return train
+
+    @contextmanager
+    def logged(self) -> Iterator[None]:
+        """Append any error that ends the command to run.log (the terminal gets it from the CLI); an OS error
+        that names no file (a failed write on a full disk) is reported against the run directory."""
+        try:
+            yield
+        except OSError as exc:
+            exc = located(exc, self.out)
+            log_error(self.out, exc)
+            raise exc from None
+        except BaseException as exc:
+            log_error(self.out, exc)
+            raise
 
     def build(self, weights: str | None = None) -> "VPRModel":
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""
@@ -152,7 +203,8 @@ class Experiment:
         target = self.out / folder
         resume = _from_rank0((target / "config.json").exists())  # decided once: rank 0 may already be writing it
         self.echo(f"{'resuming' if resume else 'training'} {mode} in {target} ...")
-        return distill(config or self.config, target, mode=mode, resume=resume, plugins=self.plugins)  # type: ignore[arg-type]
+        return distill(config or self.config, target, mode=mode, resume=resume, plugins=self.plugins,  # type: ignore[arg-type]
+                       train=self.train_set)
 
     def activations(self, teacher: "VPRModel", student: "VPRModel", tag: str = "", label: str = "student") -> None:
         n = self.config.eval.grid_queries
@@ -188,7 +240,7 @@ def _from_rank0(value: Any) -> Any:
 
 
 def _teacher_rows(exp: Experiment) -> "VPRModel":
-    teacher = exp.build()
+    teacher = exp.model
     exp.evaluate("pretrained_clean", teacher, "none", weights=teacher.info["weights"])
     exp.evaluate("pretrained_degraded", teacher, weights=teacher.info["weights"])
     return teacher
@@ -200,53 +252,76 @@ def run_experiment(
     """``loqi run``: teacher on clean and degraded images, distil, student, optional finetune baseline, report."""
     if baseline not in (None, "finetune"):
         raise ConfigError(f'--baseline: unknown baseline "{baseline}" (finetune)')
-    exp = Experiment(config, "run", plugins, echo)
-    loss = _method_default_loss(exp.config, exp.plugins)
-    exp.report.run["loss"] = loss
-    teacher = _teacher_rows(exp)
-    student = exp.build(str(exp.train("distill", "distill")))
-    exp.evaluate("distilled", student, loss=loss, weights=str(exp.out / "distill"))
-    exp.activations(teacher, student)
-    if baseline == "finetune":
-        tuned = exp.build(str(exp.train("finetune", "finetune")))
-        exp.evaluate("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
-    return exp.finish()
+    loss = _method_default_loss(config, plugins or get_plugins())
+    losses = [("distill", loss)] + ([("finetune", config.distill.finetune_loss)] if baseline == "finetune" else [])
+    exp = Experiment(config, "run", plugins, echo, losses=losses)
+    with exp.logged():
+        exp.report.run["loss"] = loss
+        teacher = _teacher_rows(exp)
+        student = exp.build(str(exp.train("distill", "distill")))
+        exp.evaluate("distilled", student, loss=loss, weights=str(exp.out / "distill"))
+        exp.activations(teacher, student)
+        if baseline == "finetune":
+            tuned = exp.build(str(exp.train("finetune", "finetune")))
+            exp.evaluate("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
+        return exp.finish()
 
 
 def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | None = None, echo: Echo = print) -> Path:
     """``loqi sweep``: one distillation per loss expression, all evaluated against one (cached) teacher evaluation."""
-    exp = Experiment(config, "sweep", plugins, echo)
-    exp.report.run["losses"] = list(losses)
-    teacher = _teacher_rows(exp)
-    skipped = []
-    for expr in losses:
-        cfg = exp.config.model_copy(update={"distill": exp.config.distill.model_copy(update={"loss": expr})})
-        try:
-            final = exp.train(f"distill-{slug(expr)}", "distill", cfg)
-        except ConfigError as exc:  # e.g. triplet on a label-free training set: the other losses still run
-            echo(f"skipping loss {expr}: {exc}")
-            skipped.append(f"loss {expr} skipped: {exc}")
-            continue
-        student = exp.build(str(final))
-        exp.evaluate(f"distilled:{expr}", student, loss=expr, weights=str(final))
-        exp.activations(teacher, student, tag=expr, label=f"student {expr}")
-    for test in exp.tests:
-        exp.report.note(test.name, skipped)
-    return exp.finish()
+    exp = Experiment(config, "sweep", plugins, echo, losses=[("distill", expr) for expr in losses])
+    with exp.logged():
+        exp.report.run["losses"] = list(losses)
+        teacher = _teacher_rows(exp)
+        skipped = []
+        for expr in losses:
+            cfg = exp.config.model_copy(update={"distill": exp.config.distill.model_copy(update={"loss": expr})})
+            try:
+                final = exp.train(f"distill-{slug(expr)}", "distill", cfg)
+            except ConfigError as exc:  # e.g. triplet on a label-free training set: the other losses still run
+                exp.echo(f"skipping loss {expr}: {exc}")
+                skipped.append(f"loss {expr} skipped: {exc}")
+                continue
+            student = exp.build(str(final))
+            exp.evaluate(f"distilled:{expr}", student, loss=expr, weights=str(final))
+            exp.activations(teacher, student, tag=expr, label=f"student {expr}")
+        for test in exp.tests:
+            exp.report.note(test.name, skipped)
+        return exp.finish()
 
 
 def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | None = None, echo: Echo = print) -> Path:
     """``loqi eval``: one model (pretrained weights, a checkpoint or a run directory) on the test sets."""
     weights = config.model.weights
     checkpoint = _checkpoint_of(weights)  # before the run directory is made: a bad --weights leaves nothing behind
-    exp = Experiment(config, "eval", plugins, echo)
-    model = exp.build(checkpoint)
-    if row is None:
-        pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
-        clean = exp.degradation.spec in ("", "none")
-        row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
-    exp.evaluate(row, model, weights=model.info["weights"])
-    return exp.finish()
+    exp = Experiment(config, "eval", plugins, echo, weights=checkpoint)
+    with exp.logged():
+        model = exp.model
+        if row is None:
+            pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
+            clean = exp.degradation.spec in ("", "none")
+            row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
+        exp.evaluate(row, model, weights=model.info["weights"])
+        return exp.finish()
+
+
+def log_error(run_dir: Path, exc: BaseException) -> None:
+    """Append the error that ended a run to ``run_dir/run.log``: one line for loqi's and OS errors (as the
+    terminal shows them), the traceback for anything else (a bug); nothing when the directory is gone."""
+    import traceback
+
+    message = one_line(exc)
+    if message is not None:
+        text = f"Error: {message}"
+    elif isinstance(exc, KeyboardInterrupt):
+        text = "Interrupted (Ctrl-C); start the same command again to resume"
+    else:
+        text = "".join(traceback.format_exception(exc)).rstrip()
+    try:
+        with open(run_dir / "run.log", "a") as f:
+            f.write(f"{text}\n")
+    except OSError:
+        pass  # the disk that failed may be this one: the terminal still gets the error
 
 
 def _checkpoint_of(weights: str) -> str:

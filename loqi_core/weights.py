@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -88,12 +89,32 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except OSError:
+            raise
+        except Exception as exc:
+            raise WeightsError(f"cannot read {path}: not a complete safetensors file ({str(exc)[:200]})") from None
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
     except Exception as exc:
-        raise WeightsError(f"cannot load {path} safely (weights_only=True): {exc}") from None
+        raise WeightsError(_unsafe_load_message(path, exc)) from None
+
+
+def _unsafe_load_message(path: Path, exc: Exception) -> str:
+    """Why a torch file did not load, without torch's advice to load it with ``weights_only=False`` (runs code)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+    if found or "Weights only load failed" in str(exc):
+        what = f"the Python object {found.group(1)}" if found else "Python objects"
+        return (
+            f"cannot load {path} safely: it holds {what}, not only tensors, and loqi loads torch files with "
+            "weights_only=True (no code runs). Save its state_dict() as safetensors instead"
+        )
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot load {path} (weights_only=True): not a readable torch or safetensors file ({reason[:200]})"
 
 
 def _numpy_scalar_globals() -> list[Any]:

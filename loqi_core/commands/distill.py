@@ -58,8 +58,19 @@ def _run(mode: str, kw: dict[str, Any], loss: str | None) -> None:
 
     from loqi_core.distill import distill
 
+    from loqi_core.fileio import located
+    from loqi_core.runner import log_error
+
     config, out = _resolve(mode, kw, loss)
-    final = distill(config, out, mode=mode, resume=bool(kw["resume_dir"]))  # type: ignore[arg-type]
+    try:
+        final = distill(config, out, mode=mode, resume=bool(kw["resume_dir"]))  # type: ignore[arg-type]
+    except BaseException as exc:
+        if not (out / "config.json").exists():  # an early error: the run directory is made after validation
+            raise
+        if isinstance(exc, OSError):  # a failed write that names no file: report it against the run directory
+            exc = located(exc, out)
+        log_error(out, exc)
+        raise exc from None
     summary = out / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())

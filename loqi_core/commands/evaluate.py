@@ -15,15 +15,18 @@ from loqi_core.errors import ConfigError
 
 def parse_recall(text: str | None) -> list[int] | None:
     """``"1 2 5 10"`` or ``"1,2,5,10"`` → [1, 2, 5, 10]."""
+    from loqi_core.config import check_recall
+
     if text is None:
         return None
     try:
         values = [int(v) for v in re.split(r"[,\s]+", text.strip()) if v]
     except ValueError:
         raise ConfigError(f'--recall: expected numbers such as "1 2 5 10", got "{text}"') from None
-    if not values or min(values) < 1:
-        raise ConfigError(f'--recall: every N must be at least 1, got "{text}"')
-    return sorted(set(values))
+    try:
+        return check_recall(values)
+    except ValueError as exc:
+        raise ConfigError(f"--recall: {exc}") from None
 
 
 def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -69,5 +69,16 @@ def resolve(kw: dict[str, Any], extra: dict[str, Any] | None = None):
 
 
 def split_list(text: str | None) -> list[str] | None:
-    """``"msls, nordland"`` → ["msls", "nordland"]."""
-    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+    """``"msls, nordland"`` → ["msls", "nordland"]; a comma inside double quotes (``folder:"a,b"``) does not split."""
+    if not text:
+        return None
+    items, current, quoted = [], "", False
+    for char in text:
+        if char == "," and not quoted:
+            items.append(current)
+            current = ""
+            continue
+        quoted ^= char == '"'
+        current += char
+    items.append(current)
+    return [t.strip() for t in items if t.strip()]
