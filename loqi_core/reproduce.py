@@ -201,7 +201,8 @@ def _check_same(run: PlannedRun, config: RunConfig) -> None:
     """A finished run made with other settings is not silently reported as this one."""
     done = json.loads((run.out / "config.json").read_text())
     now = json.loads(dump_config(config))
-    diffs = sorted(k for k in set(done) | set(now) if k != "device" and done.get(k) != now.get(k))
+    same_results = ("device", "threads")  # where it ran and with how many threads do not make it another run
+    diffs = sorted(k for k in set(done) | set(now) if k not in same_results and done.get(k) != now.get(k))
     if diffs:
         raise ConfigError(f"{run.out} holds a finished run with other settings ({', '.join(diffs)}); "
                           "delete it or give another --out")  # fmt: skip

@@ -117,7 +117,7 @@ def test_smoke_run_end_to_end_then_skipped_then_resumed(tmp_path):
     assert float(rows["paper"][4]) == paper == 0.54
     assert float(rows["loqi − paper"][4]) == pytest.approx(ours - paper, abs=0.006)
     again = invoke(args)
-    assert again.exit_code == 0 and "done, skipped" in again.output and "running" not in again.output
+    assert again.exit_code == 0 and "done, skipped" in again.output and "running" not in again.output, again.output
     (run_dir / "metrics.json").unlink()  # as if killed before the report: training resumes, evaluations come from the cache
     resumed = invoke(args)
     assert resumed.exit_code == 0, resumed.output
