@@ -89,7 +89,7 @@ def encoder_spec(config: RunConfig, plugins: Plugins) -> EncoderSpec:
 def loss_expression(config: RunConfig, mode: Mode, spec: EncoderSpec) -> str:
     if mode == "finetune":
         return config.distill.finetune_loss
-    return config.distill.loss or spec.default_loss
+    return config.distill.loss if config.distill.loss is not None else spec.default_loss
 
 
 def select_trainable(model: nn.Module, prefixes: list[str] | tuple[str, ...], method: str) -> list[str]:

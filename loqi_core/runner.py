@@ -60,7 +60,11 @@ def default_run_dir(kind: str, config: RunConfig) -> Path:
 def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
     from loqi_core.distill import encoder_spec
 
-    return config.distill.loss or encoder_spec(config, plugins).default_loss
+    from loqi_core.losses.expression import parse_loss_expression
+
+    expr = config.distill.loss if config.distill.loss is not None else encoder_spec(config, plugins).default_loss
+    parse_loss_expression(expr)  # a malformed loss fails now, not after the teacher's evaluation
+    return expr
 
 
 class Experiment:
