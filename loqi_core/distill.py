@@ -370,6 +370,14 @@ class _Trainer:
         buffer.clear()
 
     def _save(self, done: int, target: Path) -> Path:
+        bad = ckpt.non_finite(self.student)  # every rank holds the same weights: all stop together
+        if bad:
+            last = ckpt.complete_checkpoints(self.out)
+            where = str(last[-1]) if last else "none (the run stopped before its first checkpoint)"
+            raise TrainingError(
+                f"the student's weights are not finite after step {done} (NaN/Inf in {len(bad)} tensor(s), e.g. "
+                f"{', '.join(bad[:3])}); not saved. Last good checkpoint: {where}. Try a lower distill.lr"
+            )
         tmp = ckpt.tmp_dir(target)
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -388,13 +396,7 @@ class _Trainer:
         return target
 
     def _latest(self) -> Path | None:
-        found = ckpt.complete_checkpoints(self.out)
-        final = ckpt.final_dir(self.out)
-        if (final / ckpt.STATE_FILE).exists():
-            found.append(final)
-        if not found:
-            return None
-        return max(found, key=lambda p: json.loads((p / ckpt.STATE_FILE).read_text())["step"])
+        return ckpt.latest_intact(self.out)  # damaged newer checkpoints are skipped with a warning
 
     # ---- the run -------------------------------------------------------------------------------
     def run(self) -> Path:

@@ -223,7 +223,16 @@ def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
     sidecar = path.with_suffix(".json")
     if not path.exists() or not sidecar.exists():
         raise WeightsError(f"no loqi checkpoint at {path} (expected {path.name} and {sidecar.name})")
-    meta = json.loads(sidecar.read_text())
+    if (path.parent / "digests.json").exists():  # a training checkpoint: every file is checked against its digest
+        from loqi_core.training.state import verify
+
+        reason = verify(path.parent, required=(path.name, sidecar.name))
+        if reason is not None:
+            raise WeightsError(f"checkpoint {path.parent} is damaged: {reason}")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{sidecar}: unreadable checkpoint description ({type(exc).__name__}: {exc})") from None
     for key in ("encoder", "aggregator"):
         if meta.get(key) != model.info[key]:
             raise WeightsError(
@@ -231,7 +240,13 @@ def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
                 f"but the model uses {key} \"{model.info[key]}\""
             )
     try:
-        model.load_state_dict(load_state_dict(path), strict=True)
+        state = load_state_dict(path)
+    except WeightsError:
+        raise
+    except Exception as exc:  # a truncated or garbled safetensors file
+        raise WeightsError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"{path} does not fit the model: {str(exc)[:2000]}") from None
     model.info["weights"] = str(path)
