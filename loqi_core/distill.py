@@ -34,6 +34,7 @@ from loqi_core.errors import ConfigError, LoqiError
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.rundir import locked
 from loqi_core.specs import EncoderSpec
 from loqi_core.training import state as ckpt
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig
@@ -71,7 +72,8 @@ def distill(
         raise ConfigError(f'mode must be "distill" or "finetune", not "{mode}"')
     env, device = setup(config.device)
     try:
-        return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device).run()
+        with locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
+            return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device).run()
     finally:
         env.close()
 
@@ -191,6 +193,11 @@ class _Trainer:
         if self.resume:
             if not cfg_file.exists():
                 raise TrainingError(f"cannot resume: {cfg_file} not found (is {self.out} a loqi run directory?)")
+            if (self.out / "run.log").exists():
+                raise TrainingError(
+                    f"cannot resume {self.out}: it is the directory of a `loqi run`/`eval`/`sweep` (it has run.log), not "
+                    "of a training run; a `loqi run` keeps its student under distill/"
+                )
             saved = RunConfig.model_validate_json(cfg_file.read_text())
             diffs = _config_differences(saved, self.config)
             if diffs:
@@ -432,6 +439,11 @@ class _Trainer:
                 )
             saved = ckpt.read_checkpoint(latest, self.env.rank, self.student, self.optimizer, self.scheduler)
             start = int(saved["step"])
+            if start > self.total_steps:
+                raise TrainingError(
+                    f"{latest} was trained for {start} steps, but {self.total_steps} are asked for now; a finished or "
+                    "longer run is not cut short (its student would not be the one asked for): choose another --out"
+                )
         if start >= self.total_steps and latest is not None and latest.name == "final":
             return latest
 

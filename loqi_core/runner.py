@@ -12,6 +12,7 @@ and a killed run, started again with the same --out, resumes its training and re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -19,13 +20,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from loqi_core.cache import EvalCache
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data import TestSet
+from loqi_core.data import TestSet, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError
 from loqi_core.evaluate import EvalResult, describe_protocol, evaluate, resolve_device
 from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.report import UNTRAINED, Report, results_markdown, slug, write_activation_maps
+from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug, write_activation_maps
+from loqi_core.rundir import locked
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.model import VPRModel
@@ -73,6 +75,24 @@ class Experiment:
     def __init__(self, config: RunConfig, kind: str, plugins: Plugins | None = None, echo: Echo = print) -> None:
         self.plugins = plugins or get_plugins()
         self.out = Path(config.out) if config.out is not None else default_run_dir(kind, config)
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(locked(self.out))  # one writer per run directory, released by close()
+        try:
+            self._open(config, kind, echo)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Experiment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def _open(self, config: RunConfig, kind: str, echo: Echo) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         log = self.out / "run.log"
 
@@ -94,6 +114,11 @@ class Experiment:
             load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
             for t in ev.test
         ]
+        name_test_sets(self.tests, ev.test)  # two test sets called "good" get two keys, not one overwritten
+        for test in self.tests:
+            listed = write_skipped(test, self.out)
+            if listed is not None:
+                self.echo(f"test set {test.name}: {len(test.skipped)} unreadable file(s) left out (skip_bad), listed in {listed}")
         (self.out / "config.json").write_text(dump_config(self.config))
         (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
@@ -180,53 +205,53 @@ def run_experiment(
     """``loqi run``: teacher on clean and degraded images, distil, student, optional finetune baseline, report."""
     if baseline not in (None, "finetune"):
         raise ConfigError(f'--baseline: unknown baseline "{baseline}" (finetune)')
-    exp = Experiment(config, "run", plugins, echo)
-    loss = _method_default_loss(exp.config, exp.plugins)
-    exp.report.run["loss"] = loss
-    teacher = _teacher_rows(exp)
-    student = exp.build(str(exp.train("distill", "distill")))
-    exp.evaluate("distilled", student, loss=loss, weights=str(exp.out / "distill"))
-    exp.activations(teacher, student)
-    if baseline == "finetune":
-        tuned = exp.build(str(exp.train("finetune", "finetune")))
-        exp.evaluate("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
-    return exp.finish()
+    with Experiment(config, "run", plugins, echo) as exp:
+        loss = _method_default_loss(exp.config, exp.plugins)
+        exp.report.run["loss"] = loss
+        teacher = _teacher_rows(exp)
+        student = exp.build(str(exp.train("distill", "distill")))
+        exp.evaluate("distilled", student, loss=loss, weights=str(exp.out / "distill"))
+        exp.activations(teacher, student)
+        if baseline == "finetune":
+            tuned = exp.build(str(exp.train("finetune", "finetune")))
+            exp.evaluate("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
+        return exp.finish()
 
 
 def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | None = None, echo: Echo = print) -> Path:
     """``loqi sweep``: one distillation per loss expression, all evaluated against one (cached) teacher evaluation."""
-    exp = Experiment(config, "sweep", plugins, echo)
-    exp.report.run["losses"] = list(losses)
-    teacher = _teacher_rows(exp)
-    skipped = []
-    for expr in losses:
-        cfg = exp.config.model_copy(update={"distill": exp.config.distill.model_copy(update={"loss": expr})})
-        try:
-            final = exp.train(f"distill-{slug(expr)}", "distill", cfg)
-        except ConfigError as exc:  # e.g. triplet on a label-free training set: the other losses still run
-            echo(f"skipping loss {expr}: {exc}")
-            skipped.append(f"loss {expr} skipped: {exc}")
-            continue
-        student = exp.build(str(final))
-        exp.evaluate(f"distilled:{expr}", student, loss=expr, weights=str(final))
-        exp.activations(teacher, student, tag=expr, label=f"student {expr}")
-    for test in exp.tests:
-        exp.report.note(test.name, skipped)
-    return exp.finish()
+    with Experiment(config, "sweep", plugins, echo) as exp:
+        exp.report.run["losses"] = list(losses)
+        teacher = _teacher_rows(exp)
+        skipped = []
+        for expr in losses:
+            cfg = exp.config.model_copy(update={"distill": exp.config.distill.model_copy(update={"loss": expr})})
+            try:
+                final = exp.train(f"distill-{slug(expr)}", "distill", cfg)
+            except ConfigError as exc:  # e.g. triplet on a label-free training set: the other losses still run
+                echo(f"skipping loss {expr}: {exc}")
+                skipped.append(f"loss {expr} skipped: {exc}")
+                continue
+            student = exp.build(str(final))
+            exp.evaluate(f"distilled:{expr}", student, loss=expr, weights=str(final))
+            exp.activations(teacher, student, tag=expr, label=f"student {expr}")
+        for test in exp.tests:
+            exp.report.note(test.name, skipped)
+        return exp.finish()
 
 
 def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | None = None, echo: Echo = print) -> Path:
     """``loqi eval``: one model (pretrained weights, a checkpoint or a run directory) on the test sets."""
     weights = config.model.weights
     checkpoint = _checkpoint_of(weights)  # before the run directory is made: a bad --weights leaves nothing behind
-    exp = Experiment(config, "eval", plugins, echo)
-    model = exp.build(checkpoint)
-    if row is None:
-        pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
-        clean = exp.degradation.spec in ("", "none")
-        row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
-    exp.evaluate(row, model, weights=model.info["weights"])
-    return exp.finish()
+    with Experiment(config, "eval", plugins, echo) as exp:
+        model = exp.build(checkpoint)
+        if row is None:
+            pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
+            clean = exp.degradation.spec in ("", "none")
+            row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
+        exp.evaluate(row, model, weights=model.info["weights"])
+        return exp.finish()
 
 
 def _checkpoint_of(weights: str) -> str:
