@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data import TrainSet
+from loqi_core.data import TrainSet, skipped_path, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, LoqiError
@@ -276,6 +276,7 @@ class _Trainer:
         self.dataset = StepDataset(train, self.plan, degradation, views, self.config.seed)
         self.total_steps = self.d.max_steps or self.d.epochs * self.plan.steps_per_epoch
         self.train_name = train.name
+        self.train_set = train
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
         workers = self.d.num_workers
@@ -376,6 +377,17 @@ class _Trainer:
             self.pbar.set_postfix({"img/s": f"{rate:.1f}", **{k: f"{v:.4g}" for k, v in self.last_terms.items()}})
         buffer.clear()
 
+    def _note_skipped(self, lines: list[str]) -> None:
+        """Images that failed only when decoded (skip_bad): appended to the run's list, and said once each."""
+        new = [line for line in lines if line not in self.skipped_seen]
+        if not new:
+            return
+        self.skipped_seen.update(new)
+        path = skipped_path(self.train_name, self.out)
+        with open(path, "a") as f:  # every rank appends the images of its own batches
+            f.write("".join(line + "\n" for line in new))
+        warnings.warn(f"left out {len(new)} unreadable training image(s) (skip_bad), listed in {path}: {new[0]}", stacklevel=2)
+
     def _save(self, done: int, target: Path) -> Path:
         bad = ckpt.non_finite(self.student)  # every rank holds the same weights: all stop together
         if bad:
@@ -416,6 +428,10 @@ class _Trainer:
         self._build_models()
         if self.env.is_main:
             self._write_run_files()
+            listed = write_skipped(self.train_set, self.out)
+            if listed is not None:
+                warnings.warn(f'training set "{self.train_name}": {len(self.train_set.skipped)} bad file(s) left out (skip_bad), listed in {listed}', stacklevel=2)
+        self.skipped_seen = set(self.train_set.skipped)
         self.env.barrier()
 
         self.params = [p for p in self.student.parameters() if p.requires_grad]
@@ -472,6 +488,10 @@ class _Trainer:
         t0 = time.perf_counter()
         try:
             for batch in self._loader(start):
+                if "error" in batch:  # an unreadable image without skip_bad (raised here, not in a worker)
+                    raise batch["error"]
+                if batch["skipped"]:
+                    self._note_skipped(batch["skipped"])
                 step = int(batch["step"])
                 total, terms = self._step(batch)
                 done = step + 1

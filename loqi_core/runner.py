@@ -150,6 +150,7 @@ class Experiment:
         for test in self.tests:
             result = evaluate(model, test, deg, config=self.config.eval, seed=self.config.seed, device=self.device,
                               cache=self.cache, plugins=self.plugins, untrained=self.untrained)  # fmt: skip
+            write_skipped(test, self.out)  # again: images that failed only when decoded are listed too
             self.report.add(row, result, **meta)
             self.report.note(test.name, test.notes)
             cached = " (descriptors from cache)" if all(result.cache["descriptors_cached"]) else ""
