@@ -426,6 +426,21 @@ class _Trainer:
         self.loss = self._build_loss()  # cheap checks first: loss, data, then the models (maybe a download)
         self._build_data(self.loss)
         self._build_models()
+        latest = self._latest() if self.resume else None
+        if latest is not None:  # checked before the run's files are rewritten
+            peek = json.loads((latest / ckpt.STATE_FILE).read_text())  # every rank reads it: all stop together
+            if peek.get("mode") != self.mode:
+                raise TrainingError(f"{latest} was written by `loqi {peek.get('mode')}`, not `loqi {self.mode}`")
+            if peek.get("world_size") != self.env.world_size:
+                raise TrainingError(
+                    f"{latest} was written by {peek.get('world_size')} process(es); resume it with the same number "
+                    f"(now {self.env.world_size}) so that every rank continues its own data and RNG stream"
+                )
+            if int(peek["step"]) > self.total_steps:
+                raise TrainingError(
+                    f"{latest} was trained for {peek['step']} steps, but {self.total_steps} are asked for now; a finished "
+                    "or longer run is not cut short (its student would not be the one asked for): choose another --out"
+                )
         if self.env.is_main:
             self._write_run_files()
             listed = write_skipped(self.train_set, self.out)
@@ -443,23 +458,9 @@ class _Trainer:
         _seed_all(self.config.seed + self.env.rank)
 
         start = 0
-        latest = self._latest() if self.resume else None
         if latest is not None:
-            peek = json.loads((latest / ckpt.STATE_FILE).read_text())  # every rank reads it: all stop together
-            if peek.get("mode") != self.mode:
-                raise TrainingError(f"{latest} was written by `loqi {peek.get('mode')}`, not `loqi {self.mode}`")
-            if peek.get("world_size") != self.env.world_size:
-                raise TrainingError(
-                    f"{latest} was written by {peek.get('world_size')} process(es); resume it with the same number "
-                    f"(now {self.env.world_size}) so that every rank continues its own data and RNG stream"
-                )
             saved = ckpt.read_checkpoint(latest, self.env.rank, self.student, self.optimizer, self.scheduler)
             start = int(saved["step"])
-            if start > self.total_steps:
-                raise TrainingError(
-                    f"{latest} was trained for {start} steps, but {self.total_steps} are asked for now; a finished or "
-                    "longer run is not cut short (its student would not be the one asked for): choose another --out"
-                )
         if start >= self.total_steps and latest is not None and latest.name == "final":
             return latest
 

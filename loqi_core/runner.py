@@ -115,6 +115,8 @@ class Experiment:
             for t in ev.test
         ]
         name_test_sets(self.tests, ev.test)  # two test sets called "good" get two keys, not one overwritten
+        if kind != "eval":
+            _check_rerun(self.out, config)
         for test in self.tests:
             listed = write_skipped(test, self.out)
             if listed is not None:
@@ -191,6 +193,30 @@ class Experiment:
         self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.config.degrade}"))
         self.echo(f"run directory: {self.out}")
         return self.out
+
+
+def _check_rerun(out: Path, config: RunConfig) -> None:
+    """A `loqi run`/`sweep` started again on its --out continues that run: it may train longer, never shorter
+    (its student would be the old, longer-trained one under the new step count)."""
+    previous = out / "config.json"
+    if not previous.exists():
+        return
+    try:
+        old = RunConfig.model_validate_json(previous.read_text()).distill
+    except ValueError as exc:
+        raise ConfigError(f"{previous}: unreadable ({type(exc).__name__}); choose another --out") from None
+    new = config.distill
+    if (old.max_steps, old.epochs) == (new.max_steps, new.epochs):
+        return
+    longer = (new.max_steps or 0) > (old.max_steps or 0) if old.max_steps and new.max_steps else (
+        old.max_steps is None and new.max_steps is None and new.epochs > old.epochs)
+    if not longer:
+        was = f"distill.max_steps={old.max_steps}" if old.max_steps else f"distill.epochs={old.epochs}"
+        now = f"distill.max_steps={new.max_steps}" if new.max_steps else f"distill.epochs={new.epochs}"
+        raise ConfigError(
+            f"{out} was trained with {was}; started again on the same --out, a run continues and cannot be cut "
+            f"short ({now}): choose another --out"
+        )
 
 
 def _teacher_rows(exp: Experiment) -> "VPRModel":

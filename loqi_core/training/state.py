@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import warnings
@@ -120,7 +121,7 @@ def latest_intact(root: Path) -> Path | None:
         try:
             steps[c] = _step_of(c)
         except (OSError, ValueError, KeyError, TypeError):
-            steps[c] = -1  # garbled train_state.json: verify() names it below
+            steps[c] = math.inf  # garbled train_state.json: checked first, so that verify() names it
     damaged = []
     for c in sorted(found, key=lambda c: (steps[c], c.name == "final"), reverse=True):
         reason = verify(c)
