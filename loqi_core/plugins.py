@@ -97,6 +97,8 @@ class Plugins:
         self.losses: Registry[LossSpec] = Registry("loss")
         self.datasets: Registry[DatasetSpec] = Registry("dataset")
         self.info: dict[str, PluginInfo] = {}
+        self.command_owners: dict[str, str] = {}
+        """Command name → the distribution that added it through ``loqi_register_commands``."""
 
     # ---- loading -------------------------------------------------------------------------------
     def load_defaults(self) -> None:
@@ -180,7 +182,7 @@ class Plugins:
         """Let each plugin add its commands, one at a time: a plugin that raises, or that adds a command under a
         name already taken (``eval``), is listed as failed and leaves the command line as it was."""
         strict = strict_from_env() if strict is None else strict
-        owners = {name: "loqi-core" for name in cli.commands}
+        owners = {name: self.command_owners.get(name, "loqi-core") for name in cli.commands}
         for impl in self.pm.hook.loqi_register_commands.get_hookimpls():
             info = self.info.get(impl.plugin_name)
             if info is None or info.error:
@@ -191,16 +193,17 @@ class Plugins:
                 impl.function(cli=cli)
             except (Exception, SystemExit) as exc:
                 error = f"loqi_register_commands raised {type(exc).__name__}: {exc}"
-            clashes = [n for n, c in cli.commands.items() if n in before and before[n] is not c]
+            clashes = [n for n, c in cli.commands.items() if n in before and before[n] is not c and owners[n] != info.dist]
             if clashes and error is None:
                 error = "; ".join(
                     f'command "{n}" is already provided by dist {owners[n]}; kept that one, not dist {info.dist}'
                     for n in clashes
                 )
-            if error is None:
-                for n in cli.commands.keys() - before.keys():
-                    owners[n] = info.dist
-                    info.registered.setdefault("command", []).append(n)
+            if error is None:  # its commands (a second call, as in tests, re-adds the same ones)
+                for n in sorted(n for n, c in cli.commands.items() if before.get(n) is not c):
+                    owners[n] = self.command_owners[n] = info.dist
+                    if n not in info.registered.setdefault("command", []):
+                        info.registered["command"].append(n)
                 continue
             cli.commands.clear()
             cli.commands.update(before)  # the command line exactly as it was before this plugin

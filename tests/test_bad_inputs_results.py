@@ -349,6 +349,25 @@ def _(tmp):
     return run_loqi(["--help"], tmp / "site", strict="1")
 
 
+@case("plugins/commands-added-twice-in-one-process", 0, "failed=[] commands=['anyloc', 'netvlad']")
+def _(tmp):
+    import click
+
+    from loqi_core.plugins import Plugins
+
+    def call():
+        plugins = Plugins()
+        plugins.load_defaults()
+        plugins.load_entry_points()
+        group = click.Group(commands={"eval": click.Command("eval")})
+        plugins.add_commands(group, strict=True)
+        plugins.add_commands(group, strict=True)  # as tests do: the same plugin re-adding its commands is no clash
+        failed = [p.name for p in plugins.info.values() if p.error]
+        return f"failed={failed} commands={sorted(n for n in group.commands if n != 'eval')}"
+
+    return run_api(call)
+
+
 # 5. non-finite weights are never saved, non-finite descriptors never searched -------------------------------
 def _no_checkpoint(tmp: Path) -> None:
     assert not (tmp / "out" / "checkpoints").exists() or not list((tmp / "out" / "checkpoints").iterdir())
