@@ -227,6 +227,11 @@ def _lock_released(tmp: Path) -> None:
     assert not (tmp / "out" / ".loqi.lock").exists() and (tmp / "out" / "checkpoints" / "final").is_dir()
 
 
+@case("lock/degrade-second-writer", 1, "is in use by another loqi process", _nothing_written)
+def _(tmp):
+    return _locked_run(tmp, ["degrade", "blur3", "--dataset", f"folder:{vpr(tmp)}", "--out", tmp / "out"])
+
+
 @case("lock/stale-lock-taken-over", 0, "took over a stale lock (pid 999999", _lock_released)
 def _(tmp):
     (tmp / "out").mkdir()

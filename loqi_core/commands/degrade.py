@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 from loqi_core.errors import ConfigError
+from loqi_core.rundir import LOCK_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -371,7 +372,7 @@ class CopyWriter:
                     except ValueError:  # a line cut short by a kill: its unit is redone
                         continue
                     self.done.update(zip(record["files"], record["nbytes"]))
-        elif out.exists() and any(out.iterdir()):
+        elif out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise ConfigError(f"--out {out} exists and is not empty; choose a new folder")
         out.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps({"settings": settings}, indent=2))
@@ -470,14 +471,15 @@ def degrade_command(
     check_out_folder(out, root)
     settings = {"spec": specs[0], "seed": seed, "dataset": dataset, "split": split, "images": which, "limit": limit,
                 "format": fmt, "device": device}  # fmt: skip
-    writer = CopyWriter(out, root, settings, fmt)
-    stats = measure(
-        specs[0], lists, seed=seed, device=device, plugins=plugins,
-        sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
-        skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
-    )  # fmt: skip
-    side, too_big = _copy_side_files(root, paths, out)
-    manifest = writer.finish(stats)
+    with locked(out):  # one writer per copy: a second `loqi degrade --out` on it is refused
+        writer = CopyWriter(out, root, settings, fmt)
+        stats = measure(
+            specs[0], lists, seed=seed, device=device, plugins=plugins,
+            sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
+            skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
+        )  # fmt: skip
+        side, too_big = _copy_side_files(root, paths, out)
+        manifest = writer.finish(stats)
     resumed = len(paths) - stats.images
     click.echo(format_table([stats]))
     click.echo(
