@@ -61,7 +61,6 @@ def default_run_dir(kind: str, config: RunConfig) -> Path:
 
 def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
     from loqi_core.distill import encoder_spec
-
     from loqi_core.losses.expression import parse_loss_expression
 
     expr = config.distill.loss if config.distill.loss is not None else encoder_spec(config, plugins).default_loss
@@ -208,8 +207,10 @@ def _check_rerun(out: Path, config: RunConfig) -> None:
     new = config.distill
     if (old.max_steps, old.epochs) == (new.max_steps, new.epochs):
         return
-    longer = (new.max_steps or 0) > (old.max_steps or 0) if old.max_steps and new.max_steps else (
-        old.max_steps is None and new.max_steps is None and new.epochs > old.epochs)
+    if old.max_steps and new.max_steps:
+        longer = new.max_steps > old.max_steps
+    else:  # epochs against epochs; a switch between steps and epochs cannot be compared, so it is refused
+        longer = old.max_steps is None and new.max_steps is None and new.epochs > old.epochs
     if not longer:
         was = f"distill.max_steps={old.max_steps}" if old.max_steps else f"distill.epochs={old.epochs}"
         now = f"distill.max_steps={new.max_steps}" if new.max_steps else f"distill.epochs={new.epochs}"
