@@ -362,8 +362,9 @@ class _Trainer:
         if len(bad):
             i = int(bad[0])
             terms = ", ".join(f"{n}={x:.6g}" for n, x in zip(self.columns, values[i].tolist()))
-            last = ckpt.complete_checkpoints(self.out)
-            where = str(last[-1]) if last else "none (the run stopped before its first checkpoint)"
+            # the checkpoint of the step before holds the very weights that gave this loss: not a good one
+            last = [c for c in ckpt.complete_checkpoints(self.out) if int(c.name[len(ckpt.STEP_PREFIX) :]) < buffer[i][0] - 1]
+            where = str(last[-1]) if last else "none (no checkpoint before the weights that produced it)"
             raise TrainingError(
                 f"loss is not finite at step {buffer[i][0]} ({terms}); training stopped. "
                 f"Last good checkpoint: {where}. Try a lower distill.lr or distill.precision=fp32"
@@ -388,14 +389,28 @@ class _Trainer:
             f.write("".join(line + "\n" for line in new))
         warnings.warn(f"left out {len(new)} unreadable training image(s) (skip_bad), listed in {path}: {new[0]}", stacklevel=2)
 
+    def _outputs_finite(self) -> bool:
+        """Whether the student, as it would be saved, gives finite descriptors on the last batch (weights can be
+        finite yet diverged). Eval-mode forward: no statistics updated, no random numbers drawn; all ranks agree."""
+        with torch.inference_mode(), self._autocast():
+            self.student.eval()
+            _, desc = self.student(self._inputs(self.student, self.last_batch["degraded"]))
+            set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
+            bad = (~torch.isfinite(desc)).any().float().reshape(1)
+        if self.env.enabled:
+            torch.distributed.all_reduce(bad)
+        return not bool(bad.item())
+
     def _save(self, done: int, target: Path) -> Path:
         bad = ckpt.non_finite(self.student)  # every rank holds the same weights: all stop together
-        if bad:
+        why = f"its weights hold NaN/Inf ({len(bad)} tensor(s), e.g. {', '.join(bad[:3])})" if bad else None
+        if why is None and not self._outputs_finite():
+            why = "its weights have diverged: its descriptors of the last batch are NaN/Inf"
+        if why is not None:
             last = ckpt.complete_checkpoints(self.out)
             where = str(last[-1]) if last else "none (the run stopped before its first checkpoint)"
             raise TrainingError(
-                f"the student's weights are not finite after step {done} (NaN/Inf in {len(bad)} tensor(s), e.g. "
-                f"{', '.join(bad[:3])}); not saved. Last good checkpoint: {where}. Try a lower distill.lr"
+                f"the student after step {done} is not saved: {why}. Last good checkpoint: {where}. Try a lower distill.lr"
             )
         tmp = ckpt.tmp_dir(target)
         if self.env.is_main:
@@ -495,6 +510,7 @@ class _Trainer:
                     self._note_skipped(batch["skipped"])
                 step = int(batch["step"])
                 total, terms = self._step(batch)
+                self.last_batch = batch
                 done = step + 1
                 self.images += len(batch["clean"]) * self.env.world_size
                 lr = self.scheduler.get_last_lr()[0]

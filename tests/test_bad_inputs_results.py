@@ -378,14 +378,21 @@ def _no_checkpoint(tmp: Path) -> None:
     assert not (tmp / "out" / "checkpoints").exists() or not list((tmp / "out" / "checkpoints").iterdir())
 
 
-@case("nonfinite/final-not-saved", 1, "weights are not finite after step 1", _no_checkpoint)
+@case("nonfinite/final-not-saved", 1, "the student after step 1 is not saved: its weights hold NaN/Inf", _no_checkpoint)
 def _(tmp):
     return run_cli([*distill_args(tmp, train_images(tmp), "out", steps=1), "--loss", "poison"])
 
 
-@case("nonfinite/no-poisoned-last-good", 1, "not saved. Last good checkpoint: none", _no_checkpoint)
+@case("nonfinite/no-poisoned-last-good", 1, "is not saved: its weights hold NaN/Inf (5 tensor(s), e.g. encoder.3.weight, encoder.3.bias, encoder.6.weight). Last good checkpoint: none", _no_checkpoint)
 def _(tmp):
     return run_cli([*distill_args(tmp, train_images(tmp), "out", steps=3), "--loss", "poison", "-s", "distill.checkpoint_every=1"])
+
+
+@case("nonfinite/diverged-but-finite-weights-not-saved", 1, "its descriptors of the last batch are NaN/Inf", _no_checkpoint)
+def _(tmp):
+    args = distill_args(tmp, train_images(tmp), "out", steps=1)
+    args[args.index("distill.lr=0.001")] = "distill.lr=1e30"  # finite weights of ~1e30: their outputs overflow
+    return run_cli(args)
 
 
 def _nan_checkpoint(tmp: Path) -> Path:
