@@ -107,7 +107,7 @@ class EvalConfig(Section):
 
     test: list[str] = Field(default_factory=lambda: ["demo"], description="test datasets: NAME or NAME:PATH")
     recall: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
-    positive_radius: float = Field(25.0, gt=0, description="metres: a database image this close is a positive")
+    positive_radius: float = Field(25.0, gt=0, allow_inf_nan=False, description="metres: a database image this close is a positive")
     clean_database: bool = Field(False, description="degrade only the queries (default: database and queries)")
     index: Literal["auto", "flat", "torch", "ivfpq"] = Field(
         "auto", description="search: auto (torch top-k on CUDA, else flat), flat (FAISS exact, CPU), torch, ivfpq"

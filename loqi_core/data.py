@@ -36,6 +36,17 @@ class ImageList:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def without(self, bad: set[Path]) -> tuple["ImageList", np.ndarray]:
+        """This list less the files in ``bad``, and the kept indices (to remap anything indexed by image)."""
+        keep = np.array([i for i, p in enumerate(self.paths) if p not in bad], dtype=np.int64)
+        new_index = {int(old): new for new, old in enumerate(keep)}
+        sequences = None
+        if self.sequences is not None:
+            sequences = [[new_index[i] for i in s if i in new_index] for s in self.sequences]
+            sequences = [s for s in sequences if s]
+        positions = self.positions[keep] if self.positions is not None else None
+        return ImageList([self.paths[i] for i in keep], positions, sequences), keep
+
 
 @dataclass
 class TestSet:
@@ -56,6 +67,23 @@ class TestSet:
     """With ``database_groups``: a positive must also share the query's group, not only be within the radius."""
     expected_counts: dict[str, int] | None = None
     """The published sizes of the split actually read ({} = none known); None: use the dataset's spec."""
+    skip_bad: bool = False
+    """Leave out (and list) an image that turns out unreadable only when the engine decodes it."""
+
+    def drop(self, bad: set[Path], reasons: dict[Path, str]) -> None:
+        """Leave the files in ``bad`` out of the database and queries (ground truth remapped) and list them."""
+        self.database, kept_db = self.database.without(bad)
+        self.queries, kept_q = self.queries.without(bad)
+        if self.positives is not None:
+            new_db = {int(old): new for new, old in enumerate(kept_db)}
+            self.positives = [np.array([new_db[i] for i in np.asarray(self.positives[q]).tolist() if i in new_db],
+                                       dtype=np.int64) for q in kept_q]  # fmt: skip
+        if self.database_groups is not None:
+            self.database_groups = self.database_groups[kept_db]
+        if self.query_groups is not None:
+            self.query_groups = self.query_groups[kept_q]
+        self.skipped += [f"{p}: {reasons[p]}" for p in sorted(bad)]
+        self.notes.append(f"left out {len(bad)} image(s) that failed to decode (skip_bad); the list is written to the run directory")
 
     def ground_truth(self, radius_m: float = 25.0) -> list[np.ndarray]:
         """Database indices within ``radius_m`` of each query (the VPR protocol), or the explicit list."""
@@ -88,6 +116,8 @@ class TrainSet:
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """``"path: reason"`` for every file left out with ``skip_bad``; a run writes them to its directory."""
+    skip_bad: bool = False
+    """Leave out (and list) an image that turns out unreadable only when training decodes it."""
 
     def places(self) -> dict[int, list[int]]:
         if self.place_ids is None:
@@ -98,6 +128,12 @@ class TrainSet:
         return groups
 
 
+def skipped_path(name: str, run_dir: str | Path) -> Path:
+    """``<run dir>/skipped_<dataset name>.txt``: where the files a dataset left out are listed."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "dataset"
+    return Path(run_dir) / f"skipped_{safe}.txt"
+
+
 def write_skipped(dataset: TestSet | TrainSet, run_dir: str | Path, filename: str | None = None) -> Path | None:
     """Write the files ``skip_bad`` left out (one ``path: reason`` per line) into the run directory.
 
@@ -106,26 +142,63 @@ def write_skipped(dataset: TestSet | TrainSet, run_dir: str | Path, filename: st
     """
     if not dataset.skipped:
         return None
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.name) or "dataset"
-    out = Path(run_dir) / (filename or f"skipped_{safe}.txt")
+    out = Path(run_dir) / filename if filename else skipped_path(dataset.name, run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(dataset.skipped) + "\n")
     return out
 
 
+class UnreadableImageError(DataError):
+    """An image file that cannot be decoded (``path`` names it), so ``skip_bad`` can leave it out."""
+
+    def __init__(self, message: str, path: str | Path) -> None:
+        super().__init__(message)
+        self.path = Path(path)
+
+    def __reduce__(self) -> tuple:  # crosses from DataLoader workers intact
+        return type(self), (str(self), self.path)
+
+
+def to_uint8(values: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """A single-channel 16-bit or float image to 8 bits by its value range: 16-bit integers ÷ 257, floats in
+    [0, 1] × 255, values already in [0, 255] kept; any other range is refused rather than guessed."""
+    values = values.astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise UnreadableImageError(f"cannot read image {path}: {mode} image holds NaN or Inf", path)
+    if mode.startswith("I;16"):
+        scale = 255 / 65535
+    elif mode == "F" and low >= 0 and high <= 1:
+        scale = 255.0
+    elif low >= 0 and high <= 255:
+        scale = 1.0
+    elif mode == "I" and low >= 0 and high <= 65535:
+        scale = 255 / 65535
+    else:
+        raise UnreadableImageError(
+            f"cannot read image {path}: {mode} image with values in [{low:g}, {high:g}]; loqi reads 8-bit, "
+            "16-bit and float images in [0, 1] or [0, 255] — convert it to 8-bit PNG or JPEG", path
+        )
+    return np.repeat(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
 def read_image(path: str | Path) -> "torch.Tensor":
-    """Decode an image file to a uint8 RGB tensor 3×H×W; a missing, corrupt or truncated file names itself."""
+    """Decode an image file to a uint8 RGB tensor 3×H×W; a missing, corrupt, truncated or oversized file names
+    itself. 16-bit and float images are brought to 8 bits by their value range (see ``to_uint8``)."""
     import torch
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.load()
+            if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+                arr = to_uint8(np.asarray(img), img.mode, path)
+            else:
+                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImageError(f"cannot read image {path}: {exc} (a decompression bomb?)", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc} (corrupt or truncated?)") from None
-    arr = np.asarray(img, dtype=np.uint8)
+        raise UnreadableImageError(f"cannot read image {path}: {exc} (corrupt or truncated?)", path) from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data import TrainSet
+from loqi_core.data import TrainSet, skipped_path, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, LoqiError
@@ -35,6 +35,7 @@ from loqi_core.evaluate import apply_threads, resolve_device
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.rundir import locked
 from loqi_core.specs import EncoderSpec
 from loqi_core.training import state as ckpt
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig
@@ -76,7 +77,8 @@ def distill(
     config = config.model_copy(update={"threads": apply_threads(config.threads)})
     env, device = setup(config.device)
     try:
-        return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train).run()
+        with locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
+            return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train).run()
     finally:
         env.close()
 
@@ -94,7 +96,7 @@ def encoder_spec(config: RunConfig, plugins: Plugins) -> EncoderSpec:
 def loss_expression(config: RunConfig, mode: Mode, spec: EncoderSpec) -> str:
     if mode == "finetune":
         return config.distill.finetune_loss
-    return config.distill.loss or spec.default_loss
+    return config.distill.loss if config.distill.loss is not None else spec.default_loss
 
 
 def training_loss(config: RunConfig, mode: Mode, spec: EncoderSpec, plugins: Plugins) -> CompositeLoss:
@@ -222,6 +224,11 @@ class _Trainer:
         if self.resume:
             if not cfg_file.exists():
                 raise TrainingError(f"cannot resume: {cfg_file} not found (is {self.out} a loqi run directory?)")
+            if (self.out / "run.log").exists():
+                raise TrainingError(
+                    f"cannot resume {self.out}: it is the directory of a `loqi run`/`eval`/`sweep` (it has run.log), not "
+                    "of a training run; a `loqi run` keeps its student under distill/"
+                )
             saved = RunConfig.model_validate_json(cfg_file.read_text())
             diffs = _config_differences(saved, self.config)
             if diffs:
@@ -287,6 +294,7 @@ class _Trainer:
         self.dataset = StepDataset(train, self.plan, degradation, views, self.config.seed)
         self.total_steps = self.d.max_steps or self.d.epochs * self.plan.steps_per_epoch
         self.train_name = train.name
+        self.train_set = train
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
         workers = self.d.num_workers
@@ -372,8 +380,9 @@ class _Trainer:
         if len(bad):
             i = int(bad[0])
             terms = ", ".join(f"{n}={x:.6g}" for n, x in zip(self.columns, values[i].tolist()))
-            last = ckpt.complete_checkpoints(self.out)
-            where = str(last[-1]) if last else "none (the run stopped before its first checkpoint)"
+            # the checkpoint of the step before holds the very weights that gave this loss: not a good one
+            last = [c for c in ckpt.complete_checkpoints(self.out) if int(c.name[len(ckpt.STEP_PREFIX) :]) < buffer[i][0] - 1]
+            where = str(last[-1]) if last else "none (no checkpoint before the weights that produced it)"
             raise TrainingError(
                 f"loss is not finite at step {buffer[i][0]} ({terms}); training stopped. "
                 f"Last good checkpoint: {where}. Try a lower distill.lr or distill.precision=fp32"
@@ -387,7 +396,40 @@ class _Trainer:
             self.pbar.set_postfix({"img/s": f"{rate:.1f}", **{k: f"{v:.4g}" for k, v in self.last_terms.items()}})
         buffer.clear()
 
+    def _note_skipped(self, lines: list[str]) -> None:
+        """Images that failed only when decoded (skip_bad): appended to the run's list, and said once each."""
+        new = [line for line in lines if line not in self.skipped_seen]
+        if not new:
+            return
+        self.skipped_seen.update(new)
+        path = skipped_path(self.train_name, self.out)
+        with open(path, "a") as f:  # every rank appends the images of its own batches
+            f.write("".join(line + "\n" for line in new))
+        warnings.warn(f"left out {len(new)} unreadable training image(s) (skip_bad), listed in {path}: {new[0]}", stacklevel=2)
+
+    def _outputs_finite(self) -> bool:
+        """Whether the student, as it would be saved, gives finite descriptors on the last batch (weights can be
+        finite yet diverged). Eval-mode forward: no statistics updated, no random numbers drawn; all ranks agree."""
+        with torch.inference_mode(), self._autocast():
+            self.student.eval()
+            _, desc = self.student(self._inputs(self.student, self.last_batch["degraded"]))
+            set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
+            bad = (~torch.isfinite(desc)).any().float().reshape(1)
+        if self.env.enabled:
+            torch.distributed.all_reduce(bad)
+        return not bool(bad.item())
+
     def _save(self, done: int, target: Path) -> Path:
+        bad = ckpt.non_finite(self.student)  # every rank holds the same weights: all stop together
+        why = f"its weights hold NaN/Inf ({len(bad)} tensor(s), e.g. {', '.join(bad[:3])})" if bad else None
+        if why is None and not self._outputs_finite():
+            why = "its weights have diverged: its descriptors of the last batch are NaN/Inf"
+        if why is not None:
+            last = ckpt.complete_checkpoints(self.out)
+            where = str(last[-1]) if last else "none (the run stopped before its first checkpoint)"
+            raise TrainingError(
+                f"the student after step {done} is not saved: {why}. Last good checkpoint: {where}. Try a lower distill.lr"
+            )
         tmp = ckpt.tmp_dir(target)
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -411,13 +453,7 @@ class _Trainer:
         return target
 
     def _latest(self) -> Path | None:
-        found = ckpt.complete_checkpoints(self.out)
-        final = ckpt.final_dir(self.out)
-        if (final / ckpt.STATE_FILE).exists():
-            found.append(final)
-        if not found:
-            return None
-        return max(found, key=lambda p: json.loads((p / ckpt.STATE_FILE).read_text())["step"])
+        return ckpt.latest_intact(self.out)  # damaged newer checkpoints are skipped with a warning
 
     # ---- the run -------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -429,8 +465,27 @@ class _Trainer:
         self.loss = training_loss(self.config, self.mode, self.spec, self.plugins)
         self._build_data(self.loss)
         self._build_models()
+        latest = self._latest() if self.resume else None
+        if latest is not None:  # checked before the run's files are rewritten
+            peek = json.loads((latest / ckpt.STATE_FILE).read_text())  # every rank reads it: all stop together
+            if peek.get("mode") != self.mode:
+                raise TrainingError(f"{latest} was written by `loqi {peek.get('mode')}`, not `loqi {self.mode}`")
+            if peek.get("world_size") != self.env.world_size:
+                raise TrainingError(
+                    f"{latest} was written by {peek.get('world_size')} process(es); resume it with the same number "
+                    f"(now {self.env.world_size}) so that every rank continues its own data and RNG stream"
+                )
+            if int(peek["step"]) > self.total_steps:
+                raise TrainingError(
+                    f"{latest} was trained for {peek['step']} steps, but {self.total_steps} are asked for now; a finished "
+                    "or longer run is not cut short (its student would not be the one asked for): choose another --out"
+                )
         if self.env.is_main:
             self._write_run_files()
+            listed = write_skipped(self.train_set, self.out)
+            if listed is not None:
+                warnings.warn(f'training set "{self.train_name}": {len(self.train_set.skipped)} bad file(s) left out (skip_bad), listed in {listed}', stacklevel=2)
+        self.skipped_seen = set(self.train_set.skipped)
         self.env.barrier()
 
         self.params = [p for p in self.student.parameters() if p.requires_grad]
@@ -442,16 +497,7 @@ class _Trainer:
         _seed_all(self.config.seed + self.env.rank)
 
         start = 0
-        latest = self._latest() if self.resume else None
         if latest is not None:
-            peek = json.loads((latest / ckpt.STATE_FILE).read_text())  # every rank reads it: all stop together
-            if peek.get("mode") != self.mode:
-                raise TrainingError(f"{latest} was written by `loqi {peek.get('mode')}`, not `loqi {self.mode}`")
-            if peek.get("world_size") != self.env.world_size:
-                raise TrainingError(
-                    f"{latest} was written by {peek.get('world_size')} process(es); resume it with the same number "
-                    f"(now {self.env.world_size}) so that every rank continues its own data and RNG stream"
-                )
             saved = ckpt.read_checkpoint(latest, self.env.rank, self.student, self.optimizer, self.scheduler)
             start = int(saved["step"])
         if start >= self.total_steps and latest is not None and latest.name == "final":
@@ -482,8 +528,13 @@ class _Trainer:
         t0 = time.perf_counter()
         try:
             for batch in self._loader(start):
+                if "error" in batch:  # an unreadable image without skip_bad (raised here, not in a worker)
+                    raise batch["error"]
+                if batch["skipped"]:
+                    self._note_skipped(batch["skipped"])
                 step = int(batch["step"])
                 total, terms = self._step(batch)
+                self.last_batch = batch
                 done = step + 1
                 self.images += len(batch["clean"]) * self.env.world_size
                 lr = self.scheduler.get_last_lr()[0]

@@ -35,7 +35,7 @@ from loqi_core.cache import (
     write_shard,
 )
 from loqi_core.config import EvalConfig
-from loqi_core.data import ImageList, TestSet, read_image
+from loqi_core.data import ImageList, TestSet, UnreadableImageError, read_image
 from loqi_core.degradation import Degradation, Identity, parse_degradation, sample_seed
 from loqi_core.errors import ConfigError
 from loqi_core.plugins import Plugins, get_plugins
@@ -151,7 +151,10 @@ class _ShardDataset:
                 return indices, images, "hit"
         indices, images, nbytes = [], [], []
         for unit in self.shards[i]:
-            clean = [read_image(self.paths[j]) for j in unit]
+            try:
+                clean = [read_image(self.paths[j]) for j in unit]
+            except UnreadableImageError as exc:  # handed to the main process as a value: no worker traceback
+                return [], [], exc
             out = self.degradation(clean, seed=sample_seed(self.seed, self.paths[unit[0]].name))
             if len(out.images) != len(unit):
                 raise RuntimeError(f'degradation "{self.degradation.spec}" returned {len(out.images)} images for {len(unit)}')
@@ -328,6 +331,8 @@ def extract(
         with tqdm(total=len(rows), desc=label if world == 1 else f"{label} (rank {rank}/{world})", unit="img", leave=False) as bar:
             previous = None
             for shard, (indices, imgs, status) in zip(mine, loader):
+                if isinstance(status, UnreadableImageError):
+                    raise status
                 if block_of[shard] != previous:
                     for bucket_key in list(buckets):  # a batch never spans two blocks
                         flush(bucket_key)
@@ -458,8 +463,18 @@ def evaluate(
                   num_workers=config.num_workers, precision=config.precision, cache_images=config.cache_images,
                   plugins=plugins)
     stats["database"], stats["queries"] = ExtractStats(), ExtractStats()
-    db = extract(model, test.database, db_deg, label=f"{test.name} database", stats=stats["database"], **common)
-    q = extract(model, test.queries, deg, label=f"{test.name} queries", stats=stats["queries"], **common)
+    try:
+        db = extract(model, test.database, db_deg, label=f"{test.name} database", stats=stats["database"], **common)
+        q = extract(model, test.queries, deg, label=f"{test.name} queries", stats=stats["queries"], **common)
+    except UnreadableImageError as exc:
+        if not test.skip_bad:
+            raise UnreadableImageError(f"{exc}; add ?skip_bad=true to the dataset to leave such files out", exc.path) from None
+        from loqi_core.folder_reader import drop_unreadable
+
+        log.warning("%s; decoding every image of %s to leave out the unreadable ones (skip_bad)", exc, test.name)
+        drop_unreadable(test)  # a second failure cannot come from an image: it is raised as it is
+        db = extract(model, test.database, db_deg, label=f"{test.name} database", stats=stats["database"], **common)
+        q = extract(model, test.queries, deg, label=f"{test.name} queries", stats=stats["queries"], **common)
     if dist_rank_world()[0] != 0:
         return None
     backend = resolve_backend(config.index, str(device))

@@ -82,21 +82,19 @@ def quick_check(path: Path) -> str | None:
         return f"cannot open: {exc.strerror or exc}"
     # No end marker near the end: truncated, or a valid file with data appended after the image (phones add
     # trailers and motion-photo videos). Only such files are decoded to tell which.
-    if head.startswith(_JPEG):
-        if b"\xff\xd9" in tail:
-            return None
+    if head.startswith(_JPEG) and b"\xff\xd9" not in tail:
         reason = full_check(path)
         return None if reason is None else f"truncated JPEG (no end-of-image marker; decoding fails: {reason})"
-    if head.startswith(_PNG):
-        if b"IEND" in tail[-64:]:
-            return None
+    if head.startswith(_PNG) and b"IEND" not in tail[-64:]:
         reason = full_check(path)
         return None if reason is None else f"truncated PNG (no IEND chunk; decoding fails: {reason})"
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.size  # noqa: B018 - parsing the header is the check
+        with Image.open(path) as img:  # parsing the header catches garbled headers and decompression bombs
+            img.size  # noqa: B018
+    except Image.DecompressionBombError as exc:
+        return f"decompression bomb ({exc})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"not an image PIL can read ({exc})"
     return None
@@ -109,6 +107,19 @@ def full_check(path: Path) -> str | None:
     except DataError as exc:
         return str(exc).removeprefix(f"cannot read image {path}: ")
     return None
+
+
+def drop_unreadable(test: TestSet) -> int:
+    """Decode every image of ``test`` and leave out (and list) those that fail; returns how many were dropped.
+    The engine calls it once when an image that passed the quick check fails to decode under ``skip_bad``."""
+    reasons = {}
+    for path in _progress([*test.database.paths, *test.queries.paths], "decoding images (skip_bad)", True):
+        reason = full_check(path)
+        if reason is not None:
+            reasons[path] = reason
+    if reasons:
+        test.drop(set(reasons), reasons)
+    return len(reasons)
 
 
 def _progress(items: list, desc: str, enabled: bool) -> Iterable:
@@ -230,6 +241,7 @@ def read_test_folder(
     kw = dict(skip_bad=skip_bad, validate=validate, order=order, skipped=skipped)
     test = TestSet(name or root.name or "folder", read_image_list(db_dir, **kw), read_image_list(q_dir, **kw))
     test.skipped = skipped
+    test.skip_bad = skip_bad
     test.expected_counts = expected
     _note_skipped(test.notes, skipped, root)
     return test
@@ -284,6 +296,7 @@ def read_train_folder(
     place_ids = group_places(images.positions, place_radius_m) if images.positions is not None else None
     train = TrainSet(name or Path(root).name or "folder", images, place_ids)
     train.skipped = skipped
+    train.skip_bad = skip_bad
     _note_skipped(train.notes, skipped, base)
     return train
 

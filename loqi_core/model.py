@@ -248,9 +248,19 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
-    """Load a loqi checkpoint (file or run directory) into ``model``; refuses one of another method."""
+    """Load a loqi checkpoint (file or run directory) into ``model``; refuses one of another method or a damaged one."""
     path = checkpoint_file(path)
-    meta = json.loads(path.with_suffix(".json").read_text())
+    sidecar = path.with_suffix(".json")
+    if (path.parent / "digests.json").exists():  # a training checkpoint: every file is checked against its digest
+        from loqi_core.training.state import verify
+
+        reason = verify(path.parent, required=(path.name, sidecar.name))
+        if reason is not None:
+            raise WeightsError(f"checkpoint {path.parent} is damaged: {reason}")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{sidecar}: unreadable checkpoint description ({type(exc).__name__}: {exc})") from None
     for key in ("encoder", "aggregator"):
         if meta.get(key) != model.info[key]:
             raise WeightsError(
@@ -258,7 +268,13 @@ def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
                 f"but the model uses {key} \"{model.info[key]}\""
             )
     try:
-        model.load_state_dict(load_state_dict(path), strict=True)
+        state = load_state_dict(path)
+    except WeightsError:
+        raise
+    except Exception as exc:  # a truncated or garbled safetensors file
+        raise WeightsError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"{path} does not fit the model: {str(exc)[:2000]}") from None
     model.info["weights"] = str(path)

@@ -7,6 +7,7 @@ Built-in plugins (the losses, the folder dataset) register through the very same
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as md
 import os
@@ -17,12 +18,21 @@ from typing import Any, Callable
 import pluggy
 
 from loqi_core import hookspecs
-from loqi_core.errors import LoqiError, PluginLoadError, UnknownNameError
+from loqi_core.errors import ConfigError, LoqiError, PluginLoadError, UnknownNameError
 from loqi_core.registry import Provider, Registry, unknown_message
 from loqi_core.specs import AggregatorSpec, DatasetSpec, DegradationSpec, EncoderSpec, LossSpec
 
 ENTRY_POINT_GROUP = "loqi"
 DEFAULT_PLUGINS = {"losses": "loqi_core.losses", "folder": "loqi_core.folder"}
+FIRST_PARTY = frozenset(
+    f"loqi-plugin-{name}"
+    for name in (
+        "anyloc", "boq", "cricavpr", "demo", "dinov2", "effnet", "gangnam", "gsv-cities", "jpeg", "mixvpr", "msls",
+        "netvlad", "nordland", "nyc-indoor", "pitts", "resolution", "salad", "tokyo247", "tum-lsi", "video", "video360",
+    )
+)  # fmt: skip
+"""The plugins shipped with loqi: loaded before any third-party one, so a clash always keeps the built-in."""
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 # hook name -> (registry attribute, spec class, singular kind used in messages)
@@ -54,6 +64,27 @@ class PluginInfo:
         return PluginLoadError(f'Error loading plugin "{self.name}" (dist {self.dist} {self.version}): {self.error}')
 
 
+class GuardedFactory:
+    """A plugin's factory that names the plugin and its distribution when it raises something other than a LoqiError."""
+
+    def __init__(self, factory: Callable[..., Any], kind: str, name: str, provider: Provider) -> None:
+        self.factory, self.kind, self.name, self.provider = factory, kind, name, provider
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.factory(*args, **kwargs)
+        except LoqiError:
+            raise
+        except Exception as exc:
+            raise PluginLoadError(
+                f'{self.kind} "{self.name}" of {self.provider} failed to build: {type(exc).__name__}: {exc}'
+            ) from None
+
+
+def first_party(dist: str) -> bool:
+    return dist == "loqi-core" or dist in FIRST_PARTY
+
+
 class Plugins:
     """The loaded plugin set and its five registries."""
 
@@ -66,6 +97,8 @@ class Plugins:
         self.losses: Registry[LossSpec] = Registry("loss")
         self.datasets: Registry[DatasetSpec] = Registry("dataset")
         self.info: dict[str, PluginInfo] = {}
+        self.command_owners: dict[str, str] = {}
+        """Command name → the distribution that added it through ``loqi_register_commands``."""
 
     # ---- loading -------------------------------------------------------------------------------
     def load_defaults(self) -> None:
@@ -77,7 +110,9 @@ class Plugins:
     def load_entry_points(self, strict: bool = False) -> None:
         """Import every ``loqi`` entry point; a failure is recorded (or raised when ``strict``)."""
         seen: set[tuple[str, str]] = set()
-        for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        points = list(md.entry_points(group=ENTRY_POINT_GROUP))
+        points.sort(key=lambda ep: not first_party(ep.dist.name if ep.dist else "?"))  # built-ins win every clash
+        for ep in points:
             if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
                 continue
             seen.add((ep.name, ep.value))
@@ -86,22 +121,22 @@ class Plugins:
             try:
                 module = ep.load()
                 self.add(module, name=ep.name, dist=dist, version=version)
-            except Exception as exc:  # a broken plugin must not take the CLI down
+            except (Exception, SystemExit) as exc:  # a broken plugin (even one calling sys.exit) must not take the CLI down
                 info = self.info.get(ep.name)
-                if info is None or info.dist != dist:
+                if info is None or info.dist != dist:  # a clash: keep the plugin that holds the name, list this one too
                     info = PluginInfo(ep.name, dist, version, ep.value)
-                    self.info.setdefault(ep.name, info)
+                    self.info.setdefault(ep.name if ep.name not in self.info else f"{ep.name} ({dist})", info)
                 info.error = f"{type(exc).__name__}: {exc}"
                 if strict:
-                    raise info.load_error() from exc
+                    raise info.load_error() from None
 
     def add(self, plugin: Any, *, name: str, dist: str = "?", version: str = "?") -> PluginInfo:
         """Register one plugin object or module and collect what its hooks register."""
         if name in self.info:
             other = self.info[name]
             raise PluginLoadError(
-                f'Two plugins use the entry-point name "{name}": dist {other.dist} and dist {dist}. '
-                "Uninstall one of them."
+                f'Two plugins use the entry-point name "{name}": dist {other.dist} and dist {dist}; '
+                f"kept the one from {other.dist}. Uninstall one of them."
             )
         info = PluginInfo(name, dist, version, getattr(plugin, "__name__", type(plugin).__name__))
         self.info[name] = info
@@ -136,13 +171,57 @@ class Plugins:
                 raise PluginLoadError(f'plugin "{info.name}": bad {kind} name "{spec.name}" (use a-z, 0-9, "-", "_", ".")')
             if isinstance(spec, DegradationSpec):
                 re.compile(spec.pattern)
+            if not isinstance(spec, DatasetSpec):
+                spec = dataclasses.replace(spec, factory=GuardedFactory(spec.factory, kind, spec.name, info.provider))
             registry.add(spec.name, spec, info.provider)
             info.registered.setdefault(kind, []).append(spec.name)
 
         return register
 
-    def add_commands(self, cli: Any) -> None:
-        self.pm.hook.loqi_register_commands(cli=cli)
+    def add_commands(self, cli: Any, strict: bool | None = None) -> None:
+        """Let each plugin add its commands, one at a time: a plugin that raises, or that adds a command under a
+        name already taken (``eval``), is listed as failed and leaves the command line as it was."""
+        strict = strict_from_env() if strict is None else strict
+        owners = {name: self.command_owners.get(name, "loqi-core") for name in cli.commands}
+        for impl in self.pm.hook.loqi_register_commands.get_hookimpls():
+            info = self.info.get(impl.plugin_name)
+            if info is None or info.error:
+                continue
+            before = dict(cli.commands)
+            error = None
+            try:
+                impl.function(cli=cli)
+            except (Exception, SystemExit) as exc:
+                error = f"loqi_register_commands raised {type(exc).__name__}: {exc}"
+            clashes = [n for n, c in cli.commands.items() if n in before and before[n] is not c and owners[n] != info.dist]
+            if clashes and error is None:
+                error = "; ".join(
+                    f'command "{n}" is already provided by dist {owners[n]}; kept that one, not dist {info.dist}'
+                    for n in clashes
+                )
+            if error is None:  # its commands (a second call, as in tests, re-adds the same ones)
+                for n in sorted(n for n, c in cli.commands.items() if before.get(n) is not c):
+                    owners[n] = self.command_owners[n] = info.dist
+                    if n not in info.registered.setdefault("command", []):
+                        info.registered["command"].append(n)
+                continue
+            cli.commands.clear()
+            cli.commands.update(before)  # the command line exactly as it was before this plugin
+            self._fail(info, error)
+            if strict:
+                raise info.load_error()
+            import click
+
+            click.echo(f"Warning: {info.load_error()} (see `loqi plugins`)", err=True)
+
+    def _fail(self, info: PluginInfo, error: str) -> None:
+        """Mark a loaded plugin as failed and take back everything it registered."""
+        info.error = error
+        if self.pm.get_plugin(info.name) is not None:
+            self.pm.unregister(name=info.name)
+        for attr, _, kind in REGISTER_HOOKS.values():
+            for spec_name in info.registered.pop(kind, []):
+                getattr(self, attr).remove(spec_name)
 
     # ---- lookup --------------------------------------------------------------------------------
     def lookup(self, registry: Registry, name: str) -> Any:
@@ -194,7 +273,13 @@ _PLUGINS: Plugins | None = None
 
 
 def strict_from_env() -> bool:
-    return os.environ.get("LOQI_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+    """``LOQI_STRICT_PLUGINS``: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    value = os.environ.get("LOQI_STRICT_PLUGINS", "")
+    if value.strip().lower() in TRUE_WORDS:
+        return True
+    if value.strip().lower() in FALSE_WORDS:
+        return False
+    raise ConfigError(f'LOQI_STRICT_PLUGINS="{value}": expected 1, true, yes, on or 0, false, no, off')
 
 
 def get_plugins() -> Plugins:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 import loqi_core
-from loqi_core.errors import DataError
+from loqi_core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.evaluate import EvalResult
@@ -40,6 +40,20 @@ UNTRAINED = "UNTRAINED MODEL (--weights random): these numbers test the pipeline
 def slug(text: str) -> str:
     """A file-name-safe version of a dataset or row name."""
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"
+
+
+def name_test_sets(tests: Sequence[Any], texts: Sequence[str]) -> None:
+    """Test sets that share a name are renamed after what the user wrote (``good [folder:B/good]``), so each
+    keeps its own key in metrics.json, results.md and predictions/; the same dataset twice is an error."""
+    if len(set(texts)) < len(texts):
+        twice = sorted({t for t in texts if list(texts).count(t) > 1})
+        raise ConfigError(f"eval.test lists {', '.join(twice)} twice")
+    names = [t.name for t in tests]
+    for test, text in zip(tests, texts):
+        if names.count(test.name) > 1:
+            test.name = f"{test.name} [{text}]"
+    if len({slug(t.name) for t in tests}) < len(tests):
+        raise ConfigError("eval.test: two test sets would write the same files: " + ", ".join(t.name for t in tests))
 
 
 def row_label(row: str, degrade: str) -> str:
@@ -77,6 +91,8 @@ class Report:
         return bool(self.run.get("untrained"))
 
     def add(self, row: str, result: "EvalResult", **meta: Any) -> None:
+        if row in self.results.get(result.dataset, {}):
+            raise ValueError(f'the report already holds row "{row}" of test set "{result.dataset}" (two test sets with one name?)')
         self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", "")), **meta})
         self.results.setdefault(result.dataset, {})[row] = result
 
@@ -275,6 +291,10 @@ def run_label(metrics: dict[str, Any], run_dir: Path) -> str:
 
 def combine(run_dirs: Sequence[Path], out: Path) -> Path:
     """``loqi report``: one table (report.md, report.json) and one plot (recall.png) over several runs."""
+    taken = [n for n in ("metrics.json", "config.json", "train_log.csv") if (out / n).exists()]
+    if taken or (out.is_dir() and any(out.iterdir()) and not (out / "report.json").exists()):
+        what = f"a run directory ({', '.join(taken)})" if taken else "not empty and holds no earlier report"
+        raise DataError(f"--out {out} is {what}; the report would overwrite its files. Choose another --out")
     all_metrics = [load_metrics(Path(d)) for d in run_dirs]
     labels = [run_label(m, Path(d)) for m, d in zip(all_metrics, run_dirs)]
     if len(set(labels)) < len(labels):

@@ -13,6 +13,7 @@ and a killed run, started again with the same --out, resumes its training and re
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import time
 from contextlib import contextmanager
@@ -21,14 +22,15 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from loqi_core.cache import EvalCache
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data import TestSet, TrainSet
+from loqi_core.data import TestSet, TrainSet, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, one_line
 from loqi_core.evaluate import EvalResult, apply_threads, describe_protocol, evaluate, resolve_device
 from loqi_core.fileio import located, write_text
 from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.report import UNTRAINED, Report, results_markdown, slug, write_activation_maps
+from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug, write_activation_maps
+from loqi_core.rundir import locked
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.model import VPRModel
@@ -62,8 +64,11 @@ def default_run_dir(kind: str, config: RunConfig) -> Path:
 
 def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
     from loqi_core.distill import encoder_spec
+    from loqi_core.losses.expression import parse_loss_expression
 
-    return config.distill.loss or encoder_spec(config, plugins).default_loss
+    expr = config.distill.loss if config.distill.loss is not None else encoder_spec(config, plugins).default_loss
+    parse_loss_expression(expr)  # a malformed loss fails now, not after the teacher's evaluation
+    return expr
 
 
 class Experiment:
@@ -98,9 +103,33 @@ class Experiment:
             load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
             for t in ev.test
         ]
+        name_test_sets(self.tests, ev.test)  # two test sets called "good" get two keys, not one overwritten
         self.train_set = self._check_training(config, losses) if losses else None
+        if kind != "eval":
+            _check_rerun(self.out, config)
         self.config = config.model_copy(update={"out": self.out, "threads": threads})
         self.model = self.build(weights)  # last: the costliest check (weights found, read and fitting)
+        self._lock = contextlib.ExitStack()  # one writer per run directory (rank 0 writes), released by close()
+        if self.env.is_main:
+            self._lock.enter_context(locked(self.out))
+        try:
+            self._open(kind, echo)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Experiment":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def _open(self, kind: str, echo: Echo) -> None:
+        """Make the run directory and its log, write the resolved config, start the report."""
+        config = self.config
         log = self.out / "run.log"
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -118,11 +147,15 @@ class Experiment:
             with self.logged():
                 write_text(self.out / "config.json", dump_config(self.config))
                 write_text(self.out / "plugins.json", json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
+            for test in self.tests:
+                listed = write_skipped(test, self.out)
+                if listed is not None:
+                    self.echo(f"test set {test.name}: {len(test.skipped)} unreadable file(s) left out (skip_bad), listed in {listed}")
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
                "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
                "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
-        self.report = Report(run, ev.recall)
+        self.report = Report(run, config.eval.recall)
         if self.untrained:
             self.echo(f"!! {UNTRAINED}")
 
@@ -183,6 +216,7 @@ class Experiment:
                               cache=self.cache, plugins=self.plugins, untrained=self.untrained)  # fmt: skip
             if result is None:  # another rank of a torchrun job: it only encoded its share
                 continue
+            write_skipped(test, self.out)  # again: images that failed only when decoded are listed too
             self.report.add(row, result, **meta)
             self.report.note(test.name, test.notes)
             cached = " (descriptors from cache)" if all(result.cache["descriptors_cached"]) else ""
@@ -228,6 +262,32 @@ class Experiment:
         return self.out
 
 
+def _check_rerun(out: Path, config: RunConfig) -> None:
+    """A `loqi run`/`sweep` started again on its --out continues that run: it may train longer, never shorter
+    (its student would be the old, longer-trained one under the new step count)."""
+    previous = out / "config.json"
+    if not previous.exists():
+        return
+    try:
+        old = RunConfig.model_validate_json(previous.read_text()).distill
+    except ValueError as exc:
+        raise ConfigError(f"{previous}: unreadable ({type(exc).__name__}); choose another --out") from None
+    new = config.distill
+    if (old.max_steps, old.epochs) == (new.max_steps, new.epochs):
+        return
+    if old.max_steps and new.max_steps:
+        longer = new.max_steps > old.max_steps
+    else:  # epochs against epochs; a switch between steps and epochs cannot be compared, so it is refused
+        longer = old.max_steps is None and new.max_steps is None and new.epochs > old.epochs
+    if not longer:
+        was = f"distill.max_steps={old.max_steps}" if old.max_steps else f"distill.epochs={old.epochs}"
+        now = f"distill.max_steps={new.max_steps}" if new.max_steps else f"distill.epochs={new.epochs}"
+        raise ConfigError(
+            f"{out} was trained with {was}; started again on the same --out, a run continues and cannot be cut "
+            f"short ({now}): choose another --out"
+        )
+
+
 def _from_rank0(value: Any) -> Any:
     """Under torchrun, rank 0's value on every rank (a run directory named after the time, a resume decision)."""
     import torch.distributed as dist
@@ -254,8 +314,7 @@ def run_experiment(
         raise ConfigError(f'--baseline: unknown baseline "{baseline}" (finetune)')
     loss = _method_default_loss(config, plugins or get_plugins())
     losses = [("distill", loss)] + ([("finetune", config.distill.finetune_loss)] if baseline == "finetune" else [])
-    exp = Experiment(config, "run", plugins, echo, losses=losses)
-    with exp.logged():
+    with Experiment(config, "run", plugins, echo, losses=losses) as exp, exp.logged():
         exp.report.run["loss"] = loss
         teacher = _teacher_rows(exp)
         student = exp.build(str(exp.train("distill", "distill")))
@@ -269,8 +328,8 @@ def run_experiment(
 
 def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | None = None, echo: Echo = print) -> Path:
     """``loqi sweep``: one distillation per loss expression, all evaluated against one (cached) teacher evaluation."""
-    exp = Experiment(config, "sweep", plugins, echo, losses=[("distill", expr) for expr in losses])
-    with exp.logged():
+    losses_to_check = [("distill", expr) for expr in losses]
+    with Experiment(config, "sweep", plugins, echo, losses=losses_to_check) as exp, exp.logged():
         exp.report.run["losses"] = list(losses)
         teacher = _teacher_rows(exp)
         skipped = []
@@ -294,8 +353,7 @@ def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | No
     """``loqi eval``: one model (pretrained weights, a checkpoint or a run directory) on the test sets."""
     weights = config.model.weights
     checkpoint = _checkpoint_of(weights)  # before the run directory is made: a bad --weights leaves nothing behind
-    exp = Experiment(config, "eval", plugins, echo, weights=checkpoint)
-    with exp.logged():
+    with Experiment(config, "eval", plugins, echo, weights=checkpoint) as exp, exp.logged():
         model = exp.model
         if row is None:
             pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()

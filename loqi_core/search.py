@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from loqi_core.errors import ConfigError
+from loqi_core.errors import ConfigError, LoqiError
 
 Backend = Literal["auto", "flat", "torch", "ivfpq"]
 
@@ -77,10 +77,32 @@ def search(
         raise ConfigError("search: k must be at least 1")
     if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
         raise ConfigError(f"search: descriptor shapes do not match: database {database.shape}, queries {queries.shape}")
+    check_finite(database, "database")
+    check_finite(queries, "queries")
     if backend == "ivfpq":
         return _search_ivfpq(database, queries, k, ivfpq or IVFPQParams())
     topk = _faiss_topk if backend == "flat" else _torch_topk(device or "cpu")
     return _exact(database, queries, k, topk)
+
+
+class NonFiniteDescriptorsError(LoqiError):
+    """Descriptors holding NaN or Inf: any ranking of them would be meaningless, so nothing is searched."""
+
+
+def check_finite(descriptors: np.ndarray, what: str) -> None:
+    """Raise NonFiniteDescriptorsError naming how many rows of ``descriptors`` are not finite (read in chunks)."""
+    bad, first = 0, None
+    step = _db_chunk(descriptors.shape[1] if descriptors.ndim == 2 else 1)
+    for d0 in range(0, len(descriptors), step):
+        rows = ~np.isfinite(np.asarray(descriptors[d0 : d0 + step])).reshape(len(descriptors[d0 : d0 + step]), -1).all(1)
+        if rows.any() and first is None:
+            first = d0 + int(np.argmax(rows))
+        bad += int(rows.sum())
+    if bad:
+        raise NonFiniteDescriptorsError(
+            f"{what} descriptors: {bad} of {len(descriptors)} hold NaN or Inf (first: row {first}); nothing was searched. "
+            "The model's weights or inputs are not finite (a diverged checkpoint?)"
+        )
 
 
 # ---- exact search --------------------------------------------------------------------------------

@@ -278,6 +278,9 @@ def test_resume_refuses_other_mode_or_process_count(tiny, tmp_path):
     state_file = tmp_path / "run" / "checkpoints" / "final" / "train_state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "world_size": 2}))
+    from loqi_core.training.state import write_digests
+
+    write_digests(state_file.parent)  # as a 2-process run would have written it (else the digest flags the edit)
     with pytest.raises(TrainingError, match="written by 2 process"):
         distill(config, tmp_path / "run", resume=True)
 

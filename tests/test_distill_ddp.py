@@ -36,8 +36,9 @@ def test_torchrun_two_processes(tmp_path):
     step = run / "checkpoints" / "step-00000002"
     assert {p.name for p in step.iterdir()} == {
         "model.safetensors", "model.json", "optimizer.safetensors", "train_state.json",
-        "rng-rank0.safetensors", "rng-rank1.safetensors",
+        "rng-rank0.safetensors", "rng-rank1.safetensors", "digests.json",
     }  # fmt: skip
+    assert not (run / ".loqi.lock").exists()  # rank 0 held the run directory's lock and released it
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     rows = (run / "train_log.csv").read_text().splitlines()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 from loqi_core.errors import ConfigError
+from loqi_core.rundir import LOCK_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -271,14 +272,26 @@ def dataset_root(text: str, plugins: "Plugins", data_root: str | None) -> Path |
     return Path(default)
 
 
+def _absolute(path: Path) -> Path:
+    """An absolute path that does not follow symbolic links (an image linked from elsewhere stays where it is listed)."""
+    return Path(os.path.abspath(path))
+
+
 def layout_root(paths: list[Path], root: Path | None) -> Path:
     """The dataset root when every image lies under it, else the deepest folder holding all images."""
-    resolved = [p.resolve() for p in paths]
+    listed = [_absolute(p) for p in paths]
     if root is not None:
-        base = root.resolve()
-        if all(p.is_relative_to(base) for p in resolved):
+        base = _absolute(root)
+        if all(p.is_relative_to(base) for p in listed):
             return base
-    return Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    return Path(os.path.commonpath([str(p.parent) for p in listed]))
+
+
+def check_out_folder(out: Path, root: Path) -> None:
+    """Refuse an --out inside the dataset being copied: the copy would grow the dataset it reads."""
+    for a, b in ((_absolute(out), _absolute(root)), (out.resolve(), root.resolve())):
+        if a.is_relative_to(b):
+            raise ConfigError(f"--out {out} lies inside the dataset {root}; write the copy outside it")
 
 
 def _save(image: "torch.Tensor", path: Path) -> None:
@@ -303,7 +316,9 @@ def _save(image: "torch.Tensor", path: Path) -> None:
 def _copy_side_files(root: Path, files: list[Path], out: Path) -> tuple[int, list[Path]]:
     """Copy the non-image files of every folder between ``root`` and the images (ground-truth CSVs and such).
 
-    Files over ``SIDE_FILE_LIMIT`` bytes (archives, caches) are left out and returned, so the caller can say so.
+    Only folders inside ``root`` are read, and a symbolic link is never followed (a link to an image or a file
+    elsewhere brings nothing from there). Files over ``SIDE_FILE_LIMIT`` bytes (archives, caches) are left out
+    and returned, so the caller can say so.
     """
     import shutil
 
@@ -311,15 +326,17 @@ def _copy_side_files(root: Path, files: list[Path], out: Path) -> tuple[int, lis
 
     folders: set[Path] = set()
     for f in files:
-        for folder in [f.resolve().parent, *f.resolve().parent.parents]:
-            if not folder.is_relative_to(root):
+        for folder in [_absolute(f).parent, *_absolute(f).parent.parents]:
+            if not folder.is_relative_to(root) or folder.is_symlink():
                 break
             folders.add(folder)
     copied, too_big = 0, []
     for folder in sorted(folders):
+        if not folder.resolve().is_relative_to(root.resolve()):
+            continue  # reached through a link out of the dataset
         for item in folder.iterdir():
             target = out / item.relative_to(root)
-            if not item.is_file() or item.suffix.lower() in IMAGE_SUFFIXES or target.exists():
+            if item.is_symlink() or not item.is_file() or item.suffix.lower() in IMAGE_SUFFIXES or target.exists():
                 continue
             if item.stat().st_size > SIDE_FILE_LIMIT:
                 too_big.append(item)
@@ -355,14 +372,14 @@ class CopyWriter:
                     except ValueError:  # a line cut short by a kill: its unit is redone
                         continue
                     self.done.update(zip(record["files"], record["nbytes"]))
-        elif out.exists() and any(out.iterdir()):
+        elif out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
             raise ConfigError(f"--out {out} exists and is not empty; choose a new folder")
         out.mkdir(parents=True, exist_ok=True)
         manifest.write_text(json.dumps({"settings": settings}, indent=2))
         self.settings = settings
 
     def target(self, path: Path) -> str:
-        rel = path.resolve().relative_to(self.root)
+        rel = _absolute(path).relative_to(self.root)
         return str(rel.with_suffix(".png") if self.fmt == "png" else rel)
 
     def is_done(self, paths: list[Path]) -> bool:
@@ -451,16 +468,18 @@ def degrade_command(
     assert out is not None
     paths = [p for _, images in lists for p in images.paths]
     root = layout_root(paths, dataset_root(dataset, plugins, data_root))
+    check_out_folder(out, root)
     settings = {"spec": specs[0], "seed": seed, "dataset": dataset, "split": split, "images": which, "limit": limit,
                 "format": fmt, "device": device}  # fmt: skip
-    writer = CopyWriter(out, root, settings, fmt)
-    stats = measure(
-        specs[0], lists, seed=seed, device=device, plugins=plugins,
-        sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
-        skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
-    )  # fmt: skip
-    side, too_big = _copy_side_files(root, paths, out)
-    manifest = writer.finish(stats)
+    with locked(out):  # one writer per copy: a second `loqi degrade --out` on it is refused
+        writer = CopyWriter(out, root, settings, fmt)
+        stats = measure(
+            specs[0], lists, seed=seed, device=device, plugins=plugins,
+            sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
+            skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
+        )  # fmt: skip
+        side, too_big = _copy_side_files(root, paths, out)
+        manifest = writer.finish(stats)
     resumed = len(paths) - stats.images
     click.echo(format_table([stats]))
     click.echo(

@@ -8,7 +8,7 @@ import click
 
 from loqi_core.plugins import get_plugins
 
-KINDS = ("encoder", "aggregator", "degradation", "loss", "dataset")
+KINDS = ("encoder", "aggregator", "degradation", "loss", "dataset", "command")
 
 
 @click.command("plugins")

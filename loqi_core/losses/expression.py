@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,12 +22,17 @@ TERM_RE = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*
 
 def parse_loss_expression(expr: str) -> list[tuple[float, str]]:
     """``"ickd+0.5*mse"`` → ``[(1.0, "ickd"), (0.5, "mse")]``; a malformed term is a ConfigError."""
+    if not expr.strip():
+        raise ConfigError('loss: the expression is empty; give e.g. "ickd" or "ickd+0.5*mse+triplet" (or leave --loss out for the method\'s default)')
     terms = []
     for part in expr.split("+"):
         m = TERM_RE.match(part)
         if not m:
             raise ConfigError(f'loss: cannot parse term "{part.strip()}" in "{expr}" (expected e.g. "ickd+0.5*mse+triplet")')
-        terms.append((float(m["weight"] or 1.0), m["name"]))
+        weight = float(m["weight"] or 1.0)
+        if not 0 < weight < math.inf:
+            raise ConfigError(f'loss: term "{part.strip()}" in "{expr}" has weight {weight:g}; a weight must be positive and finite (leave a term out instead of weighting it 0)')
+        terms.append((weight, m["name"]))
     names = [n for _, n in terms]
     if len(set(names)) != len(names):
         raise ConfigError(f'loss: a term appears twice in "{expr}"')

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loqi_core.data import TrainSet, read_image
+from loqi_core.data import TrainSet, UnreadableImageError, read_image
 from loqi_core.degradation import sample_seed
 from loqi_core.errors import DataError
 
@@ -135,14 +135,16 @@ def load_image(path: Any) -> "torch.Tensor":
     which names a missing or corrupt file."""
     import warnings
 
+    import torch
     import torchvision.io as tio
 
     try:
         with warnings.catch_warnings():  # torchvision >= 0.29 flags its decoders as deprecated in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
-            return tio.decode_image(tio.read_file(str(path)), mode=tio.ImageReadMode.RGB)
+            image = tio.decode_image(tio.read_file(str(path)), mode=tio.ImageReadMode.RGB)
     except Exception:
         return read_image(path)
+    return image if image.dtype == torch.uint8 else read_image(path)  # 16-bit PNG: converted by value range
 
 
 def _stack(images: list["torch.Tensor"]) -> "torch.Tensor | list[torch.Tensor]":
@@ -163,19 +165,34 @@ class StepDataset:
         self.degradation = degradation
         self.views = views
         self.seed = seed
+        self.skip_bad = train.skip_bad
 
     def __getitem__(self, step: int) -> dict[str, Any]:
+        """The batch of ``step``; an unreadable image is left out and listed under "skipped" with skip_bad, else
+        the batch is {"error": UnreadableImageError}, raised by the trainer (a worker's traceback never shows)."""
         import torch
 
         epoch, batch = self.plan.batch(step)
-        clean, degraded = [], []
-        for index, _ in batch:
+        clean, degraded, skipped, kept = [], [], [], []
+        for index, pid in batch:
             key = f"{epoch}:{index}"
             rng = np.random.default_rng(sample_seed(self.seed, "view:" + key))
-            view = clean_view(load_image(self.paths[index]), self.views, rng)
+            try:
+                image = load_image(self.paths[index])
+            except UnreadableImageError as exc:
+                if not self.skip_bad:
+                    hint = f"{exc}; add ?skip_bad=true to the training set to leave such files out"
+                    return {"error": UnreadableImageError(hint, exc.path), "step": step}
+                skipped.append(f"{self.paths[index]}: {str(exc).removeprefix(f'cannot read image {self.paths[index]}: ')}")
+                continue
+            view = clean_view(image, self.views, rng)
             clean.append(view)
             degraded.append(self.degradation([view], seed=sample_seed(self.seed, key)).images[0])
-        out: dict[str, Any] = {"clean": _stack(clean), "degraded": _stack(degraded), "step": step, "epoch": epoch}
+            kept.append((index, pid))
+        if not clean:
+            return {"error": DataError(f"step {step}: every image of the batch is unreadable ({'; '.join(skipped)})"), "step": step}
+        batch = kept
+        out: dict[str, Any] = {"clean": _stack(clean), "degraded": _stack(degraded), "step": step, "epoch": epoch, "skipped": skipped}
         if self.plan.cfg.by_places:
             out["place_ids"] = torch.tensor([pid for _, pid in batch], dtype=torch.long)
             if self.positions is not None:

@@ -7,15 +7,21 @@ A checkpoint is a directory ``checkpoints/step-00000500/`` (or ``final/``) holdi
 - ``train_state.json``: step, optimizer param groups, scheduler state, Python/NumPy RNG states, loss terms;
 - ``rng-rank<R>.safetensors``: each rank's torch (and CUDA) RNG state.
 
+- ``digests.json``: the sha256 and size of every other file, written last and checked on every load.
+
 It is written under a temporary name and renamed into place, so a run killed at any moment leaves either
-the previous checkpoint or the new one, never half of one.
+the previous checkpoint or the new one, never half of one; a file damaged later (a bit flip, a truncation) is
+caught by its digest, and a resume falls back to the newest intact checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +29,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from loqi_core.errors import WeightsError
+from loqi_core.errors import LoqiError, WeightsError
 from loqi_core.model import VPRModel, load_checkpoint, save_checkpoint
 
 STATE_FILE = "train_state.json"
+DIGEST_FILE = "digests.json"
+REQUIRED = ("model.safetensors", "model.json", "optimizer.safetensors", STATE_FILE)
 STEP_PREFIX = "step-"
+
+
+class CheckpointError(LoqiError):
+    """No intact checkpoint to resume from, or a state that must not be saved (non-finite parameters)."""
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -49,6 +61,76 @@ def complete_checkpoints(root: Path) -> list[Path]:
         return []
     found = [p for p in base.glob(f"{STEP_PREFIX}*") if p.is_dir() and (p / STATE_FILE).exists()]
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX) :]))
+
+
+def non_finite(model: torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers that hold NaN or Inf (one host sync per tensor)."""
+    return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_digests(folder: Path) -> None:
+    """Record the sha256 and size of every file in ``folder`` (written last, so it vouches for the others)."""
+    files = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size} for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGEST_FILE}
+    (folder / DIGEST_FILE).write_text(json.dumps({"files": files}, indent=1))
+
+
+def verify(ckpt: Path, required: tuple[str, ...] = REQUIRED) -> str | None:
+    """Why ``ckpt`` is not intact (a missing, garbled or altered file), or None when every digest matches."""
+    try:
+        files = json.loads((ckpt / DIGEST_FILE).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {DIGEST_FILE} (cut short, or written by a loqi older than digests)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{DIGEST_FILE} is unreadable ({type(exc).__name__}: {exc})"
+    for name in required:
+        if name not in files:
+            return f"{name} is not listed in {DIGEST_FILE}"
+    for name, record in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != record.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, {record.get('size')} were written (truncated?)"
+        if _sha256(path) != record.get("sha256"):
+            return f"{name} does not match its sha256 (the file was altered or damaged)"
+    return None
+
+
+def _step_of(ckpt: Path) -> int:
+    return int(json.loads((ckpt / STATE_FILE).read_text())["step"])
+
+
+def latest_intact(root: Path) -> Path | None:
+    """The newest checkpoint of a run whose every file matches its digest; each damaged newer one is skipped
+    with a warning. None when the run has no checkpoint; a CheckpointError when it has only damaged ones."""
+    found = complete_checkpoints(root)
+    if (final_dir(root) / STATE_FILE).exists():
+        found.append(final_dir(root))
+    if not found:
+        return None
+    steps = {}
+    for c in found:
+        try:
+            steps[c] = _step_of(c)
+        except (OSError, ValueError, KeyError, TypeError):
+            steps[c] = math.inf  # garbled train_state.json: checked first, so that verify() names it
+    damaged = []
+    for c in sorted(found, key=lambda c: (steps[c], c.name == "final"), reverse=True):
+        reason = verify(c)
+        if reason is None:
+            for bad in damaged:
+                warnings.warn(f"checkpoint {bad} is damaged; resuming from the newest intact one, {c}", stacklevel=2)
+            return c
+        damaged.append(f"{c} ({reason})")
+    raise CheckpointError(f"no intact checkpoint in {root}: " + "; ".join(damaged) + ". Start again with another --out")
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -106,6 +188,7 @@ def write_checkpoint(
         "host_rng": _host_rng(),
     }
     (ckpt_tmp / STATE_FILE).write_text(json.dumps(full, indent=1))
+    write_digests(ckpt_tmp)
     if target.exists():
         shutil.rmtree(target)
     ckpt_tmp.replace(target)
@@ -117,6 +200,9 @@ def read_checkpoint(
 ) -> dict[str, Any]:
     """Restore everything ``write_checkpoint`` stored; returns the JSON state (``step`` = data position)."""
     path = ckpt / STATE_FILE
+    reason = verify(ckpt)
+    if reason is not None:
+        raise CheckpointError(f"checkpoint {ckpt} is damaged: {reason}")
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
