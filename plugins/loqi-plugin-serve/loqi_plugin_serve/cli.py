@@ -92,7 +92,8 @@ def info_command(index: Path, verify: bool, as_json: bool) -> None:
 @click.option("--weights", "-w", help="Weights to serve (a student checkpoint); must be those the index was built with.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
-@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1), help="Images per model call; 1 turns micro-batching off.")
+@click.option("--max-batch", type=click.IntRange(1),
+              help="Images per model call (default 32 on CUDA, 8 on a CPU, where larger batches run slower); 1 turns micro-batching off.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0), help="How long the first image of a batch waits for others.")
 @click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Largest request body.")
 @click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(1), help="Largest image or video frame (width × height).")
@@ -102,7 +103,7 @@ def info_command(index: Path, verify: bool, as_json: bool) -> None:
 @click.option("--graceful-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM or Ctrl-C, seconds the requests in flight get to finish.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (torch.set_num_threads).")
-def serve_command(index: Path, host: str, port: int, device: str, weights: str | None, precision: str, max_batch: int,
+def serve_command(index: Path, host: str, port: int, device: str, weights: str | None, precision: str, max_batch: int | None,
                   max_wait_ms: float, max_body_mb: float, max_pixels: int, max_frames: int, max_k: int,
                   timeout: float, graceful_timeout: float, threads: int | None) -> None:  # fmt: skip
     """Serve place recognition over HTTP for frames a robot or a phone sends: images or video segments.
@@ -134,6 +135,7 @@ def serve_command(index: Path, host: str, port: int, device: str, weights: str |
     from loqi_plugin_serve.server import bind, make_server, url_of
 
     engine = load_engine(index, weights, device, precision)
+    max_batch = max_batch or (32 if engine.device.type == "cuda" else 8)
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_frames=max_frames, max_k=max_k,
                     timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms)  # fmt: skip
     app = create_app(engine, limits)
