@@ -1,7 +1,7 @@
 """The page in a real headless Chromium (the system's, driven by Playwright): upload an image, see the top-k.
 
 Skips, saying why, where Playwright or a Chromium binary is missing; CI installs both (.ci/run). Set
-LOQI_SCREENSHOT=PATH to keep the screenshot (docs/serving-page.png was made so).
+LOQI_SCREENSHOT=PATH to keep the screenshot (docs/serving-page.png is one, cropped and quantised).
 """
 
 from __future__ import annotations
