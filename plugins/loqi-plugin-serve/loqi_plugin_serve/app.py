@@ -41,6 +41,7 @@ class Limits:
     max_body_bytes: int = 32 * 2**20
     max_pixels: int = 25_000_000
     max_frames: int = 120
+    max_segment_pixels: int = 100_000_000
     max_k: int = 100
     timeout_s: float = 30.0
     max_batch: int = 32
@@ -152,7 +153,8 @@ def create_app(engine: "Engine", limits: Limits = Limits()) -> "Starlette":
         data = await _body(request, limits)
         progress["body_read"] = True
         read = time.perf_counter()
-        frames = await run_in_threadpool(decode_video, data, kind, limits.max_pixels, limits.max_frames)
+        frames = await run_in_threadpool(decode_video, data, kind, limits.max_pixels, limits.max_frames,
+                                         limits.max_segment_pixels)  # fmt: skip
         decoded = time.perf_counter()
         answers = await batcher.submit(frames, k)
         out = [{"frame": i, "results": results} for i, (results, _) in enumerate(answers)]

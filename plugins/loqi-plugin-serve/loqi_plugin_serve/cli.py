@@ -98,13 +98,15 @@ def info_command(index: Path, verify: bool, as_json: bool) -> None:
 @click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Largest request body.")
 @click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(1), help="Largest image or video frame (width × height).")
 @click.option("--max-frames", default=120, show_default=True, type=click.IntRange(1), help="Most frames per video segment.")
+@click.option("--max-segment-pixels", default=100_000_000, show_default=True, type=click.IntRange(1),
+              help="Most pixels a video segment may decode to, all frames together (bounds its memory).")
 @click.option("--max-k", default=100, show_default=True, type=click.IntRange(1), help="Largest k a client may ask for.")
 @click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Seconds per request, body included.")
 @click.option("--graceful-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM or Ctrl-C, seconds the requests in flight get to finish.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (torch.set_num_threads).")
 def serve_command(index: Path, host: str, port: int, device: str, weights: str | None, precision: str, max_batch: int | None,
-                  max_wait_ms: float, max_body_mb: float, max_pixels: int, max_frames: int, max_k: int,
+                  max_wait_ms: float, max_body_mb: float, max_pixels: int, max_frames: int, max_segment_pixels: int, max_k: int,
                   timeout: float, graceful_timeout: float, threads: int | None) -> None:  # fmt: skip
     """Serve place recognition over HTTP for frames a robot or a phone sends: images or video segments.
 
@@ -136,8 +138,9 @@ def serve_command(index: Path, host: str, port: int, device: str, weights: str |
 
     engine = load_engine(index, weights, device, precision)
     max_batch = max_batch or (32 if engine.device.type == "cuda" else 8)
-    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_frames=max_frames, max_k=max_k,
-                    timeout_s=timeout, max_batch=max_batch, max_wait_ms=max_wait_ms)  # fmt: skip
+    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_frames=max_frames,
+                    max_segment_pixels=max_segment_pixels, max_k=max_k, timeout_s=timeout, max_batch=max_batch,
+                    max_wait_ms=max_wait_ms)  # fmt: skip
     app = create_app(engine, limits)
     try:
         sock = bind(host, port)

@@ -90,8 +90,12 @@ def sniff_container(data: bytes) -> str | None:
     return None
 
 
-def decode_video(data: bytes, kind: str, max_pixels: int, max_frames: int) -> list["torch.Tensor"]:
-    """An H.264 or HEVC segment (raw Annex B, MP4, MPEG-TS or Matroska) → its frames, uint8 RGB, in display order."""
+def decode_video(data: bytes, kind: str, max_pixels: int, max_frames: int, max_total_pixels: int) -> list["torch.Tensor"]:
+    """An H.264 or HEVC segment (raw Annex B, MP4, MPEG-TS or Matroska) → its frames, uint8 RGB, in display order.
+
+    ``max_total_pixels`` bounds the memory of the decoded segment: a few bytes of a static scene can decode to
+    many large frames (a video decompression bomb).
+    """
     import av
     import torch
 
@@ -101,7 +105,7 @@ def decode_video(data: bytes, kind: str, max_pixels: int, max_frames: int) -> li
     if demuxer is None:
         raise BadInput(400, "not_a_video", f"the body ({len(data)} bytes, starting {data[:8].hex()}) is not a raw "
                        "H.264/HEVC stream, MP4, MPEG-TS or Matroska segment; say which with Content-Type")  # fmt: skip
-    frames = []
+    frames, total = [], 0
     try:
         with av.open(io.BytesIO(data), mode="r", format=demuxer) as container:
             if not container.streams.video:
@@ -118,6 +122,11 @@ def decode_video(data: bytes, kind: str, max_pixels: int, max_frames: int) -> li
                 if len(frames) == max_frames:
                     raise BadInput(413, "too_many_frames", f"the segment has more than {max_frames} frames (the limit "
                                    "per request): send shorter segments")  # fmt: skip
+                total += frame.width * frame.height
+                if total > max_total_pixels:
+                    raise BadInput(413, "too_many_pixels", f"the segment decodes to more than {max_total_pixels} pixels "
+                                   f"in all (the limit per request; {len(frames) + 1} frames so far): send shorter or "
+                                   "smaller segments")  # fmt: skip
                 frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous())
     except av.error.FFmpegError as exc:
         raise BadInput(400, "corrupt_video", f"the {demuxer} segment cannot be decoded: {exc}") from None

@@ -17,8 +17,9 @@ from loqi_plugin_serve.app import Limits
 from loqi_plugin_serve.server import bind, make_server
 
 HOST = "127.0.0.1"
-LIMITS = Limits(max_body_bytes=1 << 20, max_pixels=4_000_000, max_frames=16, max_k=50, timeout_s=60.0,
-                max_batch=16, max_wait_ms=20.0)  # fmt: skip
+LIMITS = Limits(max_body_bytes=1 << 20, max_pixels=4_000_000, max_frames=16, max_segment_pixels=16 * 64 * 32, max_k=50,
+                timeout_s=60.0, max_batch=16, max_wait_ms=20.0)  # fmt: skip
+"""The test server's limits: 16 demo frames (64×32) per segment at most."""
 
 
 def index_config(cache_dir: Path, **overrides):

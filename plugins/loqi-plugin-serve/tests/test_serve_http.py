@@ -138,6 +138,9 @@ def test_video_segments_get_one_result_list_per_frame(server, engine, kit):
     too_long = kit.video_bytes(frames * 3)  # 18 frames, the test server takes 16
     status, body = server.post("/v1/locate/stream", too_long, "video/h264")
     assert (status, body["code"]) == (413, "too_many_frames")
+    large = [f.repeat_interleave(4, 1).repeat_interleave(4, 2) for f in frames[:2]]  # 2 frames of 256×128: 32 demo frames
+    status, body = server.post("/v1/locate/stream", kit.video_bytes(large), "video/h264")
+    assert (status, body["code"]) == (413, "too_many_pixels") and "pixels in all" in body["error"]
 
 
 def test_64_concurrent_clients_get_64_correct_answers(server, engine, kit):
