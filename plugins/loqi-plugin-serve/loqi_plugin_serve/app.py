@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loqi_plugin_serve.batcher import MicroBatcher
 from loqi_plugin_serve.decode import IMAGE_TYPES, VIDEO_TYPES, BadInput, check_content_type, decode_image, decode_video

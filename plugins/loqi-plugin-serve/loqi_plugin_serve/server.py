@@ -7,7 +7,10 @@ graceful timeout), then runs the application's shutdown, which stops the micro-b
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import uvicorn
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -25,7 +28,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def make_server(app: Any, graceful_s: float = 30.0):
+def make_server(app: Any, graceful_s: float = 30.0) -> "uvicorn.Server":
     """A uvicorn server for ``app`` (quiet: warnings only, no access log); ``.run(sockets=[sock])`` serves."""
     import uvicorn
 

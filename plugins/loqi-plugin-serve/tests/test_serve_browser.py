@@ -1,4 +1,4 @@
-"""The page in a real headless Chromium (the system's, driven by Playwright): upload an image, see the top-k.
+"""The page in a real headless Chromium (the system's, driven by Playwright): upload or drop an image, see the top-k.
 
 Skips, saying why, where Playwright or a Chromium binary is missing; CI installs both (.ci/run). Set
 LOQI_SCREENSHOT=PATH to keep the screenshot (docs/serving-page.png is one, cropped and quantised).
@@ -6,6 +6,7 @@ LOQI_SCREENSHOT=PATH to keep the screenshot (docs/serving-page.png is one, cropp
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,14 @@ import pytest
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+DROP = """(b64) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+}"""
 
 
 def _chromium() -> str:
@@ -48,6 +57,11 @@ def test_upload_an_image_and_see_the_results(server, engine, kit, tmp_path):
             shot = Path(os.environ.get("LOQI_SCREENSHOT") or tmp_path / "page.png")
             page.screenshot(path=str(shot), full_page=True)
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+            dropped = base64.b64encode(kit.database_files(engine.index)[20].read_bytes()).decode()
+            page.evaluate(DROP, dropped)  # a file dragged from the desktop onto the drop zone
+            page.wait_for_function(f"document.querySelector('.result .name')?.textContent === {engine.index.names[20]!r}")
+            assert page.locator(".result").count() == 5
 
             page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}])
             page.wait_for_selector("#status.error")

@@ -132,3 +132,20 @@ def test_index_build_and_info_on_the_command_line(demo_index, cache_dir, tmp_pat
     assert json.loads(as_json.output)["model"]["fingerprint"] == read_meta(demo_index)["model"]["fingerprint"]
     bad = runner.invoke(_cli(), ["index", "build", "--method", "lite0-gem", "--dataset", "nope", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and 'Unknown dataset "nope"' in bad.output and "Traceback" not in bad.output
+
+
+def test_a_random_weight_index_of_a_folder_dataset_is_served_by_its_own_seeded_model(tmp_path, kit):
+    """`--weights random` with a seed: the server rebuilds the same random initialisation and accepts it."""
+    from loqi_core.data import read_image
+    from loqi_core.testing.tiny import write_vpr_folder
+    from loqi_plugin_serve.engine import load_engine
+
+    root = write_vpr_folder(tmp_path / "data", places=12)
+    config = kit.index_config(tmp_path / "cache", **{"model.weights": "random", "seed": 3})
+    out = build_index(config, f"folder:{root}", tmp_path / "index", echo=lambda _: None)
+    meta = read_meta(out)
+    assert (meta["model"]["weights"], meta["model"]["seed"], meta["database_images"]) == ("random", 3, 12)
+    engine = load_engine(out, device="cpu")
+    assert engine.index.names[5].startswith("@500500.00@4000000.00@")
+    [results], _ = engine.locate([read_image(root / "images/test/database" / engine.index.names[5])], [3])
+    assert results[0]["index"] == 5 and results[0]["utm_east"] == 500500.0 and results[0]["score"] > 0.9999
