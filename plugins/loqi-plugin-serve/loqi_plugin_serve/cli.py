@@ -1,0 +1,153 @@
+"""``loqi index build|info`` and ``loqi serve`` (torch, faiss and starlette are imported inside the commands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.group("index")
+def index_group() -> None:
+    """Place-recognition indexes for `loqi serve`: a database encoded once, with the model that encoded it."""
+
+
+@index_group.command("build")
+@click.option("--method", "-m", help="VPR method (see `loqi plugins`), e.g. lite0-gem, mixvpr, salad.")
+@click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method).")
+@click.option("--aggregator", help="Mix and match: aggregator name.")
+@click.option("--weights", "-w", help='"default", a variant ("official"), "random", a file or a checkpoint folder (a student: RUN/distill).')
+@click.option("--dataset", "-t", required=True, help="Whose database to index: NAME or NAME:PATH, e.g. demo, folder:/data/city.")
+@click.option("--degrade", "-d", default="none", show_default=True, help="Degrade the database before encoding (none: the images as they are).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="The index directory to write.")
+@click.option("--index", "backend", type=click.Choice(["flat", "ivfpq"]), default="flat", show_default=True,
+              help="flat: exact search; ivfpq: approximate, for millions of images, re-ranked exactly.")
+@click.option("--image-size", type=(int, int), default=None, metavar="H W", help="Input size overriding the method's.")
+@click.option("--batch-size", type=int, help="Images per extraction batch (default 32).")
+@click.option("--no-thumbnails", is_flag=True, help="Do not store thumbnails (the page then shows names only).")
+@click.option("--force", is_flag=True, help="Replace an existing index at --out.")
+@click.option("--seed", type=int, help="Seed of the degradation and of a random initialisation.")
+@click.option("--device", help='"auto" (CUDA when available), "cpu", "cuda".')
+@click.option("--data-root", type=click.Path(file_okay=False), help="Dataset root (default $LOQI_DATA).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Evaluation cache (default $LOQI_CACHE or ~/.cache/loqi).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write cached degraded images and descriptors.")
+@click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML config file (any RunConfig field).")
+@click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any config field, e.g. -s eval.ivf_nlist=1024 -s eval.ivf_refine=20 -s eval.num_workers=0.")
+def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, force: bool, **kw: Any) -> None:
+    """Encode a dataset's database once and write a self-describing index directory.
+
+    The database goes through the evaluation engine (same extraction, same descriptor cache as `loqi eval`),
+    then INDEX/ gets descriptors.npy, a FAISS index (flat by default; ivfpq trains IVF-PQ and the server re-ranks
+    its top refine·k candidates exactly from the descriptors), names.txt, utm.npy, thumbnails, and index.json with
+    the model's identity (method, parts, preprocessing, weights and their fingerprint). `loqi serve` refuses to
+    serve the index with any other model.
+
+    \b
+    Examples:
+      loqi index build --method lite0-gem --dataset demo --out indexes/demo
+      loqi index build --method mixvpr --weights runs/run-mixvpr-jpeg10-.../distill --dataset folder:/data/city --out indexes/city
+      loqi index build --method salad --dataset msls:/data/msls --index ivfpq -s eval.ivf_nlist=4096 --out indexes/msls
+    """
+    from loqi_core.commands.options import resolve
+    from loqi_core.search import IVFPQParams
+    from loqi_plugin_serve.index import build_index, describe, read_meta
+
+    extra = {"model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
+             "eval.batch_size": kw.get("batch_size"), "eval.cache_dir": kw.get("cache_dir"),
+             "eval.cache": False if kw.get("no_cache") else None}  # fmt: skip
+    config = resolve(kw, extra)
+    ev = config.eval
+    ivf = IVFPQParams(nlist=ev.ivf_nlist, m=ev.ivf_m, nprobe=ev.ivf_nprobe, refine=ev.ivf_refine)
+    path = build_index(config, dataset, out, backend=backend, ivf=ivf, thumbnails=not no_thumbnails, force=force,
+                       echo=click.echo)  # fmt: skip
+    click.echo(describe(read_meta(path), path))
+
+
+@index_group.command("info")
+@click.argument("index", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--verify", is_flag=True, help="Also check every file's sha256 against index.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print index.json as it is.")
+def info_command(index: Path, verify: bool, as_json: bool) -> None:
+    """What an index holds: database, model identity, search settings, files (checked by size, or sha256)."""
+    import json
+
+    from loqi_plugin_serve.index import IndexDirError, describe, read_meta, verify_files
+
+    meta = read_meta(index)
+    click.echo(json.dumps(meta, indent=2) if as_json else describe(meta, index))
+    problems = verify_files(index, meta, full=verify)
+    if problems:
+        raise IndexDirError(f"{index} is incomplete or corrupt: {'; '.join(problems)}")
+    if not as_json:
+        click.echo(f"files: {len(meta['files'])} intact ({'sha256' if verify else 'sizes'} checked)")
+
+
+@click.command("serve")
+@click.argument("index", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one (printed).")
+@click.option("--device", default="auto", show_default=True, help='"auto" (CUDA when available), "cpu", "cuda", "cuda:1".')
+@click.option("--weights", "-w", help="Weights to serve (a student checkpoint); must be those the index was built with.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+@click.option("--max-batch", type=click.IntRange(1),
+              help="Images per model call (default 32 on CUDA, 8 on a CPU, where larger batches run slower); 1 turns micro-batching off.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0), help="How long the first image of a batch waits for others.")
+@click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Largest request body.")
+@click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(1), help="Largest image or video frame (width × height).")
+@click.option("--max-frames", default=120, show_default=True, type=click.IntRange(1), help="Most frames per video segment.")
+@click.option("--max-segment-pixels", default=100_000_000, show_default=True, type=click.IntRange(1),
+              help="Most pixels a video segment may decode to, all frames together (bounds its memory).")
+@click.option("--max-k", default=100, show_default=True, type=click.IntRange(1), help="Largest k a client may ask for.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Seconds per request, body included.")
+@click.option("--graceful-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
+              help="On SIGTERM or Ctrl-C, seconds the requests in flight get to finish.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (torch.set_num_threads).")
+def serve_command(index: Path, host: str, port: int, device: str, weights: str | None, precision: str, max_batch: int | None,
+                  max_wait_ms: float, max_body_mb: float, max_pixels: int, max_frames: int, max_segment_pixels: int, max_k: int,
+                  timeout: float, graceful_timeout: float, threads: int | None) -> None:  # fmt: skip
+    """Serve place recognition over HTTP for frames a robot or a phone sends: images or video segments.
+
+    Loads the index and its model once (refusing a --weights that is not the model the index was built with),
+    then answers:
+
+    \b
+      POST /v1/locate?k=5          raw JPEG, PNG or WebP bytes -> the top-k database places (JSON)
+      POST /v1/locate/stream?k=5   an H.264/HEVC segment (raw, MP4, MPEG-TS, Matroska) -> top-k per frame
+      GET  /                       a page: upload or drop an image, see the top-k thumbnails
+      GET  /healthz, /metrics      liveness; Prometheus metrics (requests, errors, latency, batch sizes)
+
+    Concurrent requests share model calls (dynamic micro-batching: --max-batch, --max-wait-ms). Bad input gets
+    a 4xx JSON with the reason. SIGTERM lets the requests in flight finish, then exits.
+
+    \b
+    Example:
+      loqi index build --method lite0-gem --dataset demo --out indexes/demo
+      loqi serve indexes/demo --port 8000
+      curl --data-binary @frame.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/v1/locate?k=5'
+    """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    from loqi_plugin_serve.app import Limits, create_app
+    from loqi_plugin_serve.engine import load_engine
+    from loqi_plugin_serve.server import bind, make_server, url_of
+
+    engine = load_engine(index, weights, device, precision)
+    max_batch = max_batch or (32 if engine.device.type == "cuda" else 8)
+    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_frames=max_frames,
+                    max_segment_pixels=max_segment_pixels, max_k=max_k, timeout_s=timeout, max_batch=max_batch,
+                    max_wait_ms=max_wait_ms)  # fmt: skip
+    app = create_app(engine, limits)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    meta = engine.index.meta
+    click.echo(f"serving {index} ({engine.index.size} images, {meta['model']['info']['method']}, {engine.device}, "
+               f"micro-batching {max_batch} / {max_wait_ms:g} ms) on {url_of(sock)}")  # fmt: skip
+    click.echo("SIGTERM or Ctrl-C stops it after the requests in flight")
+    make_server(app, graceful_timeout).run(sockets=[sock])

@@ -1,0 +1,71 @@
+"""The model and the index loaded once, checked to match; ``locate`` turns a batch of images into ranked places."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loqi_plugin_serve.index import Index, build_model_from, check_model, open_index
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from loqi_core.model import VPRModel
+
+
+class Engine:
+    """Encodes images with the index's model (same preprocessing, same weights) and searches the index."""
+
+    def __init__(self, index: Index, model: "VPRModel", device: "torch.device", bf16: bool) -> None:
+        self.index, self.model, self.device, self.bf16 = index, model.to(device).eval(), device, bf16
+
+    def locate(self, images: list["torch.Tensor"], ks: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
+        """One result list per image (best first, its own k), and the batch's model and search time in ms."""
+        from loqi_core.evaluate import encode_batch
+
+        t0 = time.perf_counter()
+        desc = np.empty((len(images), self.index.descriptors.shape[1]), dtype=np.float32)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):  # images of one size share a forward pass
+            by_shape.setdefault(tuple(img.shape), []).append(i)
+        for rows in by_shape.values():
+            desc[rows] = encode_batch(self.model, [images[i] for i in rows], self.device, self.bf16)
+        t1 = time.perf_counter()
+        results: list[list[dict[str, Any]]] = [[] for _ in images]
+        for k in sorted(set(ks)):
+            rows = [i for i, ki in enumerate(ks) if ki == k]
+            idx, scores = self.index.search(desc[rows], k)
+            for row, ids, ss in zip(rows, idx, scores):
+                results[row] = self.rows(ids, ss)
+        t2 = time.perf_counter()
+        return results, {"model_ms": (t1 - t0) * 1000, "search_ms": (t2 - t1) * 1000}
+
+    def rows(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        out = []
+        for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist()), 1):
+            if i < 0:  # the database has fewer than k images
+                break
+            east, north = (float(v) for v in self.index.utm[i])
+            out.append({
+                "rank": rank, "index": i, "name": self.index.names[i],
+                "utm_east": None if math.isnan(east) else east, "utm_north": None if math.isnan(north) else north,
+                "score": s, "distance": math.sqrt(max(0.0, 2.0 - 2.0 * s)),
+            })  # fmt: skip
+        return out
+
+
+def load_engine(index_path: Path, weights: str | None = None, device: str = "auto", precision: str = "auto") -> Engine:
+    """Open the index, rebuild its model (or load ``weights`` into it) and refuse a model that does not match."""
+    from loqi_core.evaluate import resolve_device, use_bf16
+    from loqi_core.plugins import get_plugins
+
+    index = open_index(index_path)
+    record = index.meta["model"]
+    model = build_model_from(record, weights or record["weights"], get_plugins())
+    check_model(index.meta, model, index_path)
+    dev = resolve_device(device)
+    return Engine(index, model, dev, use_bf16(precision, dev))
