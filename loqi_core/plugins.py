@@ -28,7 +28,8 @@ FIRST_PARTY = frozenset(
     f"loqi-plugin-{name}"
     for name in (
         "anyloc", "boq", "cricavpr", "demo", "dinov2", "effnet", "gangnam", "gsv-cities", "jpeg", "mixvpr", "msls",
-        "netvlad", "nordland", "nyc-indoor", "pitts", "resolution", "salad", "tokyo247", "tum-lsi", "video", "video360",
+        "netvlad", "nordland", "nyc-indoor", "pitts", "resolution", "salad", "serve", "tokyo247", "tum-lsi", "video",
+        "video360",
     )
 )  # fmt: skip
 """The plugins shipped with loqi: loaded before any third-party one, so a clash always keeps the built-in."""
