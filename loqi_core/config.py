@@ -194,6 +194,10 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+YAML11_BOOLEAN_WORDS = ("on", "off", "yes", "no", "y", "n")
+"""Words YAML 1.1 turns into booleans; an override keeps them as text (``distill.channels_last=off``)."""
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"distill.lr=1e-5"`` → ``("distill.lr", 1e-05)``; values parse as YAML scalars or lists."""
     import yaml
@@ -201,6 +205,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f'override "{text}" must look like section.key=value')
     key, raw = text.split("=", 1)
+    if raw.strip().lower() in YAML11_BOOLEAN_WORDS:  # keep the word: "off" is a valid choice of some fields, and
+        return key.strip(), raw.strip()  # pydantic still reads on/off/yes/no as booleans where a bool is wanted
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -53,6 +53,16 @@ def test_override_parsing():
         parse_override("distill.lr")
 
 
+def test_on_off_overrides_reach_choice_and_boolean_fields():
+    """YAML 1.1 reads `off` as false: `-s distill.channels_last=off` must still choose "off", and booleans still parse."""
+    from loqi_core.config import resolve_config
+
+    overrides = dict(parse_override(t) for t in ("distill.channels_last=off", "distill.augment=off", "eval.cache=yes"))
+    config = resolve_config(None, overrides)
+    assert config.distill.channels_last == "off"
+    assert config.distill.augment is False and config.eval.cache is True
+
+
 def test_method_run_defaults_apply(tmp_path):
     from loqi_core.specs import AggregatorSpec, EncoderSpec
     from loqi_core.testing import isolated_plugins
