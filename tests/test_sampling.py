@@ -251,3 +251,45 @@ def test_degrade_report_gives_the_histogram_of_draws(tmp_path):
     assert ranged["5-13"]["bytes_per_image"] < ranged["42-50"]["bytes_per_image"]
     choice = rows[1]["sampled"]["any(jpeg10,scale0.5)"]
     assert choice["jpeg10"]["images"] + choice["scale0.5"]["images"] == 80 and choice["scale0.5"]["bytes_per_image"] is None
+
+
+def test_run_with_eval_degrade_reports_each_level_beside_the_pretrained_model(tmp_path):
+    """A student trained on a range, evaluated at fixed levels: a row per level, Δ against the same level."""
+    from loqi_core.testing.tiny import write_vpr_folder
+
+    root = write_vpr_folder(tmp_path / "data", places=8)
+    quick = ["-s", "distill.batch_size=4", "-s", "distill.num_workers=0", "-s", "eval.num_workers=0",
+             "-s", "eval.batch_size=4", "-s", "distill.lr=0.001", "-s", "eval.grid_queries=0"]  # fmt: skip
+    args = ["run", "--method", "tiny", "--degrade", "blur[1:7]", "--eval-degrade", "none,blur5,blur2",
+            "--weights", "random", "--train", f"folder:{root}/images/test", "--test", f"folder:{root}",
+            "--max-steps", "2", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), *quick]  # fmt: skip
+    with isolated_plugins(("tiny", tiny_plugin)):
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+        assert m["run"]["degrade"] == "blur[1:7]" and m["run"]["eval_degrade"] == ["none", "blur5", "blur2"]
+        rows = m["datasets"]["data"]["rows"]
+        assert list(rows) == ["pretrained_clean", "pretrained_degraded@blur2", "distilled@blur2", "pretrained_degraded@blur5",
+                              "distilled@blur5", "pretrained_degraded@none", "distilled@none"]  # fmt: skip
+        protocols = m["datasets"]["data"]["protocols"]
+        assert protocols["distilled@blur5"]["queries"] == "degraded (blur5)" and protocols["distilled@none"]["queries"] == "clean"
+        assert rows["pretrained_degraded@none"] == rows["pretrained_clean"]
+        md = (tmp_path / "run" / "results.md").read_text()
+        assert "| Distilled on blur[1:7], blur5 Δ |" in md and "| Pretrained, blur5 |" in md
+        level_table = md.split("## Per degradation level", 1)[1].split("\n\n", 2)[1].splitlines()
+        assert level_table[0].startswith("| level | data pretrained R@1 | data distilled R@1 (Δ) |")
+        assert [line.split(" | ")[0] for line in level_table[2:]] == ["| `blur2`", "| `blur5`", "| `none`"]
+        for level in ("blur2", "blur5", "none"):
+            line = next(x for x in level_table if x.startswith(f"| `{level}`"))
+            base, student = rows[f"pretrained_degraded@{level}"]["R@1"], rows[f"distilled@{level}"]["R@1"]
+            assert f"| {base:.2f} | {student:.2f} ({student - base:+.2f}) |" in line
+
+        # loqi eval takes the same levels: one row per level for one model
+        ev = CliRunner().invoke(cli, ["eval", "--method", "tiny", "--weights", str(tmp_path / "run"), "--dataset", f"folder:{root}",
+                                      "--eval-degrade", "blur5,blur2", "--out", str(tmp_path / "ev"),
+                                      "--cache-dir", str(tmp_path / "cache"), *quick[2:]], catch_exceptions=False)  # fmt: skip
+        assert ev.exit_code == 0, ev.output
+        ev_rows = json.loads((tmp_path / "ev" / "metrics.json").read_text())["datasets"]["data"]["rows"]
+        assert ev_rows == {"model@blur2": rows["distilled@blur2"], "model@blur5": rows["distilled@blur5"]}
+        bad = CliRunner().invoke(cli, args[:5] + ["--eval-degrade", "blur5,blur[9:2]"] + args[7:])
+        assert bad.exit_code != 0 and 'bad degradation range "blur[9:2]"' in bad.output
