@@ -52,6 +52,8 @@ class Node:
 
 
 class Fixed(Node):
+    """A token without ranges (``jpeg10``, ``none``): always itself."""
+
     def __init__(self, text: str, temporal: bool) -> None:
         self.text, self.temporal = text, temporal
 
@@ -80,6 +82,8 @@ class Range(Node):
 
 
 class Choice(Node):
+    """``any(A,B,...)``: one option, drawn with the given weights, then drawn from in turn."""
+
     def __init__(self, axis: Axis, options: list[Node], weights: list[float]) -> None:
         self.axis, self.options, self.weights = axis, options, weights
         self.temporal = any(o.temporal for o in options)
@@ -91,6 +95,8 @@ class Choice(Node):
 
 
 class ChainNode(Node):
+    """``A+B``: each term drawn in order; clean (``none``) terms drop out of the chain."""
+
     def __init__(self, terms: list[Node]) -> None:
         self.terms = terms
         self.temporal = any(t.temporal for t in terms)
