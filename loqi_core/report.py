@@ -47,9 +47,10 @@ def row_label(row: str, degrade: str) -> str:
     """Human label of a row, as in the paper's Table II."""
     base, at, level = row.partition("@")
     if at:  # one level of --eval-degrade: a trained model says what it was trained on
+        level = "clean images" if level.lower() in ("none", "clean") else level
         if base in ("pretrained_degraded", "model"):
             return f"{'Pretrained' if base != 'model' else 'model'}, {level}"
-        return f"{row_label(base, degrade).rsplit(', ', 1)[0]} on {degrade}, {level}"
+        return f"{row_label(base, '').rstrip(', ')} on {degrade}, {level}"
     if row == "pretrained_clean":
         return "Pretrained, clean images"
     if row == "pretrained_degraded":
