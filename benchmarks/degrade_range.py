@@ -8,15 +8,18 @@ defaults, MSE) evaluates the pretrained model and the student at every level of 
 jpeg10, jpeg30, jpeg50). Runs are independent processes (``--jobs``). Prints a Markdown table of R@1, mean over
 seeds, Δ against the pretrained model at the same level; ``--out`` gets every run's figures as JSON.
 
-Full grid (the lead's GPU run, 16 CPU cores):
+Full grid (the lead's GPU run, 16 CPU cores; all places, the method's input size, 2 seeds):
 
-    python benchmarks/degrade_range.py --data DIR --device cuda --jobs 6 --steps 400 --out degrade_range.json
+    python benchmarks/degrade_range.py --data DIR --device cuda --jobs 6 --steps 400 --out degrade_range_gpu.json
 
-Small CPU run (two shared cores):
+Small CPU run (two shared cores; 300 test places, 1200 training images, a 64×128 input), one seed at a time:
 
-    python benchmarks/degrade_range.py --data ../shared/data/nordland_64x32 --device cpu --jobs 1 \\
-        --threads 1 \\
-        --steps 120 --test-places 300 --train-images 1200 --seeds 0 --set "model.image_size=[64,128]" --out cpu.json
+    python benchmarks/degrade_range.py --data ../shared/data/nordland_64x32 --device cpu --threads 1 --steps 120 \\
+        --test-places 300 --train-images 1200 --set "model.image_size=[64,128]" --seeds 0 --work W --out s0.json
+    python benchmarks/degrade_range.py ... --seeds 1 --work W --add s0.json --out both.json
+
+Run directories are named by seed and training spec under ``--work``: started again with the same ``--work``, a
+run that finished is taken from there (training resumes, evaluations come from the cache).
 """
 
 from __future__ import annotations
@@ -141,9 +144,11 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="any config field")
     ap.add_argument("--work", type=Path, default=None, help="where the split, caches and run directories go (default a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help="write every run's figures here as JSON")
+    ap.add_argument("--add", type=Path, action="append", default=[], help="also table the runs of an earlier --out FILE")
     args = ap.parse_args()
 
     from loqi_core.config import parse_override
+    from loqi_core.report import slug
 
     work = args.work or Path(tempfile.mkdtemp(prefix="loqi-degrade-range-"))
     split = work / "split"
@@ -156,7 +161,7 @@ def main() -> None:
     jobs = [
         {"method": args.method, "train": t, "seed": s, "device": args.device, "split": str(split), "levels": levels,
          "cache": str(work / ("cache" if args.jobs == 1 else f"cache-{i}")), "workers": workers, "threads": threads,
-         "out": str(work / f"run-{i}"), "steps": args.steps, "sets": dict(parse_override(x) for x in args.sets)}
+         "out": str(work / f"run-s{s}-{slug(t)}"), "steps": args.steps, "sets": dict(parse_override(x) for x in args.sets)}
         for i, (s, t) in enumerate((s, t) for s in seeds for t in trains)
     ]  # fmt: skip
     print(f"split: {sizes}; {len(jobs)} runs, {args.jobs} at a time, {threads} threads each; work dir {work}", flush=True)
@@ -170,6 +175,7 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(one_run, jobs))
     seconds = time.perf_counter() - start
+    results += [r for f in args.add for r in json.loads(f.read_text())["runs"]]
     md = table(results, trains, levels)
     print(f"\n{md}\n\n{len(results)} runs in {seconds:.0f} s on {args.device}; split {sizes}")
     if args.out:
