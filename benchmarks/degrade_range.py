@@ -5,7 +5,7 @@ alternate between test and training, with the 3 frames at each block's edges lef
 25 m of a training one. Test: summer database, winter queries; training: both seasons, label-free. For each
 training spec (default ``jpeg10``, ``jpeg50``, ``jpeg[5:50]``) and seed, one ``loqi run`` (lite0-gem, the method's
 defaults, MSE) evaluates the pretrained model and the student at every level of ``--levels`` (clean, jpeg5,
-jpeg10, jpeg30, jpeg50). Runs are independent processes (``--jobs``). Prints a Markdown table of R@1, mean over
+jpeg10, jpeg30, jpeg50). Runs are independent processes (``--jobs``). Prints Markdown tables of R@1 and R@5, mean over
 seeds, Δ against the pretrained model at the same level; ``--out`` gets every run's figures as JSON.
 
 Full grid (the lead's GPU run, 16 CPU cores; all places, the method's input size, 2 seeds):
@@ -77,7 +77,7 @@ def build_split(data: Path, out: Path, test_places: int | None, train_images: in
 
 
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
-    """One ``loqi run`` (teacher and student at every level); returns its R@1 per row and its seconds."""
+    """One ``loqi run`` (teacher and student at every level); returns its recall@N per row and its seconds."""
     import torch
 
     torch.set_num_threads(job["threads"])
@@ -98,12 +98,12 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = next(iter(metrics["datasets"].values()))["rows"]
     return {"train": job["train"], "seed": job["seed"], "seconds": round(time.perf_counter() - start, 1),
-            "r1": {row: values["R@1"] for row, values in rows.items()}, "run_dir": str(run_dir),
+            "recall": rows, "run_dir": str(run_dir),
             "untrained": metrics["run"]["untrained"]}  # fmt: skip
 
 
-def table(results: list[dict[str, Any]], trains: list[str], levels: list[str]) -> str:
-    """R@1 per level (columns) for the pretrained model and each training spec (rows), mean over seeds."""
+def table(results: list[dict[str, Any]], trains: list[str], levels: list[str], metric: str = "R@1") -> str:
+    """``metric`` per level (columns) for the pretrained model and each training spec (rows), mean over seeds."""
 
     def mean(values: list[float]) -> float:
         return sum(values) / len(values)
@@ -111,14 +111,14 @@ def table(results: list[dict[str, Any]], trains: list[str], levels: list[str]) -
     def cell(row: str, level: str, runs: list[dict[str, Any]]) -> str:
         if row == "pretrained_degraded":  # the same teacher in every run of a seed
             runs = list({r["seed"]: r for r in runs}.values())
-        values = [r["r1"][f"{row}@{level}"] for r in runs]
-        base = mean([r["r1"][f"pretrained_degraded@{level}"] for r in runs])
+        values = [r["recall"][f"{row}@{level}"][metric] for r in runs]
+        base = mean([r["recall"][f"pretrained_degraded@{level}"][metric] for r in runs])
         spread = f" ±{(max(values) - min(values)) / 2:.1f}" if len(values) > 1 else ""
         delta = f" ({mean(values) - base:+.1f})" if row != "pretrained_degraded" else ""
         return f"{mean(values):.1f}{spread}{delta}"
 
     names = ["clean" if level == "none" else level for level in levels]
-    lines = ["| R@1 (mean ± half-range over seeds; Δ vs pretrained) | " + " | ".join(names) + " |",
+    lines = [f"| {metric} (mean ± half-range over seeds; Δ vs pretrained) | " + " | ".join(names) + " |",
              "|---|" + "---:|" * len(levels)]  # fmt: skip
     lines.append("| pretrained (teacher) | " + " | ".join(cell("pretrained_degraded", lv, results) for lv in levels) + " |")
     for train in trains:
@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--train-specs", default="jpeg10;jpeg50;jpeg[5:50]", help="training specs, separated by ;")
     ap.add_argument("--levels", default="none,jpeg5,jpeg10,jpeg30,jpeg50", help="evaluation levels (none = clean)")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--metrics", default="R@1,R@5", help="one table per recall@N")
     ap.add_argument("--method", default="lite0-gem")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
     ap.add_argument("--test-places", type=int, default=None, help="spread this many test places over the line (default all)")
@@ -176,7 +177,7 @@ def main() -> None:
             results = list(pool.map(one_run, jobs))
     seconds = time.perf_counter() - start
     results += [r for f in args.add for r in json.loads(f.read_text())["runs"]]
-    md = table(results, trains, levels)
+    md = "\n\n".join(table(results, trains, levels, m.strip()) for m in args.metrics.split(","))
     print(f"\n{md}\n\n{len(results)} runs in {seconds:.0f} s on {args.device}; split {sizes}")
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "split": sizes,
