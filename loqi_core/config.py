@@ -106,6 +106,9 @@ class EvalConfig(Section):
     """Recall@N evaluation (the paper's protocol unless ``clean_database``)."""
 
     test: list[str] = Field(default_factory=lambda: ["demo"], description="test datasets: NAME or NAME:PATH")
+    degrade: list[str] = Field(
+        default_factory=list, description="evaluate at each of these degradations, a row per level; empty = the run's degrade"
+    )
     recall: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
     positive_radius: float = Field(25.0, gt=0, allow_inf_nan=False, description="metres: a database image this close is a positive")
     clean_database: bool = Field(False, description="degrade only the queries (default: database and queries)")

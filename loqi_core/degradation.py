@@ -1,6 +1,7 @@
 """Degradations: parse a spec such as ``res360p+qp40`` into a chain and apply it to uint8 images.
 
-This is where a degradation is applied: ``parse_degradation(spec)(images, seed=...)``.
+This is where a degradation is applied: ``parse_degradation(spec)(images, seed=...)``. Specs with ranges or
+choices (``jpeg[5:50]``, ``any(jpeg10,qp40)``) become a ``loqi_core.sampling.Sampled`` degradation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from loqi_core.plugins import Plugins
+    from loqi_core.specs import DegradationSpec
 
 
 @dataclass
@@ -27,7 +29,9 @@ class Degraded:
     """Degraded images (uint8 3×H×W each, same order) and, for codecs, the bytes sent per image."""
 
     images: list["torch.Tensor"]
-    nbytes: list[int] | None = None
+    nbytes: list[int | None] | None = None
+    draws: list[dict[str, int | float | str]] | None = None
+    """Sampled specs only: per image, what was drawn (``{"jpeg[5:50]": 23, "spec": "jpeg23"}``)."""
 
 
 class Degradation(abc.ABC):
@@ -86,11 +90,24 @@ def parse_degradation(spec: str, plugins: "Plugins | None" = None) -> Degradatio
         i = tokens.index("")
         where = "at the start" if i == 0 else "at the end" if i == len(tokens) - 1 else f'after "{tokens[i - 1]}"'
         raise ConfigError(f'degradation "{spec}": empty term {where} (term {i + 1}); chain terms with a single +')
-    stages = [_parse_token(token, plugins) for token in tokens]
+    if any(c in spec for c in "[]()"):
+        from loqi_core.sampling import Sampled
+
+        return Sampled(spec, plugins)
+    stages = [parse_token(token, plugins, spec) for token in tokens]
     return stages[0] if len(stages) == 1 else Chain(stages, spec)
 
 
-def _parse_token(token: str, plugins: "Plugins") -> Degradation:
+def parse_token(token: str, plugins: "Plugins", spec: str | None = None) -> Degradation:
+    """One ``+``-free token (``jpeg10``) as the degradation its plugin builds; ``spec`` is the whole spec, for errors."""
+    if not token:
+        raise ConfigError(f'degradation "{spec}" has an empty term: write one spec between each "+" (res360p+qp40)')
+    dspec, m = match_token(token, plugins)
+    return build_token(dspec, {k: v for k, v in m.groupdict().items() if v is not None}, token)
+
+
+def match_token(token: str, plugins: "Plugins") -> tuple["DegradationSpec", re.Match]:
+    """The one registered grammar that matches ``token``, and the match."""
     matches = []
     for name, dspec, _ in plugins.degradations.items():
         m = re.fullmatch(dspec.pattern, token)
@@ -105,15 +122,18 @@ def _parse_token(token: str, plugins: "Plugins") -> Degradation:
     if len(matches) > 1:
         names = ", ".join(d.name for d, _ in matches)
         raise ConfigError(f'degradation "{token}" matches several grammars ({names}); a plugin pattern is too broad')
-    dspec, m = matches[0]
-    values = {k: v for k, v in m.groupdict().items() if v is not None}
+    return matches[0]
+
+
+def build_token(dspec: "DegradationSpec", values: dict[str, str], name: str) -> Degradation:
+    """``dspec``'s degradation for the pattern's group ``values``; a value out of range names ``name``."""
     try:
         params = dspec.params(**values)
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f'bad degradation "{token}": {reasons}') from None
+        raise ConfigError(f'bad degradation "{name}": {reasons}') from None
     degradation = dspec.factory(params)
-    degradation.spec = token
+    degradation.spec = name
     return degradation
 
 

@@ -12,7 +12,9 @@
                                 "protocol": {...}, "protocols": {"<row>": {...}}, "notes": [...]}}}
 
 Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``; a sweep adds
-``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. Recall values are percentages.
+``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. With ``--eval-degrade`` every
+row but ``pretrained_clean`` is one row per level, ``<row>@<level>`` (``distilled@jpeg5``), and ``run`` gets
+``eval_degrade``. Recall values are percentages.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ def name_test_sets(tests: Sequence[Any], texts: Sequence[str]) -> None:
 
 def row_label(row: str, degrade: str) -> str:
     """Human label of a row, as in the paper's Table II."""
+    base, at, level = row.partition("@")
+    if at:  # one level of --eval-degrade: a trained model says what it was trained on
+        level = "clean images" if level.lower() in ("none", "clean") else level
+        if base in ("pretrained_degraded", "model"):
+            return f"{'Pretrained' if base != 'model' else 'model'}, {level}"
+        return f"{row_label(base, '').rstrip(', ')} on {degrade}, {level}"
     if row == "pretrained_clean":
         return "Pretrained, clean images"
     if row == "pretrained_degraded":
@@ -71,9 +79,17 @@ def row_label(row: str, degrade: str) -> str:
     return f"{row}, {degrade}"
 
 
-def _row_order(row: str) -> tuple[int, str]:
-    base = row.split(":", 1)[0]
-    return (ROWS.index(base) if base in ROWS else len(ROWS), row)
+def _row_order(row: str) -> tuple[Any, ...]:
+    """Rows without a level first; then level by level (natural order: jpeg5 before jpeg10), pretrained first."""
+    base, _, level = row.partition("@")
+    kind = base.split(":", 1)[0]
+    natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", level)]
+    return (bool(level), natural, ROWS.index(kind) if kind in ROWS else len(ROWS), row)
+
+
+def _baseline(row: str) -> str:
+    """The row a Δ is taken against: the pretrained model under the same degradation."""
+    return "pretrained_degraded" + row[row.index("@") :] if "@" in row else "pretrained_degraded"
 
 
 class Report:
@@ -158,12 +174,17 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
     if facts:
         lines += ["; ".join(facts), ""]
     lines += table_markdown(metrics) + [""]
+    if any("@" in r for ds in metrics["datasets"].values() for r in ds["rows"]):
+        lines += ["## Per degradation level", ""] + levels_markdown(metrics) + [""]
     lines += ["Recall@N in percent of all queries (a query without a positive counts as a miss). Δ rows are relative to",
               "the pretrained model on degraded images; the absolute value follows in parentheses.", "", "## Protocol", ""]
     for name, ds in metrics["datasets"].items():
         p = ds["protocol"]
-        lines.append(f"- **{name}** ({ds['n_database']} database, {ds['n_queries']} queries): database {p['database']}, "
-                     f"queries {p['queries']}, {p['encoder']}; positives: {p['positives']}; queries without a positive: "
+        where = f"database {p['database']}, queries {p['queries']}"
+        if any("@" in r for r in ds["rows"]):  # --eval-degrade: each row names its own level
+            where = f"{'queries' if p.get('clean_database') else 'database and queries'} degraded at each row's level"
+        lines.append(f"- **{name}** ({ds['n_database']} database, {ds['n_queries']} queries): {where}, "
+                     f"{p['encoder']}; positives: {p['positives']}; queries without a positive: "
                      f"{p['queries_without_positives']}; search: {p['search']}; {p['temporal']}; precision {p['precision']}.")
         lines += [f"  - note: {n}" for n in ds.get("notes", [])]
     return "\n".join(lines) + "\n"
@@ -178,12 +199,12 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     all_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"]}, key=_row_order)
     for row in all_rows:
         label = metrics.get("rows", {}).get(row, {}).get("label", row)
-        has_base = any("pretrained_degraded" in metrics["datasets"][d]["rows"] for d in names)
-        delta = row.split(":", 1)[0] in ("finetuned", "distilled") and has_base
+        has_base = any(_baseline(row) in metrics["datasets"][d]["rows"] for d in names)
+        delta = row.split("@", 1)[0].split(":", 1)[0] in ("finetuned", "distilled") and has_base
         cells = [f"{prefix}{label}" + (" Δ" if delta else "")]
         for d in names:
             rows = metrics["datasets"][d]["rows"]
-            base = rows.get("pretrained_degraded")
+            base = rows.get(_baseline(row))
             for n in ns:
                 key = f"R@{n}"
                 if row not in rows:
@@ -192,6 +213,37 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
                     cells.append(f"{rows[row][key] - base[key]:+.2f} ({_fmt(rows[row][key])})")
                 else:
                     cells.append(_fmt(rows[row][key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def levels_markdown(metrics: dict[str, Any]) -> list[str]:
+    """One line per --eval-degrade level: each model's R@1 at that level side by side, Δ against the pretrained one."""
+    first = f"R@{metrics['recall_at'][0]}"
+    names = list(metrics["datasets"])
+    level_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"] if "@" in r}, key=_row_order)
+    levels = list(dict.fromkeys(r.split("@", 1)[1] for r in level_rows))
+    bases = sorted({r.split("@", 1)[0] for r in level_rows}, key=_row_order)
+    header, align = ["level"], ["---"]
+    for d in names:
+        for b in bases:
+            label = {"pretrained_degraded": "pretrained"}.get(b, b.replace("distilled:", "distilled "))
+            header.append(f"{d} {label} {first}" + (" (Δ)" if b not in ("pretrained_degraded", "model") else ""))
+            align.append("---:")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for level in levels:
+        cells = [f"`{level}`"]
+        for d in names:
+            rows = metrics["datasets"][d]["rows"]
+            base = rows.get(f"pretrained_degraded@{level}")
+            for b in bases:
+                value = rows.get(f"{b}@{level}")
+                if value is None:
+                    cells.append("–")
+                elif base is not None and b not in ("pretrained_degraded", "model"):
+                    cells.append(f"{_fmt(value[first])} ({value[first] - base[first]:+.2f})")
+                else:
+                    cells.append(_fmt(value[first]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -99,6 +99,7 @@ class Experiment:
         if ev.cache:
             self.cache.check_writable()
         self.degradation = parse_degradation(config.degrade, self.plugins)
+        self.levels = {level: parse_degradation(level, self.plugins) for level in ev.degrade}  # bad specs fail here
         self.tests: list[TestSet] = [
             load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
             for t in ev.test
@@ -155,6 +156,10 @@ class Experiment:
                "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
                "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
+        if self.levels:
+            run["eval_degrade"] = list(self.levels)
+            if kind == "eval":  # nothing is evaluated at --degrade then
+                run["degrade"] = ",".join(self.levels)
         self.report = Report(run, config.eval.recall)
         if self.untrained:
             self.echo(f"!! {UNTRAINED}")
@@ -209,7 +214,7 @@ class Experiment:
 
     def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:
         """Evaluate ``model`` on every test set under ``degrade`` (default: the run's) and add the row."""
-        deg = self.degradation if degrade is None else parse_degradation(degrade, self.plugins)
+        deg = self.degradation if degrade is None else self.levels.get(degrade) or parse_degradation(degrade, self.plugins)
         out = {}
         for test in self.tests:
             result = evaluate(model, test, deg, config=self.config.eval, seed=self.config.seed, device=self.device,
@@ -224,6 +229,13 @@ class Experiment:
             self.echo(f"{test.name:<16} {self.report.rows[row]['label']:<36} {recalls}{cached}")
             out[test.name] = result
         return out
+
+    def evaluate_levels(self, row: str, model: "VPRModel", **meta: Any) -> None:
+        """``row`` under the run's degradation, or ``row@LEVEL`` under each of ``eval.degrade`` (--eval-degrade)."""
+        if not self.levels:
+            self.evaluate(row, model, **meta)
+        for level in self.levels:
+            self.evaluate(f"{row}@{level}", model, level, **meta)
 
     def print_protocols(self) -> None:
         for name, rows in self.report.results.items():
@@ -257,7 +269,7 @@ class Experiment:
             return self.out
         metrics = self.report.write(self.out, grid_queries=self.config.eval.grid_queries)
         self.print_protocols()
-        self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.config.degrade}"))
+        self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.report.run['degrade']}"))
         self.echo(f"run directory: {self.out}")
         return self.out
 
@@ -302,7 +314,7 @@ def _from_rank0(value: Any) -> Any:
 def _teacher_rows(exp: Experiment) -> "VPRModel":
     teacher = exp.model
     exp.evaluate("pretrained_clean", teacher, "none", weights=teacher.info["weights"])
-    exp.evaluate("pretrained_degraded", teacher, weights=teacher.info["weights"])
+    exp.evaluate_levels("pretrained_degraded", teacher, weights=teacher.info["weights"])
     return teacher
 
 
@@ -318,11 +330,11 @@ def run_experiment(
         exp.report.run["loss"] = loss
         teacher = _teacher_rows(exp)
         student = exp.build(str(exp.train("distill", "distill")))
-        exp.evaluate("distilled", student, loss=loss, weights=str(exp.out / "distill"))
+        exp.evaluate_levels("distilled", student, loss=loss, weights=str(exp.out / "distill"))
         exp.activations(teacher, student)
         if baseline == "finetune":
             tuned = exp.build(str(exp.train("finetune", "finetune")))
-            exp.evaluate("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
+            exp.evaluate_levels("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
         return exp.finish()
 
 
@@ -342,7 +354,7 @@ def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | No
                 skipped.append(f"loss {expr} skipped: {exc}")
                 continue
             student = exp.build(str(final))
-            exp.evaluate(f"distilled:{expr}", student, loss=expr, weights=str(final))
+            exp.evaluate_levels(f"distilled:{expr}", student, loss=expr, weights=str(final))
             exp.activations(teacher, student, tag=expr, label=f"student {expr}")
         for test in exp.tests:
             exp.report.note(test.name, skipped)
@@ -357,9 +369,9 @@ def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | No
         model = exp.model
         if row is None:
             pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
-            clean = exp.degradation.spec in ("", "none")
+            clean = exp.degradation.spec in ("", "none") and not exp.levels
             row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
-        exp.evaluate(row, model, weights=model.info["weights"])
+        exp.evaluate_levels(row, model, weights=model.info["weights"])
         return exp.finish()
 
 

@@ -61,6 +61,8 @@ class SpecStats:
     protocol: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """What the degradation warned about while running (e.g. a resize that enlarges)."""
+    sampled: dict[str, dict[str, "SpecStats"]] = field(default_factory=dict)
+    """A sampled spec (``jpeg[5:50]``): per range or choice, the same figures per drawn value (or bin of values)."""
 
     def add(self, clean: "torch.Tensor", degraded: "torch.Tensor", nbytes: int | None) -> None:
         """Account for one image pair (uint8 3×H×W each, degraded possibly at another size)."""
@@ -114,7 +116,9 @@ class SpecStats:
             "images_per_second": round(self.images / self.seconds, 2) if self.seconds else None,
             "protocol": self.protocol,
             "warnings": self.warnings,
-        }
+            **({"sampled": {key: {label: b.as_dict() for label, b in by_bin.items()} for key, by_bin in self.sampled.items()}}
+               if self.sampled else {}),
+        }  # fmt: skip
 
 
 def _size_text(sizes: Counter) -> str:
@@ -149,8 +153,10 @@ def degrade_list(
     seed: int = 0,
     device: str = "cpu",
     skip: Callable[[list[int]], bool] | None = None,
-) -> Iterator[tuple[list[int], list["torch.Tensor"], list["torch.Tensor"], list[int | None]]]:
-    """Yield ``(indices, clean, degraded, nbytes)`` per degradation call, fed as the evaluation engine feeds it.
+) -> Iterator[tuple[list[int], list["torch.Tensor"], list["torch.Tensor"], list[int | None], list[dict[str, Any]]]]:
+    """Yield ``(indices, clean, degraded, nbytes, draws)`` per degradation call, fed as the evaluation engine feeds it.
+
+    ``draws`` says, per image, what a sampled spec (``jpeg[5:50]``) drew; empty dicts for a fixed spec.
 
     ``skip(indices)`` true leaves a unit out without reading it (resuming a copy).
     """
@@ -166,7 +172,8 @@ def degrade_list(
         if len(out.images) != len(unit):
             raise ConfigError(f'degradation "{degradation.spec}" returned {len(out.images)} images for {len(unit)}')
         nbytes = list(out.nbytes) if out.nbytes is not None else [None] * len(unit)
-        yield unit, clean, [img.cpu() for img in out.images], nbytes
+        draws = list(out.draws) if out.draws is not None else [{}] * len(unit)
+        yield unit, clean, [img.cpu() for img in out.images], nbytes, draws
 
 
 def image_lists(dataset: "TestSet | TrainSet", which: str, limit: int | None) -> list[tuple[str, "ImageList"]]:
@@ -200,9 +207,13 @@ def measure(
 
     from loqi_core.degradation import parse_degradation
     from loqi_core.evaluate import temporal_note
+    from loqi_core.sampling import bin_label, bin_labels
 
     degradation = parse_degradation(spec, plugins)
     stats = SpecStats(spec)
+    axes = getattr(degradation, "axes", [])
+    for axis in axes:
+        stats.sampled[axis.key] = {label: SpecStats(label) for label in bin_labels(axis)}
     total = sum(len(images) for _, images in lists)
     start = time.perf_counter()
     with tqdm(total=total, desc=spec, unit="img", leave=False, disable=None) as bar, warnings.catch_warnings(record=True) as caught:
@@ -210,9 +221,12 @@ def measure(
         for name, images in lists:
             stats.protocol[name] = temporal_note(images, degradation)
             unit_skip = (lambda unit, n=name, i=images: skip(n, i, unit)) if skip is not None else None
-            for unit, clean, degraded, nbytes in degrade_list(images, degradation, seed=seed, device=device, skip=unit_skip):
-                for c, d, b in zip(clean, degraded, nbytes):
+            for unit, clean, degraded, nbytes, draws in degrade_list(images, degradation, seed=seed, device=device, skip=unit_skip):
+                for c, d, b, drawn in zip(clean, degraded, nbytes, draws):
                     stats.add(c, d, b)
+                    for axis in axes:
+                        if axis.key in drawn:  # a range inside a choice is drawn only when its option is
+                            stats.sampled[axis.key][bin_label(axis, drawn[axis.key])].add(c, d, b)
                 if sink is not None:
                     sink(name, images, unit, degraded, nbytes)
                 bar.update(len(unit))
@@ -221,20 +235,30 @@ def measure(
     return stats
 
 
-def format_table(rows: list[SpecStats]) -> str:
-    """The report table, one row per spec, and the notes that say how to read it."""
-    header = ("spec", "images", "sent size", "bytes/image", "bits/pixel", "PSNR dB", "images/s")
+def _table(rows: list[SpecStats], first: str = "spec") -> list[str]:
+    """Aligned text lines: one row per stats object, labelled by its ``spec``."""
+    header = (first, "images", "sent size", "bytes/image", "bits/pixel", "PSNR dB", "images/s")
     body = []
     for s in rows:
         bpi, bpp = s.bytes_per_image, s.bits_per_pixel
         body.append((
             s.spec, str(s.images), _size_text(s.sent_sizes),
             "-" if bpi is None else f"{bpi:,.0f}", "-" if bpp is None else f"{bpp:.3f}",
-            "inf" if math.isinf(s.psnr) else f"{s.psnr:.2f}", f"{s.images / s.seconds:.0f}" if s.seconds else "-",
+            "-" if not s.images else "inf" if math.isinf(s.psnr) else f"{s.psnr:.2f}",
+            f"{s.images / s.seconds:.0f}" if s.seconds else "-",
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def format_table(rows: list[SpecStats]) -> str:
+    """The report table, one row per spec, each sampled spec's histogram of what it drew, and how to read them."""
+    lines = _table(rows)
+    for s in rows:
+        for key, by_bin in s.sampled.items():
+            lines += ["", f"{s.spec}: images per value drawn for {key}"] + _table(list(by_bin.values()), "drawn")
     notes = [
         "bytes/image: coded bytes per image ('-': nothing encoded); bits/pixel: those bits per pixel of the clean",
         "image, whatever size is sent; PSNR: over all pixels of all images against the clean ones, an image sent",

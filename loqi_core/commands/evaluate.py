@@ -40,6 +40,7 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size", "eval_batch_size", type=int, help="Images per extraction batch (default 32)."),
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Evaluation cache (default $LOQI_CACHE or ~/.cache/loqi)."),
         click.option("--no-cache", is_flag=True, help="Neither read nor write cached degraded images and descriptors."),
+        click.option("--eval-degrade", help="Evaluate at each of these degradations (comma-separated, e.g. jpeg5,jpeg10,jpeg30): a row per level, the pretrained model beside each."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -48,12 +49,15 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
     """The RunConfig fields the evaluation flags set (None = flag not given)."""
+    from loqi_core.sampling import split_top
+
     return {
         "model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
         "eval.recall": parse_recall(kw.get("recall")), "eval.positive_radius": kw.get("positive_radius"),
         "eval.clean_database": kw.get("clean_database"), "eval.index": kw.get("index"),
         "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
         "eval.cache": False if kw.get("no_cache") else None,
+        "eval.degrade": split_top(kw["eval_degrade"], ",", kw["eval_degrade"]) if kw.get("eval_degrade") else None,
     }  # fmt: skip
 
 

@@ -40,6 +40,22 @@ def plugins_command(as_json: bool, requirements: bool) -> None:
             click.echo("  ".join("-" * w for w in widths) + "  " + "-" * 10)
     methods = plugins.methods()
     click.echo(f"\nmethods (--method): {', '.join(methods) or 'none'}")
+    _degradation_forms(plugins)
+
+
+def _degradation_forms(plugins) -> None:
+    """Each degradation family's examples and range form, and the sampling grammar every family shares."""
+    from loqi_core.sampling import range_form
+
+    click.echo("\ndegradations (--degrade; chain with +, e.g. res360p+qp40):")
+    rows = [(", ".join(d.examples or (name,)), range_form(d)) for name, d, _ in plugins.degradations.items()]
+    width = max((len(r[0]) for r in rows), default=0)
+    for examples, ranged in rows:
+        click.echo(f"  {examples.ljust(width)}" + (f"  range: {ranged}" if ranged else ""))
+    click.echo(
+        "  sampled per image (per sequence for video codecs): a range NAME[LOW:HIGH] draws a value uniformly\n"
+        "  (jpeg[5:50], res[270:720]p, scale[0.25:1]); any(A,B,...) draws one option (weighted: any(0.7*jpeg10,0.3*qp40))"
+    )
 
 
 COMMANDS = [plugins_command]

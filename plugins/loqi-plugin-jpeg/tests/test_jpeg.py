@@ -17,8 +17,9 @@ WEBP = features.check("webp")
 
 
 class TestJpegConformance(DegradationTests):
-    specs = ["jpeg10", "jpeg90"] + (["webp30"] if WEBP else []) + (["avif30"] if AVIF else [])
-    bad_specs = ["jpeg0", "jpeg101", "webp101", "avif101"]
+    specs = ["jpeg10", "jpeg90", "jpeg[5:50]", "any(1*jpeg10,0.5*jpeg90)"]
+    specs += (["webp30", "webp[0:40]"] if WEBP else []) + (["avif30", "avif[10:40]"] if AVIF else [])
+    bad_specs = ["jpeg0", "jpeg101", "webp101", "avif101", "jpeg[50:5]", "jpeg[0:200]", "webp[0:101]", "avif[-1:10]"]
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -14,8 +14,10 @@ from loqi_core.testing import DegradationTests, random_images
 
 
 class TestResolutionConformance(DegradationTests):
-    specs = ["res24p", "res24p-bicubic", "scale0.5-area", "20x10", "res24p-back", "res30p-bicubic+jpeg50"]
-    bad_specs = ["res0p", "res99999p", "scale0", "scale1.5", "0x10", "10x0"]
+    specs = ["res24p", "res24p-bicubic", "scale0.5-area", "20x10", "res24p-back", "res30p-bicubic+jpeg50",
+             "res[16:40]p", "scale[0.25:0.9]-area", "[10:30]x[8:20]", "any(res24p,scale0.5)+jpeg[30:50]"]
+    bad_specs = ["res0p", "res99999p", "scale0", "scale1.5", "0x10", "10x0",
+                 "res[40:16]p", "res[0:40]p", "scale[0:1]", "scale[0.5:1.5]", "[0:10]x10", "res[16:40]p-[1:2]"]
 
 
 @pytest.mark.parametrize(

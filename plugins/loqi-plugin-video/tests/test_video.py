@@ -14,8 +14,10 @@ from loqi_core.testing import DegradationTests, random_images
 
 
 class TestVideoConformance(DegradationTests):
-    specs = ["qp40", "h264-qp40", "av1-qp50", "hevc-qp35-420", "res24p+qp40"]
-    bad_specs = ["qp99", "qp52", "h264-qp52", "av1-qp0", "av1-qp64", "av1-qp40-422"]
+    specs = ["qp40", "h264-qp40", "av1-qp50", "hevc-qp35-420", "res24p+qp40",
+             "qp[30:45]", "h264-qp[30:45]", "av1-qp[40:60]", "res[16:32]p+qp[35:45]", "any(qp40,h264-qp[35:45])"]
+    bad_specs = ["qp99", "qp52", "h264-qp52", "av1-qp0", "av1-qp64", "av1-qp40-422",
+                 "qp[45:30]", "qp[30:60]", "h264-qp[0:52]", "av1-qp[0:63]", "qp40-[420:444]"]
 
 
 def _sequence(n: int = 8, height: int = 48, width: int = 64) -> list[np.ndarray]:
