@@ -341,6 +341,22 @@ def run_label(metrics: dict[str, Any], run_dir: Path) -> str:
     return " ".join(str(p) for p in parts if p) or Path(run_dir).name
 
 
+def combined_table(all_metrics: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[str]:
+    """One Markdown table over several runs: a line per (run, row), a column group per dataset any run has."""
+    names = list(dict.fromkeys(d for m in all_metrics for d in m["datasets"]))
+    ns = sorted({n for m in all_metrics for n in m["recall_at"]})
+    header = ["run", "model"] + [f"{d} R@{n}" if i == 0 else f"R@{n}" for d in names for i, n in enumerate(ns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m, label in zip(all_metrics, labels):
+        for row in sorted({r for ds in m["datasets"].values() for r in ds["rows"]}, key=_row_order):
+            cells = [label, m.get("rows", {}).get(row, {}).get("label", row)]
+            for d in names:
+                values = m["datasets"].get(d, {}).get("rows", {}).get(row, {})
+                cells += [_fmt(values[f"R@{n}"]) if f"R@{n}" in values else "–" for n in ns]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def combine(run_dirs: Sequence[Path], out: Path) -> Path:
     """``loqi report``: one table (report.md, report.json) and one plot (recall.png) over several runs."""
     taken = [n for n in ("metrics.json", "config.json", "train_log.csv") if (out / n).exists()]
@@ -355,6 +371,8 @@ def combine(run_dirs: Sequence[Path], out: Path) -> Path:
     lines = ["# loqi report", ""]
     if any(m.get("run", {}).get("untrained") for m in all_metrics):
         lines += [f"> **Some runs are untrained: {UNTRAINED}**", ""]
+    lines += ["## All runs", "", "Recall@N in percent, absolute (each run's Δ rows are in its own table below).", ""]
+    lines += combined_table(all_metrics, labels) + [""]
     for m, lbl, d in zip(all_metrics, labels, run_dirs):
         lines += [f"## {lbl}", "", f"run directory: `{d}`" + (" (**untrained**)" if m.get("run", {}).get("untrained") else ""), ""]
         lines += table_markdown(m) + [""]

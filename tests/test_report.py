@@ -108,7 +108,15 @@ def test_combine_runs(report, tmp_path):
     report.write(tmp_path / "b", grid_queries=0)
     out = combine([tmp_path / "a", tmp_path / "b"], tmp_path / "rep")
     text = (out / "report.md").read_text()
-    assert "## m jpeg10" in text and "## m jpeg20" in text and text.count("Distilled") == 2
+    assert "## m jpeg10" in text and "## m jpeg20" in text
+    # one table over both runs (absolute recall), then each run's own Table II
+    combined = text.split("## All runs", 1)[1].split("## m jpeg10", 1)[0]
+    lines = [line for line in combined.splitlines() if line.startswith("| m jpeg")]
+    assert len(lines) == 6 and sum("jpeg20" in line for line in lines) == 3
+    distilled_a = next(line for line in lines if line.startswith("| m jpeg10") and "Distilled" in line)
+    cells = distilled_a.strip("| ").split(" | ")
+    assert cells[2:10] == ["46.10", "45.00", "50.50", "59.00", "12.50", "20.00", "30.00", "40.00"]  # absolute recall
+    assert "| – |" in next(line for line in lines if "clean" in line.lower())  # no msls row for clean images
     assert len(json.loads((out / "report.json").read_text())["runs"]) == 2
     assert (out / "recall.png").exists()
     assert "Protocol" in results_markdown(load_metrics(tmp_path / "a"))
