@@ -98,8 +98,8 @@ def report_command(run_dirs: tuple[str, ...], out: str | None) -> None:
     """Combine several run directories (loqi run, sweep or eval) into one table and one recall@N plot.
 
     Reads each run's metrics.json; writes report.md (one table over all runs, then each run's Table II),
-    report.json (all metrics, labelled)
-    and recall.png (every row of every run, one panel per dataset), and prints the tables.
+    report.json (all metrics, labelled) and recall.png (every row of every run, one panel per dataset), and prints
+    the tables.
 
     \b
     Example:
