@@ -167,8 +167,31 @@ def build_model(
         "weights": str(weights),
     }
     model = VPRModel(enc, agg, pp, info)
+    mixed = method is None or (encoder is not None and encoder != method) or (aggregator is not None and aggregator != method)
+    if mixed:
+        _check_parts_fit(model)
     load_weights(model, enc_spec, *resolved)
     return model
+
+
+def _check_parts_fit(model: VPRModel) -> None:
+    """Parts of different methods: one forward pass on two blank images of the input size (224² when the method
+    keeps the image's own size), so an aggregator that cannot read this encoder's output fails here, in one line,
+    instead of inside the first batch of a run."""
+    import torch
+
+    training = model.training
+    height, width = model.preprocess.size or (224, 224)
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(2, 3, height, width))
+    except Exception as exc:  # noqa: BLE001 - any failure means the parts do not fit; its text says how
+        raise ConfigError(
+            f'aggregator "{model.info["aggregator"]}" cannot take the output of encoder "{model.info["encoder"]}" '
+            f"({type(exc).__name__}: {str(exc)[:300]}); mix parts that agree on it (`loqi plugins` lists them)"
+        ) from None
+    finally:
+        model.train(training)
 
 
 def _find_variant(spec: EncoderSpec, name: str) -> WeightsSpec | None:

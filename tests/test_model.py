@@ -127,3 +127,14 @@ def test_fetch_weights_prefers_package_files(tmp_path):
     target = tmp_path / "w.bin"
     target.write_bytes(b"x")
     assert fetch_weights(WeightsSpec("imagenet", "w.bin", locate=lambda: target)) == target
+
+
+def test_mixed_parts_that_do_not_fit_fail_at_build_time_in_one_line():
+    """An aggregator of another method that cannot read the encoder's output is refused when the model is built
+    (before any run directory or evaluation), naming both parts; parts that fit build as before."""
+    from loqi_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match='aggregator "mixvpr" cannot take the output of encoder "lite0-gem"'):
+        build_model(encoder="lite0-gem", aggregator="mixvpr", weights="random", image_size=(128, 128))
+    model = build_model(encoder="lite0-gem", aggregator="netvlad", weights="random", image_size=(128, 128))
+    assert model.info["method"] == "lite0-gem+netvlad" and model.training  # the check leaves the train/eval mode
