@@ -30,13 +30,14 @@ from loqi_core.config import RunConfig, dump_config
 from loqi_core.data import TrainSet
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
-from loqi_core.errors import ConfigError, LoqiError
+from loqi_core.errors import ConfigError, DataError, LoqiError
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.specs import EncoderSpec
+from loqi_core.specs import EncoderSpec, Preprocess
 from loqi_core.training import state as ckpt
-from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig
+from loqi_core.training.cpus import loader_workers, torch_threads
+from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
 from loqi_core.training.dist import DistEnv, setup
 
 Mode = Literal["distill", "finetune"]
@@ -44,7 +45,7 @@ Mode = Literal["distill", "finetune"]
 # Settings a resumed run may change: they do not alter what is computed at a given step.
 RESUMABLE = (
     "device", "out", "data_root", "eval", "distill.max_steps", "distill.epochs", "distill.checkpoint_every",
-    "distill.keep_checkpoints", "distill.log_every", "distill.num_workers", "distill.tensorboard",
+    "distill.keep_checkpoints", "distill.log_every", "distill.num_workers", "distill.threads", "distill.tensorboard",
 )  # fmt: skip
 
 
@@ -70,9 +71,13 @@ def distill(
     if mode not in ("distill", "finetune"):
         raise ConfigError(f'mode must be "distill" or "finetune", not "{mode}"')
     env, device = setup(config.device)
+    trainer = _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (training/cpus.py)
     try:
-        return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device).run()
+        return trainer.run()
     finally:
+        torch.set_num_threads(previous)
         env.close()
 
 
@@ -119,6 +124,79 @@ def set_train_modes(model: nn.Module, prefixes: list[str] | tuple[str, ...], fre
             module.training = trainable and not freeze_bn
         else:
             module.training = dropout
+
+
+def make_loss(config: RunConfig, mode: Mode, spec: EncoderSpec, plugins: Plugins) -> CompositeLoss:
+    expr = loss_expression(config, mode, spec)
+    names = {n for _, n in parse_loss_expression(expr)}
+    params = config.distill.loss_params
+    if mode == "finetune":
+        params = {k: v for k, v in params.items() if k in names}
+    return build_loss(expr, params, plugins)
+
+
+def preprocess_of(config: RunConfig, spec: EncoderSpec) -> Preprocess:
+    """The method's preprocessing as ``build_model`` sets it (``model.image_size`` overrides the size)."""
+    size = config.model.image_size
+    return spec.preprocess if size is None else spec.preprocess.model_copy(update={"size": tuple(size)})
+
+
+def training_views(config: RunConfig, spec: EncoderSpec, train: TrainSet) -> ViewConfig:
+    """The view rule of a run: ``distill.view_size``, else the method's fixed input size, else the training
+    images' typical size (``loqi run`` sets ``view_size`` from its test sets before it gets here)."""
+    d = config.distill
+    size = d.view_size or preprocess_of(config, spec).size or typical_size(list(train.images.paths))
+    return ViewConfig(tuple(size), d.augment, d.min_crop)  # type: ignore[arg-type]
+
+
+def build_training_data(
+    config: RunConfig, loss: CompositeLoss, spec: EncoderSpec, plugins: Plugins, world_size: int = 1, rank: int = 0
+) -> tuple[TrainSet, BatchPlan, StepDataset]:
+    """The training set, its batch plan and the dataset of (clean view, degraded view) batches by step."""
+    d = config.distill
+    train = load_dataset(d.train, "train", root=config.data_root, plugins=plugins)
+    assert isinstance(train, TrainSet)
+    if loss.needs_places and train.place_ids is None:
+        needing = [n for _, n, _ in loss.terms if plugins.loss(n).needs_places]
+        raise ConfigError(
+            f'loss "{loss.expression}": {", ".join(needing)} needs places (images grouped by location), but the '
+            f'training set "{d.train}" is label-free. Use a loss without it (ickd, mse) or a training set '
+            "with positions (@east@north@ file names)"
+        )
+    plan_cfg = PlanConfig(
+        by_places=loss.needs_places, places_per_batch=d.places_per_batch, images_per_place=d.images_per_place,
+        batch_size=d.batch_size, seed=config.seed, world_size=world_size, rank=rank,
+    )  # fmt: skip
+    plan = BatchPlan(train, plan_cfg)
+    degradation = parse_degradation(config.degrade, plugins)
+    return train, plan, StepDataset(train, plan, degradation, training_views(config, spec, train), config.seed)
+
+
+def check_batch(dataset: StepDataset, pp: Preprocess, step: int = 0) -> dict[str, Any]:
+    """Decode one whole training batch through view → degradation → the method's preprocessing, so a broken
+    input fails in seconds, before any evaluation or model download; returns the batch."""
+    from loqi_core.model import preprocess_images
+
+    try:
+        batch = dataset[step]
+        for key in ("clean", "degraded"):
+            preprocess_images(batch[key], pp)
+    except LoqiError:
+        raise
+    except Exception as exc:
+        raise DataError(f"training batch check ({dataset.degradation.spec} on step {step}'s images): {exc}") from None
+    return batch
+
+
+def preflight(config: RunConfig, mode: Mode = "distill", plugins: Plugins | None = None) -> ViewConfig:
+    """What ``loqi run``/``sweep`` check before evaluating anything: the loss, the training set and one decoded
+    batch. Returns the training views."""
+    plugins = plugins or get_plugins()
+    spec = encoder_spec(config, plugins)
+    loss = make_loss(config, mode, spec, plugins)
+    _, _, dataset = build_training_data(config, loss, spec, plugins)
+    check_batch(dataset, preprocess_of(config, spec))
+    return dataset.views
 
 
 class _CsvLog:
@@ -184,6 +262,8 @@ class _Trainer:
         self.config, self.out, self.mode, self.resume = config, out, mode, resume
         self.plugins, self.env, self.device = plugins, env, device
         self.d = config.distill
+        self.workers = loader_workers(self.d.num_workers, device.type)
+        self.threads = torch_threads(self.d.threads, self.workers, device.type)
 
     # ---- setup ---------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -234,44 +314,25 @@ class _Trainer:
         bf16 = self.d.precision == "bf16" or (self.d.precision == "auto" and cuda)
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
-    def _build_loss(self) -> CompositeLoss:
-        expr = loss_expression(self.config, self.mode, self.spec)
-        names = {n for _, n in parse_loss_expression(expr)}
-        params = self.d.loss_params
-        if self.mode == "finetune":
-            params = {k: v for k, v in params.items() if k in names}
-        return build_loss(expr, params, self.plugins)
-
     def _build_data(self, loss: CompositeLoss) -> None:
-        train = load_dataset(self.d.train, "train", root=self.config.data_root, plugins=self.plugins)
-        assert isinstance(train, TrainSet)
-        if loss.needs_places and train.place_ids is None:
-            needing = [n for _, n, _ in loss.terms if self.plugins.loss(n).needs_places]
-            raise ConfigError(
-                f'loss "{loss.expression}": {", ".join(needing)} needs places (images grouped by location), but the '
-                f'training set "{self.d.train}" is label-free. Use a loss without it (ickd, mse) or a training set '
-                "with positions (@east@north@ file names)"
-            )
-        plan_cfg = PlanConfig(
-            by_places=loss.needs_places, places_per_batch=self.d.places_per_batch,
-            images_per_place=self.d.images_per_place, batch_size=self.d.batch_size, seed=self.config.seed,
-            world_size=self.env.world_size, rank=self.env.rank,
-        )  # fmt: skip
-        self.plan = BatchPlan(train, plan_cfg)
+        train, self.plan, self.dataset = build_training_data(
+            self.config, loss, self.spec, self.plugins, self.env.world_size, self.env.rank
+        )
+        if self.d.view_size is None:  # written resolved into config.json, so a resume checks it
+            d = self.d.model_copy(update={"view_size": self.dataset.views.size})
+            self.config, self.d = self.config.model_copy(update={"distill": d}), d
         if self.plan.dropped_places and self.env.is_main:
             warnings.warn(
                 f'training set "{train.name}": {self.plan.dropped_places} place(s) with a single image left out '
                 "(a place needs a second image to give a positive)",
                 stacklevel=2,
             )
-        degradation = parse_degradation(self.config.degrade, self.plugins)
-        views = ViewConfig(self.d.resize_long_side, self.d.augment)
-        self.dataset = StepDataset(train, self.plan, degradation, views, self.config.seed)
+        check_batch(self.dataset, preprocess_of(self.config, self.spec))
         self.total_steps = self.d.max_steps or self.d.epochs * self.plan.steps_per_epoch
         self.train_name = train.name
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
-        workers = self.d.num_workers
+        workers = self.workers
         return torch.utils.data.DataLoader(
             self.dataset,  # type: ignore[arg-type]
             batch_size=None,
@@ -284,13 +345,7 @@ class _Trainer:
         )
 
     # ---- one step ------------------------------------------------------------------------------
-    def _inputs(self, model: VPRModel, images: Any) -> torch.Tensor:
-        if isinstance(images, list) and model.preprocess.size is None:
-            shapes = sorted({tuple(i.shape[-2:]) for i in images})
-            raise ConfigError(
-                f"a training batch holds images of different sizes {shapes[:4]} and method "
-                f'"{model.info["method"]}" keeps the image size; set model.image_size (e.g. -s "model.image_size=[320,320]")'
-            )
+    def _inputs(self, model: VPRModel, images: torch.Tensor) -> torch.Tensor:
         x = model.prepare(images, self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -400,10 +455,10 @@ class _Trainer:
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
-        self._check_run_dir()
         self.spec = encoder_spec(self.config, self.plugins)
-        self.loss = self._build_loss()  # cheap checks first: loss, data, then the models (maybe a download)
-        self._build_data(self.loss)
+        self.loss = make_loss(self.config, self.mode, self.spec, self.plugins)  # cheap checks first: loss, data,
+        self._build_data(self.loss)  # one decoded batch, the run directory, then the models (maybe a download)
+        self._check_run_dir()
         self._build_models()
         if self.env.is_main:
             self._write_run_files()
@@ -483,6 +538,8 @@ class _Trainer:
                 "loss": self.loss.expression, "train": self.d.train, "steps": self.total_steps, "resumed_from": start,
                 "world_size": self.env.world_size, "device": str(self.device),
                 "precision": "bf16" if self.autocast_dtype is not None else "fp32", "channels_last": self.channels_last,
+                "view_size": list(self.dataset.views.size), "augment": self.dataset.views.augment,
+                "loader_workers": self.workers, "torch_threads": self.threads,
                 "trainable_parameters": sum(p.numel() for p in self.params),
                 "images_per_s": None if math.isnan(self.rate) else self.rate,
                 "wall_s": time.perf_counter() - t0, "final_terms": self.last_terms, "final_checkpoint": str(final),

@@ -90,6 +90,12 @@ class Experiment:
             load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
             for t in ev.test
         ]
+        self.view_note = "distill.view_size"
+        if kind != "eval" and config.distill.view_size is None:
+            self.config = self.config.model_copy(
+                update={"distill": config.distill.model_copy(update={"view_size": test_scale(self.tests)})}
+            )
+            self.view_note = "the test sets' typical image size"
         (self.out / "config.json").write_text(dump_config(self.config))
         (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
@@ -99,6 +105,31 @@ class Experiment:
         self.report = Report(run, ev.recall)
         if self.untrained:
             self.echo(f"!! {UNTRAINED}")
+
+    def check_inputs(self) -> None:
+        """Before any evaluation: one image of each test set and one whole training batch go through their real
+        path (decode → view → degradation → the method's preprocessing); a broken input fails here, in seconds."""
+        from loqi_core.distill import encoder_spec, preflight, preprocess_of
+        from loqi_core.errors import LoqiError
+        from loqi_core.model import preprocess_images
+        from loqi_core.training.data import load_image
+
+        pp = preprocess_of(self.config, encoder_spec(self.config, self.plugins))
+        for test in self.tests:
+            for part in (test.database, test.queries):
+                if not len(part.paths):
+                    raise ConfigError(f'test set "{test.name}" has an empty database or query list')
+                path = part.paths[0]
+                try:
+                    preprocess_images(self.degradation([load_image(path)], seed=0).images, pp)
+                except LoqiError:
+                    raise
+                except Exception as exc:
+                    raise ConfigError(f'test set "{test.name}": {path} through {self.config.degrade}: {exc}') from None
+        views = preflight(self.config, "distill", self.plugins)
+        h, w = views.size
+        self.echo(f"training views {h}x{w} ({self.view_note}), augment {'on' if views.augment else 'off'}; "
+                  "inputs checked")  # fmt: skip
 
     def build(self, weights: str | None = None) -> "VPRModel":
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""
@@ -163,6 +194,17 @@ class Experiment:
         return self.out
 
 
+def test_scale(tests: Sequence[TestSet]) -> tuple[int, int]:
+    """The scale at which test images meet the degradation: the median (height, width) of the test sets' images
+    (each set weighs the same), so the student trains on corruption at that scale."""
+    import numpy as np
+
+    from loqi_core.training.data import typical_size
+
+    sizes = np.array([typical_size([*t.database.paths, *t.queries.paths]) for t in tests])
+    return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
+
+
 def _teacher_rows(exp: Experiment) -> "VPRModel":
     teacher = exp.build()
     exp.evaluate("pretrained_clean", teacher, "none", weights=teacher.info["weights"])
@@ -179,6 +221,7 @@ def run_experiment(
     exp = Experiment(config, "run", plugins, echo)
     loss = _method_default_loss(exp.config, exp.plugins)
     exp.report.run["loss"] = loss
+    exp.check_inputs()
     teacher = _teacher_rows(exp)
     student = exp.build(str(exp.train("distill", "distill")))
     exp.evaluate("distilled", student, loss=loss, weights=str(exp.out / "distill"))
@@ -193,6 +236,7 @@ def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | No
     """``loqi sweep``: one distillation per loss expression, all evaluated against one (cached) teacher evaluation."""
     exp = Experiment(config, "sweep", plugins, echo)
     exp.report.run["losses"] = list(losses)
+    exp.check_inputs()
     teacher = _teacher_rows(exp)
     skipped = []
     for expr in losses:
