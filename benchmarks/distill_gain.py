@@ -15,8 +15,8 @@ the share of the degradation's loss recovered, and a paired per-query sign test 
 the same degraded queries: queries only the student gets right against queries only the teacher gets right,
 two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdown table.
 
-    # the default settings, 2 seeds, both degradations (CPU, ~1 h on 2 shared cores)
-    python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --out gain.json
+    # the default settings, 2 seeds, both degradations (CPU: about an hour on 2 quiet cores)
+    python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 400 --out gain.json
     # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
     python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 8 --seeds 0 1 2 --ablation \\
         --out distill_gain_grid.json
@@ -32,6 +32,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -70,6 +71,8 @@ def build_data(src: Path, work: Path, test_places: int, train_every: int) -> tup
     key = {"test_places": test_places, "train_every": train_every}
     if done.exists() and json.loads(done.read_text()) == key:
         return train, test
+    shutil.rmtree(test, ignore_errors=True)
+    shutil.rmtree(train, ignore_errors=True)
     summer, winter = _frames(src / "summer"), _frames(src / "winter")
     frames = sorted(set(summer) & set(winter))
     if not frames:
