@@ -2,7 +2,8 @@
 
 - before: 4 loader workers and torch's own thread count (the defaults until loqi fitted them to the machine);
 - after: ``distill.num_workers`` and ``distill.threads`` left to loqi (``training/cpus.py``: what
-  ``os.sched_getaffinity`` allows, workers + threads never more).
+  ``os.sched_getaffinity`` allows, workers + threads never more);
+- one-thread: as after, with one torch thread (what a shared machine's users set by hand).
 
 Each cell is a fresh ``loqi distill`` process (lite0-gem, jpeg10, the demo training set, 32×64 views as ``loqi run``
 on the demo uses, batch 16) without ``OMP_NUM_THREADS`` in its environment, as a user's shell would be. The step
@@ -28,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+SETTINGS = ("before", "after", "one-thread")
 CHILD = r"""
 import json, sys, torch
 from pathlib import Path
@@ -39,6 +41,8 @@ overrides = {"model.method": "lite0-gem", "degrade": "jpeg10", "device": "cpu", 
              "distill.checkpoint_every": 10**6, "distill.tensorboard": False}
 if setting == "before":
     overrides |= {"distill.num_workers": 4, "distill.threads": torch.get_num_threads()}
+if setting == "one-thread":
+    overrides |= {"distill.threads": 1}
 distill(resolve_run_config(None, overrides), out)
 """
 
@@ -62,7 +66,7 @@ def one(setting: str, busy: bool, steps: int, cpus: list[int] | None, tmp: Path)
     s = json.loads((out / "run" / "summary.json").read_text())
     warned = "worker" in proc.stderr and "Warning" in proc.stderr
     return {"setting": setting, "busy": busy, "step_s": 16 / s["images_per_s"], "wall_s": wall, "torch_warning": warned,
-            "workers": s["loader_workers"], "threads": s["torch_threads"]}  # fmt: skip
+            "workers": s["loader_workers"], "threads": s["torch_threads"], "load_avg_1min_after": os.getloadavg()[0]}  # fmt: skip
 
 
 def main() -> None:
@@ -73,7 +77,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
-    cells = [(s, b) for b in (False, True) for s in ("before", "after")]
+    cells = [(s, b) for b in (False, True) for s in SETTINGS]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -88,7 +92,7 @@ def main() -> None:
     print(f"\n{n_cpus} CPUs, lite0-gem jpeg10 demo, batch 16, median of {args.rounds} rounds; times relative to 'after, alone'\n")
     print("| defaults | workers / threads | torch warning | alone | + one busy process |")
     print("|---|---|---|---|---|")
-    for s in ("before", "after"):
+    for s in SETTINGS:
         first = next(x for x in runs if x["setting"] == s)
         warn = "yes" if any(x["torch_warning"] for x in runs if x["setting"] == s) else "no"
         print(f"| {s} | {first['workers']} / {first['threads']} | {warn} | {med[(s, False)] / base:.2f}× "
