@@ -18,8 +18,10 @@ two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdow
     # the default settings, 2 seeds, both degradations (CPU: about an hour on 2 quiet cores)
     python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 400 --out gain.json
     # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
-    python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 8 --seeds 0 1 2 --ablation \\
-        --out distill_gain_grid.json
+    python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 12 --seeds 0 1 2 --ablation \\
+        --out distill_gain_grid.json      # 48 runs; with less time, --seeds 0 1 (32 runs)
+    # the paired sign test of an existing `loqi run` directory (e.g. the README demo's runs/demo)
+    python benchmarks/distill_gain.py --paired runs/demo
     # tiny smoke run
     python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 40 \\
         --train-every 20 --steps 3 --seeds 0 --degrade jpeg10 --out /tmp/g.json
@@ -119,6 +121,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         "distill.train": f"folder:{job['train']}", "eval.test": [f"folder:{job['test']}"], "out": job["out"],
         "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"], "eval.num_workers": 0,
         "distill.tensorboard": False, "distill.threads": job["threads"], **SETTINGS[job["setting"]][1],
+        "distill.num_workers": 0 if job["device"] == "cpu" else max(1, job["threads"] - 1),  # the job's share of CPUs
     }  # fmt: skip
     if job["steps"]:
         overrides["distill.max_steps"] = job["steps"]
@@ -175,8 +178,9 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, help="the nordland_64x32 folder (summer/, winter/)")
-    ap.add_argument("--out", type=Path, required=True, help="results JSON")
+    ap.add_argument("--data", type=Path, help="the nordland_64x32 folder (summer/, winter/)")
+    ap.add_argument("--out", type=Path, help="results JSON")
+    ap.add_argument("--paired", type=Path, help="only print the R@1 sign test of this `loqi run` directory")
     ap.add_argument("--work", type=Path, default=None, help="generated data, runs and cache (default: next to --out)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--method", default="lite0-gem")
@@ -189,7 +193,13 @@ def main() -> None:
     ap.add_argument("--train-every", type=int, default=2, help="keep every Nth training frame")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     args = ap.parse_args()
-
+    if args.paired:
+        plus, minus, p = sign_test(_correct_at_1(args.paired, "pretrained_degraded"), _correct_at_1(args.paired, "distilled"))
+        print(f"R@1, distilled vs pretrained on degraded queries: {plus} only distilled right, {minus} only "
+              f"pretrained right; two-sided sign test p = {p:.3g}")
+        return
+    if args.data is None or args.out is None:
+        ap.error("--data and --out are required (or --paired RUN_DIR)")
     work = args.work or args.out.with_suffix("")
     train, test = build_data(args.data, work / "data", args.test_places, args.train_every)
     settings = args.settings or (ABLATION if args.ablation else ["default"])
@@ -199,7 +209,7 @@ def main() -> None:
         {"setting": s, "degrade": d, "seed": seed, "method": args.method, "device": args.device, "steps": args.steps,
          "train": str(train), "test": str(test), "threads": threads,
          "out": str(work / "runs" / f"{d}__{s}__seed{seed}"),
-         "cache": str(work / ("cache" if args.jobs == 1 else f"cache-{d}-{s}-{seed}"))}  # one writer per cache
+         "cache": str(work / "cache")}  # cache files are written to a per-process name and renamed: safe to share
         for d in args.degrade for s in settings for seed in args.seeds
     ]  # fmt: skip
     t0 = time.perf_counter()
