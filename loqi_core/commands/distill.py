@@ -86,6 +86,12 @@ def distill_command(loss: str | None, **kw: Any) -> None:
     on the descriptors, triplet on the student's descriptors, any registered loss, in weighted sums). Only the
     layers the method declares trainable are trained (override with -s 'distill.trainable=[...]').
 
+    Every training image (any size, orientation, mode or format) becomes a view of --view-size: a crop of
+    that aspect ratio, resized, with a random resized crop and flip unless --no-augment; the student's view is
+    that view degraded. Give your test images' size there: it is the scale at which the student meets the
+    degradation (default: the method's input size, else the training images' typical size). One decoded
+    batch is checked before the model is built.
+
     Paper defaults: Adam lr 1e-6, ExponentialLR 0.99999 per step, gradient-norm clip 1, batches of 6 places
     x 4 images, one epoch; every value can be set in --config or with -s.
 

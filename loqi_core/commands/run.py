@@ -43,7 +43,8 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
 
     \b
     1. evaluate the pretrained model (the teacher) on clean and on degraded images;
-    2. distil: a frozen teacher sees clean training images, a student the degraded ones (--loss);
+    2. distil: a frozen teacher sees clean training images, a student the degraded ones (--loss), as views
+       of the test images' typical size (--view-size), randomly cropped and flipped (--no-augment: not);
     3. evaluate the student on degraded images;
     4. with --baseline finetune, fine-tune the model on degraded images without a teacher and evaluate it;
     5. write the report.
@@ -54,6 +55,9 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     are not on the machine (every output says the model is untrained); --max-steps and --image-size make
     quick runs possible on a CPU. Started again with the same --out, a killed run resumes its training and
     takes its evaluations from the cache.
+
+    Before the first evaluation, one training batch and one image of every test set go through decoding,
+    the degradation and the method's preprocessing: a broken input fails in seconds.
 
     The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
     predictions/*.csv, grids/*.png (top-k right/wrong), activations/*.png (teacher vs student encoder
