@@ -17,6 +17,7 @@ two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdow
 
     # the default settings, 2 seeds, both degradations (CPU: about an hour on 2 quiet cores)
     python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 400 --out gain.json
+    # (on a machine shared with other jobs add --threads 1: two spinning torch threads there ran 10x slower)
     # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
     python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 12 --seeds 0 1 2 --ablation \\
         --out distill_gain_grid.json      # 48 runs; with less time, --seeds 0 1 (32 runs)
@@ -192,6 +193,7 @@ def main() -> None:
     ap.add_argument("--test-places", type=int, default=800)
     ap.add_argument("--train-every", type=int, default=2, help="keep every Nth training frame")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the CPUs / jobs)")
     args = ap.parse_args()
     if args.paired:
         plus, minus, p = sign_test(_correct_at_1(args.paired, "pretrained_degraded"), _correct_at_1(args.paired, "distilled"))
@@ -204,7 +206,7 @@ def main() -> None:
     train, test = build_data(args.data, work / "data", args.test_places, args.train_every)
     settings = args.settings or (ABLATION if args.ablation else ["default"])
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cpus // args.jobs)
+    threads = args.threads or max(1, cpus // args.jobs)
     jobs = [
         {"setting": s, "degrade": d, "seed": seed, "method": args.method, "device": args.device, "steps": args.steps,
          "train": str(train), "test": str(test), "threads": threads,
