@@ -1,6 +1,7 @@
 """The demo's distillation step time, alone and next to one busy process, with the old and the new CPU defaults.
 
-- before: 4 loader workers and torch's own thread count (the defaults until loqi fitted them to the machine);
+- before: 4 loader workers, torch's own thread count and OpenMP's default spin-then-sleep waits
+  (``GOMP_SPINCOUNT=300000``, libgomp's default; the defaults until loqi fitted them to the machine);
 - after: ``distill.num_workers`` and ``distill.threads`` left to loqi (``training/cpus.py``: what
   ``os.sched_getaffinity`` allows, workers + threads never more);
 - one-thread: as after, with one torch thread (what a shared machine's users set by hand).
@@ -48,7 +49,10 @@ distill(resolve_run_config(None, overrides), out)
 
 
 def one(setting: str, busy: bool, steps: int, cpus: list[int] | None, tmp: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    if setting == "before":  # loqi now sets OMP_WAIT_POLICY=PASSIVE unless a policy is given: give the old default
+        env["GOMP_SPINCOUNT"] = "300000"
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin) if busy else None
     out = Path(tempfile.mkdtemp(dir=tmp))

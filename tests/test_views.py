@@ -261,3 +261,17 @@ def test_a_run_uses_the_fitted_defaults_without_a_torch_warning(plugins, tmp_pat
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["loader_workers"] == 0 and summary["torch_threads"] == 2
     assert torch.get_num_threads() == before  # restored after the run
+
+
+def test_idle_threads_sleep_unless_the_user_chose_a_wait_policy(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    cpus.passive_waits()
+    assert cpus.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cpus.passive_waits()
+    assert cpus.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    cpus.passive_waits()
+    assert "OMP_WAIT_POLICY" not in cpus.os.environ

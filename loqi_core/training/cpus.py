@@ -3,11 +3,20 @@
 The CPUs come from ``os.sched_getaffinity`` (a container's or ``taskset``'s limit, not the machine's count).
 Workers and torch threads together never exceed them, so a run does not oversubscribe its cores, and
 ``OMP_NUM_THREADS``, when set, caps the threads. Under ``torchrun`` the ranks of a node share its CPUs.
+And idle torch threads sleep instead of spinning (``passive_waits``): next to any other busy process, spinning
+threads made a step 6–10x slower on 2 cores (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import os
+
+
+def passive_waits() -> None:
+    """Let OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a wait policy;
+    it only takes effect when called before torch is imported, so ``import loqi_core`` does it."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def available_cpus() -> int:
