@@ -20,7 +20,7 @@ two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdow
     # (on a machine shared with other jobs add --threads 1: two spinning torch threads there ran 10x slower)
     # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
     python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 12 --seeds 0 1 2 --ablation \\
-        --out distill_gain_grid.json      # 48 runs; with less time, --seeds 0 1 (32 runs)
+        --out distill_gain_grid.json      # 54 runs; with less time, --seeds 0 1 (36 runs)
     # the paired sign test of an existing `loqi run` directory (e.g. the README demo's runs/demo)
     python benchmarks/distill_gain.py --paired runs/demo
     # tiny smoke run
@@ -58,7 +58,7 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-augment": ("no augmentation", {"distill.augment": False}),
     "old": ("before: lr 5e-5, native views, no augment", {"distill.lr": 5e-5, "distill.view_size": [32, 64], "distill.augment": False}),
 }  # fmt: skip
-ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "view32x64", "view64x128", "view144x288", "no-augment"]
+ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "view32x64", "view64x128", "view144x288", "no-augment", "old"]
 
 
 def _frames(season: Path) -> dict[int, Path]:
