@@ -21,7 +21,7 @@ two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdow
     # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
     python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 12 --seeds 0 1 2 --ablation \\
         --out distill_gain_grid.json      # 54 runs; with less time, --seeds 0 1 (36 runs)
-    # the paired sign test of an existing `loqi run` directory (e.g. the README demo's runs/demo)
+    # the paired sign tests (R@1, R@5, R@10) of an existing `loqi run` directory (e.g. the README demo's runs/demo)
     python benchmarks/distill_gain.py --paired runs/demo
     # tiny smoke run
     python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 40 \\
@@ -103,10 +103,11 @@ def build_data(src: Path, work: Path, test_places: int, train_every: int) -> tup
     return train, test
 
 
-def _correct_at_1(run_dir: Path, row: str) -> list[int]:
+def _correct_at_1(run_dir: Path, row: str, n: int = 1) -> list[int]:
+    """Per query: 1 when a positive is among the top ``n`` (from the run's predictions CSV)."""
     (path,) = (run_dir / "predictions").glob(f"*__{row}.csv")
     with path.open(newline="") as f:
-        return [int(r["top_k_correct"][:1] == "1") for r in csv.DictReader(f)]
+        return [int("1" in r["top_k_correct"][:n]) for r in csv.DictReader(f)]
 
 
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
@@ -196,9 +197,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the CPUs / jobs)")
     args = ap.parse_args()
     if args.paired:
-        plus, minus, p = sign_test(_correct_at_1(args.paired, "pretrained_degraded"), _correct_at_1(args.paired, "distilled"))
-        print(f"R@1, distilled vs pretrained on degraded queries: {plus} only distilled right, {minus} only "
-              f"pretrained right; two-sided sign test p = {p:.3g}")
+        for n in (1, 5, 10):
+            teacher, student = (_correct_at_1(args.paired, row, n) for row in ("pretrained_degraded", "distilled"))
+            plus, minus, p = sign_test(teacher, student)
+            print(f"R@{n}, distilled vs pretrained on the degraded queries: {plus} only distilled right, {minus} "
+                  f"only pretrained right; two-sided sign test p = {p:.3g}")
         return
     if args.data is None or args.out is None:
         ap.error("--data and --out are required (or --paired RUN_DIR)")
