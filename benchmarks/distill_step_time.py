@@ -1,10 +1,8 @@
 """The demo's distillation step time, alone and next to one busy process, with the old and the new CPU defaults.
 
-- before: 4 loader workers, torch's own thread count and OpenMP's default spin-then-sleep waits
-  (``GOMP_SPINCOUNT=300000``, libgomp's default; the defaults until loqi fitted them to the machine);
+- before: 4 loader workers and torch's own thread count (the defaults until loqi fitted them to the machine);
 - after: ``distill.num_workers`` and ``distill.threads`` left to loqi (``training/cpus.py``: what
-  ``os.sched_getaffinity`` allows, workers + threads never more);
-- one-thread: as after, with one torch thread (what a shared machine's users set by hand).
+  ``os.sched_getaffinity`` allows, one CPU left to the rest of the machine).
 
 Each cell is a fresh ``loqi distill`` process (lite0-gem, jpeg10, the demo training set, 32×64 views as ``loqi run``
 on the demo uses, batch 16) without ``OMP_NUM_THREADS`` in its environment, as a user's shell would be. The step
@@ -30,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = ("before", "after", "one-thread")
+SETTINGS = ("before", "after")
 CHILD = r"""
 import json, sys, torch
 from pathlib import Path
@@ -42,17 +40,12 @@ overrides = {"model.method": "lite0-gem", "degrade": "jpeg10", "device": "cpu", 
              "distill.checkpoint_every": 10**6, "distill.tensorboard": False}
 if setting == "before":
     overrides |= {"distill.num_workers": 4, "distill.threads": torch.get_num_threads()}
-if setting == "one-thread":
-    overrides |= {"distill.threads": 1}
 distill(resolve_run_config(None, overrides), out)
 """
 
 
 def one(setting: str, busy: bool, steps: int, cpus: list[int] | None, tmp: Path) -> dict:
-    drop = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    if setting == "before":  # loqi now sets OMP_WAIT_POLICY=PASSIVE unless a policy is given: give the old default
-        env["GOMP_SPINCOUNT"] = "300000"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin) if busy else None
     out = Path(tempfile.mkdtemp(dir=tmp))

@@ -3,20 +3,13 @@
 The CPUs come from ``os.sched_getaffinity`` (a container's or ``taskset``'s limit, not the machine's count).
 Workers and torch threads together never exceed them, so a run does not oversubscribe its cores, and
 ``OMP_NUM_THREADS``, when set, caps the threads. Under ``torchrun`` the ranks of a node share its CPUs.
-And idle torch threads sleep instead of spinning (``passive_waits``): next to any other busy process, spinning
-threads made a step 6–10x slower on 2 cores (docs/performance.md).
+On a CPU one core is left to everything else on the machine: torch's threads wait for each other at every
+operation, so one of them sharing a core with another busy process stalls them all (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import os
-
-
-def passive_waits() -> None:
-    """Let OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a wait policy;
-    it only takes effect when called before torch is imported, so ``import loqi_core`` does it."""
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def available_cpus() -> int:
@@ -40,12 +33,12 @@ def loader_workers(requested: int | None, device_type: str, cpus: int | None = N
 
 
 def torch_threads(requested: int | None, workers: int, device_type: str, cpus: int | None = None) -> int:
-    """``requested``, or auto: the CPUs the workers leave (one on a GPU: it only launches kernels), capped by
-    ``OMP_NUM_THREADS`` when that is set."""
+    """``requested``, or auto: the CPUs the workers leave but one (one thread on a GPU: it only launches
+    kernels), at least one, capped by ``OMP_NUM_THREADS`` when that is set."""
     if requested is not None:
         return requested
     cpus = cpus or available_cpus()
-    n = 1 if device_type == "cuda" else max(1, cpus - workers)
+    n = 1 if device_type == "cuda" else max(1, cpus - workers - 1)
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         n = min(n, int(env))
