@@ -104,7 +104,7 @@ def run_config(method: str, size: tuple[int, int], batch: int, steps: int, warmu
         "device": args.device, "distill.train": f"folder:{images}", "distill.batch_size": batch,
         "distill.places_per_batch": max(2, batch // 4), "distill.images_per_place": 4,
         "distill.max_steps": warmup + steps, "distill.log_every": warmup, "distill.checkpoint_every": 10**9,
-        "distill.num_workers": args.workers, "distill.tensorboard": False, "distill.resize_long_side": None,
+        "distill.num_workers": args.workers, "distill.tensorboard": False, "distill.view_size": list(size),
         "distill.augment": False, "distill.precision": args.precision,
     }  # fmt: skip
     for text in args.set:

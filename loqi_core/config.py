@@ -86,8 +86,12 @@ class DistillConfig(Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="train exactly this many steps (cycling epochs); None = epochs")
     trainable: list[str] | None = Field(None, description="parameter-name prefixes to train; None = the method's")
-    resize_long_side: int | None = Field(None, ge=8, description="shrink larger training images to this longer side before degrading (never enlarges)")
-    augment: bool = Field(False, description="random crops and flips, identical for the teacher's and the student's view")
+    view_size: tuple[int, int] | None = Field(
+        None, description="(height, width) of every training view, the scale at which the student meets the degradation; "
+        "None = the test sets' typical image size (loqi run), else the method's input size or the training images' typical size"
+    )
+    augment: bool = Field(True, description="random resized crop and flip, identical for the teacher's and the student's view")
+    min_crop: float = Field(0.7, gt=0, le=1, description="augmentation: smallest crop side, as a share of the largest crop")
     freeze_bn: bool = Field(True, description="keep batch-norm statistics of the student frozen (the reference lets them drift)")
     dropout: bool = Field(False, description="keep dropout / drop-path active in the student (the reference does)")
     finetune_loss: str = Field(
@@ -96,7 +100,7 @@ class DistillConfig(Section):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="step checkpoints kept on disk (the final one is always kept)")
     log_every: int = Field(10, ge=1, description="steps between host syncs: loss check, CSV rows, progress bar")
-    num_workers: int = Field(4, ge=0)
+    num_workers: int | None = Field(None, ge=0, description="loader processes; None = fit the CPUs the process may use")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto = on for CNN encoders on CUDA")
     tensorboard: bool = Field(True, description="also log to TensorBoard when the tensorboard package is installed")
@@ -148,7 +152,8 @@ class RunConfig(Section):
     device: str = Field("auto", description='"auto" (cuda when available), "cpu", "cuda", "cuda:1", "mps"')
     threads: int | None = Field(
         None, ge=1, le=4096,
-        description="torch CPU threads; None = torch's default. Recorded resolved in config.json: "
+        description="torch CPU threads; None = torch's default for evaluation, and for training the CPUs its loader "
+        "workers leave but one (capped by OMP_NUM_THREADS). Recorded resolved in config.json: "
         "the same seed gives the same numbers only at the same thread count",
     )  # fmt: skip
     data_root: Path | None = Field(None, description="dataset root; default $LOQI_DATA")

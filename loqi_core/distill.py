@@ -30,15 +30,16 @@ from loqi_core.config import RunConfig, dump_config
 from loqi_core.data import TrainSet, skipped_path, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
-from loqi_core.errors import ConfigError, LoqiError
-from loqi_core.evaluate import apply_threads, resolve_device
+from loqi_core.errors import ConfigError, DataError, LoqiError
+from loqi_core.evaluate import resolve_device
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.rundir import locked
-from loqi_core.specs import EncoderSpec
+from loqi_core.specs import EncoderSpec, Preprocess
 from loqi_core.training import state as ckpt
-from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig
+from loqi_core.training.cpus import loader_workers, torch_threads
+from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
 from loqi_core.training.dist import DistEnv, setup
 
 Mode = Literal["distill", "finetune"]
@@ -74,12 +75,15 @@ def distill(
     if mode not in ("distill", "finetune"):
         raise ConfigError(f'mode must be "distill" or "finetune", not "{mode}"')
     resolve_device(config.device)  # a device this machine lacks: one clear line before any work
-    config = config.model_copy(update={"threads": apply_threads(config.threads)})
     env, device = setup(config.device)
+    trainer = _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (training/cpus.py)
     try:
         with locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
-            return _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train).run()
+            return trainer.run()
     finally:
+        torch.set_num_threads(previous)
         env.close()
 
 
@@ -153,6 +157,68 @@ def set_train_modes(model: nn.Module, prefixes: list[str] | tuple[str, ...], fre
             module.training = dropout
 
 
+def preprocess_of(config: RunConfig, spec: EncoderSpec) -> Preprocess:
+    """The method's preprocessing as ``build_model`` sets it (``model.image_size`` overrides the size)."""
+    size = config.model.image_size
+    return spec.preprocess if size is None else spec.preprocess.model_copy(update={"size": tuple(size)})
+
+
+def training_views(config: RunConfig, spec: EncoderSpec, train: TrainSet) -> ViewConfig:
+    """The view rule of a run: ``distill.view_size``, else the method's fixed input size, else the training
+    images' typical size (``loqi run`` sets ``view_size`` from its test sets before it gets here)."""
+    d = config.distill
+    size = d.view_size or preprocess_of(config, spec).size or typical_size(list(train.images.paths))
+    return ViewConfig(tuple(size), d.augment, d.min_crop)  # type: ignore[arg-type]
+
+
+def build_training_data(
+    config: RunConfig, loss: CompositeLoss, spec: EncoderSpec, plugins: Plugins, world_size: int = 1, rank: int = 0,
+    train: TrainSet | None = None,
+) -> tuple[TrainSet, BatchPlan, StepDataset]:
+    """The training set (``train`` when the caller has loaded it), its batch plan and the dataset of (clean view,
+    degraded view) batches by step."""
+    d = config.distill
+    train = train or load_dataset(d.train, "train", root=config.data_root, plugins=plugins)  # type: ignore[assignment]
+    assert isinstance(train, TrainSet)
+    check_places(loss, train, d.train, plugins)
+    plan_cfg = PlanConfig(
+        by_places=loss.needs_places, places_per_batch=d.places_per_batch, images_per_place=d.images_per_place,
+        batch_size=d.batch_size, seed=config.seed, world_size=world_size, rank=rank,
+    )  # fmt: skip
+    plan = BatchPlan(train, plan_cfg)
+    degradation = parse_degradation(config.degrade, plugins)
+    return train, plan, StepDataset(train, plan, degradation, training_views(config, spec, train), config.seed)
+
+
+def check_batch(dataset: StepDataset, pp: Preprocess, step: int = 0) -> dict[str, Any]:
+    """Decode one whole training batch through view → degradation → the method's preprocessing, so a broken
+    input fails in seconds, before any evaluation or model download; returns the batch."""
+    from loqi_core.model import preprocess_images
+
+    try:
+        batch = dataset[step]
+        if "error" in batch:  # an unreadable image (without skip_bad): the loader hands the error over
+            raise batch["error"]
+        for key in ("clean", "degraded"):
+            preprocess_images(batch[key], pp)
+    except LoqiError:
+        raise
+    except Exception as exc:
+        raise DataError(f"training batch check ({dataset.degradation.spec} on step {step}'s images): {exc}") from None
+    return batch
+
+
+def preflight(config: RunConfig, mode: Mode = "distill", plugins: Plugins | None = None) -> ViewConfig:
+    """What ``loqi run``/``sweep`` check before evaluating anything: the loss, the training set and one decoded
+    batch. Returns the training views."""
+    plugins = plugins or get_plugins()
+    spec = encoder_spec(config, plugins)
+    loss = training_loss(config, mode, spec, plugins)
+    _, _, dataset = build_training_data(config, loss, spec, plugins)
+    check_batch(dataset, preprocess_of(config, spec))
+    return dataset.views
+
+
 class _CsvLog:
     """``train_log.csv``: one row per step (step, epoch, lr, loss, every term); a resume drops rows past the checkpoint."""
 
@@ -217,6 +283,9 @@ class _Trainer:
         self.config, self.out, self.mode, self.resume, self.train = config, out, mode, resume, train
         self.plugins, self.env, self.device = plugins, env, device
         self.d = config.distill
+        self.workers = loader_workers(self.d.num_workers, device.type)
+        self.threads = torch_threads(config.threads, self.workers, device.type)
+        self.config = config.model_copy(update={"threads": self.threads})  # recorded resolved in config.json
 
     # ---- setup ---------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -274,30 +343,25 @@ class _Trainer:
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
     def _build_data(self, loss: CompositeLoss) -> None:
-        train = self.train or load_dataset(self.d.train, "train", root=self.config.data_root, plugins=self.plugins)
-        assert isinstance(train, TrainSet)
-        check_places(loss, train, self.d.train, self.plugins)
-        plan_cfg = PlanConfig(
-            by_places=loss.needs_places, places_per_batch=self.d.places_per_batch,
-            images_per_place=self.d.images_per_place, batch_size=self.d.batch_size, seed=self.config.seed,
-            world_size=self.env.world_size, rank=self.env.rank,
-        )  # fmt: skip
-        self.plan = BatchPlan(train, plan_cfg)
+        train, self.plan, self.dataset = build_training_data(
+            self.config, loss, self.spec, self.plugins, self.env.world_size, self.env.rank, self.train
+        )
+        if self.d.view_size is None:  # written resolved into config.json, so a resume checks it
+            d = self.d.model_copy(update={"view_size": self.dataset.views.size})
+            self.config, self.d = self.config.model_copy(update={"distill": d}), d
         if self.plan.dropped_places and self.env.is_main:
             warnings.warn(
                 f'training set "{train.name}": {self.plan.dropped_places} place(s) with a single image left out '
                 "(a place needs a second image to give a positive)",
                 stacklevel=2,
             )
-        degradation = parse_degradation(self.config.degrade, self.plugins)
-        views = ViewConfig(self.d.resize_long_side, self.d.augment)
-        self.dataset = StepDataset(train, self.plan, degradation, views, self.config.seed)
+        check_batch(self.dataset, preprocess_of(self.config, self.spec))
         self.total_steps = self.d.max_steps or self.d.epochs * self.plan.steps_per_epoch
         self.train_name = train.name
         self.train_set = train
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
-        workers = self.d.num_workers
+        workers = self.workers
         return torch.utils.data.DataLoader(
             self.dataset,  # type: ignore[arg-type]
             batch_size=None,
@@ -310,13 +374,7 @@ class _Trainer:
         )
 
     # ---- one step ------------------------------------------------------------------------------
-    def _inputs(self, model: VPRModel, images: Any) -> torch.Tensor:
-        if isinstance(images, list) and model.preprocess.size is None:
-            shapes = sorted({tuple(i.shape[-2:]) for i in images})
-            raise ConfigError(
-                f"a training batch holds images of different sizes {shapes[:4]} and method "
-                f'"{model.info["method"]}" keeps the image size; set model.image_size (e.g. -s "model.image_size=[320,320]")'
-            )
+    def _inputs(self, model: VPRModel, images: torch.Tensor) -> torch.Tensor:
         x = model.prepare(images, self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -459,11 +517,11 @@ class _Trainer:
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
-        self._check_run_dir()
         self.spec = encoder_spec(self.config, self.plugins)
-        # cheap checks first: loss, data, then the models (maybe a download)
+        # cheap checks first: loss, data (one decoded batch), the run directory, then the models (maybe a download)
         self.loss = training_loss(self.config, self.mode, self.spec, self.plugins)
         self._build_data(self.loss)
+        self._check_run_dir()
         self._build_models()
         latest = self._latest() if self.resume else None
         if latest is not None:  # checked before the run's files are rewritten
@@ -558,6 +616,8 @@ class _Trainer:
                 "loss": self.loss.expression, "train": self.d.train, "steps": self.total_steps, "resumed_from": start,
                 "world_size": self.env.world_size, "device": str(self.device),
                 "precision": "bf16" if self.autocast_dtype is not None else "fp32", "channels_last": self.channels_last,
+                "view_size": list(self.dataset.views.size), "augment": self.dataset.views.augment,
+                "loader_workers": self.workers, "torch_threads": self.threads,
                 "trainable_parameters": sum(p.numel() for p in self.params),
                 "images_per_s": None if math.isnan(self.rate) else self.rate,
                 "wall_s": time.perf_counter() - t0, "final_terms": self.last_terms, "final_checkpoint": str(final),

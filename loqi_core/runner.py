@@ -33,6 +33,7 @@ from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown
 from loqi_core.rundir import locked
 
 if TYPE_CHECKING:  # pragma: no cover
+    from loqi_core.training.data import ViewConfig
     from loqi_core.model import VPRModel
 
 Echo = Callable[[str], None]
@@ -92,7 +93,8 @@ class Experiment:
         if self.env.initialized_here:
             atexit.register(self.env.close)
         self.out = Path(_from_rank0(str(config.out if config.out is not None else default_run_dir(kind, config))))
-        threads = apply_threads(config.threads)
+        threads = apply_threads(config.threads)  # evaluation's; training fits workers and threads to the CPUs itself
+        self.requested_threads = config.threads
         self.untrained = config.model.weights == "random"
         ev = config.eval
         self.cache = EvalCache(ev.cache_dir, enabled=ev.cache)
@@ -109,6 +111,13 @@ class Experiment:
         if kind != "eval":
             _check_rerun(self.out, config)
         self.config = config.model_copy(update={"out": self.out, "threads": threads})
+        self.view_note = "distill.view_size"
+        if kind != "eval" and config.distill.view_size is None:  # the student meets the degradation at test scale
+            self.config = self.config.model_copy(
+                update={"distill": config.distill.model_copy(update={"view_size": test_scale(self.tests)})}
+            )
+            self.view_note = "the test sets' typical image size"
+        self.views = self._check_inputs() if losses else None  # run and sweep train: one batch decoded now
         self.model = self.build(weights)  # last: the costliest check (weights found, read and fitting)
         self._lock = contextlib.ExitStack()  # one writer per run directory (rank 0 writes), released by close()
         if self.env.is_main:
@@ -144,6 +153,9 @@ class Experiment:
 
         self.echo = echo_and_log
         self.echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        if self.views is not None:
+            (h, w), augment = self.views.size, "on" if self.views.augment else "off"
+            self.echo(f"training views {h}x{w} ({self.view_note}), augment {augment}; inputs checked")
         if self.env.is_main:
             with self.logged():
                 write_text(self.out / "config.json", dump_config(self.config))
@@ -198,6 +210,29 @@ class Experiment:
             log_error(self.out, exc)
             raise
 
+    def _check_inputs(self) -> "ViewConfig":
+        """Before the run directory and any evaluation: one image of each test set and one whole training batch go
+        through their real path (decode → view → degradation → the method's preprocessing); a broken input fails
+        here, in seconds. Returns the training views."""
+        from loqi_core.distill import encoder_spec, preflight, preprocess_of
+        from loqi_core.errors import LoqiError
+        from loqi_core.model import preprocess_images
+        from loqi_core.training.data import load_image
+
+        pp = preprocess_of(self.config, encoder_spec(self.config, self.plugins))
+        for test in self.tests:
+            for part in (test.database, test.queries):
+                if not len(part.paths):
+                    raise ConfigError(f'test set "{test.name}" has an empty database or query list')
+                path = part.paths[0]
+                try:
+                    preprocess_images(self.degradation([load_image(path)], seed=0).images, pp)
+                except LoqiError:
+                    raise
+                except Exception as exc:
+                    raise ConfigError(f'test set "{test.name}": {path} through {self.config.degrade}: {exc}') from None
+        return preflight(self.config, "distill", self.plugins)
+
     def build(self, weights: str | None = None) -> "VPRModel":
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""
         import torch
@@ -249,7 +284,8 @@ class Experiment:
         target = self.out / folder
         resume = _from_rank0((target / "config.json").exists())  # decided once: rank 0 may already be writing it
         self.echo(f"{'resuming' if resume else 'training'} {mode} in {target} ...")
-        return distill(config or self.config, target, mode=mode, resume=resume, plugins=self.plugins,  # type: ignore[arg-type]
+        config = (config or self.config).model_copy(update={"threads": self.requested_threads})  # training fits its own
+        return distill(config, target, mode=mode, resume=resume, plugins=self.plugins,  # type: ignore[arg-type]
                        train=self.train_set)
 
     def activations(self, teacher: "VPRModel", student: "VPRModel", tag: str = "", label: str = "student") -> None:
@@ -309,6 +345,17 @@ def _from_rank0(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def test_scale(tests: Sequence[TestSet]) -> tuple[int, int]:
+    """The scale at which test images meet the degradation: the median (height, width) of the test sets' images
+    (each set weighs the same), so the student trains on corruption at that scale."""
+    import numpy as np
+
+    from loqi_core.training.data import typical_size
+
+    sizes = np.array([typical_size([*t.database.paths, *t.queries.paths]) for t in tests])
+    return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
 
 
 def _teacher_rows(exp: Experiment) -> "VPRModel":

@@ -99,7 +99,7 @@ def test_run_directory_contents(tiny, tmp_path):
 
 def test_same_seed_same_weights_and_workers_do_not_matter(tiny, tmp_path):
     train = helpers.write_images(tmp_path / "train", 24)
-    common = dict(max_steps=5, augment=True, resize_long_side=36)
+    common = dict(max_steps=5, augment=True, view_size=(30, 36))
     distill(RunConfig.model_validate(helpers.tiny_config(train, num_workers=0, **common)), tmp_path / "a")
     distill(RunConfig.model_validate(helpers.tiny_config(train, num_workers=2, **common)), tmp_path / "b")
     a = build_model("tiny", weights=str(tmp_path / "a"))
@@ -197,7 +197,7 @@ def test_views_are_aligned_and_reproducible(tiny, tmp_path):
 
     train = load_dataset(f"folder:{helpers.write_images(tmp_path / 'i', 6)}", "train")
     plan = BatchPlan(train, PlanConfig(False, 1, 1, 3, seed=0))
-    ds = StepDataset(train, plan, Blur(3), ViewConfig(resize_long_side=24, augment=True), seed=0)
+    ds = StepDataset(train, plan, Blur(3), ViewConfig((20, 24), augment=True), seed=0)
     item = ds[1]
     assert item["clean"].shape == (3, 3, 20, 24) and item["clean"].dtype == torch.uint8
     assert torch.equal(item["degraded"], torch.stack(Blur(3)(list(item["clean"])).images))  # same crop and flip
@@ -235,15 +235,15 @@ def test_cli_distill_and_resume(tiny, tmp_path):
     from loqi_core.cli import cli
 
     train = helpers.write_images(tmp_path / "train", 16)
-    (tmp_path / "c.toml").write_text("[distill]\nresize_long_side = 24\nlog_every = 2\n")
+    (tmp_path / "c.toml").write_text("[distill]\nview_size = [24, 24]\nlog_every = 2\n")
     args = ["distill", "--method", "tiny", "--weights", "random", "--degrade", "blur3", "--train", f"folder:{train}",
             "--max-steps", "3", "--lr", "1e-3", "--device", "cpu", "--out", str(tmp_path / "run"),
-            "-c", str(tmp_path / "c.toml"), "-s", "distill.resize_long_side=null",
+            "-c", str(tmp_path / "c.toml"), "-s", "distill.view_size=null",
             "-s", "distill.num_workers=0", "-s", "distill.batch_size=4"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     saved = RunConfig.model_validate_json((tmp_path / "run" / "config.json").read_text())
-    assert saved.distill.resize_long_side is None and saved.distill.log_every == 2  # -s key=null clears the file's value
+    assert saved.distill.view_size == (32, 32) and saved.distill.log_every == 2  # null clears the file's value; auto = tiny's input size
     assert "student checkpoint:" in result.output and (tmp_path / "run/checkpoints/final/model.safetensors").exists()
     more = CliRunner().invoke(cli, ["distill", "--resume", str(tmp_path / "run"), "--max-steps", "5"])
     assert more.exit_code == 0, more.output

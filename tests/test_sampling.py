@@ -182,7 +182,7 @@ def test_training_batches_draw_per_image_and_do_not_depend_on_order(tmp_path):
         plan = BatchPlan(train, PlanConfig(by_places=False, places_per_batch=1, images_per_place=1, batch_size=6, seed=3))
 
         def dataset():
-            return StepDataset(train, plan, parse_degradation("blur[1:9]"), ViewConfig(augment=True), seed=3)
+            return StepDataset(train, plan, parse_degradation("blur[1:9]"), ViewConfig((16, 16), augment=True), seed=3)
 
         first = dataset()
         in_order = [first[s] for s in range(3)][2]

@@ -21,6 +21,10 @@ def _distill_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--max-steps", type=int, help="Train exactly this many steps (overrides the epoch count)."),
         click.option("--lr", type=float, help="Adam learning rate (paper: 1e-6)."),
         click.option("--batch-size", type=int, help="Images per batch on label-free training sets."),
+        click.option("--view-size", type=int, nargs=2, metavar="H W",
+                     help="Training views' height and width: the scale at which the student meets the degradation; "
+                          "use your test images' size (default: the method's input size, else the training images' typical size)."),
+        click.option("--no-augment", is_flag=True, default=None, help="No random resized crop and flip of the training views."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -32,7 +36,8 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
 
     extra = {
         "distill.train": kw["train"], "distill.max_steps": kw["max_steps"], "distill.lr": kw["lr"],
-        "distill.batch_size": kw["batch_size"], ("distill.finetune_loss" if mode == "finetune" else "distill.loss"): loss,
+        "distill.batch_size": kw["batch_size"], "distill.view_size": kw["view_size"] or None,
+        "distill.augment": False if kw["no_augment"] else None, ("distill.finetune_loss" if mode == "finetune" else "distill.loss"): loss,
     }  # fmt: skip
     if kw["resume_dir"]:
         run_dir = Path(kw["resume_dir"])
@@ -91,6 +96,12 @@ def distill_command(loss: str | None, **kw: Any) -> None:
     image) and learns the teacher's outputs through the loss (--loss: ickd on the encoders' feature maps, mse
     on the descriptors, triplet on the student's descriptors, any registered loss, in weighted sums). Only the
     layers the method declares trainable are trained (override with -s 'distill.trainable=[...]').
+
+    Every training image (any size, orientation, mode or format) becomes a view of --view-size: a crop of
+    that aspect ratio, resized, with a random resized crop and flip unless --no-augment; the student's view is
+    that view degraded. Give your test images' size there: it is the scale at which the student meets the
+    degradation (default: the method's input size, else the training images' typical size). One decoded
+    batch is checked before the model is built.
 
     Paper defaults: Adam lr 1e-6, ExponentialLR 0.99999 per step, gradient-norm clip 1, batches of 6 places
     x 4 images, one epoch; every value can be set in --config or with -s.

@@ -16,6 +16,10 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--test", "test", help="Test set(s), comma-separated: NAME or NAME:PATH (default demo)."),
         click.option("--max-steps", type=int, help="Train exactly this many steps (quick runs on a CPU)."),
         click.option("--lr", type=float, help="Adam learning rate (default: the method's, else the paper's 1e-6)."),
+        click.option("--view-size", type=int, nargs=2, metavar="H W",
+                     help="Training views' height and width (default: the test sets' typical image size, the scale at "
+                          "which test images meet the degradation)."),
+        click.option("--no-augment", is_flag=True, default=None, help="No random resized crop and flip of the training views."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -24,7 +28,9 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _extra(kw: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {**eval_overrides(kw), "distill.train": kw.pop("train"), "eval.test": split_list(kw.pop("test")),
-            "distill.max_steps": kw.pop("max_steps"), "distill.lr": kw.pop("lr"), **more}  # fmt: skip
+            "distill.max_steps": kw.pop("max_steps"), "distill.lr": kw.pop("lr"),
+            "distill.view_size": kw.pop("view_size") or None, "distill.augment": False if kw.pop("no_augment") else None,
+            **more}  # fmt: skip
 
 
 @click.command("run")
@@ -37,7 +43,8 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
 
     \b
     1. evaluate the pretrained model (the teacher) on clean and on degraded images;
-    2. distil: a frozen teacher sees clean training images, a student the degraded ones (--loss);
+    2. distil: a frozen teacher sees clean training images, a student the degraded ones (--loss), as views
+       of the test images' typical size (--view-size), randomly cropped and flipped (--no-augment: not);
     3. evaluate the student on degraded images;
     4. with --baseline finetune, fine-tune the model on degraded images without a teacher and evaluate it;
     5. write the report.
@@ -48,6 +55,9 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     are not on the machine (every output says the model is untrained); --max-steps and --image-size make
     quick runs possible on a CPU. Started again with the same --out, a killed run resumes its training and
     takes its evaluations from the cache.
+
+    Before the first evaluation, one training batch and one image of every test set go through decoding,
+    the degradation and the method's preprocessing: a broken input fails in seconds.
 
     The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
     predictions/*.csv, grids/*.png (top-k right/wrong), activations/*.png (teacher vs student encoder

@@ -97,8 +97,10 @@ class BatchPlan:
 
 @dataclass(frozen=True)
 class ViewConfig:
-    resize_long_side: int | None = None
-    augment: bool = False
+    """The training view rule: every image becomes a ``size`` (height, width) view, optionally augmented."""
+
+    size: tuple[int, int]
+    augment: bool = True
     min_crop: float = 0.7
 
 
@@ -111,23 +113,52 @@ def _resize_uint8(img: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
     return x[0].round_().clamp_(0, 255).to(img.dtype)
 
 
-def clean_view(img: "torch.Tensor", views: ViewConfig, rng: np.random.Generator) -> "torch.Tensor":
-    """Shrink to the long side, then (with augment) a random crop resized back and a random flip.
+def crop_window(h: int, w: int, views: ViewConfig, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the crop: the largest window of the view's aspect ratio, centred; with
+    ``augment``, each side scaled by a random factor in [min_crop, 1] and placed at random."""
+    vh, vw = views.size
+    if w * vh > h * vw:  # the image is wider than the view
+        ch, cw = h, max(1, min(w, round(h * vw / vh)))
+    else:
+        ch, cw = max(1, min(h, round(w * vh / vw))), w
+    if not views.augment:
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+    f = rng.uniform(views.min_crop, 1.0)
+    ch, cw = max(1, round(ch * f)), max(1, round(cw * f))
+    return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
 
-    The result is the teacher's view; the student's view is its degradation, so both see the same crop."""
-    h, w = img.shape[-2:]
-    if views.resize_long_side and max(h, w) > views.resize_long_side:  # shrink only: degrade at the native size
-        s = views.resize_long_side / max(h, w)
-        img = _resize_uint8(img, (max(1, round(h * s)), max(1, round(w * s))))
-    if views.augment:
-        h, w = img.shape[-2:]
-        f = rng.uniform(views.min_crop, 1.0)
-        ch, cw = max(1, round(h * f)), max(1, round(w * f))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        img = _resize_uint8(img[:, top : top + ch, left : left + cw], (h, w))
-        if rng.random() < 0.5:
-            img = img.flip(-1)
+
+def clean_view(img: "torch.Tensor", views: ViewConfig, rng: np.random.Generator) -> "torch.Tensor":
+    """The teacher's view: a crop of the view's aspect ratio resized to ``views.size`` (up or down), flipped at
+    random with ``augment``. The student's view is its degradation, so both see the same crop and flip."""
+    top, left, ch, cw = crop_window(*img.shape[-2:], views, rng)
+    img = _resize_uint8(img[:, top : top + ch, left : left + cw], views.size)
+    if views.augment and rng.random() < 0.5:
+        img = img.flip(-1)
     return img.contiguous()
+
+
+def image_size_of(path: Any) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except Exception as exc:
+        raise DataError(f"cannot read image {path}: {exc} (corrupt or truncated?)") from None
+    return h, w
+
+
+def typical_size(paths: list[Any], limit: int = 200) -> tuple[int, int]:
+    """Median (height, width) of up to ``limit`` images spread evenly over ``paths`` (headers only)."""
+    if not paths:
+        raise DataError("no images to take a typical size from")
+    picked = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(limit, len(paths))).round())]
+    sizes = np.array([image_size_of(p) for p in picked])
+    return int(np.median(sizes[:, 0])), int(np.median(sizes[:, 1]))
 
 
 def load_image(path: Any) -> "torch.Tensor":
@@ -147,16 +178,17 @@ def load_image(path: Any) -> "torch.Tensor":
     return image if image.dtype == torch.uint8 else read_image(path)  # 16-bit PNG: converted by value range
 
 
-def _stack(images: list["torch.Tensor"]) -> "torch.Tensor | list[torch.Tensor]":
+def _stack(images: list["torch.Tensor"], what: str) -> "torch.Tensor":
     import torch
 
-    if len({tuple(i.shape) for i in images}) == 1:
-        return torch.stack(images)
-    return images
+    shapes = sorted({tuple(i.shape) for i in images})
+    if len(shapes) > 1:  # every clean view has the view size; a degradation must not change it within a batch
+        raise DataError(f"the {what} views of a training batch have different sizes {shapes[:4]}")
+    return torch.stack(images)
 
 
 class StepDataset:
-    """``dataset[step]`` → {"clean", "degraded" (uint8 B×3×H×W or lists), "place_ids", "positions", "step"}."""
+    """``dataset[step]`` → {"clean", "degraded" (uint8 B×3×H×W), "place_ids", "positions", "step"}."""
 
     def __init__(self, train: TrainSet, plan: BatchPlan, degradation: "Degradation", views: ViewConfig, seed: int) -> None:
         self.paths = [str(p) for p in train.images.paths]
@@ -192,7 +224,7 @@ class StepDataset:
         if not clean:
             return {"error": DataError(f"step {step}: every image of the batch is unreadable ({'; '.join(skipped)})"), "step": step}
         batch = kept
-        out: dict[str, Any] = {"clean": _stack(clean), "degraded": _stack(degraded), "step": step, "epoch": epoch, "skipped": skipped}
+        out: dict[str, Any] = {"clean": _stack(clean, "clean"), "degraded": _stack(degraded, "degraded"), "step": step, "epoch": epoch, "skipped": skipped}
         if self.plan.cfg.by_places:
             out["place_ids"] = torch.tensor([pid for _, pid in batch], dtype=torch.long)
             if self.positions is not None:

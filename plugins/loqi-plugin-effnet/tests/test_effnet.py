@@ -87,8 +87,8 @@ def test_method_facts():
         assert spec.default_loss == "mse"
         assert spec.preprocess.mean == (0.5, 0.5, 0.5) and spec.preprocess.std == (0.5, 0.5, 0.5)
         d = spec.run_defaults
-        assert d["distill.lr"] == 5e-5 and d["distill.batch_size"] == 16 and d["distill.max_steps"] == 120
-        assert d["distill.augment"] and d["distill.freeze_bn"] and d["distill.resize_long_side"] == 256
+        assert d["distill.lr"] == 2e-4 and d["distill.batch_size"] == 16 and d["distill.max_steps"] == 120
+        assert d["distill.freeze_bn"] and "distill.view_size" not in d  # loqi run takes the views from the test sets
         assert d["distill.checkpoint_every"] < d["distill.max_steps"]
 
 
@@ -96,7 +96,7 @@ def test_run_defaults_are_valid_config_and_flags_override_them():
     from loqi_core.config import resolve_run_config
 
     cfg = resolve_run_config(overrides={"model.method": "lite0-gem", "distill.max_steps": 7})
-    assert cfg.distill.lr == 5e-5 and cfg.distill.resize_long_side == 256 and cfg.distill.max_steps == 7
+    assert cfg.distill.lr == 2e-4 and cfg.distill.augment and cfg.distill.max_steps == 7
 
 
 def test_gem_pools_a_constant_map_to_its_value_direction():

@@ -1,0 +1,234 @@
+"""Does distillation recover what a degradation takes, on real photos? Teacher clean / teacher degraded / student.
+
+Builds, from the Nordland frames (``--data``: the 64×32 copy, summer and winter), a split by place:
+
+- test set (gmberton layout): database = summer, queries = winter, of ``--test-places`` places in alternate
+  stretches of 200 frames, enlarged to 256×128 (bicubic); positions (0, 10·frame) m, positives within 25 m;
+- training folder (label-free, plain names): summer and winter frames of the other stretches (10 frames kept
+  away from every test stretch), every second frame, half at the native 64×32, half enlarged to 160×80, so the
+  training images differ in size from each other and from the test images.
+
+Each run is ``loqi run`` itself (``runner.run_experiment``: teacher clean, teacher degraded, distil, student
+degraded) with the method's defaults and the setting's overrides; ``--jobs N`` runs N in parallel processes
+(threads split evenly). Per degradation, setting and seed it reports R@1/5/10 of the three rows, the R@1 gain,
+the share of the degradation's loss recovered, and a paired per-query sign test at R@1 (student vs teacher on
+the same degraded queries: queries only the student gets right against queries only the teacher gets right,
+two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdown table.
+
+    # the default settings, 2 seeds, both degradations (CPU: about an hour on 2 quiet cores)
+    python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 400 --out gain.json
+    # (on a machine shared with other jobs add --threads 1: two spinning torch threads there ran 10x slower)
+    # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
+    python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 12 --seeds 0 1 2 --ablation \\
+        --out distill_gain_grid.json      # 54 runs; with less time, --seeds 0 1 (36 runs)
+    # the paired sign tests (R@1, R@5, R@10) of an existing `loqi run` directory (e.g. the README demo's runs/demo)
+    python benchmarks/distill_gain.py --paired runs/demo
+    # tiny smoke run
+    python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 40 \\
+        --train-every 20 --steps 3 --seeds 0 --degrade jpeg10 --out /tmp/g.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+TEST_SIZE = (256, 128)  # (width, height) of the test images
+TRAIN_ENLARGED = (160, 80)
+BLOCK = 200  # frames per stretch; even stretches test, odd ones train
+MARGIN = 10  # training frames kept this far from any test stretch
+
+# name -> (description, distill overrides); "default" is what loqi does with no flag
+SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("method defaults (lr 2e-4, views at the test scale, augment)", {}),
+    "lr5e-5": ("lr 5e-5", {"distill.lr": 5e-5}),
+    "lr1e-4": ("lr 1e-4", {"distill.lr": 1e-4}),
+    "lr4e-4": ("lr 4e-4", {"distill.lr": 4e-4}),
+    "view32x64": ("views 32×64 (the native Nordland size)", {"distill.view_size": [32, 64]}),
+    "view64x128": ("views 64×128", {"distill.view_size": [64, 128]}),
+    "view144x288": ("views 144×288 (288 long side)", {"distill.view_size": [144, 288]}),
+    "no-augment": ("no augmentation", {"distill.augment": False}),
+    "old": ("before: lr 5e-5, native views, no augment", {"distill.lr": 5e-5, "distill.view_size": [32, 64], "distill.augment": False}),
+}  # fmt: skip
+ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "view32x64", "view64x128", "view144x288", "no-augment", "old"]
+
+
+def _frames(season: Path) -> dict[int, Path]:
+    return {int(p.stem.split("-")[1]) // 10: p for p in sorted(season.glob("images-*.png"))}
+
+
+def build_data(src: Path, work: Path, test_places: int, train_every: int) -> tuple[Path, Path]:
+    """Write the test set and the training folder under ``work`` (once; reused when present)."""
+    from PIL import Image
+
+    test, train = work / "test", work / "train"
+    done = work / "done.json"
+    key = {"test_places": test_places, "train_every": train_every}
+    if done.exists() and json.loads(done.read_text()) == key:
+        return train, test
+    shutil.rmtree(test, ignore_errors=True)
+    shutil.rmtree(train, ignore_errors=True)
+    summer, winter = _frames(src / "summer"), _frames(src / "winter")
+    frames = sorted(set(summer) & set(winter))
+    if not frames:
+        raise SystemExit(f"--data {src}: no summer/ and winter/ images-NNNNN.png frames there")
+    test_frames = [f for f in frames if (f // BLOCK) % 2 == 0][:test_places]
+    last = max(test_frames)
+    train_frames = [
+        f for f in frames
+        if (f // BLOCK) % 2 == 1 and MARGIN <= f % BLOCK < BLOCK - MARGIN and f < last + BLOCK
+    ][::train_every]  # fmt: skip
+    for part, season in (("database", summer), ("queries", winter)):
+        folder = test / "images" / "test" / part
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in test_frames:
+            img = Image.open(season[f]).convert("RGB").resize(TEST_SIZE, Image.BICUBIC)
+            img.save(folder / f"@0.00@{10.0 * f:.2f}@@@@@{f}@@@@@@@@.png")
+    train.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(train_frames):
+        for name, season in (("summer", summer), ("winter", winter)):
+            img = Image.open(season[f]).convert("RGB")
+            if (i + (name == "winter")) % 2:
+                img = img.resize(TRAIN_ENLARGED, Image.BICUBIC)
+            img.save(train / f"{name}_{f:05d}.png")
+    done.write_text(json.dumps(key))
+    return train, test
+
+
+def _correct_at_1(run_dir: Path, row: str, n: int = 1) -> list[int]:
+    """Per query: 1 when a positive is among the top ``n`` (from the run's predictions CSV)."""
+    (path,) = (run_dir / "predictions").glob(f"*__{row}.csv")
+    with path.open(newline="") as f:
+        return [int("1" in r["top_k_correct"][:n]) for r in csv.DictReader(f)]
+
+
+def one_run(job: dict[str, Any]) -> dict[str, Any]:
+    """One ``loqi run`` in this process; returns its recalls and per-query R@1 hits."""
+    import torch
+
+    from loqi_core.config import resolve_run_config
+    from loqi_core.runner import run_experiment
+
+    torch.set_num_threads(job["threads"])
+    overrides = {
+        "model.method": job["method"], "degrade": job["degrade"], "seed": job["seed"], "device": job["device"],
+        "distill.train": f"folder:{job['train']}", "eval.test": [f"folder:{job['test']}"], "out": job["out"],
+        "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"], "eval.num_workers": 0,
+        "distill.tensorboard": False, "threads": job["threads"], **SETTINGS[job["setting"]][1],
+        "distill.num_workers": 0 if job["device"] == "cpu" else max(1, job["threads"] - 1),  # the job's share of CPUs
+    }  # fmt: skip
+    if job["steps"]:
+        overrides["distill.max_steps"] = job["steps"]
+    config = resolve_run_config(None, overrides)
+    t0 = time.perf_counter()
+    run_dir = Path(job["out"])
+    if not (run_dir / "metrics.json").exists():
+        run_experiment(config, echo=lambda _: None)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (data,) = metrics["datasets"].values()
+    rows = {k: v for k, v in data["rows"].items()}
+    return {
+        **{k: job[k] for k in ("setting", "degrade", "seed")},
+        "recalls": rows, "wall_s": time.perf_counter() - t0,
+        "hits_teacher": _correct_at_1(run_dir, "pretrained_degraded"), "hits_student": _correct_at_1(run_dir, "distilled"),
+        "view_size": json.loads((run_dir / "distill" / "config.json").read_text())["distill"]["view_size"],
+        "lr": config.distill.lr, "augment": config.distill.augment, "steps": config.distill.max_steps,
+    }  # fmt: skip
+
+
+def sign_test(teacher: list[int], student: list[int]) -> tuple[int, int, float]:
+    """(queries only the student gets right, only the teacher, two-sided exact binomial p)."""
+    plus = sum(s and not t for t, s in zip(teacher, student))
+    minus = sum(t and not s for t, s in zip(teacher, student))
+    n, k = plus + minus, min(plus, minus)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return plus, minus, p
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| degradation | setting | seed | teacher clean R@1/5/10 | teacher degraded | student degraded | Δ R@1 | recovered | sign test +/− (p) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda r: f"{r['R@1']:.1f} / {r['R@5']:.1f} / {r['R@10']:.1f}"  # noqa: E731
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in sorted(results, key=lambda r: (r["degrade"], list(SETTINGS).index(r["setting"]), r["seed"])):
+        groups.setdefault((r["degrade"], r["setting"]), []).append(r)
+    for (degrade, setting), runs in groups.items():
+        gains, shares = [], []
+        for r in runs:
+            c, t, s = (r["recalls"][k] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
+            gain, lost = s["R@1"] - t["R@1"], c["R@1"] - t["R@1"]
+            share = f"{100 * gain / lost:.0f}%" if lost > 0 else "n/a"
+            plus, minus, p = sign_test(r["hits_teacher"], r["hits_student"])
+            gains.append(gain)
+            shares.append(gain / lost if lost > 0 else float("nan"))
+            lines.append(f"| {degrade} | {setting} | {r['seed']} | {fmt(c)} | {fmt(t)} | {fmt(s)} | {gain:+.1f} | {share} | {plus}/{minus} ({p:.2g}) |")
+        if len(runs) > 1:
+            mean_share = sum(shares) / len(shares)
+            lines.append(f"| {degrade} | {setting} | mean | | | | **{sum(gains) / len(gains):+.2f}** | **{100 * mean_share:.0f}%** | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, help="the nordland_64x32 folder (summer/, winter/)")
+    ap.add_argument("--out", type=Path, help="results JSON")
+    ap.add_argument("--paired", type=Path, help="only print the R@1 sign test of this `loqi run` directory")
+    ap.add_argument("--work", type=Path, default=None, help="generated data, runs and cache (default: next to --out)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--method", default="lite0-gem")
+    ap.add_argument("--degrade", nargs="+", default=["jpeg10", "scale0.25+jpeg10"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="default: just 'default'")
+    ap.add_argument("--ablation", action="store_true", help="one-factor ablation: " + ", ".join(ABLATION))
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
+    ap.add_argument("--test-places", type=int, default=800)
+    ap.add_argument("--train-every", type=int, default=2, help="keep every Nth training frame")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: the CPUs / jobs)")
+    args = ap.parse_args()
+    if args.paired:
+        for n in (1, 5, 10):
+            teacher, student = (_correct_at_1(args.paired, row, n) for row in ("pretrained_degraded", "distilled"))
+            plus, minus, p = sign_test(teacher, student)
+            print(f"R@{n}, distilled vs pretrained on the degraded queries: {plus} only distilled right, {minus} "
+                  f"only pretrained right; two-sided sign test p = {p:.3g}")
+        return
+    if args.data is None or args.out is None:
+        ap.error("--data and --out are required (or --paired RUN_DIR)")
+    work = args.work or args.out.with_suffix("")
+    train, test = build_data(args.data, work / "data", args.test_places, args.train_every)
+    settings = args.settings or (ABLATION if args.ablation else ["default"])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.threads or max(1, cpus // args.jobs)
+    jobs = [
+        {"setting": s, "degrade": d, "seed": seed, "method": args.method, "device": args.device, "steps": args.steps,
+         "train": str(train), "test": str(test), "threads": threads,
+         "out": str(work / "runs" / f"{d}__{s}__seed{seed}"),
+         "cache": str(work / "cache")}  # cache files are written to a per-process name and renamed: safe to share
+        for d in args.degrade for s in settings for seed in args.seeds
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    if args.jobs == 1:
+        results = [one_run(j) for j in jobs]
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(one_run, jobs))
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": time.perf_counter() - t0,
+                                    "test_places": args.test_places, "results": results}, indent=1))  # fmt: skip
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
