@@ -67,7 +67,7 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     Examples:
       loqi run --method lite0-gem --degrade jpeg10
       loqi run --method mixvpr --degrade jpeg10 --train gsv-cities --test nordland,msls --baseline finetune
-      loqi run --method salad --degrade qp40 --weights random --max-steps 5 --image-size 112 112
+      loqi run --method salad --degrade qp40 --weights random --max-steps 5 --image-size 224 224
     """
     from loqi_core.runner import run_experiment
 
