@@ -7,6 +7,7 @@ per call (one sequence, one stream) when the spec can include a temporal codec.
 
 from __future__ import annotations
 
+import abc
 import random
 import re
 from dataclasses import dataclass
@@ -42,13 +43,14 @@ class Axis:
     options: tuple[str, ...] = ()
 
 
-class Node:
+class Node(abc.ABC):
     """A parsed piece of a sampled spec: ``draw`` writes a concrete spec and records what it drew in ``draws``."""
 
     temporal = False
 
+    @abc.abstractmethod
     def draw(self, rng: random.Random, draws: dict[str, Any]) -> str:
-        raise NotImplementedError
+        """One concrete spec (``jpeg23``) drawn with ``rng``."""
 
 
 class Fixed(Node):

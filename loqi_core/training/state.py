@@ -16,7 +16,6 @@ caught by its digest, and a resume falls back to the newest intact checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from loqi_core.errors import LoqiError, WeightsError
 from loqi_core.model import VPRModel, load_checkpoint, save_checkpoint
+from loqi_core.weights import sha256_of
 
 STATE_FILE = "train_state.json"
 DIGEST_FILE = "digests.json"
@@ -68,17 +68,9 @@ def non_finite(model: torch.nn.Module) -> list[str]:
     return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_digests(folder: Path) -> None:
     """Record the sha256 and size of every file in ``folder`` (written last, so it vouches for the others)."""
-    files = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size} for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGEST_FILE}
+    files = {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGEST_FILE}
     (folder / DIGEST_FILE).write_text(json.dumps({"files": files}, indent=1))
 
 
@@ -99,7 +91,7 @@ def verify(ckpt: Path, required: tuple[str, ...] = REQUIRED) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != record.get("size"):
             return f"{name} has {path.stat().st_size} bytes, {record.get('size')} were written (truncated?)"
-        if _sha256(path) != record.get("sha256"):
+        if sha256_of(path) != record.get("sha256"):
             return f"{name} does not match its sha256 (the file was altered or damaged)"
     return None
 
