@@ -270,11 +270,12 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(model: VPRModel, path: str | Path) -> dict[str, Any]:
-    """Load a loqi checkpoint (file or run directory) into ``model``; refuses one of another method or a damaged one."""
+def load_checkpoint(model: VPRModel, path: str | Path, *, verified: bool = False) -> dict[str, Any]:
+    """Load a loqi checkpoint (file or run directory) into ``model``; refuses one of another method or a damaged one.
+    ``verified``: the caller has already checked the checkpoint's digests (a resume checks every file at once)."""
     path = checkpoint_file(path)
     sidecar = path.with_suffix(".json")
-    if (path.parent / "digests.json").exists():  # a training checkpoint: every file is checked against its digest
+    if not verified and (path.parent / "digests.json").exists():  # a training checkpoint: files checked by digest
         from loqi_core.training.state import verify
 
         reason = verify(path.parent, required=(path.name, sidecar.name))

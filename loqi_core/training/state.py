@@ -199,7 +199,7 @@ def read_checkpoint(
         state = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise WeightsError(f"cannot read training state {path}: {exc}") from None
-    load_checkpoint(student, ckpt)
+    load_checkpoint(student, ckpt, verified=True)  # verify() above hashed every file once
     tensors = load_file(str(ckpt / "optimizer.safetensors"))
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
