@@ -33,7 +33,7 @@ CHILD = r"""
 import json, sys, torch
 from pathlib import Path
 from loqi_core.config import resolve_run_config
-from loqi_core.distill import distill
+from loqi_core.distillation import distill
 setting, out, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 overrides = {"model.method": "lite0-gem", "degrade": "jpeg10", "device": "cpu", "distill.train": "demo",
              "distill.view_size": [32, 64], "distill.max_steps": steps, "distill.log_every": 5,

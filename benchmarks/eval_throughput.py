@@ -6,7 +6,7 @@ Run by hand (never in unit tests)::
     python benchmarks/eval_throughput.py --search-scale 0.25   # a smaller search problem on a slow machine
     python benchmarks/eval_throughput.py --skip extract,ivfpq --json out.json
 
-1. Extraction: ``loqi_core.evaluate.extract`` (PNG decode in DataLoader workers, size bucketing, preprocessing,
+1. Extraction: ``loqi_core.evaluation.extract`` (PNG decode in DataLoader workers, size bucketing, preprocessing,
    forward, descriptors streamed to a memory map; cache off) against a bare ``model(x)`` loop on tensors that
    are already prepared on the device, same model, batch size and precision. The ratio is the pipeline's cost.
 2. Exact search at the MSLS × SALAD size (11 084 queries × 18 871 database × 8448 dims, random unit vectors):
@@ -48,7 +48,7 @@ def bench_extract(method: str, n: int, size: int, batch: int, workers: int, devi
     from loqi_core.cache import EvalCache
     from loqi_core.data import ImageList
     from loqi_core.degradation import Identity
-    from loqi_core.evaluate import extract, resolve_device, use_bf16
+    from loqi_core.evaluation import extract, resolve_device, use_bf16
     from loqi_core.model import build_model
 
     dev = resolve_device(device)
@@ -95,7 +95,7 @@ def loader_rate(images, workers: int) -> float:
     from torch.utils.data import DataLoader
 
     from loqi_core.degradation import Identity
-    from loqi_core.evaluate import _identity_collate, _ShardDataset
+    from loqi_core.evaluation import _identity_collate, _ShardDataset
 
     dataset = _ShardDataset(images, Identity(), 0, None)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity_collate,

@@ -32,7 +32,7 @@ import loqi_core
 from loqi_core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.evaluate import EvalResult
+    from loqi_core.evaluation import EvalResult
 
 SCHEMA = "loqi.metrics/1"
 ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")

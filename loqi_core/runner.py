@@ -26,7 +26,7 @@ from loqi_core.data import TestSet, TrainSet, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, one_line
-from loqi_core.evaluate import EvalResult, apply_threads, describe_protocol, evaluate, resolve_device
+from loqi_core.evaluation import EvalResult, apply_threads, describe_protocol, evaluate, resolve_device
 from loqi_core.fileio import located, write_text
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug, write_activation_maps
@@ -64,7 +64,7 @@ def default_run_dir(kind: str, config: RunConfig) -> Path:
 
 
 def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
-    from loqi_core.distill import encoder_spec
+    from loqi_core.distillation import encoder_spec
     from loqi_core.losses.expression import parse_loss_expression
 
     expr = config.distill.loss if config.distill.loss is not None else encoder_spec(config, plugins).default_loss
@@ -179,7 +179,7 @@ class Experiment:
     def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
         """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);
         ``sweep`` only parses it, since it skips with a note the losses its training set cannot feed."""
-        from loqi_core.distill import check_places, encoder_spec, training_loss
+        from loqi_core.distillation import check_places, encoder_spec, training_loss
         from loqi_core.losses.expression import parse_loss_expression
 
         train = load_dataset(config.distill.train, "train", root=config.data_root, plugins=self.plugins)
@@ -214,7 +214,7 @@ class Experiment:
         """Before the run directory and any evaluation: one image of each test set and one whole training batch go
         through their real path (decode → view → degradation → the method's preprocessing); a broken input fails
         here, in seconds. Returns the training views."""
-        from loqi_core.distill import encoder_spec, preflight, preprocess_of
+        from loqi_core.distillation import encoder_spec, preflight, preprocess_of
         from loqi_core.errors import LoqiError
         from loqi_core.model import preprocess_images
         from loqi_core.training.data import load_image
@@ -279,7 +279,7 @@ class Experiment:
 
     def train(self, folder: str, mode: str, config: RunConfig | None = None) -> Path:
         """Distil (or finetune) into ``out/<folder>``, resuming a run that a previous invocation left there."""
-        from loqi_core.distill import distill
+        from loqi_core.distillation import distill
 
         target = self.out / folder
         resume = _from_rank0((target / "config.json").exists())  # decided once: rank 0 may already be writing it

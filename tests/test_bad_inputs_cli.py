@@ -124,7 +124,7 @@ def _full_disk_for_metrics(monkeypatch, tmp: Path) -> None:
 
 
 def _full_disk_for_train_log(monkeypatch, tmp: Path) -> None:
-    from loqi_core import distill
+    from loqi_core import distillation as distill
 
     def write(self, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from loqi_core.config import RunConfig
-from loqi_core.distill import TrainingError, distill, set_train_modes
+from loqi_core.distillation import TrainingError, distill, set_train_modes
 from loqi_core.errors import ConfigError
 from loqi_core.model import build_model, load_checkpoint
 from loqi_core.testing.helpers import isolated_plugins, random_images
@@ -41,7 +41,7 @@ def tiny():
 
 def teacher_for(config: RunConfig):
     """The engine's teacher: the same seeded random init (the engine seeds before building)."""
-    from loqi_core.distill import _seed_all
+    from loqi_core.distillation import _seed_all
 
     _seed_all(config.seed)
     return build_model("tiny", weights="random").eval()

@@ -14,7 +14,7 @@ from loqi_core.data import ImageList
 from loqi_core.data import TestSet as VPRTestSet
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import Degradation, Degraded, Identity
-from loqi_core.evaluate import degradation_units, describe_protocol, evaluate, extract, temporal_note
+from loqi_core.evaluation import degradation_units, describe_protocol, evaluate, extract, temporal_note
 from loqi_core.model import build_model
 from loqi_core.search import recall_at_n
 from loqi_core.testing import isolated_plugins

@@ -1,6 +1,6 @@
 """``loqi degrade``: what a degradation costs (bytes, bits per pixel, PSNR), or a degraded copy of a dataset.
 
-Images are fed to a degradation exactly as the evaluation engine feeds them (``loqi_core.evaluate``): a
+Images are fed to a degradation exactly as the evaluation engine feeds them (``loqi_core.evaluation``): a
 temporal degradation (video codec) gets each capture-order sequence as one stream and every other image as a
 one-frame stream; any other degradation gets one image per call. The per-call seed is also the engine's, so
 ``loqi degrade jpeg10 --out DIR`` writes the very images ``loqi eval --degrade jpeg10`` sees.
@@ -162,7 +162,7 @@ def degrade_list(
     """
     from loqi_core.data import read_image
     from loqi_core.degradation import sample_seed
-    from loqi_core.evaluate import degradation_units
+    from loqi_core.evaluation import degradation_units
 
     for unit in degradation_units(images, degradation):
         if skip is not None and skip(unit):
@@ -206,7 +206,7 @@ def measure(
     from tqdm import tqdm
 
     from loqi_core.degradation import parse_degradation
-    from loqi_core.evaluate import temporal_note
+    from loqi_core.evaluation import temporal_note
     from loqi_core.sampling import bin_label, bin_labels
 
     degradation = parse_degradation(spec, plugins)

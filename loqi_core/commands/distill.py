@@ -1,4 +1,4 @@
-"""``loqi distill`` and ``loqi finetune``: train a student through the distillation engine (``loqi_core.distill``)."""
+"""``loqi distill`` and ``loqi finetune``: train a student through the distillation engine (``loqi_core.distillation``)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
 def _run(mode: str, kw: dict[str, Any], loss: str | None) -> None:
     import json
 
-    from loqi_core.distill import distill
+    from loqi_core.distillation import distill
 
     from loqi_core.fileio import located
     from loqi_core.runner import log_error

@@ -189,7 +189,7 @@ def test_distillation_with_the_default_loss_trains_the_backbone_not_the_vocabula
     from PIL import Image
 
     from loqi_core.config import resolve_run_config
-    from loqi_core.distill import distill
+    from loqi_core.distillation import distill
     from loqi_core.model import load_checkpoint
     from loqi_core.testing import random_images
 

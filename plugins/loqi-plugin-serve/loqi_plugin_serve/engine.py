@@ -25,7 +25,7 @@ class Engine:
 
     def locate(self, images: list["torch.Tensor"], ks: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
         """One result list per image (best first, its own k), and the batch's model and search time in ms."""
-        from loqi_core.evaluate import encode_batch
+        from loqi_core.evaluation import encode_batch
 
         t0 = time.perf_counter()
         desc = np.empty((len(images), self.index.descriptors.shape[1]), dtype=np.float32)
@@ -60,7 +60,7 @@ class Engine:
 
 def load_engine(index_path: Path, weights: str | None = None, device: str = "auto", precision: str = "auto") -> Engine:
     """Open the index, rebuild its model (or load ``weights`` into it) and refuse a model that does not match."""
-    from loqi_core.evaluate import resolve_device, use_bf16
+    from loqi_core.evaluation import resolve_device, use_bf16
     from loqi_core.plugins import get_plugins
 
     index = open_index(index_path)

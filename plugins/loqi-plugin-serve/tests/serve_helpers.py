@@ -87,7 +87,7 @@ def decoded(data: bytes):
 
 def expected(engine, images, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The eval engine's answer: its encode_batch (one image at a time) and its exact flat search."""
-    from loqi_core.evaluate import encode_batch
+    from loqi_core.evaluation import encode_batch
     from loqi_core.search import search
 
     desc = np.concatenate([encode_batch(engine.model, [img], engine.device, False) for img in images])

@@ -25,7 +25,7 @@ def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_
     from loqi_core.cache import EvalCache, model_fingerprint
     from loqi_core.datasets import load_dataset
     from loqi_core.degradation import Identity
-    from loqi_core.evaluate import ExtractStats, extract, model_versions
+    from loqi_core.evaluation import ExtractStats, extract, model_versions
     from loqi_core.model import build_model
     from loqi_core.plugins import get_plugins
 
