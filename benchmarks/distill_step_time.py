@@ -1,7 +1,7 @@
 """The demo's distillation step time, alone and next to one busy process, with the old and the new CPU defaults.
 
 - before: 4 loader workers and torch's own thread count (the defaults until loqi fitted them to the machine);
-- after: ``distill.num_workers`` and ``threads`` left to loqi (``training/cpus.py``: what
+- after: ``distill.num_workers`` and ``threads`` left to loqi (``loqi_core/cpus.py``: what
   ``os.sched_getaffinity`` allows, one CPU left to the rest of the machine).
 
 Each cell is a fresh ``loqi distill`` process (lite0-gem, jpeg10, the demo training set, 32×64 views as ``loqi run``

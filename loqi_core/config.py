@@ -120,7 +120,7 @@ class EvalConfig(Section):
         "auto", description="search: auto (torch top-k on CUDA, else flat), flat (FAISS exact, CPU), torch, ivfpq"
     )
     batch_size: int = Field(32, ge=1)
-    num_workers: int = Field(2, ge=0)
+    num_workers: int | None = Field(None, ge=0, description="decode/degrade processes; None = fit the CPUs the process may use")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     top_k: int = Field(10, ge=1, description="ranks kept per query in the predictions CSV (at least max recall N)")
     cache_dir: Path | None = Field(None, description="evaluation cache root; default $LOQI_CACHE or ~/.cache/loqi")

@@ -38,7 +38,7 @@ from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.rundir import locked
 from loqi_core.specs import EncoderSpec, Preprocess
 from loqi_core.training import state as ckpt
-from loqi_core.training.cpus import loader_workers, torch_threads
+from loqi_core.cpus import loader_workers, torch_threads
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
 from loqi_core.training.dist import DistEnv, setup
 
@@ -78,7 +78,7 @@ def distill(
     env, device = setup(config.device)
     trainer = _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train)
     previous = torch.get_num_threads()
-    torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (training/cpus.py)
+    torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (loqi_core/cpus.py)
     try:
         with locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
             return trainer.run()

@@ -35,6 +35,7 @@ from loqi_core.cache import (
     write_shard,
 )
 from loqi_core.config import EvalConfig
+from loqi_core.cpus import loader_workers
 from loqi_core.data import ImageList, TestSet, UnreadableImageError, read_image
 from loqi_core.degradation import Degradation, Identity, parse_degradation, sample_seed
 from loqi_core.errors import ConfigError
@@ -460,7 +461,7 @@ def evaluate(
     key = {"model": model_fingerprint(model), "code": model_versions(model, plugins), "precision": use_bf16(config.precision, device)}
     stats = stats if stats is not None else {}
     common = dict(cache=cache, key=key, seed=seed, device=device, batch_size=config.batch_size,
-                  num_workers=config.num_workers, precision=config.precision, cache_images=config.cache_images,
+                  num_workers=loader_workers(config.num_workers, device.type), precision=config.precision, cache_images=config.cache_images,
                   plugins=plugins)
     stats["database"], stats["queries"] = ExtractStats(), ExtractStats()
     try:

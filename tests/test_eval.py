@@ -212,3 +212,23 @@ def test_protocol_states_how_each_list_met_a_temporal_codec(tiny):
     r = evaluate(model, ordered, Recorder(), config=CFG, cache=cache, device="cpu")
     assert r.protocol["temporal"].startswith("database: temporal codec: each of 2 capture-order sequences")
     assert "queries: temporal codec, but the images have no capture order" in r.protocol["temporal"]
+
+
+def test_loader_workers_are_fitted_to_the_cpus_unless_given(tiny, monkeypatch):
+    """eval.num_workers unset: as many decode workers as loqi_core.cpus allows (none on a 2-core CPU machine)."""
+    plugins, model, test, cache = tiny
+    import loqi_core.evaluation as evaluation
+
+    seen: list[int] = []
+    real = evaluation.extract
+    monkeypatch.setattr(evaluation, "extract", lambda *a, **kw: (seen.append(kw["num_workers"]), real(*a, **kw))[1])
+    monkeypatch.setattr("loqi_core.cpus.available_cpus", lambda: 2)
+    evaluate(model, test, "blur3", config=EvalConfig(batch_size=4), cache=cache, device="cpu")
+    assert EvalConfig().num_workers is None and seen == [0, 0]  # database and queries, no worker on 2 CPUs
+    seen.clear()
+    monkeypatch.setattr("loqi_core.cpus.available_cpus", lambda: 8)
+    evaluate(model, test, "blur3", config=EvalConfig(batch_size=4), cache=cache, device="cpu")
+    assert seen == [2, 2]  # a quarter of 8 CPUs
+    seen.clear()
+    evaluate(model, test, "blur3", config=EvalConfig(batch_size=4, num_workers=1), cache=cache, device="cpu")
+    assert seen == [1, 1]  # asked for

@@ -25,7 +25,7 @@ from loqi_core.hookspecs import hookimpl
 from loqi_core.specs import AggregatorSpec, DegradationSpec, EncoderSpec, NoParams, Preprocess
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import Blur, GeMParams, TinyEncoderParams, _encoder, _gem, tiny_plugin, write_vpr_folder
-from loqi_core.training import cpus
+from loqi_core import cpus
 from loqi_core.training.data import ViewConfig, clean_view, crop_window, typical_size
 
 _spec = importlib.util.spec_from_file_location("distill_helpers", Path(__file__).with_name("distill_helpers.py"))

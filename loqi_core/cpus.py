@@ -1,4 +1,4 @@
-"""How many loader workers and torch threads a training process uses: what it may run on, never more.
+"""How many loader workers and torch threads a process uses (training and evaluation): what it may run on, never more.
 
 The CPUs come from ``os.sched_getaffinity`` (a container's or ``taskset``'s limit, not the machine's count).
 Workers and torch threads together never exceed them, so a run does not oversubscribe its cores, and
