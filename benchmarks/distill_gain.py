@@ -20,7 +20,9 @@ two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdow
     # (on a machine shared with other jobs add --threads 1: two spinning torch threads there ran 10x slower)
     # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
     python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 12 --seeds 0 1 2 --ablation \\
-        --out distill_gain_grid.json      # 54 runs; with less time, --seeds 0 1 (36 runs)
+        --out distill_gain_grid.json      # 72 runs, seed by seed; each finished run is saved at once
+    # the tables again from a results JSON (e.g. a grid cut short by a time limit)
+    python benchmarks/distill_gain.py --table distill_gain_grid.json
     # the paired sign tests (R@1, R@5, R@10) of an existing `loqi run` directory (e.g. the README demo's runs/demo)
     python benchmarks/distill_gain.py --paired runs/demo
     # tiny smoke run
@@ -37,7 +39,7 @@ import math
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,14 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "view32x64": ("views 32×64 (the native Nordland size)", {"distill.view_size": [32, 64]}),
     "view64x128": ("views 64×128", {"distill.view_size": [64, 128]}),
     "view144x288": ("views 144×288 (288 long side)", {"distill.view_size": [144, 288]}),
+    "lr1e-3": ("lr 1e-3", {"distill.lr": 1e-3}),
     "no-augment": ("no augmentation", {"distill.augment": False}),
+    "no-clip": ("no gradient-norm clipping (the reference clips nothing)", {"distill.clip_grad_norm": None}),
+    "steps360": ("360 steps (3x the default)", {"distill.max_steps": 360}),
     "old": ("before: lr 5e-5, native views, no augment", {"distill.lr": 5e-5, "distill.view_size": [32, 64], "distill.augment": False}),
 }  # fmt: skip
-ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "view32x64", "view64x128", "view144x288", "no-augment", "old"]
+ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "lr1e-3", "view32x64", "view64x128", "view144x288", "no-augment",
+            "no-clip", "steps360", "old"]
 
 
 def _frames(season: Path) -> dict[int, Path]:
@@ -121,11 +127,12 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     overrides = {
         "model.method": job["method"], "degrade": job["degrade"], "seed": job["seed"], "device": job["device"],
         "distill.train": f"folder:{job['train']}", "eval.test": [f"folder:{job['test']}"], "out": job["out"],
-        "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"], "eval.num_workers": 0,
+        "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"],
         "distill.tensorboard": False, "threads": job["threads"], **SETTINGS[job["setting"]][1],
         "distill.num_workers": 0 if job["device"] == "cpu" else max(1, job["threads"] - 1),  # the job's share of CPUs
     }  # fmt: skip
-    if job["steps"]:
+    overrides["eval.num_workers"] = overrides["distill.num_workers"]
+    if job["steps"] and "distill.max_steps" not in SETTINGS[job["setting"]][1]:
         overrides["distill.max_steps"] = job["steps"]
     config = resolve_run_config(None, overrides)
     t0 = time.perf_counter()
@@ -178,11 +185,45 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def comparison(results: list[dict[str, Any]]) -> str:
+    """Per degradation and setting: mean R@1 gain over seeds (± sample sd) and, against "default" on the same
+    seeds, the queries only this setting's student gets right / only default's, pooled over seeds (sign test)."""
+    lines = [
+        "| degradation | setting | seeds | mean Δ R@1 (± sd) | mean recovered | vs default: +/− queries (p) |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {(r["degrade"], r["setting"], r["seed"]): r for r in results}
+    for degrade in dict.fromkeys(r["degrade"] for r in results):
+        for setting in [s for s in SETTINGS if any(k[:2] == (degrade, s) for k in by)]:
+            runs = [r for k, r in sorted(by.items()) if k[:2] == (degrade, setting)]
+            gains, shares = [], []
+            for r in runs:
+                c, t, s = (r["recalls"][k]["R@1"] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
+                gains.append(s - t)
+                shares.append((s - t) / (c - t) if c > t else float("nan"))
+            mean = sum(gains) / len(gains)
+            sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) if len(gains) > 1 else 0.0
+            versus = ""
+            base = [(by.get((degrade, "default", r["seed"])), r) for r in runs]
+            if setting != "default" and all(b for b, _ in base):
+                plus = minus = 0
+                for b, r in base:
+                    p_, m_, _ = sign_test(b["hits_student"], r["hits_student"])
+                    plus, minus = plus + p_, minus + m_
+                n, k = plus + minus, min(plus, minus)
+                p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+                versus = f"{plus}/{minus} ({p:.2g})"
+            lines.append(f"| {degrade} | {setting} | {len(runs)} | {mean:+.2f} (± {sd:.2f}) | "
+                         f"{100 * sum(shares) / len(shares):.0f}% | {versus} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="the nordland_64x32 folder (summer/, winter/)")
     ap.add_argument("--out", type=Path, help="results JSON")
     ap.add_argument("--paired", type=Path, help="only print the R@1 sign test of this `loqi run` directory")
+    ap.add_argument("--table", type=Path, help="only print the tables of this results JSON")
     ap.add_argument("--work", type=Path, default=None, help="generated data, runs and cache (default: next to --out)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--method", default="lite0-gem")
@@ -203,6 +244,10 @@ def main() -> None:
             print(f"R@{n}, distilled vs pretrained on the degraded queries: {plus} only distilled right, {minus} "
                   f"only pretrained right; two-sided sign test p = {p:.3g}")
         return
+    if args.table:
+        results = json.loads(args.table.read_text())["results"]
+        print(table(results) + "\n\n" + comparison(results))
+        return
     if args.data is None or args.out is None:
         ap.error("--data and --out are required (or --paired RUN_DIR)")
     work = args.work or args.out.with_suffix("")
@@ -215,19 +260,30 @@ def main() -> None:
          "train": str(train), "test": str(test), "threads": threads,
          "out": str(work / "runs" / f"{d}__{s}__seed{seed}"),
          "cache": str(work / "cache")}  # cache files are written to a per-process name and renamed: safe to share
-        for d in args.degrade for s in settings for seed in args.seeds
+        for seed in args.seeds for d in args.degrade for s in settings  # seed-major: a cut-short grid has whole seeds
     ]  # fmt: skip
     t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+
+    def save() -> None:  # after every run, so that a grid stopped by a time limit keeps what it measured
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": time.perf_counter() - t0,
+                                        "test_places": args.test_places, "results": results}, indent=1))  # fmt: skip
+
     if args.jobs == 1:
-        results = [one_run(j) for j in jobs]
+        for j in jobs:
+            results.append(one_run(j))
+            save()
     else:
         import multiprocessing
 
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(one_run, jobs))
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": time.perf_counter() - t0,
-                                    "test_places": args.test_places, "results": results}, indent=1))  # fmt: skip
+            for future in as_completed([pool.submit(one_run, j) for j in jobs]):
+                results.append(future.result())
+                save()
     print(table(results))
+    if len(settings) > 1:
+        print()
+        print(comparison(results))
 
 
 if __name__ == "__main__":
