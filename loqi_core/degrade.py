@@ -476,6 +476,7 @@ class CopyResult:
 def _load_lists(
     dataset: str, split: str, images: str, limit: int | None, device: str, data_root: str | None, plugins: "Plugins | None"
 ) -> tuple["Plugins", list[tuple[str, "ImageList"]]]:
+    """The plugins and the named image lists to degrade; the device is checked first."""
     from loqi_core.datasets import load_dataset
     from loqi_core.devices import resolve_device
     from loqi_core.plugins import get_plugins
