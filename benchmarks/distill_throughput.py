@@ -128,8 +128,7 @@ def loader_rate(config, work: Path) -> float:
     """Images/s of the engine's training DataLoader alone: the same dataset, plan, views and workers as ``distill``.
 
     The batches the workers prefetch (4 per worker) are drained first, so the rate is the steady production rate."""
-    import torch
-
+    from loqi_core.devices import resolve_device
     from loqi_core.distillation import _Trainer, encoder_spec, training_loss
     from loqi_core.plugins import get_plugins
     from loqi_core.training.dist import DistEnv
@@ -138,7 +137,7 @@ def loader_rate(config, work: Path) -> float:
     drain, measured = 4 * workers + 2, max(16, 8 * workers)
     config = config.model_copy(update={"distill": config.distill.model_copy(update={"max_steps": drain + measured})})
     plugins = get_plugins()
-    trainer = _Trainer(config, work / "loader-only", "distill", False, plugins, DistEnv(), torch.device(config.device))
+    trainer = _Trainer(config, work / "loader-only", "distill", False, plugins, DistEnv(), resolve_device(config.device))
     trainer.spec = encoder_spec(config, plugins)
     trainer._build_data(training_loss(config, "distill", trainer.spec, plugins))
     batches = iter(trainer._loader(0))
@@ -153,6 +152,7 @@ def loader_rate(config, work: Path) -> float:
 def main() -> None:
     import torch
 
+    from loqi_core.devices import resolve_device
     from loqi_core.plugins import get_plugins
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,7 +175,7 @@ def main() -> None:
     args.workers = args.workers if args.workers is not None else (min(16, os.cpu_count() or 1) if cuda else 1)
     plugins = get_plugins()
     methods = args.methods.split(",") if args.methods else plugins.methods()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

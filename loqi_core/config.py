@@ -7,13 +7,13 @@ A typo or a bad value is reported as the field path and the reason (``distill.lr
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from loqi_core.devices import check_device_name
 from loqi_core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -27,7 +27,6 @@ IMAGE_SIDE = (8, 8192)
 SEED_MAX = 2**63 - 1
 LR_MAX = 1e10
 """Larger learning rates overflow float32 inside the optimizer (a smaller absurd one is caught as a non-finite loss)."""
-DEVICE_FORMS = "auto, cpu, cuda, cuda:N, mps"
 
 
 def check_recall(values: list[int]) -> list[int]:
@@ -37,13 +36,6 @@ def check_recall(values: list[int]) -> list[int]:
     if min(values) < 1:
         raise ValueError(f"every N must be at least 1, got {list(values)}")
     return sorted(set(values))
-
-
-def check_device_name(name: str) -> str:
-    """The syntax of a device name (whether this machine has it is checked when a run starts)."""
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise ValueError(f'"{name}" is not a device ({DEVICE_FORMS})')
-    return name
 
 
 class Section(BaseModel):

@@ -31,7 +31,6 @@ from loqi_core.data import TrainSet, skipped_path, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, DataError, LoqiError
-from loqi_core.evaluation import resolve_device
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
@@ -74,7 +73,6 @@ def distill(
     """
     if mode not in ("distill", "finetune"):
         raise ConfigError(f'mode must be "distill" or "finetune", not "{mode}"')
-    resolve_device(config.device)  # a device this machine lacks: one clear line before any work
     env, device = setup(config.device)
     trainer = _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train)
     previous = torch.get_num_threads()

@@ -38,6 +38,7 @@ from loqi_core.config import EvalConfig
 from loqi_core.cpus import loader_workers
 from loqi_core.data import ImageList, TestSet, UnreadableImageError, read_image
 from loqi_core.degradation import Degradation, Identity, parse_degradation, sample_seed
+from loqi_core.devices import resolve_device
 from loqi_core.errors import ConfigError
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.search import IVFPQParams, recall_at_n, resolve_backend, search
@@ -51,27 +52,6 @@ log = logging.getLogger("loqi.evaluate")
 
 SHARD_SIZE = 64
 """Images per degraded-image cache shard (whole sequences are never split across shards)."""
-
-
-def resolve_device(name: str | None = "auto") -> "torch.device":
-    """``auto`` → ``cuda`` when available, else ``cpu``; a device this machine lacks is a ``ConfigError``."""
-    import torch
-
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f'device: "{name}" is not a device (auto, cpu, cuda, cuda:N, mps)') from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f'device: "{name}" asked for, but CUDA is not available here (use --device cpu or auto)')
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f'device: "{name}" asked for, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}')
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f'device: "{name}" asked for, but MPS is not available here (use --device cpu or auto)')
-    return device
 
 
 def apply_threads(threads: int | None) -> int:

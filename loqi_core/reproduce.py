@@ -109,7 +109,7 @@ def _dataset_status(name: str, kind: str, root: Path | None, plugins: Plugins) -
 
 
 def _weights_status(config: RunConfig, plugins: Plugins) -> str:
-    from loqi_core.weights import weights_path
+    from loqi_core.weights import local_weights, weights_path
 
     spec = plugins.method(config.model.method)[0]  # type: ignore[arg-type]
     name = config.model.weights
@@ -120,10 +120,10 @@ def _weights_status(config: RunConfig, plugins: Plugins) -> str:
         return f"{name}: " + ("found" if Path(name).exists() else "MISSING (no such file)")
     if variant.locate is not None:
         return f"{variant.name} ({variant.filename}): shipped in a Python package"
-    path = weights_path(variant)
-    if path.exists():
-        return f"{variant.name} ({variant.filename}): found at {path}"
-    return f"{variant.name} ({variant.filename}): MISSING; get it from {variant.url or variant.manual} and put it at {path}"
+    found = local_weights(variant)
+    if found is not None:
+        return f"{variant.name} ({variant.filename}): found at {found}"
+    return f"{variant.name} ({variant.filename}): MISSING; get it from {variant.url or variant.manual} and put it at {weights_path(variant)}"
 
 
 def _paper_line(run: PlannedRun, paper: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from loqi_core.data import TestSet, TrainSet, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, one_line
-from loqi_core.evaluation import EvalResult, apply_threads, describe_protocol, evaluate, resolve_device
+from loqi_core.evaluation import EvalResult, apply_threads, describe_protocol, evaluate
 from loqi_core.fileio import located, write_text
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug, write_activation_maps
@@ -88,7 +88,6 @@ class Experiment:
 
         self.plugins = plugins or get_plugins()
         self.kind = kind
-        resolve_device(config.device)  # a clear error for a device this machine lacks, before torchrun setup
         self.env, self.device = setup(config.device)  # under torchrun: join the job; rank 0 alone writes and reports
         if self.env.initialized_here:
             atexit.register(self.env.close)

@@ -62,7 +62,10 @@ class WeightsSpec:
     filename: str
     """File name in the weights cache (``$LOQI_CACHE/weights/<filename>``)."""
     url: str | None = None
+    """Direct download URL; a file torch.hub stored from it (``$TORCH_HOME/hub/checkpoints/<its name>``) is reused."""
     sha256: str | None = None
+    """Checked on download and every load; None: unchecked, unless the URL's file name carries torch.hub's
+    ``-<sha256 prefix>.`` (torchvision's ``resnet50-0676ba61.pth``)."""
     convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """Maps the file's state dict onto loqi's keys (``encoder.*``, ``aggregator.*``)."""
     locate: Callable[[], Path] | None = None

@@ -1,18 +1,26 @@
-"""Pretrained weights: download once into a cache, check sha256, load safely; offline, say where the file goes."""
+"""Pretrained weights: download once (torch's downloader, retried) into a cache, reuse torch.hub's copy of the same
+file, check the sha256 where one is known, load safely; offline, say where the file goes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
-import tempfile
+import time
 import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from loqi_core.errors import WeightsError
 from loqi_core.specs import WeightsSpec
+
+RETRIES = 3
+"""Download attempts before giving up (torch's downloader neither retries nor resumes: each attempt starts over)."""
+RETRY_WAIT = 2.0
+"""Seconds before the second attempt, doubled before each further one."""
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.")
+"""torch.hub's naming convention ``name-<first hex digits of the sha256>.ext`` (torchvision's ``resnet50-0676ba61.pth``)."""
 
 
 def cache_dir() -> Path:
@@ -36,47 +44,94 @@ def weights_path(spec: WeightsSpec) -> Path:
     return cache_dir() / "weights" / spec.filename
 
 
+def hub_path(spec: WeightsSpec) -> Path | None:
+    """Where ``torch.hub.load_state_dict_from_url(spec.url)`` keeps the same file: ``$TORCH_HOME/hub/checkpoints/``
+    plus the URL's file name (official DINOv2 and torchvision weights a user already has land there)."""
+    import torch.hub
+
+    if spec.url is None:
+        return None
+    name = Path(urllib.parse.urlparse(spec.url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / name if name else None
+
+
+def expected_sha256(spec: WeightsSpec) -> str | None:
+    """The pinned sha256, else the leading hex digits a torch.hub-style URL file name carries, else None (unchecked)."""
+    if spec.sha256:
+        return spec.sha256
+    found = HASH_IN_NAME.search(Path(urllib.parse.urlparse(spec.url or "").path).name)
+    return found.group(1) if found else None
+
+
+def local_weights(spec: WeightsSpec) -> Path | None:
+    """The file already on this machine for a downloadable spec: loqi's cache, else torch.hub's copy (not hashed)."""
+    for path in (weights_path(spec), hub_path(spec)):
+        if path is not None and path.exists():
+            return path
+    return None
+
+
 def fetch_weights(spec: WeightsSpec) -> Path:
-    """The local file of a weights spec: package-provided, cached, or downloaded (then sha256-checked)."""
+    """The local file of a weights spec: package-provided, cached, torch.hub's copy of the same file, or downloaded.
+
+    A file is checked against ``expected_sha256`` when one is known (on download and on every load); weights
+    without a pinned hash or a hash in their URL's name are not checked.
+    """
     if spec.locate is not None:
         return spec.locate()
     path = weights_path(spec)
     if path.exists():
         _verify(path, spec)
         return path
+    hub = hub_path(spec)
+    if hub is not None and hub.exists() and _matches(hub, spec):
+        return hub
     where = spec.url or spec.manual or "the method's release page"
     if offline() or spec.url is None:
+        also = f" or at {hub}, where torch.hub keeps it" if hub is not None else ""
         raise WeightsError(
             f'weights "{spec.filename}" are not in the cache. Download them from {where} '
-            f"and put the file at {path} (or pass --weights /path/to/file)."
+            f"and put the file at {path}{also} (or pass --weights /path/to/file)."
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=60) as resp:
-            _copy_with_progress(resp, out, int(resp.headers.get("Content-Length") or 0), spec.filename)
-        _verify(Path(tmp), spec)
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError) as exc:
-        raise WeightsError(f"could not download {spec.url}: {exc}. Put the file at {path} by hand.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _download(spec.url, path, expected_sha256(spec))
     return path
 
 
-def _copy_with_progress(src: Any, dst: Any, total: int, label: str) -> None:
-    from tqdm import tqdm
+def _download(url: str, path: Path, sha256: str | None) -> None:
+    """``torch.hub.download_url_to_file`` (a temporary file, moved into place only when complete and matching
+    ``sha256``), retried ``RETRIES`` times on network errors; a missing URL or a wrong hash is not retried."""
+    import torch.hub
 
-    with tqdm(total=total or None, unit="B", unit_scale=True, desc=label) as bar:
-        for block in iter(lambda: src.read(1 << 20), b""):
-            dst.write(block)
-            bar.update(len(block))
+    wait = RETRY_WAIT
+    for attempt in range(1, RETRIES + 1):
+        try:
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256, progress=True)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == RETRIES:
+                raise WeightsError(f"could not download {url}: {exc}. Put the file at {path} by hand.") from None
+        except RuntimeError as exc:  # torch's "invalid hash value"
+            raise WeightsError(f"{url} is not the expected file: {exc}") from None
+        except OSError as exc:  # URLError, connection reset, timeout
+            if attempt == RETRIES:
+                raise WeightsError(
+                    f"could not download {url} ({RETRIES} attempts): {exc}. Put the file at {path} by hand."
+                ) from None
+        time.sleep(wait)
+        wait *= 2
+
+
+def _matches(path: Path, spec: WeightsSpec) -> bool:
+    expected = expected_sha256(spec)
+    return expected is None or sha256_of(path).startswith(expected)
 
 
 def _verify(path: Path, spec: WeightsSpec) -> None:
-    if spec.sha256 and sha256_of(path) != spec.sha256:
-        raise WeightsError(f"{path} does not match the expected sha256 {spec.sha256}; delete it and download again.")
+    if not _matches(path, spec):
+        raise WeightsError(
+            f"{path} does not match the expected sha256 (starting {expected_sha256(spec)}); delete it and download again."
+        )
 
 
 def load_state_dict(path: str | Path) -> dict[str, Any]:

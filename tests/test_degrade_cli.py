@@ -136,7 +136,7 @@ def test_temporal_codec_gets_each_sequence_in_order_and_other_images_alone(plugi
 def test_copy_keeps_layout_pixels_and_side_files_and_reads_back(plugins, dataset, tmp_path, monkeypatch):
     import torch
 
-    import loqi_core.commands.degrade as degrade
+    import loqi_core.degrade as degrade
     from loqi_core.datasets import load_dataset
 
     (dataset / "download.zip").write_bytes(b"z" * 100)

@@ -45,20 +45,9 @@ def _encoder(params: TinyEncoderParams):
 
 
 def _gem(params: GeMParams, in_channels: int):
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    from loqi_core.layers import GeM
 
-    class GeM(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.p = nn.Parameter(torch.tensor(params.p))
-
-        def forward(self, x):
-            pooled = F.avg_pool2d(x.clamp(min=1e-6).pow(self.p), x.shape[-2:]).pow(1.0 / self.p)
-            return F.normalize(pooled.flatten(1), dim=1)
-
-    return GeM()
+    return GeM(params.p, normalize=True)
 
 
 class Blur(Degradation):

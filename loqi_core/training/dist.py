@@ -38,12 +38,12 @@ def setup(device: str) -> tuple[DistEnv, torch.device]:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU) and pick this rank's device.
 
     ``device`` is the config's: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; under torchrun a
-    CUDA device becomes ``cuda:LOCAL_RANK``."""
+    CUDA device becomes ``cuda:LOCAL_RANK``. A device this machine lacks is one clear ``ConfigError`` line."""
+    from loqi_core.devices import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     env = DistEnv()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if world > 1:
         env = DistEnv(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
         if dev.type == "cuda":

@@ -51,9 +51,9 @@ def vocab_command(
           --set model.aggregator_params.vocabulary=runs/pitts_c32.safetensors
     """
     import numpy as np
-    import torch
 
     from loqi_core.datasets import load_dataset
+    from loqi_core.devices import resolve_device
     from loqi_core.errors import ConfigError
     from loqi_core.model import build_model
     from loqi_plugin_anyloc.vocab import collect, kmeans_centers
@@ -65,7 +65,7 @@ def vocab_command(
         enc_params = json.loads(encoder_params)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--encoder-params is not valid JSON: {exc}") from None
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     model = build_model(
         "anyloc", weights=weights, encoder_params=enc_params,
         aggregator_params={"clusters": clusters, "vocabulary": "random"},

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loqi_core.layers import GeM
 from loqi_plugin_cricavpr import CricaEncoderParams, CricaParams
 from loqi_plugin_dinov2.vit import DinoV2, create_vit, hub_to_timm
 
@@ -86,16 +87,6 @@ def region_bounds(n: int, parts: int, regions: str = "scaled") -> list[int]:
     return [int(n * k / parts + 0.5) for k in range(parts + 1)]
 
 
-class GeM(nn.Module):
-    def __init__(self, p: float, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p = nn.Parameter(torch.ones(1) * p)
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
-
-
 class CricaAggregator(nn.Module):
     """(patch map B×C×h×w, CLS B×C) → 14 region tokens → cross-image encoder within groups → 14·C, L2."""
 
@@ -103,7 +94,7 @@ class CricaAggregator(nn.Module):
         super().__init__()
         self.group_size = params.group_size
         self.regions = params.regions
-        self.gem = GeM(params.gem_p)
+        self.gem = GeM(params.gem_p, p_shape=(1,))  # the release's aggregation.1.p has shape [1]
         layer = nn.TransformerEncoderLayer(
             in_channels, params.heads, params.feedforward, dropout=params.dropout, activation="gelu", batch_first=False
         )

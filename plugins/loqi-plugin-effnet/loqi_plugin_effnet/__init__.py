@@ -90,9 +90,9 @@ def _encoder(params: NoParams):
 
 
 def _gem(params: GeMParams, in_channels: int):
-    from loqi_plugin_effnet.model import GeM
+    from loqi_core.layers import GeM
 
-    return GeM(params.p)
+    return GeM(params.p, normalize=True)
 
 
 def _netvlad(params: Lite0NetVLADParams, in_channels: int):

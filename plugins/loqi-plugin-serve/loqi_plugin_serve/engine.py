@@ -60,7 +60,8 @@ class Engine:
 
 def load_engine(index_path: Path, weights: str | None = None, device: str = "auto", precision: str = "auto") -> Engine:
     """Open the index, rebuild its model (or load ``weights`` into it) and refuse a model that does not match."""
-    from loqi_core.evaluation import resolve_device, use_bf16
+    from loqi_core.devices import resolve_device
+    from loqi_core.evaluation import use_bf16
     from loqi_core.plugins import get_plugins
 
     index = open_index(index_path)

@@ -129,7 +129,8 @@ def build_index(
     from loqi_core.cache import EvalCache, model_fingerprint
     from loqi_core.datasets import load_dataset
     from loqi_core.degradation import parse_degradation
-    from loqi_core.evaluation import extract, model_versions, resolve_device, use_bf16
+    from loqi_core.devices import resolve_device
+    from loqi_core.evaluation import extract, model_versions, use_bf16
     from loqi_core.plugins import get_plugins
     from loqi_core.search import IVFPQParams, ivfpq_settings
     from loqi_core.weights import sha256_of
