@@ -220,8 +220,8 @@ def grid_figure(
     labelled = first.ground_truth is not None
     legend = "frames: green = a positive, red = not" if labelled else "label-free: no positives, no distances"
     where = "; database images shown clean" if first.degradation is not None and not first.protocol.get("clean_database") else ""
-    text = f"{header}; {selection.note}; top-{k} with score (cosine){', distance' if first.query_positions is not None else ''}; {legend}{where}"
-    return tile(lines, captions, banner, header=text)
+    shown = f"top-{k} with score (cosine){' and distance' if first.query_positions is not None else ''}; {legend}{where}"
+    return tile(lines, captions, banner, header=f"{header}\n{selection.note}\n{shown}")
 
 
 def write_grids(
@@ -306,6 +306,6 @@ def write_activation_maps(
         ])  # fmt: skip
         tag = f" - {selection.tags[q]}" if q in selection.tags else ""
         captions.append(f"query {q}{tag}: clean | teacher(clean) | {degradation.spec or 'degraded'} | teacher(degraded) | {student_label}(degraded)")
-    header = f"encoder activation maps (mean |activation| over channels, one colour scale); {selection.note}"
+    header = f"encoder activation maps (mean |activation| over channels, one colour scale)\n{selection.note}"
     path.parent.mkdir(parents=True, exist_ok=True)
     activation_figure(rows, captions, header, banner).save(path)

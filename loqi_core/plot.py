@@ -95,19 +95,23 @@ def bordered(img: "PILImage.Image", color: tuple[int, int, int] | None, width: i
 
 def tile(rows: Sequence[Sequence["PILImage.Image"]], captions: Sequence[str] = (), banner: str | None = None,
          pad: int = 6, header: str = "") -> "PILImage.Image":
-    """Lay out rows of images (each row with an optional caption above it) on a white sheet."""
+    """Lay out rows of images (each row with an optional caption above it) on a white sheet, under a header
+    (one line per ``\\n``) and a red banner; the sheet is wide enough for every line of text."""
     from PIL import Image, ImageDraw
 
     f = font(12)
+    head = [line for line in header.split("\n") if line]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((_text_w(probe, t, f) + 2 * pad for t in [*head, banner or "", *captions]), default=0)
     cw = max((sum(im.width for im in r) + pad * (len(r) + 1) for r in rows), default=200)
     cap_h = 16 if captions else 0
-    extra = (18 if banner else 0) + (18 if header else 0)
+    extra = (18 if banner else 0) + 18 * len(head)
     heights = [max((im.height for im in r), default=0) + cap_h + pad for r in rows]
-    sheet = Image.new("RGB", (max(cw, 320), sum(heights) + extra + pad), "white")
+    sheet = Image.new("RGB", (max(cw, text_w, 320), sum(heights) + extra + pad), "white")
     d = ImageDraw.Draw(sheet)
     y = pad
-    if header:
-        d.text((pad, y), header, fill="black", font=f)
+    for line in head:
+        d.text((pad, y), line, fill="black", font=f)
         y += 18
     if banner:
         d.text((pad, y), banner, fill=WARN, font=f)
