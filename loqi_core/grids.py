@@ -38,12 +38,19 @@ def spread(indices: Sequence[int], n: int) -> list[int]:
     return sorted({int(indices[i]) for i in picks})
 
 
-def correct_at_1(result: "EvalResult") -> np.ndarray | None:
-    """Per query, whether its first retrieval is a positive; None for a label-free result (no ground truth)."""
+def right_at_1(result: "EvalResult", q: int) -> bool | None:
+    """Whether query ``q``'s first retrieval is a positive; None for a label-free result (no ground truth)."""
     if result.ground_truth is None:
         return None
-    top = result.predictions[:, 0]
-    return np.array([bool(t >= 0 and np.isin(t, g)) for t, g in zip(top, result.ground_truth)], dtype=bool)
+    top = int(result.predictions[q, 0])
+    return bool(top >= 0 and np.isin(top, result.ground_truth[q]))
+
+
+def correct_at_1(result: "EvalResult") -> np.ndarray | None:
+    """``right_at_1`` of every query, or None for a label-free result."""
+    if result.ground_truth is None:
+        return None
+    return np.array([right_at_1(result, q) for q in range(len(result.query_paths))], dtype=bool)
 
 
 def select_queries(how: str, n: int, result: "EvalResult", before: "EvalResult | None" = None) -> Selection:
@@ -173,14 +180,15 @@ def grid_line(result: "EvalResult", q: int, k: int) -> list["PILImage.Image"]:
     cells = []
     if seen is not None:
         cells.append(captioned(bordered(thumb(seen, pixelated=True), None), [f"seen ({spec})", f"{seen.width}x{seen.height}"]))
-    cells.append(captioned(bordered(thumb(clean, pixelated=True), None), ["clean query" if seen is not None else "query (seen clean)",
-                                                          f"{clean.width}x{clean.height}"]))  # fmt: skip
+    name = "clean query" if seen is not None else "query (seen clean)"
+    cells.append(captioned(bordered(thumb(clean, pixelated=True), None), [name, f"{clean.width}x{clean.height}"]))
     gt = result.ground_truth[q] if result.ground_truth is not None else None
-    for rank, db in enumerate(result.predictions[q, :k], 1):
+    for i, db in enumerate(result.predictions[q, :k]):
         if db < 0:
             continue
         frame = None if gt is None else GOOD if np.isin(db, gt) else BAD
-        cells.append(captioned(bordered(thumb(open_image(result.database_paths[db])), frame), retrieval_caption(result, q, rank - 1)))
+        image = bordered(thumb(open_image(result.database_paths[db])), frame)
+        cells.append(captioned(image, retrieval_caption(result, q, i)))
     return cells
 
 
@@ -192,10 +200,9 @@ def retrieval_caption(result: "EvalResult", q: int, i: int) -> list[str]:
 
 
 def verdict(result: "EvalResult", q: int) -> str:
-    ok = correct_at_1(result)
-    if ok is None:
-        return "no ground truth"
-    return "right at R@1" if ok[q] else "wrong at R@1"
+    """How a line's caption judges the model on query ``q``."""
+    ok = right_at_1(result, q)
+    return "no ground truth" if ok is None else "right at R@1" if ok else "wrong at R@1"
 
 
 def grid_figure(
@@ -219,7 +226,8 @@ def grid_figure(
             captions.append(f"{what}{label}: {verdict(result, q)}")
     labelled = first.ground_truth is not None
     legend = "frames: green = a positive, red = not" if labelled else "label-free: no positives, no distances"
-    where = "; database images shown clean" if first.degradation is not None and not first.protocol.get("clean_database") else ""
+    degraded_db = first.degradation is not None and not first.protocol.get("clean_database")
+    where = "; database images shown clean" if degraded_db else ""
     shown = f"top-{k} with score (cosine){' and distance' if first.query_positions is not None else ''}; {legend}{where}"
     return tile(lines, captions, banner, header=f"{header}\n{selection.note}\n{shown}")
 
@@ -305,7 +313,8 @@ def write_activation_maps(
             (d_img, None), (d_img, activation_map(teacher, degraded, device)), (d_img, activation_map(student, degraded, device)),
         ])  # fmt: skip
         tag = f" - {selection.tags[q]}" if q in selection.tags else ""
-        captions.append(f"query {q}{tag}: clean | teacher(clean) | {degradation.spec or 'degraded'} | teacher(degraded) | {student_label}(degraded)")
+        spec = degradation.spec or "degraded"
+        captions.append(f"query {q}{tag}: clean | teacher(clean) | {spec} | teacher(degraded) | {student_label}(degraded)")
     header = f"encoder activation maps (mean |activation| over channels, one colour scale)\n{selection.note}"
     path.parent.mkdir(parents=True, exist_ok=True)
     activation_figure(rows, captions, header, banner).save(path)

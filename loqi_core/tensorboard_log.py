@@ -52,7 +52,8 @@ def log_recalls(folder: Path, metrics: Mapping[str, Any]) -> bool:
     try:
         for dataset, ds in metrics["datasets"].items():
             for row, recalls in ds["rows"].items():
-                step = trained_steps(metrics.get("rows", {}).get(row, {}).get("weights")) if not row.startswith("pretrained") else 0
+                weights = metrics.get("rows", {}).get(row, {}).get("weights")
+                step = 0 if row.startswith("pretrained") else trained_steps(weights)
                 for name, value in recalls.items():
                     writer.add_scalar(f"recall/{dataset}/{row}/{name}", value, step)
     finally:

@@ -106,6 +106,14 @@ def test_rows_are_paired_with_the_pretrained_row_of_their_level(tmp_path):
     assert grids.pair_of(rows, "pretrained_clean") == ("pretrained_degraded@jpeg5", "distilled@jpeg5")
 
 
+def test_figures_of_a_student_use_its_row_or_its_first_level(tmp_path):
+    before, after = _result(tmp_path, [1, 0, 1]), _result(tmp_path, [0, 2, 1])
+    levels = {"pretrained_degraded@jpeg5": before, "distilled@jpeg5": after}
+    sel = grids.figure_selection(levels, "distilled", "changed", 4)
+    assert sel.queries == [0, 1] and sel.tags == {0: "FIXED", 1: "BROKEN"}
+    assert grids.figure_selection(levels, "distilled:mse", "changed", 4).queries == [0, 1, 2]  # no such row: spread
+
+
 # ---- grids ----------------------------------------------------------------------------------------
 
 
@@ -139,6 +147,10 @@ def test_label_free_grid_has_no_marks_but_every_panel(tmp_path):
     assert _count(img, SEEN) == 3 * tw * grids.THUMB_H  # 3 queries, each shown degraded
     for color in DB_COLORS[1:]:  # every query's top 3 (d1, d2, d3 in some order) is drawn
         assert _count(img, color) == 3 * tw * grids.THUMB_H
+    written = grids.write_grids(tmp_path / "grids", {"free": {"model": result}}, {"model": "model"}, 2, K, "changed")
+    assert [p.name for p in written] == ["free__model.png"]
+    with Image.open(written[0]) as img:
+        assert _count(img, SEEN) == 2 * tw * grids.THUMB_H and _count(img, GOOD) == 0
 
 
 def test_report_writes_per_row_grids_and_pretrained_vs_distilled_for_the_same_queries(tmp_path):
