@@ -393,6 +393,7 @@ class EvalResult:
     database_positions: np.ndarray | None = None
     """UTM east/north of the database images (N×2 metres), when the dataset has them: distances in the grids."""
     query_positions: np.ndarray | None = None
+    """UTM east/north of the queries (Q×2 metres), when the dataset has them."""
 
     @property
     def queries_without_positives(self) -> int:
