@@ -122,7 +122,12 @@ class EvalConfig(Section):
     ivf_m: int | None = Field(None, ge=1, description="IVF-PQ sub-quantisers (must divide the dimension); None = auto")
     ivf_nprobe: int | None = Field(None, ge=1, description="IVF-PQ cells visited per query; None = auto")
     ivf_refine: int = Field(10, ge=0, description="IVF-PQ: re-rank the top refine*k exactly from the database on disk; 0 = off")
-    grid_queries: int = Field(6, ge=0, description="queries drawn in the top-k image grids and activation maps")
+    grid_queries: int = Field(6, ge=0, description="queries drawn in the top-k image grids and activation maps; 0 = none")
+    grid_select: Literal["spread", "first", "wrong", "changed"] = Field(
+        "spread", description="which queries the grids and activation maps show: spread evenly, the first ones, those "
+        "wrong at R@1, or those distillation changed at R@1 (fixed or broken against the pretrained model)",
+    )  # fmt: skip
+    grid_k: int = Field(5, ge=1, description="database images shown per query in the grids (its top k)")
 
     @field_validator("recall")
     @classmethod

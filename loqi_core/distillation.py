@@ -36,6 +36,7 @@ from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.rundir import locked
 from loqi_core.specs import EncoderSpec, Preprocess
+from loqi_core.tensorboard_log import summary_writer
 from loqi_core.training import state as ckpt
 from loqi_core.cpus import loader_workers, torch_threads
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
@@ -566,14 +567,7 @@ class _Trainer:
 
         self.columns = ["loss", *[n for _, n, _ in self.loss.terms]]
         self.csv = _CsvLog(self.out / "train_log.csv", self.columns[1:], start if latest is not None else None) if self.env.is_main else None
-        self.tb = None
-        if self.env.is_main and self.d.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(self.out / "tensorboard"))
-            except ImportError:
-                self.tb = None
+        self.tb = summary_writer(self.out / "tensorboard") if self.env.is_main and self.d.tensorboard else None
         self.t_first: float | None = None
         self.images = self.images_at_first = 0
         self.rate = float("nan")

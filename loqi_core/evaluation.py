@@ -369,6 +369,12 @@ class EvalResult:
     query_paths: list[Path]
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    degradation: Degradation | None = None
+    """What the queries went through (the grids show each query as the model saw it)."""
+    database_positions: np.ndarray | None = None
+    """UTM east/north of the database images (N×2 metres), when the dataset has them: distances in the grids."""
+    query_positions: np.ndarray | None = None
+    """UTM east/north of the queries (Q×2 metres), when the dataset has them."""
 
     @property
     def queries_without_positives(self) -> int:
@@ -503,4 +509,7 @@ def evaluate(
         timings={"database_s": stats["database"].seconds, "queries_s": stats["queries"].seconds, "search_s": search_s},
         cache={"descriptors_cached": [stats["database"].descriptors_cached, stats["queries"].descriptors_cached],
                "image_shards": {k: dict(v.image_shards) for k, v in stats.items()}},
+        degradation=deg,
+        database_positions=test.database.positions,
+        query_positions=test.queries.positions,
     )

@@ -95,19 +95,23 @@ def bordered(img: "PILImage.Image", color: tuple[int, int, int] | None, width: i
 
 def tile(rows: Sequence[Sequence["PILImage.Image"]], captions: Sequence[str] = (), banner: str | None = None,
          pad: int = 6, header: str = "") -> "PILImage.Image":
-    """Lay out rows of images (each row with an optional caption above it) on a white sheet."""
+    """Lay out rows of images (each row with an optional caption above it) on a white sheet, under a header
+    (one line per ``\\n``) and a red banner; the sheet is wide enough for every line of text."""
     from PIL import Image, ImageDraw
 
     f = font(12)
+    head = [line for line in header.split("\n") if line]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((_text_w(probe, t, f) + 2 * pad for t in [*head, banner or "", *captions]), default=0)
     cw = max((sum(im.width for im in r) + pad * (len(r) + 1) for r in rows), default=200)
     cap_h = 16 if captions else 0
-    extra = (18 if banner else 0) + (18 if header else 0)
+    extra = (18 if banner else 0) + 18 * len(head)
     heights = [max((im.height for im in r), default=0) + cap_h + pad for r in rows]
-    sheet = Image.new("RGB", (max(cw, 320), sum(heights) + extra + pad), "white")
+    sheet = Image.new("RGB", (max(cw, text_w, 320), sum(heights) + extra + pad), "white")
     d = ImageDraw.Draw(sheet)
     y = pad
-    if header:
-        d.text((pad, y), header, fill="black", font=f)
+    for line in head:
+        d.text((pad, y), line, fill="black", font=f)
         y += 18
     if banner:
         d.text((pad, y), banner, fill=WARN, font=f)
@@ -123,15 +127,77 @@ def tile(rows: Sequence[Sequence["PILImage.Image"]], captions: Sequence[str] = (
     return sheet
 
 
-def heatmap(values: np.ndarray, size: tuple[int, int], under: "PILImage.Image | None" = None) -> "PILImage.Image":
-    """A 2-D map scaled to 0..1, coloured blue→red (a jet-like ramp), resized to ``size`` (w, h), over ``under``."""
-    from PIL import Image
-
-    v = values.astype(np.float64)
-    v = (v - v.min()) / (v.max() - v.min() + 1e-12)
+def ramp(v: np.ndarray) -> np.ndarray:
+    """Values in 0..1 → uint8 RGB on a blue→cyan→yellow→red (jet-like) ramp."""
+    v = np.clip(v, 0.0, 1.0)
     r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
     g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
     b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
-    rgb = (np.stack([r, g, b], -1) * 255).astype(np.uint8)
-    heat = Image.fromarray(rgb).resize(size, Image.BILINEAR)
-    return Image.blend(under.convert("RGB").resize(size), heat, 0.55) if under is not None else heat
+    return (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
+
+
+def heatmap(
+    values: np.ndarray, size: tuple[int, int], under: "PILImage.Image | None" = None,
+    vmin: float | None = None, vmax: float | None = None, alpha: float = 0.55,
+) -> "PILImage.Image":  # fmt: skip
+    """A 2-D map coloured on ``ramp`` between ``vmin`` and ``vmax`` (default: its own min and max; give the same
+    pair to several maps to put them on one scale), resized to ``size`` (w, h), blended over ``under``."""
+    from PIL import Image
+
+    v = values.astype(np.float64)
+    lo = float(v.min()) if vmin is None else vmin
+    hi = float(v.max()) if vmax is None else vmax
+    heat = Image.fromarray(ramp((v - lo) / (hi - lo) if hi > lo else np.zeros_like(v))).resize(size, Image.BILINEAR)
+    return Image.blend(under.convert("RGB").resize(size), heat, alpha) if under is not None else heat
+
+
+def colorbar(height: int, vmin: float, vmax: float, label: str = "", width: int = 18) -> "PILImage.Image":
+    """A vertical colour bar of ``ramp`` (vmax at the top) with its end and middle values written beside it."""
+    from PIL import Image, ImageDraw
+
+    f = font(11)
+    ticks = [(vmax, 0), ((vmin + vmax) / 2, 0.5), (vmin, 1)]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max([_text_w(probe, f"{v:.3g}", f) for v, _ in ticks] + [_text_w(probe, label, f) - width])
+    bar_h = max(20, height - (18 if label else 0) - 12)
+    img = Image.new("RGB", (width + 10 + text_w + 4, height), "white")
+    top = 6 + (18 if label else 0)
+    column = ramp(np.linspace(1.0, 0.0, bar_h))[:, None, :].repeat(width, axis=1)
+    img.paste(Image.fromarray(column), (0, top))
+    d = ImageDraw.Draw(img)
+    d.rectangle([0, top, width - 1, top + bar_h - 1], outline="black")
+    if label:
+        d.text((0, 4), label, fill="black", font=f)
+    for v, at in ticks:
+        y = top + at * (bar_h - 1)
+        d.line([(width, y), (width + 4, y)], fill="black")
+        d.text((width + 7, y - 7), f"{v:.3g}", fill="black", font=f)
+    return img
+
+
+def captioned(img: "PILImage.Image", lines: Sequence[str], size: int = 11) -> "PILImage.Image":
+    """The image with lines of text under it, centred; the cell is as wide as the wider of the two."""
+    from PIL import Image, ImageDraw
+
+    lines = [line for line in lines if line]
+    if not lines:
+        return img
+    f = font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max([img.width] + [_text_w(probe, line, f) + 4 for line in lines])
+    cell = Image.new("RGB", (width, img.height + (size + 3) * len(lines) + 2), "white")
+    cell.paste(img, ((width - img.width) // 2, 0))
+    d = ImageDraw.Draw(cell)
+    for i, line in enumerate(lines):
+        d.text(((width - _text_w(d, line, f)) // 2, img.height + 2 + (size + 3) * i), line, fill="black", font=f)
+    return cell
+
+
+def beside(left: "PILImage.Image", right: "PILImage.Image", gap: int = 8) -> "PILImage.Image":
+    """Two images side by side on white, tops aligned."""
+    from PIL import Image
+
+    sheet = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
+    sheet.paste(left, (0, 0))
+    sheet.paste(right, (left.width + gap, 0))
+    return sheet

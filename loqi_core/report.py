@@ -139,8 +139,10 @@ class Report:
             "datasets": datasets,
         }
 
-    def write(self, run_dir: Path, grid_queries: int = 6, grid_k: int = 5) -> dict[str, Any]:
+    def write(self, run_dir: Path, grid_queries: int = 6, grid_k: int = 5, grid_select: str = "spread") -> dict[str, Any]:
         """Write metrics.json, results.md, recall.png, predictions/*.csv and grids/*.png; returns the metrics."""
+        from loqi_core.grids import write_grids
+
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.metrics()
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -150,9 +152,10 @@ class Report:
             for row, result in rows.items():
                 name = f"{slug(dataset)}__{slug(row)}"
                 write_predictions(run_dir / "predictions" / f"{name}.csv", result, self.untrained)
-                if grid_queries:
-                    write_grid(run_dir / "grids" / f"{name}.png", result, grid_queries, grid_k,
-                               f"{dataset}: {self.rows[row]['label']}", UNTRAINED if self.untrained else None)
+        if grid_queries:
+            labels = {row: meta["label"] for row, meta in self.rows.items()}
+            write_grids(run_dir / "grids", self.results, labels, grid_queries, grid_k, grid_select,
+                        UNTRAINED if self.untrained else None)
         return metrics
 
 
@@ -248,7 +251,7 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-# ---- plots, predictions, grids --------------------------------------------------------------------
+# ---- plots, predictions --------------------------------------------------------------------------
 
 
 def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> None:
@@ -286,36 +289,6 @@ def write_predictions(path: Path, result: "EvalResult", untrained: bool = False)
                 "".join("1" if c else "0" for c in correct), " ".join(f"{s:.5f}" for s in scores[: len(valid)]),
                 result.database_paths[valid[0]] if len(valid) else "",
             ])  # fmt: skip
-
-
-def _thumb(path: Path, height: int = 96):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        return img.resize((max(1, round(img.width * height / img.height)), height))
-
-
-def grid_queries(n_queries: int, n: int) -> list[int]:
-    """``n`` query indices spread evenly over the list (the same ones in every row and run)."""
-    return sorted(set(np.linspace(0, n_queries - 1, min(n, n_queries)).round().astype(int).tolist())) if n_queries else []
-
-
-def write_grid(path: Path, result: "EvalResult", n: int, k: int, header: str, banner: str | None) -> None:
-    """A few queries (grey frame) and their top-k database images, framed green when right and red when wrong."""
-    from loqi_core.plot import BAD, GOOD, bordered, tile
-
-    rows, captions = [], []
-    for q in grid_queries(len(result.query_paths), n):
-        gt = result.ground_truth[q]
-        tiles = [bordered(_thumb(result.query_paths[q]), None)]
-        for db in result.predictions[q, :k]:
-            if db >= 0:
-                tiles.append(bordered(_thumb(result.database_paths[db]), GOOD if db in gt else BAD))
-        rows.append(tiles)
-        captions.append(f"query {q} (positives: {len(gt)}): top-{k} on the right, green = a positive, red = not")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tile(rows, captions, banner, header=header + " (clean images shown)").save(path)
 
 
 # ---- loqi report ----------------------------------------------------------------------------------
@@ -381,48 +354,3 @@ def combine(run_dirs: Sequence[Path], out: Path) -> Path:
         {"label": lbl, "dir": str(d), "metrics": m} for m, lbl, d in zip(all_metrics, labels, run_dirs)]}, indent=2))
     write_recall_plot(out / "recall.png", all_metrics, labels)
     return out
-
-
-# ---- activation maps (the paper's Fig. 4) -----------------------------------------------------------
-
-
-def activation_map(model: Any, image: Any, device: Any) -> np.ndarray:
-    """Mean absolute activation over channels of the encoder's latent map for one uint8 image (h×w)."""
-    import torch
-
-    with torch.inference_mode():
-        latent, _ = model(model.prepare([image], device))
-    return latent[0].float().abs().mean(0).cpu().numpy()
-
-
-def _pil(image: Any, height: int = 128) -> Any:
-    """A uint8 3×H×W tensor as a PIL image of the given height."""
-    from PIL import Image
-
-    im = Image.fromarray(image.permute(1, 2, 0).numpy())
-    return im.resize((max(1, round(im.width * height / im.height)), height))
-
-
-def write_activation_maps(
-    path: Path, teacher: Any, student: Any, query_paths: Sequence[Path], degradation: Any, *, n: int = 4,
-    seed: int = 0, device: Any = "cpu", banner: str | None = None, student_label: str = "student",
-) -> None:
-    """Rows of queries; columns: clean image, teacher on it, degraded image, teacher on it, student on it."""
-    from loqi_core.data import read_image
-    from loqi_core.degradation import sample_seed
-    from loqi_core.plot import heatmap, tile
-
-    rows, captions = [], []
-    for q in grid_queries(len(query_paths), n):
-        clean = read_image(query_paths[q])
-        # one image per call: temporal codecs see a one-frame stream here (the figure, not the evaluation)
-        degraded = degradation([clean], seed=sample_seed(seed, Path(query_paths[q]).name)).images[0]
-        c_img, d_img = _pil(clean), _pil(degraded)
-        rows.append([
-            c_img, heatmap(activation_map(teacher, clean, device), c_img.size, c_img),
-            d_img, heatmap(activation_map(teacher, degraded, device), d_img.size, d_img),
-            heatmap(activation_map(student, degraded, device), d_img.size, d_img),
-        ])  # fmt: skip
-        captions.append(f"query {q}: clean | teacher(clean) | {degradation.spec or 'degraded'} | teacher(degraded) | {student_label}(degraded)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tile(rows, captions, banner, header="encoder activation maps (mean |activation| over channels)").save(path)

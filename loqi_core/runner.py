@@ -29,8 +29,9 @@ from loqi_core.errors import ConfigError, one_line
 from loqi_core.evaluation import EvalResult, apply_threads, describe_protocol, evaluate
 from loqi_core.fileio import located, write_text
 from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug, write_activation_maps
+from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug
 from loqi_core.rundir import locked
+from loqi_core.tensorboard_log import log_recalls
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.training.data import ViewConfig
@@ -287,22 +288,31 @@ class Experiment:
         return distill(config, target, mode=mode, resume=resume, plugins=self.plugins,  # type: ignore[arg-type]
                        train=self.train_set)
 
-    def activations(self, teacher: "VPRModel", student: "VPRModel", tag: str = "", label: str = "student") -> None:
-        n = self.config.eval.grid_queries
-        if not n or not self.env.is_main:
+    def activations(
+        self, teacher: "VPRModel", student: "VPRModel", row: str = "distilled", tag: str = "", label: str = "student"
+    ) -> None:
+        """Teacher and student activation maps for the queries of the student's row's comparison grid."""
+        from loqi_core.grids import figure_selection, write_activation_maps
+
+        ev = self.config.eval
+        if not ev.grid_queries or not self.env.is_main:
             return
         for test in self.tests:
             name = slug(test.name) + (f"__{slug(tag)}" if tag else "")
+            selection = figure_selection(self.report.results[test.name], row, ev.grid_select, ev.grid_queries)
             write_activation_maps(
                 self.out / "activations" / f"{name}.png", teacher, student, test.queries.paths, self.degradation,
-                n=min(n, 4), seed=self.config.seed, device=self.device, banner=UNTRAINED if self.untrained else None,
+                selection, seed=self.config.seed, device=self.device, banner=UNTRAINED if self.untrained else None,
                 student_label=label,
             )  # fmt: skip
 
     def finish(self) -> Path:
         if not self.env.is_main:
             return self.out
-        metrics = self.report.write(self.out, grid_queries=self.config.eval.grid_queries)
+        ev = self.config.eval
+        metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select)
+        if self.kind != "eval" and self.config.distill.tensorboard and log_recalls(self.out / "tensorboard", metrics):
+            self.echo(f"recalls logged to TensorBoard: {self.out / 'tensorboard'}")
         self.print_protocols()
         self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.report.run['degrade']}"))
         self.echo(f"run directory: {self.out}")
@@ -401,7 +411,7 @@ def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | No
                 continue
             student = exp.build(str(final))
             exp.evaluate_levels(f"distilled:{expr}", student, loss=expr, weights=str(final))
-            exp.activations(teacher, student, tag=expr, label=f"student {expr}")
+            exp.activations(teacher, student, row=f"distilled:{expr}", tag=expr, label=f"student {expr}")
         for test in exp.tests:
             exp.report.note(test.name, skipped)
         return exp.finish()

@@ -60,8 +60,10 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     the degradation and the method's preprocessing: a broken input fails in seconds.
 
     The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
-    predictions/*.csv, grids/*.png (top-k right/wrong), activations/*.png (teacher vs student encoder
-    activation maps, the paper's Fig. 4) and the training runs in distill/ and finetune/.
+    predictions/*.csv, grids/*.png (each query as the model saw it and clean, its top-k with score and
+    distance, right/wrong; pretrained and distilled side by side; -s eval.grid_select=wrong|changed picks the
+    queries), activations/*.png (teacher vs student encoder activation maps on one colour scale, the paper's
+    Fig. 4) and the training runs in distill/ and finetune/.
 
     \b
     Examples:

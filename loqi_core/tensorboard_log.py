@@ -1,0 +1,61 @@
+"""Optional TensorBoard logs (training losses, evaluation recalls): the package is not a dependency, so a run
+asked to log there without it says so once instead of skipping in silence."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+_said_missing = False
+
+MISSING = ("TensorBoard logging is on (distill.tensorboard) but the tensorboard package is not installed: no "
+           "TensorBoard logs are written. `pip install tensorboard`, or set distill.tensorboard=false to silence this")  # fmt: skip
+
+
+def summary_writer(folder: Path) -> Any | None:
+    """A ``SummaryWriter`` logging into ``folder``, or None (with a warning, once per process) without tensorboard."""
+    global _said_missing
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if not _said_missing:
+            _said_missing = True
+            warnings.warn(MISSING, stacklevel=2)
+        return None
+    return SummaryWriter(str(folder))
+
+
+def trained_steps(weights: str | None) -> int:
+    """The training step a row's weights were saved at (a run's training folder or a checkpoint), 0 for others."""
+    from loqi_core.training.state import STATE_FILE
+
+    if not weights:
+        return 0
+    for folder in (Path(weights) / "checkpoints" / "final", Path(weights)):
+        state = folder / STATE_FILE
+        if state.is_file():
+            try:
+                return int(json.loads(state.read_text())["step"])
+            except (ValueError, KeyError, OSError):
+                return 0
+    return 0
+
+
+def log_recalls(folder: Path, metrics: Mapping[str, Any]) -> bool:
+    """Every recall of a run's ``metrics.json`` as scalars ``recall/<dataset>/<row>/R@N``, at step 0 for the
+    pretrained model and at its training step for a trained one. Returns whether anything was written."""
+    writer = summary_writer(folder)
+    if writer is None:
+        return False
+    try:
+        for dataset, ds in metrics["datasets"].items():
+            for row, recalls in ds["rows"].items():
+                weights = metrics.get("rows", {}).get(row, {}).get("weights")
+                step = 0 if row.startswith("pretrained") else trained_steps(weights)
+                for name, value in recalls.items():
+                    writer.add_scalar(f"recall/{dataset}/{row}/{name}", value, step)
+    finally:
+        writer.close()
+    return True
