@@ -124,6 +124,7 @@ class Report:
                 "n_database": len(main.database_paths),
                 "n_queries": len(main.query_paths),
                 "queries_without_positives": main.queries_without_positives,
+                "labelled": main.ground_truth is not None,
                 "rows": {r: {k: round(v, 4) for k, v in rows[r].recalls.items()} for r in ordered},
                 "protocol": main.protocol,
                 "protocols": {r: rows[r].protocol for r in ordered},
@@ -145,7 +146,8 @@ class Report:
         metrics = self.metrics()
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run_dir / "results.md").write_text(results_markdown(metrics))
-        write_recall_plot(run_dir / "recall.png", [metrics])
+        if any(r for ds in metrics["datasets"].values() for r in ds["rows"].values()):  # label-free: no recall to plot
+            write_recall_plot(run_dir / "recall.png", [metrics])
         for dataset, rows in self.results.items():
             for row, result in rows.items():
                 name = f"{slug(dataset)}__{slug(row)}"
@@ -187,6 +189,8 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
                      f"{p['encoder']}; positives: {p['positives']}; queries without a positive: "
                      f"{p['queries_without_positives']}; search: {p['search']}; {p['temporal']}; precision {p['precision']}.")
         lines += [f"  - note: {n}" for n in ds.get("notes", [])]
+        if ds.get("labelled") is False:
+            lines.append(f"  - no recall: {p['positives'].removeprefix('unknown: ')}")
     return "\n".join(lines) + "\n"
 
 
@@ -207,9 +211,9 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
             base = rows.get(_baseline(row))
             for n in ns:
                 key = f"R@{n}"
-                if row not in rows:
+                if key not in rows.get(row, {}):  # not evaluated, or label-free
                     cells.append("–")
-                elif delta and base is not None:
+                elif delta and base is not None and key in base:
                     cells.append(f"{rows[row][key] - base[key]:+.2f} ({_fmt(rows[row][key])})")
                 else:
                     cells.append(_fmt(rows[row][key]))
@@ -238,9 +242,9 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
             base = rows.get(f"pretrained_degraded@{level}")
             for b in bases:
                 value = rows.get(f"{b}@{level}")
-                if value is None:
+                if not value:  # not evaluated, or label-free
                     cells.append("–")
-                elif base is not None and b not in ("pretrained_degraded", "model"):
+                elif base and b not in ("pretrained_degraded", "model"):
                     cells.append(f"{_fmt(value[first])} ({value[first] - base[first]:+.2f})")
                 else:
                     cells.append(_fmt(value[first]))
@@ -262,6 +266,8 @@ def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels:
         prefix = f"{labels[i]}: " if labels else ""
         for d, ds in m["datasets"].items():
             for row, rec in ds["rows"].items():
+                if not rec:  # label-free: no recall
+                    continue
                 panels.setdefault(d, {})[prefix + m.get("rows", {}).get(row, {}).get("label", row)] = rec
     run = all_metrics[0].get("run", {}) if all_metrics else {}
     title = "recall@N" + (f" - {run.get('method')} / {run.get('degrade')}" if len(all_metrics) == 1 else "")
@@ -277,13 +283,15 @@ def write_predictions(path: Path, result: "EvalResult", untrained: bool = False)
             f.write(f"# {UNTRAINED}\n")
         w = csv.writer(f)
         w.writerow(["query", "query_path", "n_positives", "first_positive_rank", "top_k", "top_k_correct", "top_k_scores", "top1_path"])
-        for q, (row, scores, gt) in enumerate(zip(result.predictions, result.scores, result.ground_truth)):
+        truth = result.ground_truth if result.ground_truth is not None else [None] * len(result.predictions)
+        for q, (row, scores, gt) in enumerate(zip(result.predictions, result.scores, truth)):
             valid = row[row >= 0]
-            correct = np.isin(valid, gt)
-            first = int(np.argmax(correct)) + 1 if correct.any() else ""
+            correct = np.isin(valid, gt) if gt is not None else None  # label-free: right and wrong unknown
+            first = int(np.argmax(correct)) + 1 if correct is not None and correct.any() else ""
             w.writerow([
-                q, result.query_paths[q], len(gt), first, " ".join(map(str, valid.tolist())),
-                "".join("1" if c else "0" for c in correct), " ".join(f"{s:.5f}" for s in scores[: len(valid)]),
+                q, result.query_paths[q], len(gt) if gt is not None else "", first, " ".join(map(str, valid.tolist())),
+                "".join("1" if c else "0" for c in correct) if correct is not None else "",
+                " ".join(f"{s:.5f}" for s in scores[: len(valid)]),
                 result.database_paths[valid[0]] if len(valid) else "",
             ])  # fmt: skip
 
@@ -307,13 +315,14 @@ def write_grid(path: Path, result: "EvalResult", n: int, k: int, header: str, ba
 
     rows, captions = [], []
     for q in grid_queries(len(result.query_paths), n):
-        gt = result.ground_truth[q]
+        gt = result.ground_truth[q] if result.ground_truth is not None else None
         tiles = [bordered(_thumb(result.query_paths[q]), None)]
         for db in result.predictions[q, :k]:
             if db >= 0:
-                tiles.append(bordered(_thumb(result.database_paths[db]), GOOD if db in gt else BAD))
+                tiles.append(bordered(_thumb(result.database_paths[db]), None if gt is None else GOOD if db in gt else BAD))
         rows.append(tiles)
-        captions.append(f"query {q} (positives: {len(gt)}): top-{k} on the right, green = a positive, red = not")
+        captions.append(f"query {q}: top-{k} on the right (label-free: no positions, right and wrong unknown)" if gt is None
+                        else f"query {q} (positives: {len(gt)}): top-{k} on the right, green = a positive, red = not")
     path.parent.mkdir(parents=True, exist_ok=True)
     tile(rows, captions, banner, header=header + " (clean images shown)").save(path)
 

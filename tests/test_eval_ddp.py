@@ -30,7 +30,7 @@ def test_blocks_hold_whole_batches_whatever_the_shards():
 
 def _eval(cmd_prefix: list[str], out: Path, cache: Path, root: Path) -> subprocess.CompletedProcess:
     args = [*cmd_prefix, "eval", "--method", "cricavpr", "--weights", "random", "--dataset", f"folder:{root}",
-            "--degrade", "jpeg20", "--out", str(out), "--cache-dir", str(cache), "--batch-size", "8",
+            "--degrade", "jpeg20", "--out", str(out), "--cache-dir", str(cache), "--eval-batch-size", "8",
             "-s", "model.encoder_params={arch: vits14, depth: 1}", "-s", "model.aggregator_params={group_size: 0, heads: 4}",
             "-s", "model.image_size=[42, 42]", "-s", "eval.num_workers=0", "-s", "eval.grid_queries=0"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "LOQI_OFFLINE": "1"}
