@@ -203,7 +203,7 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     all_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"]}, key=_row_order)
     for row in all_rows:
         label = metrics.get("rows", {}).get(row, {}).get("label", row)
-        has_base = any(_baseline(row) in metrics["datasets"][d]["rows"] for d in names)
+        has_base = any(metrics["datasets"][d]["rows"].get(_baseline(row)) for d in names)  # {}: label-free
         delta = row.split("@", 1)[0].split(":", 1)[0] in ("finetuned", "distilled") and has_base
         cells = [f"{prefix}{label}" + (" Δ" if delta else "")]
         for d in names:
