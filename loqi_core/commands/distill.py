@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from loqi_core.commands.options import cli_overrides, common_options, resolve
+from loqi_core.commands.options import cli_overrides, common_options, resolve, take_deprecated
 from loqi_core.errors import ConfigError
 
 
@@ -36,11 +36,7 @@ def _distill_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
     from loqi_core.config import RunConfig, set_dotted, validate
 
-    if kw["old_train"] is not None:
-        if kw["train"] is not None:
-            raise ConfigError("give --train only (-t is its deprecated spelling in distill and finetune)")
-        click.echo("Warning: -t is deprecated in distill and finetune: write --train (in eval, run and sweep -t is --test)", err=True)
-        kw["train"] = kw["old_train"]
+    take_deprecated(kw, "old_train", "train", "-t", "--train", "in distill and finetune", "in eval, run and sweep -t is --test")
     extra = {
         "distill.train": kw["train"], "distill.max_steps": kw["max_steps"], "distill.lr": kw["lr"],
         "distill.batch_size": kw["batch_size"], "distill.view_size": kw["view_size"] or None,

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from loqi_core.commands.options import common_options, resolve, split_list
+from loqi_core.commands.options import common_options, resolve, split_list, take_deprecated
 from loqi_core.errors import ConfigError
 
 
@@ -61,12 +61,8 @@ def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
     """The RunConfig fields the evaluation flags set (None = flag not given)."""
     from loqi_core.sampling import split_top
 
-    if kw.get("old_batch_size") is not None:
-        if kw.get("eval_batch_size") is not None:
-            raise ConfigError("give --eval-batch-size only (--batch-size is its deprecated spelling here)")
-        click.echo("Warning: --batch-size is deprecated in eval, run and sweep: write --eval-batch-size (the "
-                   "extraction batch); --batch-size is the training batch of loqi distill", err=True)
-        kw["eval_batch_size"] = kw["old_batch_size"]
+    take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in eval, run and sweep",
+                    "the extraction batch; --batch-size is the training batch of loqi distill")
     return {
         "model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
         "eval.recall": parse_recall(kw.get("recall")), "eval.positive_radius": kw.get("positive_radius"),
