@@ -3,7 +3,8 @@
 Protocol (the paper's, unless ``clean_database``): the database AND the queries are degraded and both are
 encoded by the model under test; a database image is a positive when it lies within ``positive_radius``
 metres of the query (or the dataset gives its ground truth explicitly); a query without any positive counts
-as a miss; recall@N is the percentage of all queries with a positive among the top N.
+as a miss; recall@N is the percentage of all queries with a positive among the top N. A test set without
+positions or ground truth (label-free) gets its predictions and descriptors but no recall.
 
 Temporal degradations (video codecs) receive each capture-order sequence of an image list as one stream;
 an image list without order is encoded one image per stream. Degraded images and descriptors are cached

@@ -7,14 +7,15 @@
              "weights": ..., "untrained": bool, "seed": 0},
      "recall_at": [1, 2, 5, 10],
      "rows": {"<row>": {"label": "...", "weights": "...", "loss": "..."}},
-     "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ...,
+     "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ..., "labelled": ...,
                                 "rows": {"<row>": {"R@1": 57.8, "R@2": ..., ...}},
                                 "protocol": {...}, "protocols": {"<row>": {...}}, "notes": [...]}}}
 
 Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``; a sweep adds
 ``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. With ``--eval-degrade`` every
 row but ``pretrained_clean`` is one row per level, ``<row>@<level>`` (``distilled@jpeg5``), and ``run`` gets
-``eval_degrade``. Recall values are percentages.
+``eval_degrade``. Recall values are percentages; a label-free test set (no positions) has ``"labelled": false``,
+empty rows and ``queries_without_positives`` null.
 """
 
 from __future__ import annotations

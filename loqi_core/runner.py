@@ -5,7 +5,8 @@
     run_dir = run_eval(config)                             # loqi eval
 
 Every run directory holds config.json (resolved), plugins.json (versions), run.log, metrics.json, results.md, recall.png,
-predictions/, grids/, activations/ (run and sweep) and the training runs under distill*/ and finetune/.
+predictions/, grids/, activations/ (run and sweep), descriptors/ and pairs/ when asked for (eval.save_descriptors,
+eval.pairs) and the training runs under distill*/ and finetune/.
 Evaluations go through the shared descriptor cache, so the teacher is encoded once per dataset and degradation,
 and a killed run, started again with the same --out, resumes its training and re-evaluates from the cache.
 """
