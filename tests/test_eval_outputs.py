@@ -190,7 +190,7 @@ def test_label_free_eval_writes_predictions_grids_pairs_and_descriptors_but_no_r
     tmp_path, root = env
     plain = plain_copy(root, tmp_path / "plain")
     res = invoke(eval_args(tmp_path, "run", "--database", str(plain / "database"), "--queries", str(plain / "queries"),
-                           "--pairs", "2", "--save-descriptors"))  # fmt: skip
+                           "--pairs", "2", "--save-descriptors", "--no-cache"))  # fmt: skip
     out = tmp_path / "run"
     noted = [line for line in lines(res.output) if line.startswith("plain ") and "no recall:" in line]
     assert len(noted) == 1 and noted[0].endswith("carry no positions (no @east@north@ in their names): recall needs positions")
