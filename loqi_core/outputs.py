@@ -42,7 +42,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         raise located(exc, path) from None
 
 
-def write_descriptors(folder: Path, result: "EvalResult", weights: str | None = None) -> Path:
+def write_descriptors(folder: Path, result: "EvalResult") -> Path:
     """The database and query descriptors of ``result`` with their image names, into ``folder``."""
     if result.database_descriptors is None or result.query_descriptors is None:
         raise ValueError(f"the evaluation of {result.dataset} kept no descriptors")
@@ -57,7 +57,7 @@ def write_descriptors(folder: Path, result: "EvalResult", weights: str | None = 
     p = result.protocol
     info = {"dataset": result.dataset, "root": str(root), "dim": int(result.database_descriptors.shape[1]),
             "n_database": len(db_names), "n_queries": len(q_names), "dtype": "float32", "l2_normalised": True,
-            "database": p.get("database"), "queries": p.get("queries"), "weights": weights or p.get("weights")}  # fmt: skip
+            "database": p.get("database"), "queries": p.get("queries"), "weights": p.get("weights")}  # fmt: skip
     write_text(folder / "info.json", json.dumps(info, indent=2))
     return folder
 

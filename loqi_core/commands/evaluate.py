@@ -38,7 +38,7 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--clean-database/--degraded-database", default=None, help="Degrade only the queries (default: database and queries, the paper's protocol)."),
         click.option("--index", type=click.Choice(["auto", "flat", "torch", "ivfpq"]), help="Search: auto (torch top-k on CUDA, else FAISS flat), flat, torch, ivfpq (approximate)."),
         click.option("--eval-batch-size", type=int, help="Images per descriptor-extraction batch (default 32)."),
-        click.option("--batch-size", "old_batch_size", type=int, hidden=True, expose_value=True),  # deprecated spelling
+        click.option("--batch-size", "old_batch_size", type=int, hidden=True),  # deprecated spelling of --eval-batch-size
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Evaluation cache (default $LOQI_CACHE or ~/.cache/loqi)."),
         click.option("--no-cache", is_flag=True, help="Neither read nor write cached degraded images and descriptors."),
         click.option("--eval-degrade", help="Evaluate at each of these degradations (comma-separated, e.g. jpeg5,jpeg10,jpeg30): a row per level, the pretrained model beside each."),
