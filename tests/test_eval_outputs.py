@@ -263,3 +263,19 @@ def test_distill_t_is_the_deprecated_spelling_of_train(env):
     assert "-t is deprecated in distill and finetune: write --train" in res.stderr
     assert json.loads((tmp_path / "d" / "config.json").read_text())["distill"]["train"] == f"folder:{root}/images/test"
     assert "-t" not in invoke(["distill", "--help"]).output.split("--train")[0]  # hidden: --train is the flag shown
+
+
+def test_label_free_levels_table_and_a_labelled_set_beside_it(env):
+    tmp_path, root = env
+    plain = plain_copy(root, tmp_path / "plain")
+    invoke(eval_args(tmp_path, "run", "--test", f"folder:{root}", "--database", str(plain / "database"),
+                     "--queries", str(plain / "queries"), "--eval-degrade", "blur3,none"))  # fmt: skip
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(m["datasets"]) == ["data", "plain"]  # --test and the two folders, side by side
+    assert m["datasets"]["data"]["labelled"] and set(m["datasets"]["data"]["rows"]["pretrained_degraded@blur3"]) == {
+        "R@1", "R@2", "R@5", "R@10"}  # fmt: skip
+    assert m["datasets"]["plain"]["rows"] == {"pretrained_degraded@blur3": {}, "pretrained_degraded@none": {}}
+    md = (tmp_path / "run" / "results.md").read_text()
+    level = next(line for line in md.splitlines() if line.startswith("| `blur3` |"))
+    assert level.count("–") == 1 and level.split(" | ")[1].replace(".", "").isdigit()  # data: a number; plain: –
+    assert (tmp_path / "run" / "recall.png").exists()  # the labelled set is plotted
