@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loqi_core.devices import check_device_name
 from loqi_core.errors import ConfigError
@@ -128,11 +128,32 @@ class EvalConfig(Section):
         "wrong at R@1, or those distillation changed at R@1 (fixed or broken against the pretrained model)",
     )  # fmt: skip
     grid_k: int = Field(5, ge=1, description="database images shown per query in the grids (its top k)")
+    database: Path | None = Field(
+        None, description="a folder of database images (gmberton's evaluator's --database_folder); with eval.queries, "
+        "one more test set, the only one unless eval.test is given too"
+    )
+    queries: Path | None = Field(None, description="the folder of query images that goes with eval.database")
+    save_descriptors: bool = Field(
+        False, description="write database and query descriptors (.npy, float32, image names beside) per test set and row"
+    )
+    pairs: int = Field(0, ge=0, description="write hloc-style retrieval pairs, the K best database images per query; 0 = none")
 
     @field_validator("recall")
     @classmethod
     def _recall(cls, values: list[int]) -> list[int]:
         return check_recall(values)
+
+    @model_validator(mode="after")
+    def _test_sets(self) -> "EvalConfig":
+        """``database`` and ``queries`` come together and replace the default test set; some test set is left."""
+        if (self.database is None) != (self.queries is None):
+            given, missing = ("database", "queries") if self.queries is None else ("queries", "database")
+            raise ValueError(f"{given} is set but {missing} is not: give both folders (--database DIR --queries DIR)")
+        if self.database is not None and "test" not in self.model_fields_set:
+            self.test = []
+        if not self.test and self.database is None:
+            raise ValueError("no test set: give test (--test NAME), or database and queries (--database DIR --queries DIR)")
+        return self
 
 
 class RunConfig(Section):

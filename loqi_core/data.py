@@ -85,6 +85,11 @@ class TestSet:
         self.skipped += [f"{p}: {reasons[p]}" for p in sorted(bad)]
         self.notes.append(f"left out {len(bad)} image(s) that failed to decode (skip_bad); the list is written to the run directory")
 
+    @property
+    def labelled(self) -> bool:
+        """Whether recall can be measured: explicit ground truth, or positions of the database AND the queries."""
+        return self.positives is not None or (self.database.positions is not None and self.queries.positions is not None)
+
     def ground_truth(self, radius_m: float = 25.0) -> list[np.ndarray]:
         """Database indices within ``radius_m`` of each query (the VPR protocol), or the explicit list."""
         if self.positives is not None:

@@ -3,7 +3,8 @@
 Protocol (the paper's, unless ``clean_database``): the database AND the queries are degraded and both are
 encoded by the model under test; a database image is a positive when it lies within ``positive_radius``
 metres of the query (or the dataset gives its ground truth explicitly); a query without any positive counts
-as a miss; recall@N is the percentage of all queries with a positive among the top N.
+as a miss; recall@N is the percentage of all queries with a positive among the top N. A test set without
+positions or ground truth (label-free) gets its predictions and descriptors but no recall.
 
 Temporal degradations (video codecs) receive each capture-order sequence of an image list as one stream;
 an image list without order is encoded one image per stream. Degraded images and descriptors are cached
@@ -49,6 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.model import VPRModel
 
 log = logging.getLogger("loqi.evaluate")
+
+LABEL_FREE = "the database or the queries carry no positions (no @east@north@ in their names): recall needs positions"
 
 SHARD_SIZE = 64
 """Images per degraded-image cache shard (whole sequences are never split across shards)."""
@@ -363,7 +366,8 @@ class EvalResult:
     predictions: np.ndarray
     """Q×K database indices, best first (-1 where the database has fewer than K images)."""
     scores: np.ndarray
-    ground_truth: list[np.ndarray]
+    ground_truth: list[np.ndarray] | None
+    """Each query's database positives; None on a label-free test set (no positions: no recall)."""
     protocol: dict[str, Any]
     database_paths: list[Path]
     query_paths: list[Path]
@@ -375,10 +379,13 @@ class EvalResult:
     """UTM east/north of the database images (N×2 metres), when the dataset has them: distances in the grids."""
     query_positions: np.ndarray | None = None
     """UTM east/north of the queries (Q×2 metres), when the dataset has them."""
+    database_descriptors: np.ndarray | None = None
+    """N×D float32 L2-normalised, rows in ``database_paths`` order (a read-only memory map)."""
+    query_descriptors: np.ndarray | None = None
 
     @property
-    def queries_without_positives(self) -> int:
-        return sum(1 for g in self.ground_truth if len(g) == 0)
+    def queries_without_positives(self) -> int | None:
+        return None if self.ground_truth is None else sum(1 for g in self.ground_truth if len(g) == 0)
 
 
 def model_versions(model: "VPRModel", plugins: Plugins) -> dict[str, str]:
@@ -406,7 +413,8 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
     lines = [
         f"database: {protocol['database']}; queries: {protocol['queries']}; {protocol['encoder']}",
         f"positives: {protocol['positives']}; queries without a positive: {protocol['queries_without_positives']}",
-        f"recall@N for N in {protocol['recall_at']} (percent of all queries); search: {protocol['search']}; ties: {protocol['ties']}",
+        (f"recall@N for N in {protocol['recall_at']} (percent of all queries)" if protocol.get("labelled", True)
+         else "no recall (label-free)") + f"; search: {protocol['search']}; ties: {protocol['ties']}",
         f"degradation: {protocol['degradation']} (seed {protocol['seed']}); {protocol['temporal']}",
         f"weights: {protocol['weights']}; precision: {protocol['precision']}",
     ]
@@ -465,13 +473,13 @@ def evaluate(
     if dist_rank_world()[0] != 0:
         return None
     backend = resolve_backend(config.index, str(device))
-    k = max(max(config.recall), config.top_k)
+    k = max(max(config.recall), config.top_k, config.pairs)
     t0 = time.perf_counter()
     ivf = IVFPQParams(nlist=config.ivf_nlist, m=config.ivf_m, nprobe=config.ivf_nprobe, refine=config.ivf_refine)
     idx, scores = search(db, q, k, backend, device=str(device), ivfpq=ivf)
     search_s = time.perf_counter() - t0
-    gt = test.ground_truth(config.positive_radius)
-    recalls = recall_at_n(idx, gt, config.recall)
+    gt = test.ground_truth(config.positive_radius) if test.labelled else None
+    recalls = recall_at_n(idx, gt, config.recall) if gt is not None else {}
     weights = str(model.info.get("weights"))
     explicit = test.positives is not None
     search_name = {"flat": "exact inner product, FAISS flat (CPU)", "torch": f"exact inner product, torch top-k ({device.type})",
@@ -485,9 +493,12 @@ def evaluate(
         "temporal": _temporal_both(test, db_deg, deg),
         "seed": seed,
         "positives": "explicit ground truth from the dataset" if explicit
-        else f"database images within {config.positive_radius:g} m of the query (UTM east/north)",
-        "positive_radius_m": None if explicit else config.positive_radius,
-        "queries_without_positives": f"count as misses ({sum(1 for g in gt if len(g) == 0)} of {len(gt)})",
+        else f"database images within {config.positive_radius:g} m of the query (UTM east/north)" if gt is not None
+        else f"unknown: {LABEL_FREE}",
+        "positive_radius_m": None if explicit or gt is None else config.positive_radius,
+        "queries_without_positives": "n/a (label-free)" if gt is None
+        else f"count as misses ({sum(1 for g in gt if len(g) == 0)} of {len(gt)})",
+        "labelled": gt is not None,
         "recall_at": list(config.recall),
         "search": search_name,
         "ties": "equal scores ranked by the lower database index",
@@ -512,4 +523,6 @@ def evaluate(
         degradation=deg,
         database_positions=test.database.positions,
         query_positions=test.queries.positions,
+        database_descriptors=db,
+        query_descriptors=q,
     )

@@ -1,6 +1,7 @@
 """The ``folder`` dataset: any folder in gmberton's VPR-datasets-downloader layout, or plain images.
 
-Test set: ``ROOT/images/test/{database,queries}/@east@north@...@.jpg`` (UTM east/north are fields 1, 2).
+Test set: ``ROOT/images/test/{database,queries}/@east@north@...@.jpg`` (UTM east/north are fields 1, 2); plain
+names give a label-free test set (predictions and retrieval pairs, no recall).
 Training set: ``ROOT/images/train/`` in that layout, or any folder of images; ``@east@north@`` names give
 places (images within ``place_radius_m``), plain names give a label-free set (for ickd and mse).
 
@@ -20,7 +21,8 @@ from loqi_core.specs import DatasetSpec, Params
 LAYOUT = """\
 ROOT/images/test/database/@<utm_east>@<utm_north>@<zone>@<letter>@<lat>@<lon>@<pano_id>@...@.jpg
 ROOT/images/test/queries/@<utm_east>@<utm_north>@...@.jpg
-  (also accepted: ROOT/database/ and ROOT/queries/; subfolders are read recursively)
+  (also accepted: ROOT/database/ and ROOT/queries/; subfolders are read recursively; names without
+  @east@north@ give a label-free test set: predictions, grids and pairs, no recall)
 Training (--train folder:PATH): ROOT/images/train/ in the same layout, or any folder of images;
   names with @east@north@ form places (images within place_radius_m), other names train label-free."""
 
@@ -43,7 +45,8 @@ class FolderParams(FolderTestParams):
     )
     train_split: str = Field("train", description="training: the split under images/ (when the folder has images/)")
     labels: Literal["auto", "positions", "none"] = Field(
-        "auto", description="training: places from @east@north@ names, label-free, or auto (whichever the names allow)"
+        "auto", description="positions from @east@north@ names (training: places), none (label-free: training with "
+        "ickd/mse, evaluation without recall), or auto (whichever the names allow)"
     )
     place_radius_m: float = Field(10.0, gt=0, description="training: images this close form one place")
 
@@ -52,7 +55,8 @@ def _test(params: FolderParams):
     from loqi_core.folder_reader import read_test_folder
 
     return read_test_folder(
-        params.root, split=params.split, skip_bad=params.skip_bad, validate=params.check, order=params.order
+        params.root, split=params.split, labels=params.labels, skip_bad=params.skip_bad, validate=params.check,
+        order=params.order,
     )
 
 

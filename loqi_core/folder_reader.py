@@ -11,6 +11,7 @@ header parsed). ``validate="full"`` decodes every image up front instead, and
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Literal
@@ -177,16 +178,20 @@ def sequences_for(paths: list[Path], order: Order) -> list[list[int]] | None:
 def read_image_list(
     folder: Path,
     *,
-    positions: bool = True,
+    positions: bool | None = True,
     skip_bad: bool = False,
     validate: Validate = "quick",
     order: Order = "none",
     skipped: list[str] | None = None,
 ) -> ImageList:
-    """The images under ``folder``; with ``positions`` each name must carry ``@east@north@``."""
+    """The images under ``folder``; with ``positions`` each name must carry ``@east@north@``; None: positions when
+    the names carry them (see ``names_have_positions``)."""
     skipped = skipped if skipped is not None else []
     paths, coords = [], []
-    for path in list_images(folder):
+    files = list_images(folder)
+    if positions is None:
+        positions = names_have_positions(files, folder, skip_bad)
+    for path in files:
         if positions:
             try:
                 coords.append(parse_utm(path))
@@ -227,6 +232,7 @@ def read_test_folder(
     *,
     name: str | None = None,
     split: str = "test",
+    labels: Labels = "positions",
     skip_bad: bool = False,
     validate: Validate = "quick",
     order: Order = "none",
@@ -237,14 +243,56 @@ def read_test_folder(
         raise DataError("this dataset needs a path: give it as NAME:PATH, or set --data-root / $LOQI_DATA")
     root = Path(root)
     db_dir, q_dir = split_folders(root, split)
+    test = read_folder_pair(db_dir, q_dir, name=name or root.name or "folder", labels=labels, skip_bad=skip_bad,
+                            validate=validate, order=order)  # fmt: skip
+    test.expected_counts = expected
+    return test
+
+
+def read_folder_pair(
+    database: Path,
+    queries: Path,
+    *,
+    name: str | None = None,
+    labels: Labels = "auto",
+    skip_bad: bool = False,
+    validate: Validate = "quick",
+    order: Order = "none",
+) -> TestSet:
+    """A test set from a database folder and a query folder (gmberton's evaluator takes them so).
+
+    ``labels="auto"``: each folder gives positions when its names carry ``@east@north@``, none when no name does
+    (label-free: predictions and pairs, no recall); ``"positions"`` requires them, ``"none"`` ignores them."""
     skipped: list[str] = []
     kw = dict(skip_bad=skip_bad, validate=validate, order=order, skipped=skipped)
-    test = TestSet(name or root.name or "folder", read_image_list(db_dir, **kw), read_image_list(q_dir, **kw))
+    positions = {"auto": None, "positions": True, "none": False}[labels]
+    lists = [read_image_list(Path(folder), positions=positions, **kw) for folder in (database, queries)]  # type: ignore[arg-type]
+    test = TestSet(name or pair_name(Path(database), Path(queries)), *lists)
     test.skipped = skipped
     test.skip_bad = skip_bad
-    test.expected_counts = expected
-    _note_skipped(test.notes, skipped, root)
+    _note_skipped(test.notes, skipped, Path(database).parent)
     return test
+
+
+def pair_name(database: Path, queries: Path) -> str:
+    """The name of a database/queries pair: their common folder, above gmberton's ``images/<split>/`` if there."""
+    common = Path(os.path.commonpath([os.path.abspath(database), os.path.abspath(queries)]))
+    if common.parent.name == "images" and common.parent.parent.name:
+        common = common.parent.parent
+    return common.name or "folder"
+
+
+def names_have_positions(paths: list[Path], folder: Path, skip_bad: bool) -> bool:
+    """True when the names carry ``@east@north@``, False when none does; a folder where only some do is an error
+    naming the first file without (with ``skip_bad`` such files are left out instead)."""
+    has = [_has_utm(p) for p in paths]
+    if any(has) and not all(has) and not skip_bad:
+        bad = paths[has.index(False)]
+        raise DataError(
+            f"{bad}: file name has no UTM coordinates, but other images in {folder} have them; rename it, "
+            f"set labels='none' to ignore positions, or skip_bad to leave such files out"
+        )
+    return any(has)
 
 
 # ---- training sets -----------------------------------------------------------------------------------
@@ -283,14 +331,7 @@ def read_train_folder(
     base = train_folder(Path(root), split)
     paths = list_images(base)
     if labels == "auto":
-        has = [_has_utm(p) for p in paths]
-        labels = "positions" if any(has) else "none"
-        if any(has) and not all(has) and not skip_bad:
-            bad = paths[has.index(False)]
-            raise DataError(
-                f"{bad}: file name has no UTM coordinates, but other images in {base} have them; rename it, "
-                f"set labels='none' to train label-free, or skip_bad to leave such files out"
-            )
+        labels = "positions" if names_have_positions(paths, base, skip_bad) else "none"
     skipped: list[str] = []
     images = read_image_list(base, positions=labels == "positions", skip_bad=skip_bad, validate=validate, skipped=skipped)
     place_ids = group_places(images.positions, place_radius_m) if images.positions is not None else None

@@ -7,14 +7,15 @@
              "weights": ..., "untrained": bool, "seed": 0},
      "recall_at": [1, 2, 5, 10],
      "rows": {"<row>": {"label": "...", "weights": "...", "loss": "..."}},
-     "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ...,
+     "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ..., "labelled": ...,
                                 "rows": {"<row>": {"R@1": 57.8, "R@2": ..., ...}},
                                 "protocol": {...}, "protocols": {"<row>": {...}}, "notes": [...]}}}
 
 Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``; a sweep adds
 ``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. With ``--eval-degrade`` every
 row but ``pretrained_clean`` is one row per level, ``<row>@<level>`` (``distilled@jpeg5``), and ``run`` gets
-``eval_degrade``. Recall values are percentages.
+``eval_degrade``. Recall values are percentages; a label-free test set (no positions) has ``"labelled": false``,
+empty rows and ``queries_without_positives`` null.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class Report:
                 "n_database": len(main.database_paths),
                 "n_queries": len(main.query_paths),
                 "queries_without_positives": main.queries_without_positives,
+                "labelled": main.ground_truth is not None,
                 "rows": {r: {k: round(v, 4) for k, v in rows[r].recalls.items()} for r in ordered},
                 "protocol": main.protocol,
                 "protocols": {r: rows[r].protocol for r in ordered},
@@ -147,7 +149,8 @@ class Report:
         metrics = self.metrics()
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run_dir / "results.md").write_text(results_markdown(metrics))
-        write_recall_plot(run_dir / "recall.png", [metrics])
+        if any(r for ds in metrics["datasets"].values() for r in ds["rows"].values()):  # label-free: no recall to plot
+            write_recall_plot(run_dir / "recall.png", [metrics])
         for dataset, rows in self.results.items():
             for row, result in rows.items():
                 name = f"{slug(dataset)}__{slug(row)}"
@@ -190,6 +193,8 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
                      f"{p['encoder']}; positives: {p['positives']}; queries without a positive: "
                      f"{p['queries_without_positives']}; search: {p['search']}; {p['temporal']}; precision {p['precision']}.")
         lines += [f"  - note: {n}" for n in ds.get("notes", [])]
+        if ds.get("labelled") is False:
+            lines.append(f"  - no recall: {p['positives'].removeprefix('unknown: ')}")
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +207,7 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     all_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"]}, key=_row_order)
     for row in all_rows:
         label = metrics.get("rows", {}).get(row, {}).get("label", row)
-        has_base = any(_baseline(row) in metrics["datasets"][d]["rows"] for d in names)
+        has_base = any(metrics["datasets"][d]["rows"].get(_baseline(row)) for d in names)  # {}: label-free
         delta = row.split("@", 1)[0].split(":", 1)[0] in ("finetuned", "distilled") and has_base
         cells = [f"{prefix}{label}" + (" Δ" if delta else "")]
         for d in names:
@@ -210,9 +215,9 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
             base = rows.get(_baseline(row))
             for n in ns:
                 key = f"R@{n}"
-                if row not in rows:
+                if key not in rows.get(row, {}):  # not evaluated, or label-free
                     cells.append("–")
-                elif delta and base is not None:
+                elif delta and base is not None and key in base:
                     cells.append(f"{rows[row][key] - base[key]:+.2f} ({_fmt(rows[row][key])})")
                 else:
                     cells.append(_fmt(rows[row][key]))
@@ -241,9 +246,9 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
             base = rows.get(f"pretrained_degraded@{level}")
             for b in bases:
                 value = rows.get(f"{b}@{level}")
-                if value is None:
+                if not value:  # not evaluated, or label-free
                     cells.append("–")
-                elif base is not None and b not in ("pretrained_degraded", "model"):
+                elif base and b not in ("pretrained_degraded", "model"):
                     cells.append(f"{_fmt(value[first])} ({value[first] - base[first]:+.2f})")
                 else:
                     cells.append(_fmt(value[first]))
@@ -265,6 +270,8 @@ def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels:
         prefix = f"{labels[i]}: " if labels else ""
         for d, ds in m["datasets"].items():
             for row, rec in ds["rows"].items():
+                if not rec:  # label-free: no recall
+                    continue
                 panels.setdefault(d, {})[prefix + m.get("rows", {}).get(row, {}).get("label", row)] = rec
     run = all_metrics[0].get("run", {}) if all_metrics else {}
     title = "recall@N" + (f" - {run.get('method')} / {run.get('degrade')}" if len(all_metrics) == 1 else "")
@@ -280,13 +287,15 @@ def write_predictions(path: Path, result: "EvalResult", untrained: bool = False)
             f.write(f"# {UNTRAINED}\n")
         w = csv.writer(f)
         w.writerow(["query", "query_path", "n_positives", "first_positive_rank", "top_k", "top_k_correct", "top_k_scores", "top1_path"])
-        for q, (row, scores, gt) in enumerate(zip(result.predictions, result.scores, result.ground_truth)):
+        truth = result.ground_truth if result.ground_truth is not None else [None] * len(result.predictions)
+        for q, (row, scores, gt) in enumerate(zip(result.predictions, result.scores, truth)):
             valid = row[row >= 0]
-            correct = np.isin(valid, gt)
-            first = int(np.argmax(correct)) + 1 if correct.any() else ""
+            correct = np.isin(valid, gt) if gt is not None else None  # label-free: right and wrong unknown
+            first = int(np.argmax(correct)) + 1 if correct is not None and correct.any() else ""
             w.writerow([
-                q, result.query_paths[q], len(gt), first, " ".join(map(str, valid.tolist())),
-                "".join("1" if c else "0" for c in correct), " ".join(f"{s:.5f}" for s in scores[: len(valid)]),
+                q, result.query_paths[q], len(gt) if gt is not None else "", first, " ".join(map(str, valid.tolist())),
+                "".join("1" if c else "0" for c in correct) if correct is not None else "",
+                " ".join(f"{s:.5f}" for s in scores[: len(valid)]),
                 result.database_paths[valid[0]] if len(valid) else "",
             ])  # fmt: skip
 

@@ -5,7 +5,8 @@
     run_dir = run_eval(config)                             # loqi eval
 
 Every run directory holds config.json (resolved), plugins.json (versions), run.log, metrics.json, results.md, recall.png,
-predictions/, grids/, activations/ (run and sweep) and the training runs under distill*/ and finetune/.
+predictions/, grids/, activations/ (run and sweep), descriptors/ and pairs/ when asked for (eval.save_descriptors,
+eval.pairs) and the training runs under distill*/ and finetune/.
 Evaluations go through the shared descriptor cache, so the teacher is encoded once per dataset and degradation,
 and a killed run, started again with the same --out, resumes its training and re-evaluates from the cache.
 """
@@ -26,8 +27,9 @@ from loqi_core.data import TestSet, TrainSet, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, one_line
-from loqi_core.evaluation import EvalResult, apply_threads, describe_protocol, evaluate
+from loqi_core.evaluation import LABEL_FREE, EvalResult, apply_threads, describe_protocol, evaluate
 from loqi_core.fileio import located, write_text
+from loqi_core.folder_reader import read_folder_pair
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug
 from loqi_core.rundir import locked
@@ -106,7 +108,11 @@ class Experiment:
             load_dataset(t, "test", root=config.data_root, plugins=self.plugins)  # type: ignore[misc]
             for t in ev.test
         ]
-        name_test_sets(self.tests, ev.test)  # two test sets called "good" get two keys, not one overwritten
+        texts = list(ev.test)
+        if ev.database is not None and ev.queries is not None:  # gmberton's evaluator's convention
+            self.tests.append(read_folder_pair(ev.database, ev.queries))
+            texts.append(f"--database {ev.database} --queries {ev.queries}")
+        name_test_sets(self.tests, texts)  # two test sets called "good" get two keys, not one overwritten
         self.train_set = self._check_training(config, losses) if losses else None
         if kind != "eval":
             _check_rerun(self.out, config)
@@ -261,9 +267,24 @@ class Experiment:
             self.report.note(test.name, test.notes)
             cached = " (descriptors from cache)" if all(result.cache["descriptors_cached"]) else ""
             recalls = "  ".join(f"{k} {v:6.2f}" for k, v in result.recalls.items())
+            if result.ground_truth is None:
+                recalls = f"no recall: {LABEL_FREE}"
             self.echo(f"{test.name:<16} {self.report.rows[row]['label']:<36} {recalls}{cached}")
+            self.write_outputs(row, result)
             out[test.name] = result
         return out
+
+    def write_outputs(self, row: str, result: EvalResult) -> None:
+        """``eval.save_descriptors`` and ``eval.pairs``: descriptors/<set>__<row>/ and pairs/<set>__<row>.txt."""
+        from loqi_core.outputs import write_descriptors, write_pairs
+
+        ev, name = self.config.eval, f"{slug(result.dataset)}__{slug(row)}"
+        if ev.save_descriptors:
+            write_descriptors(self.out / "descriptors" / name, result)
+        if ev.pairs:
+            spaced = write_pairs(self.out / "pairs" / f"{name}.txt", result, ev.pairs)
+            if spaced:
+                self.echo(f"note: {spaced} image name(s) of {result.dataset} hold whitespace; hloc splits pairs lines on it")
 
     def evaluate_levels(self, row: str, model: "VPRModel", **meta: Any) -> None:
         """``row`` under the run's degradation, or ``row@LEVEL`` under each of ``eval.degrade`` (--eval-degrade)."""

@@ -30,7 +30,7 @@ def test_blocks_hold_whole_batches_whatever_the_shards():
 
 def _eval(cmd_prefix: list[str], out: Path, cache: Path, root: Path) -> subprocess.CompletedProcess:
     args = [*cmd_prefix, "eval", "--method", "cricavpr", "--weights", "random", "--dataset", f"folder:{root}",
-            "--degrade", "jpeg20", "--out", str(out), "--cache-dir", str(cache), "--batch-size", "8",
+            "--degrade", "jpeg20", "--out", str(out), "--cache-dir", str(cache), "--eval-batch-size", "8", "--save-descriptors", "--pairs", "3",
             "-s", "model.encoder_params={arch: vits14, depth: 1}", "-s", "model.aggregator_params={group_size: 0, heads: 4}",
             "-s", "model.image_size=[42, 42]", "-s", "eval.num_workers=0", "-s", "eval.grid_queries=0"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "LOQI_OFFLINE": "1"}
@@ -64,6 +64,11 @@ def test_torchrun_two_ranks_equal_one_process_bit_for_bit(tmp_path):
     assert double.stdout.count("R@1") == single.stdout.count("R@1") > 0
     db = np.load(next((tmp_path / "cache2").glob("eval/descriptors/*/descriptors.npy")))
     assert np.isfinite(db).all() and db.shape[0] == 150
+    # rank 0 alone writes the descriptors and pairs it searched with: the same bytes as one process's
+    for name in ("descriptors/data__pretrained_degraded/database.npy", "descriptors/data__pretrained_degraded/queries.txt",
+                 "pairs/data__pretrained_degraded.txt"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert len((tmp_path / "two" / "pairs" / "data__pretrained_degraded.txt").read_text().splitlines()) == 150 * 3
 
 
 CONFIG = """

@@ -9,18 +9,20 @@ from typing import Any, Callable
 
 import click
 
-from loqi_core.commands.options import cli_overrides, common_options, resolve
+from loqi_core.commands.options import cli_overrides, common_options, resolve, take_deprecated
 from loqi_core.errors import ConfigError
 
 
 def _distill_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--train", "-t", help="Training set: NAME or NAME:PATH (folder:PATH for any folder of images)."),
+        click.option("--train", help="Training set: NAME or NAME:PATH (folder:PATH for any folder of images)."),
+        click.option("-t", "old_train", hidden=True),  # deprecated: -t is --test in eval, run and sweep
         click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True),
                      help="Continue the run in this directory exactly where it stopped (its config.json is used)."),
         click.option("--max-steps", type=int, help="Train exactly this many steps (overrides the epoch count)."),
         click.option("--lr", type=float, help="Adam learning rate (paper: 1e-6)."),
-        click.option("--batch-size", type=int, help="Images per batch on label-free training sets."),
+        click.option("--batch-size", type=int, help="Training images per batch on label-free training sets (with places: "
+                                                    "distill.places_per_batch x distill.images_per_place)."),
         click.option("--view-size", type=int, nargs=2, metavar="H W",
                      help="Training views' height and width: the scale at which the student meets the degradation; "
                           "use your test images' size (default: the method's input size, else the training images' typical size)."),
@@ -34,6 +36,7 @@ def _distill_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
     from loqi_core.config import RunConfig, set_dotted, validate
 
+    take_deprecated(kw, "old_train", "train", "-t", "--train", "in distill and finetune", "in eval, run and sweep -t is --test")
     extra = {
         "distill.train": kw["train"], "distill.max_steps": kw["max_steps"], "distill.lr": kw["lr"],
         "distill.batch_size": kw["batch_size"], "distill.view_size": kw["view_size"] or None,

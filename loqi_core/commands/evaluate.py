@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from loqi_core.commands.options import common_options, resolve, split_list
+from loqi_core.commands.options import common_options, resolve, split_list, take_deprecated
 from loqi_core.errors import ConfigError
 
 
@@ -37,10 +37,20 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--positive-radius", type=float, help="Metres: a database image this close to the query is a positive (default 25)."),
         click.option("--clean-database/--degraded-database", default=None, help="Degrade only the queries (default: database and queries, the paper's protocol)."),
         click.option("--index", type=click.Choice(["auto", "flat", "torch", "ivfpq"]), help="Search: auto (torch top-k on CUDA, else FAISS flat), flat, torch, ivfpq (approximate)."),
-        click.option("--batch-size", "eval_batch_size", type=int, help="Images per extraction batch (default 32)."),
+        click.option("--eval-batch-size", type=int, help="Images per descriptor-extraction batch (default 32)."),
+        click.option("--batch-size", "old_batch_size", type=int, hidden=True),  # deprecated spelling of --eval-batch-size
         click.option("--cache-dir", type=click.Path(file_okay=False), help="Evaluation cache (default $LOQI_CACHE or ~/.cache/loqi)."),
         click.option("--no-cache", is_flag=True, help="Neither read nor write cached degraded images and descriptors."),
         click.option("--eval-degrade", help="Evaluate at each of these degradations (comma-separated, e.g. jpeg5,jpeg10,jpeg30): a row per level, the pretrained model beside each."),
+        click.option("--database", "--database-folder", "database", type=click.Path(file_okay=False, exists=True),
+                     help="A folder of database images (gmberton's evaluator's convention), with --queries: evaluated instead of "
+                          "the default test set. Names @east@north@...@.jpg give positions; plain names: label-free (no recall)."),
+        click.option("--queries", "--queries-folder", "queries", type=click.Path(file_okay=False, exists=True),
+                     help="The folder of query images that goes with --database."),
+        click.option("--save-descriptors", is_flag=True, default=None,
+                     help="Write database and query descriptors (.npy float32, image names beside) to descriptors/<set>__<row>/."),
+        click.option("--pairs", type=click.IntRange(min=1), metavar="K",
+                     help="Write hloc retrieval pairs to pairs/<set>__<row>.txt: the K best database images per query."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -51,6 +61,8 @@ def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
     """The RunConfig fields the evaluation flags set (None = flag not given)."""
     from loqi_core.sampling import split_top
 
+    take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in eval, run and sweep",
+                    "the extraction batch; --batch-size is the training batch of loqi distill")
     return {
         "model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
         "eval.recall": parse_recall(kw.get("recall")), "eval.positive_radius": kw.get("positive_radius"),
@@ -58,6 +70,8 @@ def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
         "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
         "eval.cache": False if kw.get("no_cache") else None,
         "eval.degrade": split_top(kw["eval_degrade"], ",", kw["eval_degrade"]) if kw.get("eval_degrade") else None,
+        "eval.database": kw.get("database"), "eval.queries": kw.get("queries"),
+        "eval.save_descriptors": kw.get("save_descriptors"), "eval.pairs": kw.get("pairs"),
     }  # fmt: skip
 
 
@@ -76,14 +90,20 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
     Degraded images and descriptors are cached on disk (keyed by data, degradation, weights and code
     version, each file checked by size and sha256), so evaluating the same model again costs only the search.
 
+    --database DIR --queries DIR take two folders as gmberton's evaluator does. Images named without
+    @east@north@ make a label-free test set: predictions, grids, pairs and descriptors, no recall.
+
     The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
-    predictions/*.csv and grids/*.png.
+    predictions/*.csv and grids/*.png; with --save-descriptors, descriptors/<set>__<row>/ (database.npy,
+    queries.npy, their image names in database.txt and queries.txt); with --pairs K, pairs/<set>__<row>.txt
+    (hloc's "query db" lines, K per query, best first).
 
     \b
     Examples:
       loqi eval --method lite0-gem --dataset demo --degrade jpeg10
       loqi eval --method mixvpr --weights runs/run-mixvpr-jpeg10-.../ --dataset nordland --degrade jpeg10
       loqi eval --method salad --dataset msls:/data/msls --degrade none --index ivfpq
+      loqi eval --method lite0-gem --database map/ --queries frames/ --degrade none --pairs 20 --save-descriptors
     """
     from loqi_core.runner import run_eval
 

@@ -82,3 +82,14 @@ def split_list(text: str | None) -> list[str] | None:
         current += char
     items.append(current)
     return [t.strip() for t in items if t.strip()]
+
+
+def take_deprecated(kw: dict[str, Any], old: str, new: str, old_flag: str, new_flag: str, where: str, why: str) -> None:
+    """A deprecated spelling given: a warning on stderr, and its value goes to the new flag; both given is an error."""
+    value = kw.pop(old, None)
+    if value is None:
+        return
+    if kw.get(new) is not None:
+        raise ConfigError(f"give {new_flag} only ({old_flag} is its deprecated spelling {where})")
+    click.echo(f"Warning: {old_flag} is deprecated {where}: write {new_flag} ({why})", err=True)
+    kw[new] = value

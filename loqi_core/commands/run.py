@@ -13,7 +13,7 @@ from loqi_core.commands.options import resolve, split_list
 def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--train", "train", help="Training set: NAME or NAME:PATH (default demo; folder:PATH for any images)."),
-        click.option("--test", "test", help="Test set(s), comma-separated: NAME or NAME:PATH (default demo)."),
+        click.option("--test", "-t", "test", help="Test set(s), comma-separated: NAME or NAME:PATH (default demo)."),
         click.option("--max-steps", type=int, help="Train exactly this many steps (quick runs on a CPU)."),
         click.option("--lr", type=float, help="Adam learning rate (default: the method's, else the paper's 1e-6)."),
         click.option("--view-size", type=int, nargs=2, metavar="H W",

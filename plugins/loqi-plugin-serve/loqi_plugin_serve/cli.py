@@ -24,7 +24,8 @@ def index_group() -> None:
 @click.option("--index", "backend", type=click.Choice(["flat", "ivfpq"]), default="flat", show_default=True,
               help="flat: exact search; ivfpq: approximate, for millions of images, re-ranked exactly.")
 @click.option("--image-size", type=(int, int), default=None, metavar="H W", help="Input size overriding the method's.")
-@click.option("--batch-size", type=int, help="Images per extraction batch (default 32).")
+@click.option("--eval-batch-size", type=int, help="Images per extraction batch (default 32), as in loqi eval.")
+@click.option("--batch-size", "old_batch_size", type=int, hidden=True)  # deprecated spelling of --eval-batch-size
 @click.option("--no-thumbnails", is_flag=True, help="Do not store thumbnails (the page then shows names only).")
 @click.option("--force", is_flag=True, help="Replace an existing index at --out.")
 @click.option("--seed", type=int, help="Seed of the degradation and of a random initialisation.")
@@ -50,12 +51,14 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
       loqi index build --method mixvpr --weights runs/run-mixvpr-jpeg10-.../distill --dataset folder:/data/city --out indexes/city
       loqi index build --method salad --dataset msls:/data/msls --index ivfpq -s eval.ivf_nlist=4096 --out indexes/msls
     """
-    from loqi_core.commands.options import resolve
+    from loqi_core.commands.options import resolve, take_deprecated
     from loqi_core.search import IVFPQParams
     from loqi_plugin_serve.index import build_index, describe, read_meta
 
+    take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in index build",
+                    "the extraction batch, as in loqi eval")
     extra = {"model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
-             "eval.batch_size": kw.get("batch_size"), "eval.cache_dir": kw.get("cache_dir"),
+             "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
              "eval.cache": False if kw.get("no_cache") else None}  # fmt: skip
     config = resolve(kw, extra)
     ev = config.eval
