@@ -24,7 +24,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -139,11 +139,13 @@ class Report:
             "datasets": datasets,
         }
 
-    def write(self, run_dir: Path, grid_queries: int = 6, grid_k: int = 5) -> dict[str, Any]:
-        """Write metrics.json, results.md, recall.png, predictions/*.csv and grids/*.png; returns the metrics."""
+    def write(
+        self, run_dir: Path, grid_queries: int = 6, grid_k: int = 5, timings: Callable[[], dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Write results.md, recall.png, predictions/*.csv, grids/*.png and, last, metrics.json; returns the metrics.
+        ``timings()``: the run's stages in seconds, taken when metrics.json is written (key ``timings``)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.metrics()
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run_dir / "results.md").write_text(results_markdown(metrics))
         write_recall_plot(run_dir / "recall.png", [metrics])
         for dataset, rows in self.results.items():
@@ -153,6 +155,9 @@ class Report:
                 if grid_queries:
                     write_grid(run_dir / "grids" / f"{name}.png", result, grid_queries, grid_k,
                                f"{dataset}: {self.rows[row]['label']}", UNTRAINED if self.untrained else None)
+        if timings is not None:
+            metrics["timings"] = timings()
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         return metrics
 
 

@@ -66,9 +66,9 @@ def fetch_weights(spec: WeightsSpec) -> Path:
 
 
 def _copy_with_progress(src: Any, dst: Any, total: int, label: str) -> None:
-    from tqdm import tqdm
+    from loqi_core.progress import progress
 
-    with tqdm(total=total or None, unit="B", unit_scale=True, desc=label) as bar:
+    with progress(total=total or None, unit="B", unit_scale=True, desc=label) as bar:
         for block in iter(lambda: src.read(1 << 20), b""):
             dst.write(block)
             bar.update(len(block))

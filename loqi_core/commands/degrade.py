@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 from loqi_core.errors import ConfigError
+from loqi_core.logs import RunLog, log
 from loqi_core.rundir import LOCK_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -203,10 +204,9 @@ def measure(
     skip: Callable[[str, "ImageList", list[int]], bool] | None = None,
 ) -> SpecStats:
     """Degrade every image of ``lists`` with ``spec``; ``sink`` receives each unit's degraded images."""
-    from tqdm import tqdm
-
     from loqi_core.degradation import parse_degradation
     from loqi_core.evaluation import temporal_note
+    from loqi_core.progress import progress
     from loqi_core.sampling import bin_label, bin_labels
 
     degradation = parse_degradation(spec, plugins)
@@ -216,7 +216,7 @@ def measure(
         stats.sampled[axis.key] = {label: SpecStats(label) for label in bin_labels(axis)}
     total = sum(len(images) for _, images in lists)
     start = time.perf_counter()
-    with tqdm(total=total, desc=spec, unit="img", leave=False, disable=None) as bar, warnings.catch_warnings(record=True) as caught:
+    with progress(total=total, desc=spec, unit="img", leave=False) as bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         for name, images in lists:
             stats.protocol[name] = temporal_note(images, degradation)
@@ -495,25 +495,32 @@ def degrade_command(
     check_out_folder(out, root)
     settings = {"spec": specs[0], "seed": seed, "dataset": dataset, "split": split, "images": which, "limit": limit,
                 "format": fmt, "device": device}  # fmt: skip
-    with locked(out):  # one writer per copy: a second `loqi degrade --out` on it is refused
+    with RunLog("degrade") as runlog, locked(out):  # one writer per copy: a second `loqi degrade --out` on it is refused
         writer = CopyWriter(out, root, settings, fmt)
-        stats = measure(
-            specs[0], lists, seed=seed, device=device, plugins=plugins,
-            sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
-            skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
-        )  # fmt: skip
-        side, too_big = _copy_side_files(root, paths, out)
+        runlog.open(out)
+        log.info(f"settings: {json.dumps(settings, sort_keys=True)} ({out / MANIFEST})")
+        with runlog.stage("degrading"):
+            stats = measure(
+                specs[0], lists, seed=seed, device=device, plugins=plugins,
+                sink=lambda name, images, unit, degraded, nbytes: writer.write([images.paths[i] for i in unit], degraded, nbytes),
+                skip=lambda name, images, unit: writer.is_done([images.paths[i] for i in unit]),
+            )  # fmt: skip
+        with runlog.stage("copying other files"):
+            side, too_big = _copy_side_files(root, paths, out)
         manifest = writer.finish(stats)
-    resumed = len(paths) - stats.images
-    click.echo(format_table([stats]))
-    click.echo(
-        f"\nwrote {stats.images} images under {out} (layout of {root}" + (f"; {resumed} already there from an earlier run" if resumed else "")
-        + (f"; {side} non-image files copied" if side else "") + f"); manifest {manifest}"
-    )  # fmt: skip
-    if too_big:
-        click.echo(f"not copied (over {SIDE_FILE_LIMIT >> 20} MB): " + ", ".join(str(p) for p in too_big))
-    if fmt == "keep" and any(p.suffix.lower() not in LOSSLESS_SUFFIXES for p in paths):
-        click.echo("note: JPEG files were re-encoded at quality 100 (4:4:4), close to but not exactly the degraded pixels; --format png is exact")
+        resumed = len(paths) - stats.images
+        lines = [format_table([stats]), (
+            f"\nwrote {stats.images} images under {out} (layout of {root}" + (f"; {resumed} already there from an earlier run" if resumed else "")
+            + (f"; {side} non-image files copied" if side else "") + f"); manifest {manifest}"
+        )]  # fmt: skip
+        if too_big:
+            lines.append(f"not copied (over {SIDE_FILE_LIMIT >> 20} MB): " + ", ".join(str(p) for p in too_big))
+        if fmt == "keep" and any(p.suffix.lower() not in LOSSLESS_SUFFIXES for p in paths):
+            lines.append("note: JPEG files were re-encoded at quality 100 (4:4:4), close to but not exactly the degraded pixels; --format png is exact")
+        for line in lines:
+            log.info(line)
+    for line in lines:
+        click.echo(line)
 
 
 COMMANDS = [degrade_command]
