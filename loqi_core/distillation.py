@@ -302,9 +302,10 @@ class _Trainer:
         if self.resume:
             if not cfg_file.exists():
                 raise TrainingError(f"cannot resume: {cfg_file} not found (is {self.out} a loqi run directory?)")
-            if command_of(self.out) in ("run", "eval", "sweep"):
+            made_by = command_of(self.out)  # the first line of its run.log names the command
+            if made_by in ("run", "eval", "sweep"):
                 raise TrainingError(
-                    f"cannot resume {self.out}: it is the directory of a `loqi run`/`eval`/`sweep` (it has run.log), not "
+                    f"cannot resume {self.out}: it is the directory of a `loqi {made_by}` (its run.log says so), not "
                     "of a training run; a `loqi run` keeps its student under distill/"
                 )
             saved = RunConfig.model_validate_json(cfg_file.read_text())

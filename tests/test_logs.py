@@ -292,12 +292,21 @@ def test_distill_writes_its_run_log_and_resumes(env, monkeypatch):
     out = tmp / "d"
     base = ["distill", "--method", "tiny", "--degrade", "blur3", "--weights", "random", "--train", f"folder:{root}/images/test",
             "--out", str(out), "--device", "cpu", *QUICK]  # fmt: skip
-    first = _invoke(monkeypatch, [*base, "--max-steps", "2"])
-    assert first.exit_code == 0, first.output
-    resumed = _invoke(monkeypatch, ["distill", "--resume", str(out), "--max-steps", "3"])
-    assert resumed.exit_code == 0, resumed.output  # a training run's own run.log does not make it a `loqi run`
+    from loqi_core import distillation
+
+    def ctrl_c(self, done, target):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(distillation._Trainer, "_save", ctrl_c)
+        killed = _invoke(monkeypatch, [*base, "--max-steps", "2"])
+    assert killed.exit_code != 0
+    assert "Interrupted (Ctrl-C); start the same command again to resume" in (out / "run.log").read_text()
+    for steps in ("2", "3"):  # the run.log of a training run does not make --resume take it for a `loqi run`
+        resumed = _invoke(monkeypatch, ["distill", "--resume", str(out), "--max-steps", steps])
+        assert resumed.exit_code == 0, resumed.output
     text = (out / "run.log").read_text()
-    assert text.count("== loqi distill") == 2 and "argv: loqi distill --resume" in text
+    assert text.count("== loqi distill") == 3 and "argv: loqi distill --resume" in text
     assert "2 steps (" in text and "3 steps (" in text and "stage training: " in text
     assert command_of(out) == "distill"
 

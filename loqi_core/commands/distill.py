@@ -93,7 +93,7 @@ def distill_command(loss: str | None, **kw: Any) -> None:
     x 4 images, one epoch; every value can be set in --config or with -s.
 
     The run directory gets config.json, plugins.json, train_log.csv (every loss term of every step),
-    summary.json and checkpoints/ (every distill.checkpoint_every steps and final/). A run killed at any moment
+    summary.json, run.log and checkpoints/ (every distill.checkpoint_every steps and final/). A run killed at any moment
     continues exactly with --resume RUN_DIR. The same command line works under
     `torchrun --nproc-per-node N loqi distill ...` (DDP; rank 0 writes).
 

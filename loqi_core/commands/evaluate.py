@@ -76,7 +76,7 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
     Degraded images and descriptors are cached on disk (keyed by data, degradation, weights and code
     version, each file checked by size and sha256), so evaluating the same model again costs only the search.
 
-    The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
+    The run directory gets config.json, plugins.json, run.log, metrics.json, results.md, recall.png,
     predictions/*.csv and grids/*.png.
 
     \b

@@ -59,8 +59,8 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     Before the first evaluation, one training batch and one image of every test set go through decoding,
     the degradation and the method's preprocessing: a broken input fails in seconds.
 
-    The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
-    predictions/*.csv, grids/*.png (top-k right/wrong), activations/*.png (teacher vs student encoder
+    The run directory gets config.json, plugins.json, run.log (command line, config sha256, stage timings,
+    warnings, errors), metrics.json, results.md, recall.png, predictions/*.csv, grids/*.png (top-k right/wrong), activations/*.png (teacher vs student encoder
     activation maps, the paper's Fig. 4) and the training runs in distill/ and finetune/.
 
     \b
