@@ -169,7 +169,7 @@ class Experiment:
         self.echo = echo_and_log
         if self.env.is_main:
             echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # run.log has its own header (loqi_core.logs)
-        log.info(f"device: {self.device}")
+            log.info(f"device: {self.device}")
         if self.views is not None:
             (h, w), augment = self.views.size, "on" if self.views.augment else "off"
             self.echo(f"training views {h}x{w} ({self.view_note}), augment {augment}; inputs checked")
