@@ -57,6 +57,7 @@ class RunLog:
         self.close()
 
     def start(self) -> None:
+        """Collect from now (in memory until ``open``), under a header naming the command and its command line."""
         if not self.enabled or self._handler is not None:
             return
         self._started = time.perf_counter()

@@ -10,7 +10,6 @@ import logging
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
