@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 from loqi_core.errors import ConfigError
+from loqi_core.logs import RunLog, log
+from loqi_core.progress import progress
 from loqi_core.rundir import LOCK_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -202,8 +204,6 @@ def measure(
     skip: Callable[[str, "ImageList", list[int]], bool] | None = None,
 ) -> SpecStats:
     """Degrade every image of ``lists`` with ``spec``; ``sink`` receives each unit's degraded images."""
-    from tqdm import tqdm
-
     from loqi_core.degradation import parse_degradation
     from loqi_core.evaluation import temporal_note
     from loqi_core.sampling import bin_label, bin_labels
@@ -215,7 +215,7 @@ def measure(
         stats.sampled[axis.key] = {label: SpecStats(label) for label in bin_labels(axis)}
     total = sum(len(images) for _, images in lists)
     start = time.perf_counter()
-    with tqdm(total=total, desc=spec, unit="img", leave=False, disable=None) as bar, warnings.catch_warnings(record=True) as caught:
+    with progress(total=total, desc=spec, unit="img", leave=False) as bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         for name, images in lists:
             stats.protocol[name] = temporal_note(images, degradation)
@@ -532,14 +532,20 @@ def degrade_dataset(
     check_out_folder(out, root)
     settings = {"spec": spec, "seed": seed, "dataset": dataset, "split": split, "images": images, "limit": limit,
                 "format": fmt, "device": device}  # fmt: skip
-    with locked(out):  # one writer per copy: a second copy into the same folder is refused
+    with RunLog("degrade") as runlog, locked(out):  # one writer per copy: a second copy into the same folder is refused
         writer = CopyWriter(out, root, settings, fmt)
-        stats = measure(
-            spec, lists, seed=seed, device=device, plugins=plugins,
-            sink=lambda name, il, unit, degraded, nbytes: writer.write([il.paths[i] for i in unit], degraded, nbytes),
-            skip=lambda name, il, unit: writer.is_done([il.paths[i] for i in unit]),
-        )  # fmt: skip
-        side, too_big = _copy_side_files(root, paths, out)
+        runlog.open(out)
+        log.info(f"settings: {json.dumps(settings, sort_keys=True)} ({out / MANIFEST})")
+        with runlog.stage("degrading"):
+            stats = measure(
+                spec, lists, seed=seed, device=device, plugins=plugins,
+                sink=lambda name, il, unit, degraded, nbytes: writer.write([il.paths[i] for i in unit], degraded, nbytes),
+                skip=lambda name, il, unit: writer.is_done([il.paths[i] for i in unit]),
+            )  # fmt: skip
+        with runlog.stage("copying other files"):
+            side, too_big = _copy_side_files(root, paths, out)
         manifest = writer.finish(stats)
+        log.info(format_table([stats]))
+        log.info(f"wrote {stats.images} images under {out}; {len(paths) - stats.images} already there; {side} non-image files copied")
     reencoded = fmt == "keep" and any(p.suffix.lower() not in LOSSLESS_SUFFIXES for p in paths)
     return CopyResult(stats, out, root, manifest, len(paths), len(paths) - stats.images, side, too_big, reencoded)

@@ -6,7 +6,7 @@
 
 One code path for CPU (fp32) and CUDA (bf16 autocast, channels_last for CNNs, pinned memory), alone or under
 ``torchrun --nproc-per-node N`` (DDP; rank 0 writes). The run directory receives ``config.json``,
-``plugins.json``, ``train_log.csv`` (every loss term of every step), ``summary.json`` and ``checkpoints/``.
+``plugins.json``, ``train_log.csv`` (every loss term of every step), ``summary.json``, ``run.log`` and ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
 import random
 import shutil
@@ -31,9 +32,12 @@ from loqi_core.data import TrainSet, skipped_path, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
 from loqi_core.errors import ConfigError, DataError, LoqiError
+from loqi_core.fileio import located
+from loqi_core.logs import RunLog, command_of
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.model import VPRModel, build_model
 from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.progress import progress
 from loqi_core.rundir import locked
 from loqi_core.specs import EncoderSpec, Preprocess
 from loqi_core.tensorboard_log import summary_writer
@@ -43,6 +47,7 @@ from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConf
 from loqi_core.training.dist import DistEnv, setup
 
 Mode = Literal["distill", "finetune"]
+log = logging.getLogger("loqi.distill")
 
 # Settings a resumed run may change: they do not alter what is computed at a given step.
 RESUMABLE = (
@@ -79,8 +84,11 @@ def distill(
     previous = torch.get_num_threads()
     torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (loqi_core/cpus.py)
     try:
-        with locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
-            return trainer.run()
+        with trainer.runlog, locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
+            try:
+                return trainer.run()
+            except OSError as exc:  # a failed write that names no file (a full disk): reported against the run directory
+                raise (located(exc, out_dir) if trainer.runlog.path else exc) from None
     finally:
         torch.set_num_threads(previous)
         env.close()
@@ -285,6 +293,7 @@ class _Trainer:
         self.workers = loader_workers(self.d.num_workers, device.type)
         self.threads = torch_threads(config.threads, self.workers, device.type)
         self.config = config.model_copy(update={"threads": self.threads})  # recorded resolved in config.json
+        self.runlog = RunLog(mode)
 
     # ---- setup ---------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -292,9 +301,10 @@ class _Trainer:
         if self.resume:
             if not cfg_file.exists():
                 raise TrainingError(f"cannot resume: {cfg_file} not found (is {self.out} a loqi run directory?)")
-            if (self.out / "run.log").exists():
+            made_by = command_of(self.out)  # the first line of its run.log names the command
+            if made_by in ("run", "eval", "sweep"):
                 raise TrainingError(
-                    f"cannot resume {self.out}: it is the directory of a `loqi run`/`eval`/`sweep` (it has run.log), not "
+                    f"cannot resume {self.out}: it is the directory of a `loqi {made_by}` (its run.log says so), not "
                     "of a training run; a `loqi run` keeps its student under distill/"
                 )
             saved = RunConfig.model_validate_json(cfg_file.read_text())
@@ -309,8 +319,9 @@ class _Trainer:
 
     def _write_run_files(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        config = self.config.model_copy(update={"out": self.out})
-        (self.out / "config.json").write_text(dump_config(config))
+        config = dump_config(self.config.model_copy(update={"out": self.out}))
+        (self.out / "config.json").write_text(config)
+        self.runlog.open(self.out, config)
         (self.out / "plugins.json").write_text(json.dumps(self.plugins.versions(), indent=2, sort_keys=True))
 
     def _build_models(self) -> None:
@@ -514,8 +525,7 @@ class _Trainer:
 
     # ---- the run -------------------------------------------------------------------------------
     def run(self) -> Path:
-        from tqdm.auto import tqdm
-
+        started = time.perf_counter()
         self.spec = encoder_spec(self.config, self.plugins)
         # cheap checks first: loss, data (one decoded batch), the run directory, then the models (maybe a download)
         self.loss = training_loss(self.config, self.mode, self.spec, self.plugins)
@@ -558,7 +568,9 @@ class _Trainer:
             saved = ckpt.read_checkpoint(latest, self.env.rank, self.student, self.optimizer, self.scheduler)
             start = int(saved["step"])
         if start >= self.total_steps and latest is not None and latest.name == "final":
+            log.info(f"{latest} is final: nothing left to train")
             return latest
+        self.runlog.add("training setup", time.perf_counter() - started)
 
         self.ddp: nn.Module = self.student
         if self.env.enabled:
@@ -574,7 +586,7 @@ class _Trainer:
         self.last_terms: dict[str, float] = {}
         buffer: list[tuple[int, int, float, torch.Tensor]] = []
         desc = f"{self.mode} {self.student.info['method']} {self.config.degrade} on {self.train_name}"
-        self.pbar = tqdm(total=self.total_steps, initial=start, desc=desc, unit="step", disable=not self.env.is_main, dynamic_ncols=True)
+        self.pbar = progress(total=self.total_steps, initial=start, desc=desc, unit="step", disable=not self.env.is_main, dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
             for batch in self._loader(start):
@@ -615,4 +627,13 @@ class _Trainer:
                 "wall_s": time.perf_counter() - t0, "final_terms": self.last_terms, "final_checkpoint": str(final),
             }  # fmt: skip
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.runlog.add("training", summary["wall_s"])
+            log.info(summary_line(summary))
         return final
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """One line of a training run's summary.json: steps, speed, precision, device and the last step's loss terms."""
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in s["final_terms"].items())
+    rate = f"{s['images_per_s']:.1f} img/s" if s["images_per_s"] else "rate n/a"
+    return f"{s['steps']} steps ({rate}, {s['precision']}, {s['device']}); last step: {terms}"

@@ -268,7 +268,7 @@ def extract(
     Images of different sizes are batched separately (unless the model resizes to a fixed size).
     """
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+    from loqi_core.progress import progress
 
     stats = stats if stats is not None else ExtractStats()
     device = device or resolve_device()
@@ -312,7 +312,7 @@ def extract(
 
     model.eval()
     try:
-        with tqdm(total=len(rows), desc=label if world == 1 else f"{label} (rank {rank}/{world})", unit="img", leave=False) as bar:
+        with progress(total=len(rows), desc=label if world == 1 else f"{label} (rank {rank}/{world})", unit="img", leave=False) as bar:
             previous = None
             for shard, (indices, imgs, status) in zip(mine, loader):
                 if isinstance(status, UnreadableImageError):

@@ -126,9 +126,9 @@ def drop_unreadable(test: TestSet) -> int:
 def _progress(items: list, desc: str, enabled: bool) -> Iterable:
     if not enabled:
         return items
-    from tqdm import tqdm
+    from loqi_core.progress import progress
 
-    return tqdm(items, desc=desc, unit="img", leave=False, mininterval=1.0)
+    return progress(items, desc=desc, unit="img", leave=False, mininterval=1.0)
 
 
 def validate_files(paths: list[Path], mode: Validate, skip_bad: bool, skipped: list[str]) -> list[Path]:

@@ -25,12 +25,13 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 import loqi_core
 from loqi_core.errors import ConfigError, DataError
+from loqi_core.fileio import write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.evaluation import EvalResult
@@ -141,13 +142,16 @@ class Report:
             "datasets": datasets,
         }
 
-    def write(self, run_dir: Path, grid_queries: int = 6, grid_k: int = 5, grid_select: str = "spread") -> dict[str, Any]:
-        """Write metrics.json, results.md, recall.png, predictions/*.csv and grids/*.png; returns the metrics."""
+    def write(
+        self, run_dir: Path, grid_queries: int = 6, grid_k: int = 5, grid_select: str = "spread",
+        timings: Callable[[], dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Write results.md, recall.png, predictions/*.csv, grids/*.png and, last, metrics.json; returns the metrics.
+        ``timings()``: the run's stages in seconds, taken when metrics.json is written (key ``timings``)."""
         from loqi_core.grids import write_grids
 
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.metrics()
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (run_dir / "results.md").write_text(results_markdown(metrics))
         if any(r for ds in metrics["datasets"].values() for r in ds["rows"].values()):  # label-free: no recall to plot
             write_recall_plot(run_dir / "recall.png", [metrics])
@@ -159,6 +163,9 @@ class Report:
             labels = {row: meta["label"] for row, meta in self.rows.items()}
             write_grids(run_dir / "grids", self.results, labels, grid_queries, grid_k, grid_select,
                         UNTRAINED if self.untrained else None)
+        if timings is not None:
+            metrics["timings"] = timings()
+        write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))  # atomic: never half a file
         return metrics
 
 

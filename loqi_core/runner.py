@@ -4,7 +4,8 @@
     run_dir = run_sweep(config, expand_losses("all"))      # loqi sweep: the paper's Fig. 3
     run_dir = run_eval(config)                             # loqi eval
 
-Every run directory holds config.json (resolved), plugins.json (versions), run.log, metrics.json, results.md, recall.png,
+Every run directory holds config.json (resolved), plugins.json (versions), run.log (loqi_core.logs: argv, config
+digest, stage timings, warnings, the error), metrics.json (with the stages' seconds), results.md, recall.png,
 predictions/, grids/, activations/ (run and sweep), descriptors/ and pairs/ when asked for (eval.save_descriptors,
 eval.pairs) and the training runs under distill*/ and finetune/.
 Evaluations go through the shared descriptor cache, so the teacher is encoded once per dataset and degradation,
@@ -26,10 +27,11 @@ from loqi_core.config import RunConfig, dump_config
 from loqi_core.data import TestSet, TrainSet, write_skipped
 from loqi_core.datasets import load_dataset
 from loqi_core.degradation import parse_degradation
-from loqi_core.errors import ConfigError, one_line
+from loqi_core.errors import ConfigError
 from loqi_core.evaluation import LABEL_FREE, EvalResult, apply_threads, describe_protocol, evaluate
 from loqi_core.fileio import located, write_text
 from loqi_core.folder_reader import read_folder_pair
+from loqi_core.logs import RunLog, log
 from loqi_core.plugins import Plugins, get_plugins
 from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug
 from loqi_core.rundir import locked
@@ -87,8 +89,22 @@ class Experiment:
         self, config: RunConfig, kind: str, plugins: Plugins | None = None, echo: Echo = print,
         losses: Sequence[tuple[str, str]] = (), weights: str | None = None,
     ) -> None:  # fmt: skip
+        self.runlog = RunLog(kind)  # collects from now: warnings about the inputs reach run.log too
+        self.runlog.start()
+        self._lock = contextlib.ExitStack()  # one writer per run directory (rank 0 writes), released by close()
+        try:
+            self._setup(config, kind, plugins, echo, losses, weights)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(
+        self, config: RunConfig, kind: str, plugins: Plugins | None, echo: Echo, losses: Sequence[tuple[str, str]],
+        weights: str | None,
+    ) -> None:  # fmt: skip
         from loqi_core.training.dist import setup
 
+        started = time.perf_counter()
         self.plugins = plugins or get_plugins()
         self.kind = kind
         self.env, self.device = setup(config.device)  # under torchrun: join the job; rank 0 alone writes and reports
@@ -123,16 +139,15 @@ class Experiment:
                 update={"distill": config.distill.model_copy(update={"view_size": test_scale(self.tests)})}
             )
             self.view_note = "the test sets' typical image size"
-        self.views = self._check_inputs() if losses else None  # run and sweep train: one batch decoded now
+        self.views = None
+        if losses:  # run and sweep train: one batch decoded now
+            with self.runlog.stage("preflight"):
+                self.views = self._check_inputs()
         self.model = self.build(weights)  # last: the costliest check (weights found, read and fitting)
-        self._lock = contextlib.ExitStack()  # one writer per run directory (rank 0 writes), released by close()
+        self.runlog.add("setup", time.perf_counter() - started - self.runlog.stages.get("preflight", 0.0))
         if self.env.is_main:
             self._lock.enter_context(locked(self.out))
-        try:
-            self._open(kind, echo)
-        except BaseException:
-            self.close()
-            raise
+        self._open(kind, echo)
 
     def __enter__(self) -> "Experiment":
         return self
@@ -142,23 +157,25 @@ class Experiment:
 
     def close(self) -> None:
         self._lock.close()
+        self.runlog.close()
 
     def _open(self, kind: str, echo: Echo) -> None:
         """Make the run directory and its log, write the resolved config, start the report."""
         config = self.config
-        log = self.out / "run.log"
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.runlog.open(self.out, dump_config(self.config))
 
         def echo_and_log(text: str) -> None:  # everything printed also goes to run.log
             if not self.env.is_main:
                 return
             echo(text)
-            with open(log, "a") as f:
-                f.write(text + "\n")
+            log.info(text)
 
         self.echo = echo_and_log
-        self.echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        if self.env.is_main:
+            echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # run.log has its own header (loqi_core.logs)
+            log.info(f"device: {self.device}")
         if self.views is not None:
             (h, w), augment = self.views.size, "on" if self.views.augment else "off"
             self.echo(f"training views {h}x{w} ({self.view_note}), augment {augment}; inputs checked")
@@ -204,16 +221,16 @@ class Experiment:
 
     @contextmanager
     def logged(self) -> Iterator[None]:
-        """Append any error that ends the command to run.log (the terminal gets it from the CLI); an OS error
+        """Log any error that ends the command into run.log (the terminal gets it from the CLI); an OS error
         that names no file (a failed write on a full disk) is reported against the run directory."""
         try:
             yield
         except OSError as exc:
             exc = located(exc, self.out)
-            log_error(self.out, exc)
+            self.runlog.error(exc)
             raise exc from None
         except BaseException as exc:
-            log_error(self.out, exc)
+            self.runlog.error(exc)
             raise
 
     def _check_inputs(self) -> "ViewConfig":
@@ -331,7 +348,9 @@ class Experiment:
         if not self.env.is_main:
             return self.out
         ev = self.config.eval
-        metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select)
+        with self.runlog.stage("writing"):
+            metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select,
+                                        timings=lambda: self.runlog.timings(self.device))  # fmt: skip
         if self.kind != "eval" and self.config.distill.tensorboard and log_recalls(self.out / "tensorboard", metrics):
             self.echo(f"recalls logged to TensorBoard: {self.out / 'tensorboard'}")
         self.print_protocols()
@@ -390,8 +409,10 @@ def test_scale(tests: Sequence[TestSet]) -> tuple[int, int]:
 
 def _teacher_rows(exp: Experiment) -> "VPRModel":
     teacher = exp.model
-    exp.evaluate("pretrained_clean", teacher, "none", weights=teacher.info["weights"])
-    exp.evaluate_levels("pretrained_degraded", teacher, weights=teacher.info["weights"])
+    with exp.runlog.stage("teacher clean eval"):
+        exp.evaluate("pretrained_clean", teacher, "none", weights=teacher.info["weights"])
+    with exp.runlog.stage("teacher degraded eval"):
+        exp.evaluate_levels("pretrained_degraded", teacher, weights=teacher.info["weights"])
     return teacher
 
 
@@ -406,12 +427,17 @@ def run_experiment(
     with Experiment(config, "run", plugins, echo, losses=losses) as exp, exp.logged():
         exp.report.run["loss"] = loss
         teacher = _teacher_rows(exp)
-        student = exp.build(str(exp.train("distill", "distill")))
-        exp.evaluate_levels("distilled", student, loss=loss, weights=str(exp.out / "distill"))
-        exp.activations(teacher, student)
+        with exp.runlog.stage("distillation"):
+            student = exp.build(str(exp.train("distill", "distill")))
+        with exp.runlog.stage("student eval"):
+            exp.evaluate_levels("distilled", student, loss=loss, weights=str(exp.out / "distill"))
+        with exp.runlog.stage("activation maps"):
+            exp.activations(teacher, student)
         if baseline == "finetune":
-            tuned = exp.build(str(exp.train("finetune", "finetune")))
-            exp.evaluate_levels("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
+            with exp.runlog.stage("finetune"):
+                tuned = exp.build(str(exp.train("finetune", "finetune")))
+            with exp.runlog.stage("finetuned eval"):
+                exp.evaluate_levels("finetuned", tuned, loss=exp.config.distill.finetune_loss, weights=str(exp.out / "finetune"))
         return exp.finish()
 
 
@@ -425,14 +451,17 @@ def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | No
         for expr in losses:
             cfg = exp.config.model_copy(update={"distill": exp.config.distill.model_copy(update={"loss": expr})})
             try:
-                final = exp.train(f"distill-{slug(expr)}", "distill", cfg)
+                with exp.runlog.stage(f"distillation {expr}"):
+                    final = exp.train(f"distill-{slug(expr)}", "distill", cfg)
             except ConfigError as exc:  # e.g. triplet on a label-free training set: the other losses still run
                 exp.echo(f"skipping loss {expr}: {exc}")
                 skipped.append(f"loss {expr} skipped: {exc}")
                 continue
             student = exp.build(str(final))
-            exp.evaluate_levels(f"distilled:{expr}", student, loss=expr, weights=str(final))
-            exp.activations(teacher, student, row=f"distilled:{expr}", tag=expr, label=f"student {expr}")
+            with exp.runlog.stage(f"student eval {expr}"):
+                exp.evaluate_levels(f"distilled:{expr}", student, loss=expr, weights=str(final))
+            with exp.runlog.stage(f"activation maps {expr}"):
+                exp.activations(teacher, student, row=f"distilled:{expr}", tag=expr, label=f"student {expr}")
         for test in exp.tests:
             exp.report.note(test.name, skipped)
         return exp.finish()
@@ -448,27 +477,9 @@ def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | No
             pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
             clean = exp.degradation.spec in ("", "none") and not exp.levels
             row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
-        exp.evaluate_levels(row, model, weights=model.info["weights"])
+        with exp.runlog.stage("eval"):
+            exp.evaluate_levels(row, model, weights=model.info["weights"])
         return exp.finish()
-
-
-def log_error(run_dir: Path, exc: BaseException) -> None:
-    """Append the error that ended a run to ``run_dir/run.log``: one line for loqi's and OS errors (as the
-    terminal shows them), the traceback for anything else (a bug); nothing when the directory is gone."""
-    import traceback
-
-    message = one_line(exc)
-    if message is not None:
-        text = f"Error: {message}"
-    elif isinstance(exc, KeyboardInterrupt):
-        text = "Interrupted (Ctrl-C); start the same command again to resume"
-    else:
-        text = "".join(traceback.format_exception(exc)).rstrip()
-    try:
-        with open(run_dir / "run.log", "a") as f:
-            f.write(f"{text}\n")
-    except OSError:
-        pass  # the disk that failed may be this one: the terminal still gets the error
 
 
 def _checkpoint_of(weights: str) -> str:

@@ -111,16 +111,18 @@ def _full_disk_for_descriptors(monkeypatch, tmp: Path) -> None:
 
 
 def _full_disk_for_metrics(monkeypatch, tmp: Path) -> None:
-    """Path.write_text fails as on a full disk: the OSError of write() names no file."""
-    real = pathlib.Path.write_text
+    """metrics.json's write fails as on a full disk (the OSError of write() names no file), half-way through."""
+    from loqi_core import fileio
 
-    def write_text(self, data, *args, **kwargs):
-        if self.name == "metrics.json":
-            real(self, data[:10], *args, **kwargs)
+    real = fileio._write
+
+    def write(f, data):
+        if "metrics.json" in str(getattr(f, "name", "")):
+            real(f, data[:10])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, data, *args, **kwargs)
+        return real(f, data)
 
-    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    monkeypatch.setattr(fileio, "_write", write)
 
 
 def _full_disk_for_train_log(monkeypatch, tmp: Path) -> None:
@@ -215,7 +217,7 @@ CASES = [
          setup=_full_disk_at_write("key.json"), late=True, check=_no_partial_files),
     Case("disk-full-descriptors", EVAL + " --weights random --degrade none", 1, ".partial.npy: No space left on device",
          setup=_full_disk_for_descriptors, late=True, check=_no_partial_files),
-    Case("disk-full-eval-output", EVAL + " --weights random", 1, "{out}: No space left on device",
+    Case("disk-full-eval-output", EVAL + " --weights random", 1, "{out}/metrics.json: No space left on device",
          setup=_full_disk_for_metrics, late=True, check=_no_partial_files),
     Case("disk-full-train-log", DISTILL, 1, "{out}: No space left on device", setup=_full_disk_for_train_log,
          late=True, check=_no_partial_files),

@@ -278,7 +278,7 @@ def _linked_dataset(tmp: Path) -> Path:
 
 def _only_inside_copied(tmp: Path) -> None:
     copied = sorted(p.name for p in (tmp / "copy").rglob("*") if p.is_file() and p.suffix != ".png")
-    assert copied == ["ground_truth.csv", "loqi-degrade.json", "loqi-degrade.progress.jsonl"], copied
+    assert copied == ["ground_truth.csv", "loqi-degrade.json", "loqi-degrade.progress.jsonl", "run.log"], copied
     assert len(list((tmp / "copy" / "images/test/queries").glob("*.png"))) == 8  # the linked image, degraded, in place
 
 

@@ -64,27 +64,13 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
 def _run(mode: str, kw: dict[str, Any], loss: str | None) -> None:
     import json
 
-    from loqi_core.distillation import distill
-
-    from loqi_core.fileio import located
-    from loqi_core.runner import log_error
+    from loqi_core.distillation import distill, summary_line
 
     config, out = _resolve(mode, kw, loss)
-    try:
-        final = distill(config, out, mode=mode, resume=bool(kw["resume_dir"]))  # type: ignore[arg-type]
-    except BaseException as exc:
-        if not (out / "config.json").exists():  # an early error: the run directory is made after validation
-            raise
-        if isinstance(exc, OSError):  # a failed write that names no file: report it against the run directory
-            exc = located(exc, out)
-        log_error(out, exc)
-        raise exc from None
+    final = distill(config, out, mode=mode, resume=bool(kw["resume_dir"]))  # type: ignore[arg-type]  (errors go to run.log)
     summary = out / "summary.json"
     if summary.exists():
-        s = json.loads(summary.read_text())
-        terms = ", ".join(f"{k} {v:.4g}" for k, v in s["final_terms"].items())
-        rate = f"{s['images_per_s']:.1f} img/s" if s["images_per_s"] else "rate n/a"
-        click.echo(f"{s['steps']} steps ({rate}, {s['precision']}, {s['device']}); last step: {terms}")
+        click.echo(summary_line(json.loads(summary.read_text())))
     click.echo(f"student checkpoint: {final}")
 
 
@@ -110,7 +96,7 @@ def distill_command(loss: str | None, **kw: Any) -> None:
     x 4 images, one epoch; every value can be set in --config or with -s.
 
     The run directory gets config.json, plugins.json, train_log.csv (every loss term of every step),
-    summary.json and checkpoints/ (every distill.checkpoint_every steps and final/). A run killed at any moment
+    summary.json, run.log and checkpoints/ (every distill.checkpoint_every steps and final/). A run killed at any moment
     continues exactly with --resume RUN_DIR. The same command line works under
     `torchrun --nproc-per-node N loqi distill ...` (DDP; rank 0 writes).
 

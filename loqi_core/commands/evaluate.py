@@ -93,7 +93,7 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
     --database DIR --queries DIR take two folders as gmberton's evaluator does. Images named without
     @east@north@ make a label-free test set: predictions, grids, pairs and descriptors, no recall.
 
-    The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
+    The run directory gets config.json, plugins.json, run.log, metrics.json, results.md, recall.png,
     predictions/*.csv and grids/*.png; with --save-descriptors, descriptors/<set>__<row>/ (database.npy,
     queries.npy, their image names in database.txt and queries.txt); with --pairs K, pairs/<set>__<row>.txt
     (hloc's "query db" lines, K per query, best first).

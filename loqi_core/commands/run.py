@@ -59,7 +59,8 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     Before the first evaluation, one training batch and one image of every test set go through decoding,
     the degradation and the method's preprocessing: a broken input fails in seconds.
 
-    The run directory gets config.json, plugins.json, metrics.json, results.md, recall.png,
+    The run directory gets config.json, plugins.json, run.log (command line, config sha256, stage timings,
+    warnings, errors), metrics.json, results.md, recall.png,
     predictions/*.csv, grids/*.png (each query as the model saw it and clean, its top-k with score and
     distance, right/wrong; pretrained and distilled side by side; -s eval.grid_select=wrong|changed picks the
     queries), activations/*.png (teacher vs student encoder activation maps on one colour scale, the paper's

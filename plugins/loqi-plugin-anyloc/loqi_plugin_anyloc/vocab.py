@@ -44,9 +44,8 @@ def kmeans_centers(descriptors: np.ndarray, clusters: int, niter: int = 100, see
 
 def collect(model, images: Sequence, batch_size: int, per_image: int | None, device: torch.device, seed: int) -> np.ndarray:
     """Encoder descriptors of ``images`` (paths), batched by equal prepared size, with a progress bar."""
-    from tqdm import tqdm
-
     from loqi_core.data import read_image
+    from loqi_core.progress import progress
 
     g = torch.Generator().manual_seed(seed)
     found: list[np.ndarray] = []
@@ -58,7 +57,7 @@ def collect(model, images: Sequence, batch_size: int, per_image: int | None, dev
                 found.extend(sample_descriptors(model.encoder(torch.cat(pending)), per_image, g))
             pending.clear()
 
-    for path in tqdm(images, desc="anyloc vocab: descriptors", unit="img"):
+    for path in progress(images, desc="anyloc vocab: descriptors", unit="img"):
         x = model.prepare([read_image(path)], device=device)
         if pending and (x.shape != pending[0].shape or len(pending) >= batch_size):
             flush()

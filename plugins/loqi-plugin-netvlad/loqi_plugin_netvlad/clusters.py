@@ -29,12 +29,12 @@ def sample_local_features(
     progress: bool = True,
 ) -> np.ndarray:
     """``per_image`` random L2-normalised local features (rows of C values) from each image's latent map."""
-    from tqdm import tqdm
+    from loqi_core.progress import progress as progress_bar
 
     rng = np.random.default_rng(seed)
     model = model.to(device).eval()
     chunks = []
-    for path in tqdm(paths, desc="local features", unit="img", disable=not progress):
+    for path in progress_bar(paths, desc="local features", unit="img", disable=not progress):
         x = model.prepare([read_image(path)], device=device)
         latent = model.encoder(x)
         latent = latent[0] if isinstance(latent, tuple) else latent

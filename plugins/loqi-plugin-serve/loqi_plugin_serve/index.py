@@ -87,11 +87,11 @@ def _thumbnail(path: Path) -> bytes:
 
 
 def _write_thumbnails(paths: list[Path], folder: Path) -> None:
-    from tqdm import tqdm
+    from loqi_core.progress import progress
 
     offsets = [0]
     with open(folder / "thumbnails.bin", "wb") as f:
-        for path in tqdm(paths, desc="thumbnails", unit="img", leave=False):
+        for path in progress(paths, desc="thumbnails", unit="img", leave=False):
             blob = _thumbnail(path)
             f.write(blob)
             offsets.append(offsets[-1] + len(blob))

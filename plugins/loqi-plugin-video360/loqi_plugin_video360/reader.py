@@ -100,12 +100,12 @@ def slice_video(video: Path, out_dir: Path, params, positions: dict[int, tuple[f
         container = av.open(str(video))
     except (av.error.FFmpegError, OSError) as exc:
         raise DataError(f"{video}: cannot open the video ({exc})") from None
-    from tqdm import tqdm
+    from loqi_core.progress import progress
 
     try:
         with container:
             stream = container.streams.video[0]
-            bar = tqdm(total=stream.frames or None, desc=f"slicing {video.name}", unit="frame", leave=False, mininterval=1.0)
+            bar = progress(total=stream.frames or None, desc=f"slicing {video.name}", unit="frame", leave=False, mininterval=1.0)
             for index, frame in enumerate(container.decode(stream)):
                 bar.update()
                 keep = (index in wanted) if wanted is not None else index % params.frame_step == 0
