@@ -1,4 +1,5 @@
-"""Documentation coverage: every hook and each of its arguments appears in docs/hooks.md."""
+"""Documentation coverage: every hook and each of its arguments appears in docs/hooks.md; every name the package
+exports and each of its arguments in docs/python-api.md."""
 
 import inspect
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 from loqi_core import hookspecs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
+API_DOCS = DOCS.with_name("python-api.md")
 
 
 def test_every_hook_and_argument_is_documented():
@@ -20,3 +22,15 @@ def test_every_hook_and_argument_is_documented():
         for arg in args:
             assert f"`{arg}`" in section, f"argument {arg} of {name} is undocumented"
         assert fn.__doc__, f"{name} has no docstring"
+
+
+def test_every_exported_function_and_argument_is_documented():
+    import loqi_core
+
+    text = API_DOCS.read_text()
+    names = [n for n in loqi_core.__all__ if n not in ("hookimpl", "__version__")]
+    assert {"build_model", "load_dataset", "evaluate", "distill", "parse_degradation", "encode"} <= set(names)
+    for name in names:
+        assert f"`{name}(" in text, f"docs/python-api.md lacks {name}"
+        for arg in inspect.signature(getattr(loqi_core, name)).parameters:
+            assert f"`{arg}`" in text or f"{arg}=" in text, f"argument {arg} of {name} is undocumented in docs/python-api.md"
