@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.evaluation import EvalResult
     from loqi_core.model import VPRModel
 
+
 class Encoded(NamedTuple):
     """What ``encode`` returns: the image paths and their descriptors, row ``i`` for ``paths[i]``."""
 
@@ -194,7 +195,7 @@ def _model_overrides(model: "VPRModel | str") -> dict[str, Any]:
     fields = {"model.method": r["method"], "model.encoder": r["encoder"], "model.aggregator": r["aggregator"],
               "model.encoder_params": r["encoder_params"], "model.aggregator_params": r["aggregator_params"],
               "model.image_size": list(r["image_size"]) if r["image_size"] else None, "protocol": r["protocol"],
-              "model.weights": model.info["weights"]}  # fmt: skip
+              "model.weights": r["weights"]}  # fmt: skip
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -216,8 +217,8 @@ def distill(
 ) -> "VPRModel":
     """Distil ``model`` against ``degrade`` on ``train`` as ``loqi distill`` does; returns the student, loaded.
 
-    ``model``: a method name or a model from ``build_model`` (teacher and student are rebuilt from its recipe and
-    weights; changes made to its parameters in memory are not seen). ``degrade``, ``train``, ``loss``, ``seed``,
+    ``model``: a method name or a model from ``build_model`` (teacher and student are rebuilt from the arguments it
+    was built with, weights included; changes made to its parameters in memory are not seen). ``degrade``, ``train``, ``loss``, ``seed``,
     ``device``: as the CLI flags, default the config's (jpeg10, demo, the method's best loss). ``settings``: any
     ``DistillConfig`` field (``lr=2e-4``, ``max_steps=120``, ``view_size=(32, 64)``); ``config``: a TOML/YAML file
     under them; the method's own defaults lie under both. ``out``: the run directory (default

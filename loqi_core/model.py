@@ -25,8 +25,8 @@ class VPRModel(nn.Module):
     """``forward(x) -> (latent B×C×h×w, descriptor B×D)``; ``prepare(images)`` does the method's preprocessing."""
 
     recipe: dict[str, Any] | None = None
-    """The ``build_model`` arguments it was built from (less the weights), so ``distill`` can rebuild it; None for
-    a wrapped module (``wrap_model``)."""
+    """The ``build_model`` arguments it was built from, as config fields take them, so ``distill`` can rebuild it;
+    None for a wrapped module (``wrap_model``)."""
 
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, preprocess: Preprocess, info: dict[str, Any]) -> None:
         super().__init__()
@@ -172,7 +172,8 @@ def build_model(
     }
     model = VPRModel(enc, agg, pp, info)
     model.recipe = {"method": method, "encoder": encoder, "aggregator": aggregator, "encoder_params": encoder_params,
-                    "aggregator_params": aggregator_params, "image_size": image_size, "protocol": protocol}  # fmt: skip
+                    "aggregator_params": aggregator_params, "weights": "random" if weights is None else str(weights),
+                    "image_size": image_size, "protocol": protocol}  # fmt: skip
     mixed = method is None or (encoder is not None and encoder != method) or (aggregator is not None and aggregator != method)
     if mixed:
         _check_parts_fit(model)

@@ -34,3 +34,16 @@ def test_every_exported_function_and_argument_is_documented():
         assert f"`{name}(" in text, f"docs/python-api.md lacks {name}"
         for arg in inspect.signature(getattr(loqi_core, name)).parameters:
             assert f"`{arg}`" in text or f"{arg}=" in text, f"argument {arg} of {name} is undocumented in docs/python-api.md"
+
+
+def test_readme_from_python_example_uses_the_exported_names():
+    import ast
+
+    import loqi_core
+
+    readme = (DOCS.parents[1] / "README.md").read_text()
+    section = readme.split("## From Python", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    imported = [a.name for node in ast.walk(ast.parse(code)) if isinstance(node, ast.ImportFrom) and node.module == "loqi_core"
+                for a in node.names]  # fmt: skip
+    assert {"build_model", "encode", "evaluate", "distill"} <= set(imported) <= set(loqi_core.__all__)
