@@ -55,11 +55,12 @@ def _model(model: "VPRModel | str", plugins: Plugins) -> "VPRModel":
 
 
 def _eval_config(settings: dict[str, Any], cache: bool | None, model: "VPRModel") -> EvalConfig:
-    """``settings`` (EvalConfig fields) validated as ``loqi eval`` validates them; ``cache=None`` caches every
-    model but a wrapped one, whose code (not only its weights) may change between two calls."""
+    """``settings`` (EvalConfig fields; None = its default) validated as ``loqi eval`` validates them; ``cache=None``
+    caches every model but a wrapped one, whose code (not only its weights) may change between two calls."""
     if cache is None:
         cache = not model.info.get("wrapped", False)
-    return validate({"eval": {**settings, "cache": cache}}).eval
+    given = {key: value for key, value in settings.items() if value is not None}
+    return validate({"eval": {**given, "cache": cache}}).eval
 
 
 @contextlib.contextmanager
@@ -104,6 +105,8 @@ def encode(
     images: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     degrade: "str | Degradation" = "none",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
     device: "str | torch.device" = "auto",
     seed: int = 0,
     cache: bool | None = None,
@@ -114,8 +117,9 @@ def encode(
 
     One call through the evaluation engine's own extraction (``loqi_core.evaluation.extract``): the model's
     preprocessing, bf16 autocast on CUDA, loader workers, the descriptor cache shared with ``evaluate``. ``degrade``
-    degrades each image first (``"jpeg10"``). ``settings``: the extraction fields of ``EvalConfig`` (``batch_size``,
-    ``num_workers``, ``precision``, ``cache_dir``). The model is moved to ``device`` and put in eval mode.
+    degrades each image first (``"jpeg10"``). ``batch_size``, ``num_workers`` (None: 32 and 2, as ``loqi eval``)
+    and ``settings``, the other extraction fields of ``EvalConfig`` (``precision``, ``cache_dir``), as in
+    ``evaluate``. The model is moved to ``device`` and put in eval mode.
     """
     from loqi_core.data import ImageList
     from loqi_core.degradation import parse_degradation
@@ -124,7 +128,7 @@ def encode(
     plugins = plugins or get_plugins()
     model = _model(model, plugins)
     paths = _image_paths(images)
-    config = _eval_config(settings, cache, model)
+    config = _eval_config({"batch_size": batch_size, "num_workers": num_workers, **settings}, cache, model)
     deg = parse_degradation(degrade, plugins) if isinstance(degrade, str) else degrade
     dev = _device(device)
     model = model.to(dev).eval()
@@ -152,6 +156,8 @@ def evaluate(
     dataset: "str | os.PathLike | TestSet" = "demo",
     degrade: "str | Degradation" = "none",
     *,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
     device: "str | torch.device" = "auto",
     seed: int = 0,
     cache: bool | None = None,
@@ -163,15 +169,16 @@ def evaluate(
 
     ``model``: a model (``build_model``, ``wrap_model``) or a method name (its default weights). ``dataset``: a
     name as ``loqi eval --dataset`` takes it (``"demo"``, ``"nordland"``, ``"folder:PATH?skip_bad=true"``), a
-    ``pathlib.Path`` to a folder in gmberton's layout, or a loaded ``TestSet``. ``settings``: any ``EvalConfig``
-    field (``recall=[1, 5]``, ``clean_database=True``, ``batch_size=64``, ``index="ivfpq"``). Returns the
+    ``pathlib.Path`` to a folder in gmberton's layout, or a loaded ``TestSet``. ``batch_size``, ``num_workers``
+    (None: 32 and 2) and ``settings``, any other ``EvalConfig`` field (``recall=[1, 5]``, ``clean_database=True``,
+    ``index="ivfpq"``), as ``loqi eval`` takes them. Returns the
     ``EvalResult``: ``.recalls`` (``{"R@1": ...}``), ``.predictions``, ``.protocol``.
     """
     from loqi_core.evaluation import evaluate as evaluate_test_set
 
     plugins = plugins or get_plugins()
     model = _model(model, plugins)
-    config = _eval_config(settings, cache, model)
+    config = _eval_config({"batch_size": batch_size, "num_workers": num_workers, **settings}, cache, model)
     test = _test_set(dataset, data_root, plugins)
     with _cache_for(config) as store:
         result = evaluate_test_set(model, test, degrade, config=config, seed=seed, device=_device(device), cache=store,
