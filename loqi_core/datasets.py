@@ -22,7 +22,7 @@ def data_root(explicit: str | Path | None = None) -> Path | None:
 
 def load_dataset(
     text: str,
-    kind: Literal["test", "train"],
+    kind: Literal["test", "train"] = "test",
     *,
     root: str | Path | None = None,
     params: dict[str, Any] | None = None,

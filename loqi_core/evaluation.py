@@ -357,7 +357,7 @@ def extract(
 # ---- evaluation ----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)
 class EvalResult:
     """One model on one test set under one protocol."""
 
@@ -387,6 +387,11 @@ class EvalResult:
     def queries_without_positives(self) -> int | None:
         return None if self.ground_truth is None else sum(1 for g in self.ground_truth if len(g) == 0)
 
+    def __repr__(self) -> str:  # a notebook shows this: the numbers, not 10 000 paths
+        recalls = ", ".join(f"{k} {v:.2f}" for k, v in self.recalls.items())
+        return (f"EvalResult({self.dataset}: {recalls}; {len(self.query_paths)} queries, {len(self.database_paths)} "
+                f"database images, degradation {self.protocol.get('degradation')}, weights {self.protocol.get('weights')})")
+
 
 def model_versions(model: "VPRModel", plugins: Plugins) -> dict[str, str]:
     """Versions of loqi-core and of the plugins that provide the model's encoder and aggregator."""
@@ -396,6 +401,12 @@ def model_versions(model: "VPRModel", plugins: Plugins) -> dict[str, str]:
             p = registry.provider(name)
             out[p.dist] = p.version
     return out
+
+
+def descriptor_key(model: "VPRModel", precision: str, device: "torch.device", plugins: Plugins) -> dict[str, Any]:
+    """What cached descriptors depend on besides the images: the model (weights, parts, preprocessing), the code
+    versions and the precision (``extract``'s ``key``; ``evaluate`` and ``loqi_core.encode`` share entries)."""
+    return {"model": model_fingerprint(model), "code": model_versions(model, plugins), "precision": use_bf16(precision, device)}
 
 
 def degradation_versions(degradation: Degradation, plugins: Plugins) -> dict[str, str]:
@@ -452,7 +463,7 @@ def evaluate(
     db_deg: Degradation = Identity() if clean_database else deg
     device = device if isinstance(device, torch.device) else resolve_device(device)
     model = model.to(device).eval()
-    key = {"model": model_fingerprint(model), "code": model_versions(model, plugins), "precision": use_bf16(config.precision, device)}
+    key = descriptor_key(model, config.precision, device, plugins)
     stats = stats if stats is not None else {}
     common = dict(cache=cache, key=key, seed=seed, device=device, batch_size=config.batch_size,
                   num_workers=loader_workers(config.num_workers, device.type), precision=config.precision, cache_images=config.cache_images,

@@ -24,6 +24,10 @@ from loqi_core.weights import fetch_weights, load_state_dict, unwrap_state_dict
 class VPRModel(nn.Module):
     """``forward(x) -> (latent B×C×h×w, descriptor B×D)``; ``prepare(images)`` does the method's preprocessing."""
 
+    recipe: dict[str, Any] | None = None
+    """The ``build_model`` arguments it was built from, as config fields take them, so ``distill`` can rebuild it;
+    None for a wrapped module (``wrap_model``)."""
+
     def __init__(self, encoder: nn.Module, aggregator: nn.Module, preprocess: Preprocess, info: dict[str, Any]) -> None:
         super().__init__()
         self.encoder = encoder
@@ -167,11 +171,45 @@ def build_model(
         "weights": str(weights),
     }
     model = VPRModel(enc, agg, pp, info)
+    model.recipe = {"method": method, "encoder": encoder, "aggregator": aggregator, "encoder_params": encoder_params,
+                    "aggregator_params": aggregator_params, "weights": "random" if weights is None else str(weights),
+                    "image_size": image_size, "protocol": protocol}  # fmt: skip
     mixed = method is None or (encoder is not None and encoder != method) or (aggregator is not None and aggregator != method)
     if mixed:
         _check_parts_fit(model)
     load_weights(model, enc_spec, *resolved)
     return model
+
+
+class _Descriptor(nn.Module):
+    """The aggregator of a wrapped module: the module's output already is the descriptor (or a (latent, descriptor) pair)."""
+
+    def forward(self, features: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return features[1] if isinstance(features, tuple) else features
+
+
+def wrap_model(module: nn.Module, *, name: str | None = None, **preprocess: Any) -> VPRModel:
+    """Your own network as a loqi model, for ``evaluate`` and ``encode`` (not ``distill``: register a method for that).
+
+    ``module(x)`` takes the normalised float batch B×3×H×W and returns descriptors B×D, or a ``(latent, descriptor)``
+    pair. ``preprocess``: fields of ``loqi_core.specs.Preprocess`` (``size=(224, 224)``, ``mean``, ``std``, ...);
+    by default each image keeps its size and is normalised with the ImageNet statistics.
+    """
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"wrap_model takes a torch.nn.Module, not {type(module).__name__}")
+    pp = _params(Preprocess, preprocess, "preprocess")
+    cls = type(module)
+    info = {
+        "method": name or cls.__name__,
+        "encoder": f"{cls.__module__}.{cls.__qualname__}",
+        "aggregator": "descriptor",
+        "encoder_params": {},
+        "aggregator_params": {},
+        "preprocess": pp.model_dump(mode="json"),
+        "weights": "in memory",
+        "wrapped": True,
+    }
+    return VPRModel(module, _Descriptor(), pp, info)
 
 
 def _check_parts_fit(model: VPRModel) -> None:
@@ -259,11 +297,19 @@ def save_checkpoint(model: VPRModel, path: str | Path, extra: dict[str, Any] | N
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """The weights file of a loqi checkpoint (a file, a checkpoint directory or a run directory), with its sidecar."""
+    """The weights file of a loqi checkpoint, with its sidecar: the ``.safetensors`` file, its folder, a training
+    directory (``loqi distill``: ``checkpoints/final``) or a run directory (``loqi run``: its ``distill/`` student).
+    ``build_model(weights=...)`` and every command's ``--weights`` resolve through here."""
     path = Path(path)
     if path.is_dir():
-        candidates = [path / CHECKPOINT_FILE, path / "checkpoints" / "final" / CHECKPOINT_FILE]
-        path = next((c for c in candidates if c.exists()), candidates[0])
+        final = Path("checkpoints", "final", CHECKPOINT_FILE)
+        candidates = [path / CHECKPOINT_FILE, path / final, path / "distill" / final]
+        found = next((c for c in candidates if c.exists()), None)
+        students = sorted(p.name for p in path.glob("distill-*") if (p / "checkpoints" / "final").is_dir())
+        if found is None and students:  # a sweep: one student per loss
+            options = ", ".join(str(path / s) for s in students)
+            raise WeightsError(f"{path} is a sweep with one student per loss; pass one of them as weights: {options}")
+        path = found or candidates[0]
     sidecar = path.with_suffix(".json")
     if not path.exists() or not sidecar.exists():
         raise WeightsError(f"no loqi checkpoint at {path} (expected {path.name} and {sidecar.name})")

@@ -469,9 +469,8 @@ def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | No
 
 def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | None = None, echo: Echo = print) -> Path:
     """``loqi eval``: one model (pretrained weights, a checkpoint or a run directory) on the test sets."""
-    weights = config.model.weights
-    checkpoint = _checkpoint_of(weights)  # before the run directory is made: a bad --weights leaves nothing behind
-    with Experiment(config, "eval", plugins, echo, weights=checkpoint) as exp, exp.logged():
+    weights = config.model.weights  # a file, checkpoint or run directory resolves as in build_model (checkpoint_file)
+    with Experiment(config, "eval", plugins, echo) as exp, exp.logged():
         model = exp.model
         if row is None:
             pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
@@ -482,15 +481,3 @@ def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | No
         return exp.finish()
 
 
-def _checkpoint_of(weights: str) -> str:
-    """A run directory of ``loqi run`` holds its student under distill/: accept the run directory itself."""
-    path = Path(weights)
-    if not path.is_dir() or (path / "model.safetensors").exists():
-        return weights
-    if (path / "distill" / "checkpoints" / "final").exists():
-        return str(path / "distill" / "checkpoints" / "final")
-    students = sorted(p.name for p in path.glob("distill-*") if (p / "checkpoints" / "final").exists())
-    if students:  # a sweep: one student per loss
-        options = ", ".join(f"{path / s}" for s in students)
-        raise ConfigError(f"{path} is a sweep with one student per loss; pass one of them as --weights: {options}")
-    return weights

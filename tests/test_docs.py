@@ -1,4 +1,5 @@
-"""Documentation coverage: every hook and each of its arguments appears in docs/hooks.md."""
+"""Documentation coverage: every hook and each of its arguments appears in docs/hooks.md; every name the package
+exports and each of its arguments in docs/python-api.md."""
 
 import inspect
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 from loqi_core import hookspecs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
+API_DOCS = DOCS.with_name("python-api.md")
 
 
 def test_every_hook_and_argument_is_documented():
@@ -20,3 +22,28 @@ def test_every_hook_and_argument_is_documented():
         for arg in args:
             assert f"`{arg}`" in section, f"argument {arg} of {name} is undocumented"
         assert fn.__doc__, f"{name} has no docstring"
+
+
+def test_every_exported_function_and_argument_is_documented():
+    import loqi_core
+
+    text = API_DOCS.read_text()
+    names = [n for n in loqi_core.__all__ if n not in ("hookimpl", "__version__")]
+    assert {"build_model", "load_dataset", "evaluate", "distill", "parse_degradation", "encode"} <= set(names)
+    for name in names:
+        assert f"`{name}(" in text, f"docs/python-api.md lacks {name}"
+        for arg in inspect.signature(getattr(loqi_core, name)).parameters:
+            assert f"`{arg}`" in text or f"{arg}=" in text, f"argument {arg} of {name} is undocumented in docs/python-api.md"
+
+
+def test_readme_from_python_example_uses_the_exported_names():
+    import ast
+
+    import loqi_core
+
+    readme = (DOCS.parents[1] / "README.md").read_text()
+    section = readme.split("## From Python", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    imported = [a.name for node in ast.walk(ast.parse(code)) if isinstance(node, ast.ImportFrom) and node.module == "loqi_core"
+                for a in node.names]  # fmt: skip
+    assert {"build_model", "encode", "evaluate", "distill"} <= set(imported) <= set(loqi_core.__all__)

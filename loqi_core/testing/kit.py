@@ -94,8 +94,6 @@ class MethodTests:
         assert latent.dtype == torch.float64 and desc.dtype == torch.float64
 
     def test_gradients_reach_trainable_layers(self):
-        import torch
-
         model = self.build().train()
         spec = get_plugins().method(self.method)[0]
         names = [n for n, _ in model.named_parameters()]
