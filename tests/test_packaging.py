@@ -68,8 +68,11 @@ def _requirements(path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("package", [ROOT, *PLUGINS], ids=lambda p: p.name)
 def test_declares_every_distribution_it_imports(package):
     source = ROOT / "loqi_core" if package == ROOT else next(package.glob("loqi_plugin_*/__init__.py")).parent
-    missing = _imported_distributions(source) - set(_requirements(package))
+    imported, declared = _imported_distributions(source), set(_requirements(package))
+    missing = imported - declared
     assert not missing, f"{package.name} imports {sorted(missing)} without declaring them"
+    unused = (declared & set(DISTRIBUTIONS.values())) - imported
+    assert not unused, f"{package.name} declares {sorted(unused)} but its code never imports them"
 
 
 def test_one_bound_per_distribution_across_packages():
