@@ -1,7 +1,7 @@
 """loqi plugin "dinov2": the DINOv2 ViT backbone shared by the SALAD, CricaVPR, AnyLoc and BoQ plugins.
 
 Registers the ``dinov2`` encoder (final-normed patch tokens, C×H/14×W/14) to mix with any aggregator
-(``--encoder dinov2 --aggregator gem``), with Meta's pretrained hub weights. The backbone code itself lives
+(``--encoder dinov2 --aggregator netvlad``), with Meta's pretrained hub weights. The backbone code itself lives
 in ``loqi_plugin_dinov2.vit``; this module stays free of torch imports.
 """
 
