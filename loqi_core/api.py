@@ -117,12 +117,13 @@ def encode(
 
     One call through the evaluation engine's own extraction (``loqi_core.evaluation.extract``): the model's
     preprocessing, bf16 autocast on CUDA, loader workers, the descriptor cache shared with ``evaluate``. ``degrade``
-    degrades each image first (``"jpeg10"``). ``batch_size``, ``num_workers`` (None: 32 and 2, as ``loqi eval``)
+    degrades each image first (``"jpeg10"``). ``batch_size``, ``num_workers`` (None: 32, and as many workers as the CPUs allow, as ``loqi eval``)
     and ``settings``, the other extraction fields of ``EvalConfig`` (``precision``, ``cache_dir``), as in
     ``evaluate``. The model is moved to ``device`` and put in eval mode.
     """
     from loqi_core.data import ImageList
     from loqi_core.degradation import parse_degradation
+    from loqi_core.cpus import loader_workers
     from loqi_core.evaluation import descriptor_key, extract
 
     plugins = plugins or get_plugins()
@@ -135,7 +136,7 @@ def encode(
     with _cache_for(config) as store:
         descriptors = extract(
             model, ImageList(paths), deg, cache=store, key=descriptor_key(model, config.precision, dev, plugins),
-            seed=seed, device=dev, batch_size=config.batch_size, num_workers=config.num_workers,
+            seed=seed, device=dev, batch_size=config.batch_size, num_workers=loader_workers(config.num_workers, dev.type),
             precision=config.precision, cache_images=config.cache_images, label="encode", plugins=plugins,
         )  # fmt: skip
         return Encoded(paths, np.array(descriptors, dtype=np.float32))
@@ -170,7 +171,7 @@ def evaluate(
     ``model``: a model (``build_model``, ``wrap_model``) or a method name (its default weights). ``dataset``: a
     name as ``loqi eval --dataset`` takes it (``"demo"``, ``"nordland"``, ``"folder:PATH?skip_bad=true"``), a
     ``pathlib.Path`` to a folder in gmberton's layout, or a loaded ``TestSet``. ``batch_size``, ``num_workers``
-    (None: 32 and 2) and ``settings``, any other ``EvalConfig`` field (``recall=[1, 5]``, ``clean_database=True``,
+    (None: 32, and workers fitted to the CPUs) and ``settings``, any other ``EvalConfig`` field (``recall=[1, 5]``, ``clean_database=True``,
     ``index="ivfpq"``), as ``loqi eval`` takes them. Returns the
     ``EvalResult``: ``.recalls`` (``{"R@1": ...}``), ``.predictions``, ``.protocol``.
     """

@@ -234,3 +234,17 @@ def test_distill_returns_the_student_and_resumes_its_run(tiny, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), student.state_dict().values()))
     with pytest.raises(ConfigError, match="distill.lrr"):
         distill("tiny", "blur5", train=f"folder:{train}", out=tmp_path / "other", lrr=1e-3)
+
+
+@pytest.mark.parametrize("cpus", [2, 8])
+def test_encode_and_evaluate_with_default_workers(tiny, tmp_path, monkeypatch, cpus):
+    """No num_workers given: the loader gets what loqi_core.cpus allows (none on 2 CPUs, 2 on 8), same descriptors."""
+    from loqi_core import build_model, encode, evaluate
+
+    monkeypatch.setattr("loqi_core.cpus.available_cpus", lambda: cpus)
+    root = write_vpr_folder(tmp_path / "data", places=4)
+    model = build_model("tiny", weights="random")
+    paths, got = encode(model, root / "images" / "test" / "queries", batch_size=4, cache=False)
+    assert np.allclose(got, manual_descriptors(model, paths), atol=1e-5)
+    result = evaluate(model, root, "blur3", batch_size=4, cache=False)
+    assert set(result.recalls) == {"R@1", "R@2", "R@5", "R@10"}
