@@ -127,6 +127,7 @@ def build_index(
     import faiss
 
     from loqi_core.cache import EvalCache, model_fingerprint
+    from loqi_core.cpus import loader_workers
     from loqi_core.datasets import load_dataset
     from loqi_core.degradation import parse_degradation
     from loqi_core.devices import resolve_device
@@ -163,7 +164,8 @@ def build_index(
     t0 = time.perf_counter()
     database = extract(
         model, images, degradation, cache=cache, key=key, seed=config.seed, device=device,
-        batch_size=config.eval.batch_size, num_workers=config.eval.num_workers, precision=config.eval.precision,
+        batch_size=config.eval.batch_size, num_workers=loader_workers(config.eval.num_workers, device.type),
+        precision=config.eval.precision,
         cache_images=config.eval.cache_images, label=f"{test.name} database", plugins=plugins,
     )  # fmt: skip
     encode_s = time.perf_counter() - t0

@@ -142,7 +142,7 @@ def test_a_random_weight_index_of_a_folder_dataset_is_served_by_its_own_seeded_m
     from loqi_plugin_serve.engine import load_engine
 
     root = write_vpr_folder(tmp_path / "data", places=12)
-    config = kit.index_config(tmp_path / "cache", **{"model.weights": "random", "seed": 3})
+    config = kit.index_config(tmp_path / "cache", **{"model.weights": "random", "seed": 3, "eval.num_workers": None})  # default workers
     out = build_index(config, f"folder:{root}", tmp_path / "index", echo=lambda _: None)
     meta = read_meta(out)
     assert (meta["model"]["weights"], meta["model"]["seed"], meta["database_images"]) == ("random", 3, 12)
