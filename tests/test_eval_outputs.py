@@ -249,7 +249,7 @@ def test_old_batch_size_spelling_in_eval_warns_and_still_sets_the_extraction_bat
     tmp_path, root = env
     args = [a for a in eval_args(tmp_path, "run", "--test", f"folder:{root}") if a not in ("--eval-batch-size", "4")]
     res = invoke([*args, "--batch-size", "3"])
-    assert "--batch-size is deprecated in eval, run and sweep: write --eval-batch-size" in res.stderr
+    assert "--batch-size is deprecated in eval, run and sweep: write --eval-batch-size" in res.output
     assert json.loads((tmp_path / "run" / "config.json").read_text())["eval"]["batch_size"] == 3
     both = invoke([*args, "--batch-size", "3", "--eval-batch-size", "3", "--out", str(tmp_path / "b")], code=1)
     assert "give --eval-batch-size only" in both.output
@@ -260,7 +260,7 @@ def test_distill_t_is_the_deprecated_spelling_of_train(env):
     args = ["distill", "--method", "tiny", "--weights", "random", "--degrade", "blur3", "-t", f"folder:{root}/images/test",
             "--out", str(tmp_path / "d"), *TRAIN]  # fmt: skip
     res = invoke(args)
-    assert "-t is deprecated in distill and finetune: write --train" in res.stderr
+    assert "-t is deprecated in distill and finetune: write --train" in res.output
     assert json.loads((tmp_path / "d" / "config.json").read_text())["distill"]["train"] == f"folder:{root}/images/test"
     assert "-t" not in invoke(["distill", "--help"]).output.split("--train")[0]  # hidden: --train is the flag shown
 

@@ -125,7 +125,7 @@ def test_index_build_and_info_on_the_command_line(demo_index, cache_dir, tmp_pat
     again = runner.invoke(_cli(), args)
     assert again.exit_code == 1 and "already exists" in again.output and "--force" in again.output
     forced = runner.invoke(_cli(), [*args, "--force", "--batch-size", "16"])  # the old spelling still works, with a warning
-    assert forced.exit_code == 0 and "--batch-size is deprecated in index build: write --eval-batch-size" in forced.stderr
+    assert forced.exit_code == 0 and "--batch-size is deprecated in index build: write --eval-batch-size" in forced.output
     info = runner.invoke(_cli(), ["index", "info", str(out)])
     assert info.exit_code == 0 and "lite0-gem" in info.output
     assert "files: 4 intact (sizes checked)" in info.output
