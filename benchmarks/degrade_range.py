@@ -84,7 +84,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(job["threads"])
     from loqi_core.config import resolve_run_config
-    from loqi_core.runner import run_experiment
+    from loqi_core.experiments.runner import run_experiment
 
     overrides = {
         "model.method": job["method"], "degrade": job["train"], "seed": job["seed"], "device": job["device"],
@@ -151,7 +151,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from loqi_core.config import parse_override
-    from loqi_core.report import slug
+    from loqi_core.report.results import slug
 
     work = args.work or Path(tempfile.mkdtemp(prefix="loqi-degrade-range-"))
     split = work / "split"

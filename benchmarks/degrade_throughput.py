@@ -54,7 +54,7 @@ def psnr(clean: list, degraded: list) -> float:
 
 def time_spec(spec: str, mode: str, frames: list, repeats: int) -> dict:
     """Best-of-``repeats`` images/s of one spec, plus its bytes per image and PSNR."""
-    from loqi_core.degradation import Degraded, parse_degradation
+    from loqi_core.degrade.grammar import Degraded, parse_degradation
 
     degradation = parse_degradation(spec)
     whole = mode == "seq" and degradation.temporal
@@ -87,7 +87,7 @@ def time_gpu_jpeg(quality: int, frames: list, batch: int, repeats: int) -> list[
     """JPEG round trips/s on nvJPEG (CUDA tensors, ``batch`` images per call) and, alongside, on the CPU path."""
     import torch
 
-    from loqi_core.degradation import parse_degradation
+    from loqi_core.degrade.grammar import parse_degradation
 
     degradation = parse_degradation(f"jpeg{quality}")
     images = (frames * math.ceil(batch / len(frames)))[:batch]

@@ -121,7 +121,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from loqi_core.config import resolve_run_config
-    from loqi_core.runner import run_experiment
+    from loqi_core.experiments.runner import run_experiment
 
     torch.set_num_threads(job["threads"])
     overrides = {

@@ -1,7 +1,7 @@
 """The demo's distillation step time, alone and next to one busy process, with the old and the new CPU defaults.
 
 - before: 4 loader workers and torch's own thread count (the defaults until loqi fitted them to the machine);
-- after: ``distill.num_workers`` and ``threads`` left to loqi (``loqi_core/cpus.py``: what
+- after: ``distill.num_workers`` and ``threads`` left to loqi (``loqi_core/util/cpus.py``: what
   ``os.sched_getaffinity`` allows, one CPU left to the rest of the machine).
 
 Each cell is a fresh ``loqi distill`` process (lite0-gem, jpeg10, the demo training set, 32×64 views as ``loqi run``
@@ -33,7 +33,7 @@ CHILD = r"""
 import json, sys, torch
 from pathlib import Path
 from loqi_core.config import resolve_run_config
-from loqi_core.distillation import distill
+from loqi_core.training.engine import distill
 setting, out, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 overrides = {"model.method": "lite0-gem", "degrade": "jpeg10", "device": "cpu", "distill.train": "demo",
              "distill.view_size": [32, 64], "distill.max_steps": steps, "distill.log_every": 5,

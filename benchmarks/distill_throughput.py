@@ -4,7 +4,7 @@ For each method, at its paper input size, in one process:
 
 - bare: random normalised tensors already on the device; teacher forward (inference mode) + student forward
   and backward, with the engine's trainable layers, precision and memory format (the step's ceiling, DESIGN §7);
-- full: ``loqi_core.distillation.distill`` on a folder of generated JPEGs of that size: decoding and the degradation
+- full: ``loqi_core.training.engine.distill`` on a folder of generated JPEGs of that size: decoding and the degradation
   in the loader workers, uint8 transfer, preprocessing on the device, the method's default loss, gradient
   clipping, Adam, the scheduler and logging. Its images/s comes from the run's ``summary.json``, measured after
   the first logging interval (warm-up);
@@ -55,9 +55,9 @@ def bare_rate(config, size: tuple[int, int], batch: int, steps: int, warmup: int
     """Images/s of teacher forward + student forward/backward on tensors already on the device."""
     import torch
 
-    from loqi_core.distillation import select_trainable, set_train_modes
-    from loqi_core.model import build_model
-    from loqi_core.plugins import get_plugins
+    from loqi_core.training.engine import select_trainable, set_train_modes
+    from loqi_core.models.model import build_model
+    from loqi_core.hooks.manager import get_plugins
 
     method = config.model.method
     spec = get_plugins().method(method)[0]
@@ -117,7 +117,7 @@ def run_config(method: str, size: tuple[int, int], batch: int, steps: int, warmu
 
 def full_rate(config, work: Path) -> dict:
     """Images/s of the engine's own step (``distill``), from its summary.json."""
-    from loqi_core.distillation import distill
+    from loqi_core.training.engine import distill
 
     out = work / f"run-{config.model.method}"
     distill(config, out)
@@ -128,9 +128,9 @@ def loader_rate(config, work: Path) -> float:
     """Images/s of the engine's training DataLoader alone: the same dataset, plan, views and workers as ``distill``.
 
     The batches the workers prefetch (4 per worker) are drained first, so the rate is the steady production rate."""
-    from loqi_core.devices import resolve_device
-    from loqi_core.distillation import _Trainer, encoder_spec, training_loss
-    from loqi_core.plugins import get_plugins
+    from loqi_core.util.devices import resolve_device
+    from loqi_core.training.engine import _Trainer, encoder_spec, training_loss
+    from loqi_core.hooks.manager import get_plugins
     from loqi_core.training.dist import DistEnv
 
     workers = max(1, config.distill.num_workers)
@@ -152,8 +152,8 @@ def loader_rate(config, work: Path) -> float:
 def main() -> None:
     import torch
 
-    from loqi_core.devices import resolve_device
-    from loqi_core.plugins import get_plugins
+    from loqi_core.util.devices import resolve_device
+    from loqi_core.hooks.manager import get_plugins
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])

@@ -6,7 +6,7 @@ Run by hand (never in unit tests)::
     python benchmarks/eval_throughput.py --search-scale 0.25   # a smaller search problem on a slow machine
     python benchmarks/eval_throughput.py --skip extract,ivfpq --json out.json
 
-1. Extraction: ``loqi_core.evaluation.extract`` (PNG decode in DataLoader workers, size bucketing, preprocessing,
+1. Extraction: ``loqi_core.evaluation.engine.extract`` (PNG decode in DataLoader workers, size bucketing, preprocessing,
    forward, descriptors streamed to a memory map; cache off) against a bare ``model(x)`` loop on tensors that
    are already prepared on the device, same model, batch size and precision. The ratio is the pipeline's cost.
 2. Exact search at the MSLS × SALAD size (11 084 queries × 18 871 database × 8448 dims, random unit vectors):
@@ -45,11 +45,11 @@ def bench_extract(method: str, n: int, size: int, batch: int, workers: int, devi
     import torch
     from PIL import Image
 
-    from loqi_core.cache import EvalCache
-    from loqi_core.data import ImageList
-    from loqi_core.degradation import Identity
-    from loqi_core.evaluation import extract, resolve_device, use_bf16
-    from loqi_core.model import build_model
+    from loqi_core.evaluation.cache import EvalCache
+    from loqi_core.data.sets import ImageList
+    from loqi_core.degrade.grammar import Identity
+    from loqi_core.evaluation.engine import extract, resolve_device, use_bf16
+    from loqi_core.models.model import build_model
 
     dev = resolve_device(device)
     torch.manual_seed(0)
@@ -94,8 +94,8 @@ def loader_rate(images, workers: int) -> float:
     as in ``extract``: the ceiling that decoding puts on extraction."""
     from torch.utils.data import DataLoader
 
-    from loqi_core.degradation import Identity
-    from loqi_core.evaluation import _identity_collate, _ShardDataset
+    from loqi_core.degrade.grammar import Identity
+    from loqi_core.evaluation.engine import _identity_collate, _ShardDataset
 
     dataset = _ShardDataset(images, Identity(), 0, None)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity_collate,
@@ -111,7 +111,7 @@ def bench_search(scale: float, dim: int, backends_wanted: list[str], repeats: in
     reference the others' top-1 is compared with)."""
     import torch
 
-    from loqi_core.search import search
+    from loqi_core.evaluation.search import search
 
     nq, nd = max(1, int(11084 * scale)), max(10, int(18871 * scale))
     rng = np.random.default_rng(0)
@@ -138,7 +138,7 @@ def bench_search(scale: float, dim: int, backends_wanted: list[str], repeats: in
 
 def bench_ivfpq(n: int, dim: int, nq: int, nlist: int, m: int, nprobe: int) -> dict:
     """IVF-PQ against exact search on clustered synthetic descriptors."""
-    from loqi_core.search import IVFPQParams, build_ivfpq, refine, search
+    from loqi_core.evaluation.search import IVFPQParams, build_ivfpq, refine, search
 
     rng = np.random.default_rng(1)
     centers = rng.standard_normal((4096, dim), dtype=np.float32)

@@ -52,7 +52,7 @@ def query_bodies(n: int, quality: int) -> list[bytes]:
     """The demo's winter queries as the JPEG bytes a robot would send."""
     from PIL import Image
 
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.datasets import load_dataset
 
     bodies = []
     for path in load_dataset("demo", "test").queries.paths[:n]:

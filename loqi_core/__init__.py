@@ -11,15 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from loqi_core.hookspecs import hookimpl
+from loqi_core.hooks.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 _API = {
-    "build_model": "loqi_core.model",
-    "wrap_model": "loqi_core.model",
-    "load_dataset": "loqi_core.datasets",
-    "parse_degradation": "loqi_core.degradation",
+    "build_model": "loqi_core.models.model",
+    "wrap_model": "loqi_core.models.model",
+    "load_dataset": "loqi_core.data.datasets",
+    "parse_degradation": "loqi_core.degrade.grammar",
     "encode": "loqi_core.api",
     "evaluate": "loqi_core.api",
     "distill": "loqi_core.api",
@@ -30,9 +30,9 @@ __all__ = ["hookimpl", "__version__", *_API]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from loqi_core.api import distill, encode, evaluate
-    from loqi_core.datasets import load_dataset
-    from loqi_core.degradation import parse_degradation
-    from loqi_core.model import build_model, wrap_model
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.degrade.grammar import parse_degradation
+    from loqi_core.models.model import build_model, wrap_model
 
 
 def __getattr__(name: str) -> Any:

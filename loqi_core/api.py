@@ -20,16 +20,16 @@ import numpy as np
 
 from loqi_core.config import EvalConfig, resolve_run_config, validate
 from loqi_core.errors import ConfigError, DataError
-from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.hooks.manager import Plugins, get_plugins
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.cache import EvalCache
-    from loqi_core.data import TestSet
-    from loqi_core.degradation import Degradation
-    from loqi_core.evaluation import EvalResult
-    from loqi_core.model import VPRModel
+    from loqi_core.evaluation.cache import EvalCache
+    from loqi_core.data.sets import TestSet
+    from loqi_core.degrade.grammar import Degradation
+    from loqi_core.evaluation.engine import EvalResult
+    from loqi_core.models.model import VPRModel
 
 
 class Encoded(NamedTuple):
@@ -42,7 +42,7 @@ class Encoded(NamedTuple):
 
 def _model(model: "VPRModel | str", plugins: Plugins) -> "VPRModel":
     """A method name becomes that method with its default weights; a model is taken as it is."""
-    from loqi_core.model import VPRModel, build_model
+    from loqi_core.models.model import VPRModel, build_model
 
     if isinstance(model, str):
         return build_model(model, plugins=plugins)
@@ -66,7 +66,7 @@ def _eval_config(settings: dict[str, Any], cache: bool | None, model: "VPRModel"
 @contextlib.contextmanager
 def _cache_for(config: EvalConfig) -> Iterator["EvalCache"]:
     """The evaluation cache; with caching off, its scratch folder goes when the call ends, not at exit."""
-    from loqi_core.cache import EvalCache
+    from loqi_core.evaluation.cache import EvalCache
 
     store = EvalCache(config.cache_dir, enabled=config.cache)
     try:
@@ -79,7 +79,7 @@ def _cache_for(config: EvalConfig) -> Iterator["EvalCache"]:
 def _device(device: "str | torch.device") -> "torch.device":
     import torch
 
-    from loqi_core.evaluation import resolve_device
+    from loqi_core.evaluation.engine import resolve_device
 
     return device if isinstance(device, torch.device) else resolve_device(device)
 
@@ -87,7 +87,7 @@ def _device(device: "str | torch.device") -> "torch.device":
 def _image_paths(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """A folder → its images recursively, sorted by path (as ``folder:`` datasets list them); a file → itself;
     a list → that list, in its order."""
-    from loqi_core.folder_reader import list_images
+    from loqi_core.data.folders import list_images
 
     if isinstance(images, (str, os.PathLike)):
         path = Path(images).expanduser()
@@ -115,16 +115,16 @@ def encode(
 ) -> Encoded:
     """Descriptors of a folder of images (recursively, sorted by path) or of a list of image paths (in its order).
 
-    One call through the evaluation engine's own extraction (``loqi_core.evaluation.extract``): the model's
+    One call through the evaluation engine's own extraction (``loqi_core.evaluation.engine.extract``): the model's
     preprocessing, bf16 autocast on CUDA, loader workers, the descriptor cache shared with ``evaluate``. ``degrade``
     degrades each image first (``"jpeg10"``). ``batch_size``, ``num_workers`` (None: 32, and as many workers as the CPUs allow, as ``loqi eval``)
     and ``settings``, the other extraction fields of ``EvalConfig`` (``precision``, ``cache_dir``), as in
     ``evaluate``. The model is moved to ``device`` and put in eval mode.
     """
-    from loqi_core.data import ImageList
-    from loqi_core.degradation import parse_degradation
-    from loqi_core.cpus import loader_workers
-    from loqi_core.evaluation import descriptor_key, extract
+    from loqi_core.data.sets import ImageList
+    from loqi_core.degrade.grammar import parse_degradation
+    from loqi_core.util.cpus import loader_workers
+    from loqi_core.evaluation.engine import descriptor_key, extract
 
     plugins = plugins or get_plugins()
     model = _model(model, plugins)
@@ -143,8 +143,8 @@ def encode(
 
 
 def _test_set(dataset: "str | os.PathLike | TestSet", data_root: str | os.PathLike | None, plugins: Plugins) -> "TestSet":
-    from loqi_core.data import TestSet
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.sets import TestSet
+    from loqi_core.data.datasets import load_dataset
 
     if isinstance(dataset, TestSet):
         return dataset
@@ -175,7 +175,7 @@ def evaluate(
     ``index="ivfpq"``), as ``loqi eval`` takes them. Returns the
     ``EvalResult``: ``.recalls`` (``{"R@1": ...}``), ``.predictions``, ``.protocol``.
     """
-    from loqi_core.evaluation import evaluate as evaluate_test_set
+    from loqi_core.evaluation.engine import evaluate as evaluate_test_set
 
     plugins = plugins or get_plugins()
     model = _model(model, plugins)
@@ -190,7 +190,7 @@ def evaluate(
 
 def _model_overrides(model: "VPRModel | str") -> dict[str, Any]:
     """The config fields that name ``model``: a method name, or the recipe and weights a built model records."""
-    from loqi_core.model import VPRModel
+    from loqi_core.models.model import VPRModel
 
     if isinstance(model, str):
         return {"model.method": model}
@@ -233,9 +233,9 @@ def distill(
     ``runs/distill-<method>-<degrade>-<time>``); ``resume=None`` continues the run already in ``out``, if any, else
     starts one. The student's ``info["weights"]`` is its final checkpoint.
     """
-    from loqi_core.distillation import distill as run_distillation
-    from loqi_core.model import build_model
-    from loqi_core.runner import default_run_dir
+    from loqi_core.training.engine import distill as run_distillation
+    from loqi_core.models.model import build_model
+    from loqi_core.experiments.runner import default_run_dir
 
     plugins = plugins or get_plugins()
     loss_field = "distill.finetune_loss" if mode == "finetune" else "distill.loss"

@@ -60,7 +60,7 @@ def _add_builtin_commands() -> None:
 
 def main() -> None:
     """Console-script entry point: add the built-in and plugin commands, then run."""
-    from loqi_core.plugins import get_plugins
+    from loqi_core.hooks.manager import get_plugins
 
     try:
         get_plugins().add_commands(cli)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loqi_core.devices import check_device_name
+from loqi_core.util.devices import check_device_name
 from loqi_core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -294,7 +294,7 @@ def dump_config(config: RunConfig) -> str:
 
 def resolve_run_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None, plugins: Any = None) -> RunConfig:
     """Like ``resolve_config``, with the defaults of whichever method the file or flags name and of the protocol."""
-    from loqi_core.plugins import get_plugins
+    from loqi_core.hooks.manager import get_plugins
     from loqi_core.protocol import protocol_defaults, protocol_degrade
 
     first = resolve_config(file, overrides)

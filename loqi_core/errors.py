@@ -34,7 +34,7 @@ class WeightsError(LoqiError):
 def one_line(exc: BaseException) -> str | None:
     """The one line a user sees for a loqi error or an OS error (permission, full disk, missing file), with the
     traceback a DataLoader worker puts in the text stripped; None for any other exception (a bug: keep its traceback)."""
-    from loqi_core.fileio import as_os_error, describe_os_error
+    from loqi_core.util.fileio import as_os_error, describe_os_error
 
     if isinstance(exc, LoqiError):
         message = str(exc)

@@ -12,8 +12,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.plugins import Plugins
-    from loqi_core.specs import EncoderSpec
+    from loqi_core.hooks.manager import Plugins
+    from loqi_core.hooks.specs import EncoderSpec
 
 PROTOCOLS = ("upstream", "paper")
 

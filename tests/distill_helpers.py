@@ -55,7 +55,7 @@ def _main(argv: list[str]) -> None:
     import signal
 
     from loqi_core.config import RunConfig
-    from loqi_core.distillation import _Trainer, distill
+    from loqi_core.training.engine import _Trainer, distill
     from loqi_core.testing.helpers import isolated_plugins
     from loqi_core.testing.tiny import tiny_plugin
 

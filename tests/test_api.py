@@ -41,7 +41,7 @@ def tiny(tmp_path, monkeypatch):
 
 def manual_descriptors(model, paths, degradation=None) -> np.ndarray:
     """Read, (degrade), preprocess and encode each image alone: what the API must reproduce."""
-    from loqi_core.data import read_image
+    from loqi_core.data.sets import read_image
 
     rows = []
     with torch.no_grad():
@@ -61,7 +61,10 @@ def test_import_loqi_core_imports_no_torch_and_lists_the_api():
 
 
 def test_every_exported_name_is_the_function_it_names():
-    from loqi_core import api, datasets, degradation, model
+    from loqi_core import api
+    from loqi_core.data import datasets
+    from loqi_core.degrade import grammar as degradation
+    from loqi_core.models import model
 
     homes = {"build_model": model, "wrap_model": model, "load_dataset": datasets, "parse_degradation": degradation,
              "encode": api, "evaluate": api, "distill": api}  # fmt: skip
@@ -128,7 +131,7 @@ def test_encode_shares_the_evaluation_cache_and_names_bad_input(tiny, tmp_path):
 def test_evaluate_takes_a_name_a_folder_or_a_test_set_and_settings(tiny, tmp_path):
     from loqi_core import build_model, evaluate, load_dataset
     from loqi_core.config import EvalConfig
-    from loqi_core.evaluation import evaluate as engine
+    from loqi_core.evaluation.engine import evaluate as engine
 
     model = build_model("tiny", weights="random")
     root = write_vpr_folder(tmp_path / "data", places=8)
@@ -159,7 +162,7 @@ def test_own_module_is_evaluated_through_wrap_model(tiny, tmp_path):
     root = write_vpr_folder(tmp_path / "data", places=8)
     paths = sorted((root / "images" / "test" / "database").glob("*.png"))
     got = encode(model, paths, device="cpu", **FAST).descriptors
-    from loqi_core.data import read_image
+    from loqi_core.data.sets import read_image
 
     by_hand = []
     for path in paths:  # the interface, spelled out: uint8 → resize → (x/255 − mean)/std → module → L2
@@ -185,7 +188,7 @@ def test_own_module_is_evaluated_through_wrap_model(tiny, tmp_path):
 
 def test_build_model_takes_every_kind_of_run_directory(tiny, tmp_path):
     from loqi_core import build_model
-    from loqi_core.model import save_checkpoint
+    from loqi_core.models.model import save_checkpoint
 
     trained = build_model("tiny", weights="random")
     with torch.no_grad():
@@ -238,10 +241,10 @@ def test_distill_returns_the_student_and_resumes_its_run(tiny, tmp_path):
 
 @pytest.mark.parametrize("cpus", [2, 8])
 def test_encode_and_evaluate_with_default_workers(tiny, tmp_path, monkeypatch, cpus):
-    """No num_workers given: the loader gets what loqi_core.cpus allows (none on 2 CPUs, 2 on 8), same descriptors."""
+    """No num_workers given: the loader gets what loqi_core.util.cpus allows (none on 2 CPUs, 2 on 8), same descriptors."""
     from loqi_core import build_model, encode, evaluate
 
-    monkeypatch.setattr("loqi_core.cpus.available_cpus", lambda: cpus)
+    monkeypatch.setattr("loqi_core.util.cpus.available_cpus", lambda: cpus)
     root = write_vpr_folder(tmp_path / "data", places=4)
     model = build_model("tiny", weights="random")
     paths, got = encode(model, root / "images" / "test" / "queries", batch_size=4, cache=False)

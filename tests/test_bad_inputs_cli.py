@@ -61,10 +61,10 @@ def _chmod_readonly(name: str) -> Callable[[Any, Path], None]:
 
 
 def _full_disk_at_write(name_part: str) -> Callable[[Any, Path], None]:
-    """The lowest whole-file write (loqi_core.fileio._write) writes half, then the disk is full."""
+    """The lowest whole-file write (loqi_core.util.fileio._write) writes half, then the disk is full."""
 
     def setup(monkeypatch, tmp: Path) -> None:
-        from loqi_core import fileio
+        from loqi_core.util import fileio
 
         real = fileio._write
 
@@ -111,7 +111,7 @@ def _full_disk_for_descriptors(monkeypatch, tmp: Path) -> None:
 
 def _full_disk_for_metrics(monkeypatch, tmp: Path) -> None:
     """metrics.json's write fails as on a full disk (the OSError of write() names no file), half-way through."""
-    from loqi_core import fileio
+    from loqi_core.util import fileio
 
     real = fileio._write
 
@@ -125,7 +125,7 @@ def _full_disk_for_metrics(monkeypatch, tmp: Path) -> None:
 
 
 def _full_disk_for_train_log(monkeypatch, tmp: Path) -> None:
-    from loqi_core import distillation as distill
+    from loqi_core.training import engine as distill
 
     def write(self, rows):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -243,9 +243,9 @@ CASES = [
 
 def _weights_plugin(tmp: Path):
     from loqi_core import hookimpl
-    from loqi_core.specs import AggregatorSpec, EncoderSpec, WeightsSpec
+    from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, WeightsSpec
     from loqi_core.testing.tiny import GeMParams, TinyEncoderParams, _encoder, _gem
-    from loqi_core.specs import Preprocess
+    from loqi_core.hooks.specs import Preprocess
 
     weights = WeightsSpec("official", "tinyw-missing.pth", url=(tmp / "nowhere.pth").as_uri())
 
@@ -335,7 +335,7 @@ def test_os_errors_are_one_line_without_traceback_from_the_console_script(tmp_pa
 
 def test_quoted_dataset_paths_split_as_written():
     from loqi_core.commands.options import split_list
-    from loqi_core.datasets import split_options
+    from loqi_core.data.datasets import split_options
     from loqi_core.errors import ConfigError
 
     assert split_list('demo, folder:"/d/a,b"?check=full,msls') == ["demo", 'folder:"/d/a,b"?check=full', "msls"]

@@ -29,7 +29,7 @@ from PIL import Image
 from loqi_core import hookimpl
 from loqi_core.cli import cli
 from loqi_core.errors import LoqiError
-from loqi_core.specs import DegradationSpec, LossSpec
+from loqi_core.hooks.specs import DegradationSpec, LossSpec
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 
@@ -193,7 +193,7 @@ def case(id: str, code: int, fragment: str, check: Callable[[Path], None] | None
 # 1. one writer per run directory -----------------------------------------------------------------------------
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding the lock of ``folder`` until killed."""
-    code = f"import time; from loqi_core.rundir import locked\nwith locked({str(folder)!r}):\n    print('held', flush=True); time.sleep(120)"
+    code = f"import time; from loqi_core.util.rundir import locked\nwith locked({str(folder)!r}):\n    print('held', flush=True); time.sleep(120)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -291,14 +291,14 @@ def _(tmp):
 # 4. clashing plugins name both distributions and keep the built-in ----------------------------------------
 JPEG_IMPOSTOR = """
     from loqi_core import hookimpl
-    from loqi_core.specs import DegradationSpec
+    from loqi_core.hooks.specs import DegradationSpec
     @hookimpl
     def loqi_register_degradations(register):
         register(DegradationSpec("jpegx", r"jpegx(?P<q>\\d+)", lambda p: None, description="impostor"))
 """
 DEMO_IMPOSTOR = """
     from loqi_core import hookimpl
-    from loqi_core.specs import DatasetSpec
+    from loqi_core.hooks.specs import DatasetSpec
     @hookimpl
     def loqi_register_datasets(register):
         register(DatasetSpec("demo", test=lambda p: None, description="impostor"))
@@ -358,7 +358,7 @@ def _(tmp):
 def _(tmp):
     import click
 
-    from loqi_core.plugins import Plugins
+    from loqi_core.hooks.manager import Plugins
 
     def call():
         plugins = Plugins()
@@ -398,7 +398,7 @@ def _(tmp):
 def _nan_checkpoint(tmp: Path) -> Path:
     import torch
 
-    from loqi_core.model import build_model, save_checkpoint
+    from loqi_core.models.model import build_model, save_checkpoint
 
     with isolated_plugins(("tiny", tiny_plugin), entry_points=False):
         model = build_model("tiny", weights="random")
@@ -504,7 +504,7 @@ def _(tmp):
 
 # 7. 16-bit and float images -----------------------------------------------------------------------------------
 def _mid_grey(path: Path) -> tuple[int, str]:
-    from loqi_core.data import read_image
+    from loqi_core.data.sets import read_image
 
     def call():
         image = read_image(path)
@@ -666,7 +666,7 @@ def _(tmp):
 
 def _strict(value: str) -> Callable[[Path], tuple[int, str]]:
     def run(tmp: Path) -> tuple[int, str]:
-        from loqi_core.plugins import strict_from_env
+        from loqi_core.hooks.manager import strict_from_env
 
         old = os.environ.get("LOQI_STRICT_PLUGINS")
         os.environ["LOQI_STRICT_PLUGINS"] = value
@@ -742,7 +742,7 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
 
 def test_first_party_list_is_every_shipped_plugin() -> None:
     """The built-ins that win every clash are exactly the plugin packages this repository ships."""
-    from loqi_core.plugins import FIRST_PARTY
+    from loqi_core.hooks.manager import FIRST_PARTY
 
     shipped = {p.name for p in (Path(__file__).parents[1] / "plugins").iterdir() if p.name.startswith("loqi-plugin-")}
     assert FIRST_PARTY == shipped

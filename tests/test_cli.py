@@ -17,7 +17,7 @@ def _commands(group: click.Group, prefix=()):
 
 
 def test_every_command_has_help_that_reads_like_documentation():
-    from loqi_core.plugins import get_plugins
+    from loqi_core.hooks.manager import get_plugins
 
     get_plugins().add_commands(cli)
     seen = []

@@ -64,7 +64,7 @@ def test_on_off_overrides_reach_choice_and_boolean_fields():
 
 
 def test_method_run_defaults_apply(tmp_path):
-    from loqi_core.specs import AggregatorSpec, EncoderSpec
+    from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec
     from loqi_core.testing import isolated_plugins
     from loqi_core.testing.tiny import tiny_plugin
 

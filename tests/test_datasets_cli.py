@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from loqi_core.cli import cli
-from loqi_core.plugins import get_plugins
+from loqi_core.hooks.manager import get_plugins
 from loqi_core.testing.tiny import write_vpr_folder
 
 

@@ -1,4 +1,4 @@
-"""``loqi_core.degrade`` called from Python: the copy it writes (exact pixels, layout, resume) and the figures it
+"""``loqi_core.degrade.engine`` called from Python: the copy it writes (exact pixels, layout, resume) and the figures it
 measures, without the command line."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from loqi_core.degrade import CopyResult, DegradeReport, degrade_dataset, measure_degradations
-from loqi_core.degradation import parse_degradation
+from loqi_core.degrade.engine import CopyResult, DegradeReport, degrade_dataset, measure_degradations
+from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder

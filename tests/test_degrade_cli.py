@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loqi_core.cli import cli
-from loqi_core.data import ImageList
-from loqi_core.data import TestSet as VprTestSet
-from loqi_core.degradation import Degradation, Degraded, parse_degradation
-from loqi_core.folder_reader import parse_utm
-from loqi_core.hookspecs import hookimpl
-from loqi_core.specs import DatasetSpec, DegradationSpec, NoParams, Params
+from loqi_core.data.sets import ImageList
+from loqi_core.data.sets import TestSet as VprTestSet
+from loqi_core.degrade.grammar import Degradation, Degraded, parse_degradation
+from loqi_core.data.folders import parse_utm
+from loqi_core.hooks.hookspecs import hookimpl
+from loqi_core.hooks.specs import DatasetSpec, DegradationSpec, NoParams, Params
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 
@@ -47,7 +47,7 @@ class SeqParams(Params):
 
 def _sequenced_test(params: SeqParams) -> VprTestSet:
     """The folder layout with capture order: database places 0-3 and 5-7 are two runs, the rest unordered."""
-    from loqi_core.folder_reader import list_images
+    from loqi_core.data.folders import list_images
 
     base = params.root / "images" / "test"
     lists = []
@@ -136,8 +136,8 @@ def test_temporal_codec_gets_each_sequence_in_order_and_other_images_alone(plugi
 def test_copy_keeps_layout_pixels_and_side_files_and_reads_back(plugins, dataset, tmp_path, monkeypatch):
     import torch
 
-    import loqi_core.degrade as degrade
-    from loqi_core.datasets import load_dataset
+    import loqi_core.degrade.engine as degrade
+    from loqi_core.data.datasets import load_dataset
 
     (dataset / "download.zip").write_bytes(b"z" * 100)
     monkeypatch.setattr(degrade, "SIDE_FILE_LIMIT", 50)

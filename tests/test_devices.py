@@ -1,11 +1,11 @@
-"""``loqi_core.devices``: one resolver for every engine and command, with one clear line for a missing device."""
+"""``loqi_core.util.devices``: one resolver for every engine and command, with one clear line for a missing device."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from loqi_core.devices import check_device_name, resolve_device
+from loqi_core.util.devices import check_device_name, resolve_device
 from loqi_core.errors import ConfigError
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from loqi_core.config import RunConfig
-from loqi_core.distillation import TrainingError, distill, set_train_modes
+from loqi_core.training.engine import TrainingError, distill, set_train_modes
 from loqi_core.errors import ConfigError
-from loqi_core.model import build_model, load_checkpoint
+from loqi_core.models.model import build_model, load_checkpoint
 from loqi_core.testing.helpers import isolated_plugins, random_images
 from loqi_core.testing.tiny import Blur, tiny_plugin
 
@@ -41,7 +41,7 @@ def tiny():
 
 def teacher_for(config: RunConfig):
     """The engine's teacher: the same seeded random init (the engine seeds before building)."""
-    from loqi_core.distillation import _seed_all
+    from loqi_core.training.engine import _seed_all
 
     _seed_all(config.seed)
     return build_model("tiny", weights="random").eval()
@@ -111,8 +111,8 @@ def test_same_seed_same_weights_and_workers_do_not_matter(tiny, tmp_path):
 def test_non_finite_loss_names_step_terms_and_last_checkpoint(tmp_path):
     from types import SimpleNamespace
 
-    from loqi_core.hookspecs import hookimpl
-    from loqi_core.specs import LossSpec
+    from loqi_core.hooks.hookspecs import hookimpl
+    from loqi_core.hooks.specs import LossSpec
 
     class Explodes:
         calls = 0
@@ -173,7 +173,7 @@ def test_triplet_distillation_on_places(tiny, tmp_path):
 
 
 def test_place_batches_and_rank_striding(tmp_path):
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.datasets import load_dataset
     from loqi_core.training.data import BatchPlan, PlanConfig
 
     train = load_dataset(f"folder:{helpers.write_places(tmp_path / 'p', places=8, per_place=3)}", "train")
@@ -192,7 +192,7 @@ def test_place_batches_and_rank_striding(tmp_path):
 
 
 def test_views_are_aligned_and_reproducible(tiny, tmp_path):
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.datasets import load_dataset
     from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig
 
     train = load_dataset(f"folder:{helpers.write_images(tmp_path / 'i', 6)}", "train")

@@ -4,7 +4,7 @@ exports and each of its arguments in docs/python-api.md."""
 import inspect
 from pathlib import Path
 
-from loqi_core import hookspecs
+from loqi_core.hooks import hookspecs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "hooks.md"
 API_DOCS = DOCS.with_name("python-api.md")

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from loqi_core.cache import EvalCache, check, sidecar_of
+from loqi_core.evaluation.cache import EvalCache, check, sidecar_of
 from loqi_core.config import EvalConfig
-from loqi_core.data import ImageList
-from loqi_core.data import TestSet as VPRTestSet
-from loqi_core.datasets import load_dataset
-from loqi_core.degradation import Degradation, Degraded, Identity
-from loqi_core.evaluation import degradation_units, describe_protocol, evaluate, extract, temporal_note
-from loqi_core.model import build_model
-from loqi_core.search import recall_at_n
+from loqi_core.data.sets import ImageList
+from loqi_core.data.sets import TestSet as VPRTestSet
+from loqi_core.data.datasets import load_dataset
+from loqi_core.degrade.grammar import Degradation, Degraded, Identity
+from loqi_core.evaluation.engine import degradation_units, describe_protocol, evaluate, extract, temporal_note
+from loqi_core.models.model import build_model
+from loqi_core.evaluation.search import recall_at_n
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 
@@ -41,8 +41,8 @@ def test_paper_protocol_and_recall_match_manual_pipeline(tiny):
     assert p["untrained"] is True and "UNTRAINED" in describe_protocol(p)
     assert p["positive_radius_m"] == 25.0 and p["recall_at"] == [1, 2, 5, 10]
     # recompute by hand: degrade each image, encode it alone, brute-force rank
-    from loqi_core.data import read_image
-    from loqi_core.degradation import parse_degradation
+    from loqi_core.data.sets import read_image
+    from loqi_core.degrade.grammar import parse_degradation
 
     blur = parse_degradation("blur3")
     def enc(paths):
@@ -93,7 +93,7 @@ def test_corrupt_sidecar_or_missing_sidecar_is_never_trusted(tmp_path):
     assert check(path) is None  # no sidecar: a file from a killed run
     assert not path.exists()
     np.save(path, np.ones(3, dtype=np.float32))
-    from loqi_core.cache import seal
+    from loqi_core.evaluation.cache import seal
 
     seal(path)
     assert check(path) is not None
@@ -197,7 +197,7 @@ def test_search_on_extracted_memory_maps(tiny):
 def test_worker_processes_give_the_same_descriptors(tiny, tmp_path):
     plugins, model, test, cache = tiny
     kw = dict(key={"model": "w"}, device=torch.device("cpu"), batch_size=3, cache_images=False)
-    from loqi_core.degradation import parse_degradation
+    from loqi_core.degrade.grammar import parse_degradation
 
     blur = parse_degradation("blur3")
     alone = np.array(extract(model, test.queries, blur, cache=EvalCache(tmp_path / "c0"), num_workers=0, **kw))
@@ -215,18 +215,18 @@ def test_protocol_states_how_each_list_met_a_temporal_codec(tiny):
 
 
 def test_loader_workers_are_fitted_to_the_cpus_unless_given(tiny, monkeypatch):
-    """eval.num_workers unset: as many decode workers as loqi_core.cpus allows (none on a 2-core CPU machine)."""
+    """eval.num_workers unset: as many decode workers as loqi_core.util.cpus allows (none on a 2-core CPU machine)."""
     plugins, model, test, cache = tiny
-    import loqi_core.evaluation as evaluation
+    import loqi_core.evaluation.engine as evaluation
 
     seen: list[int] = []
     real = evaluation.extract
     monkeypatch.setattr(evaluation, "extract", lambda *a, **kw: (seen.append(kw["num_workers"]), real(*a, **kw))[1])
-    monkeypatch.setattr("loqi_core.cpus.available_cpus", lambda: 2)
+    monkeypatch.setattr("loqi_core.util.cpus.available_cpus", lambda: 2)
     evaluate(model, test, "blur3", config=EvalConfig(batch_size=4), cache=cache, device="cpu")
     assert EvalConfig().num_workers is None and seen == [0, 0]  # database and queries, no worker on 2 CPUs
     seen.clear()
-    monkeypatch.setattr("loqi_core.cpus.available_cpus", lambda: 8)
+    monkeypatch.setattr("loqi_core.util.cpus.available_cpus", lambda: 8)
     evaluate(model, test, "blur3", config=EvalConfig(batch_size=4), cache=cache, device="cpu")
     assert seen == [2, 2]  # a quarter of 8 CPUs
     seen.clear()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loqi_core.evaluation import SHARD_SIZE, extraction_blocks
+from loqi_core.evaluation.engine import SHARD_SIZE, extraction_blocks
 from loqi_core.testing.tiny import write_vpr_folder
 
 LOQI = str(Path(sys.executable).parent / "loqi")

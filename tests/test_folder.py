@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.data import ImageList, write_skipped
-from loqi_core import data as data_module
-from loqi_core.datasets import ProtocolMismatchWarning, load_dataset
+from loqi_core.data.sets import ImageList, write_skipped
+from loqi_core.data import sets as data_module
+from loqi_core.data.datasets import ProtocolMismatchWarning, load_dataset
 from loqi_core.errors import DataError
-from loqi_core.folder_reader import group_places, quick_check, read_train_folder
+from loqi_core.data.folders import group_places, quick_check, read_train_folder
 from loqi_core.testing import DatasetTests
 from loqi_core.testing.tiny import write_vpr_folder
 
@@ -241,7 +241,7 @@ def test_group_places_matches_brute_force_greedy():
 
 
 def test_groups_restrict_positives():
-    from loqi_core.data import TestSet
+    from loqi_core.data.sets import TestSet
 
     db = ImageList(["a", "b", "c"], np.array([[0, 0], [0, 0], [100, 0]]))
     q = ImageList(["q1", "q2"], np.array([[1, 0], [1, 0]]))
@@ -252,10 +252,10 @@ def test_groups_restrict_positives():
 def test_protocol_mismatch_warns_loudly_and_notes(tmp_path):
     from types import SimpleNamespace
 
-    from loqi_core.folder import FolderTestParams
-    from loqi_core.folder_reader import read_test_folder
-    from loqi_core.hookspecs import hookimpl
-    from loqi_core.specs import DatasetSpec
+    from loqi_core.data.folder_dataset import FolderTestParams
+    from loqi_core.data.folders import read_test_folder
+    from loqi_core.hooks.hookspecs import hookimpl
+    from loqi_core.hooks.specs import DatasetSpec
     from loqi_core.testing import isolated_plugins
 
     @hookimpl
@@ -298,7 +298,7 @@ def test_dataset_options_after_a_question_mark(tmp_path):
     assert len(test.queries) == 3 and len(test.skipped) == 1
     with pytest.raises(Exception, match="no_such_option"):
         load_dataset(f"folder:{tmp_path}?no_such_option=1", "test")
-    from loqi_core.datasets import split_options
+    from loqi_core.data.datasets import split_options
 
     assert split_options("msls?split=val") == ("msls", {"split": "val"})
     assert split_options("folder:/data/what?") == ("folder:/data/what?", {})

@@ -1,4 +1,4 @@
-"""``loqi_core.layers.GeM``: the one GeM every method uses, checked against the formula each copy computed before,
+"""``loqi_core.models.layers.GeM``: the one GeM every method uses, checked against the formula each copy computed before,
 bit for bit, with the state-dict key and shape each one's checkpoints hold."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loqi_core.layers import GeM
+from loqi_core.models.layers import GeM
 
 
 def _formula(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -14,10 +14,10 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from loqi_core import logs, progress
+from loqi_core.util import logs, progress
 from loqi_core.cli import cli
 from loqi_core.errors import ConfigError, DataError
-from loqi_core.logs import RunLog, command_of
+from loqi_core.util.logs import RunLog, command_of
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 
@@ -149,7 +149,7 @@ def test_run_log_leaves_the_terminal_as_it_was(tmp_path):
     (``warnings.warn`` ones and ``loqi.*`` loggers' ones), and nothing of what goes to run.log alone."""
     script = (
         "import logging, pathlib, sys, warnings\n"
-        "from loqi_core.logs import RunLog\n"
+        "from loqi_core.util.logs import RunLog\n"
         "def emit(tag):\n"
         "    warnings.warn(f'warned {tag}', UserWarning)\n"
         "    logging.getLogger('loqi.cache').warning(f'logged {tag}')\n"
@@ -271,7 +271,7 @@ def test_run_log_of_a_failed_eval_holds_the_error(env, monkeypatch):
     out = tmp / "ev"
     args = ["eval", "--method", "tiny", "--degrade", "blur3", "--weights", "random", "--dataset", f"folder:{root}",
             "--out", str(out), "--cache-dir", str(tmp / "cache"), *QUICK]  # fmt: skip
-    from loqi_core import report
+    from loqi_core.report import results as report
 
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
@@ -291,7 +291,7 @@ def test_distill_writes_its_run_log_and_resumes(env, monkeypatch):
     out = tmp / "d"
     base = ["distill", "--method", "tiny", "--degrade", "blur3", "--weights", "random", "--train", f"folder:{root}/images/test",
             "--out", str(out), "--device", "cpu", *QUICK]  # fmt: skip
-    from loqi_core import distillation
+    from loqi_core.training import engine as distillation
 
     def ctrl_c(self, done, target):
         raise KeyboardInterrupt

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from loqi_core.errors import WeightsError
-from loqi_core.model import build_model, load_checkpoint, preprocess_images, save_checkpoint
-from loqi_core.specs import AggregatorSpec, EncoderSpec, Preprocess, WeightsSpec
+from loqi_core.models.model import build_model, load_checkpoint, preprocess_images, save_checkpoint
+from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, Preprocess, WeightsSpec
 from loqi_core.testing import isolated_plugins, random_images
 from loqi_core.testing.tiny import _encoder, _gem, GeMParams, TinyEncoderParams, tiny_plugin
-from loqi_core.weights import fetch_weights
+from loqi_core.models.weights import fetch_weights
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_unsafe_pickles_are_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"x": Evil()}, path)
-    from loqi_core.weights import load_state_dict
+    from loqi_core.models.weights import load_state_dict
 
     with pytest.raises(WeightsError, match="weights_only=True"):
         load_state_dict(path)

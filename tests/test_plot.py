@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core import grids
-from loqi_core.degradation import Degradation, Degraded
-from loqi_core.evaluation import EvalResult
-from loqi_core.plot import BAD, GOOD, heatmap, ramp
-from loqi_core.report import Report
+from loqi_core.report import grids
+from loqi_core.degrade.grammar import Degradation, Degraded
+from loqi_core.evaluation.engine import EvalResult
+from loqi_core.report.plot import BAD, GOOD, heatmap, ramp
+from loqi_core.report.results import Report
 
 K = 3
 DB_COLORS = ((40, 90, 200), (200, 40, 90), (90, 200, 40), (150, 60, 20))

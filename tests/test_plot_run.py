@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from loqi_core import tensorboard_log
+from loqi_core.report import tensorboard as tensorboard_log
 from loqi_core.cli import cli
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder

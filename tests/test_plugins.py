@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from loqi_core.errors import DuplicateNameError, PluginLoadError, UnknownNameError
-from loqi_core.plugins import Plugins, reset_plugins
+from loqi_core.hooks.manager import Plugins, reset_plugins
 
 
 def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, version: str = "0.1.0") -> None:
@@ -23,7 +23,7 @@ def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, 
 
 THIRD_PARTY = """
     from loqi_core import hookimpl
-    from loqi_core.specs import AggregatorSpec, LossSpec, Params
+    from loqi_core.hooks.specs import AggregatorSpec, LossSpec, Params
 
     class CosineParams(Params):
         scale: float = 1.0
@@ -93,7 +93,7 @@ def test_third_party_plugin_registers_loss_and_aggregator_and_is_listed(site):
                                                            torch.randn(2, 4), torch.randn(2, 4)))
     assert set(terms) == {"mse", "cosine"} and torch.isfinite(total)
     plugins.add(tiny_plugin, name="tiny")
-    from loqi_core.model import build_model
+    from loqi_core.models.model import build_model
 
     model = build_model(encoder="tiny", aggregator="maxpool", weights="random")
     assert model(model.prepare(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)))[1].shape == (2, 16)
@@ -125,7 +125,7 @@ def test_strict_mode_turns_load_errors_into_failures(site):
 def test_clashing_plugins_name_both_distributions(site):
     source = """
         from loqi_core import hookimpl
-        from loqi_core.specs import LossSpec
+        from loqi_core.hooks.specs import LossSpec
         @hookimpl
         def loqi_register_losses(register):
             register(LossSpec("cosine", lambda p: None))
@@ -141,7 +141,7 @@ def test_clashing_plugins_name_both_distributions(site):
 
 
 def test_failed_plugin_leaves_nothing_half_registered():
-    from loqi_core.specs import LossSpec
+    from loqi_core.hooks.specs import LossSpec
 
     class Half:
         @staticmethod
@@ -184,7 +184,7 @@ def test_unknown_method_suggests_and_lists():
 def test_loqi_plugins_does_not_import_torch():
     code = (
         "import sys; from click.testing import CliRunner; from loqi_core.cli import cli; "
-        "from loqi_core.plugins import get_plugins; get_plugins().add_commands(cli); "
+        "from loqi_core.hooks.manager import get_plugins; get_plugins().add_commands(cli); "
         "r = CliRunner().invoke(cli, ['plugins']); assert r.exit_code == 0, r.output; "
         "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0, r.output; "
         "heavy = [m for m in ('torch', 'torchvision', 'timm', 'faiss', 'av') if m in sys.modules]; print(heavy)"

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from loqi_core.errors import DataError
-from loqi_core.evaluation import EvalResult
-from loqi_core.report import Report, combine, load_metrics, results_markdown, table_markdown
+from loqi_core.evaluation.engine import EvalResult
+from loqi_core.report.results import Report, combine, load_metrics, results_markdown, table_markdown
 
 
 def _images(folder: Path, n: int, prefix: str) -> list[Path]:

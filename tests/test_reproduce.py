@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loqi_core.cli import cli
-from loqi_core.reproduce import paper_table
+from loqi_core.experiments.reproduce import paper_table
 from loqi_core.testing.tiny import write_vpr_folder
 
 QUICK = ["-s", "distill.num_workers=0", "-s", "eval.num_workers=0", "-s", "eval.grid_queries=0",

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loqi_core.cli import cli
-from loqi_core.runner import PAPER_LOSSES, expand_losses
+from loqi_core.experiments.runner import PAPER_LOSSES, expand_losses
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 

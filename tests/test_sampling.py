@@ -17,9 +17,9 @@ import torch
 from click.testing import CliRunner
 
 from loqi_core.cli import cli
-from loqi_core.degradation import parse_degradation
+from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError, UnknownNameError
-from loqi_core.sampling import Axis, Sampled, bin_label, bin_labels
+from loqi_core.degrade.sampled import Axis, Sampled, bin_label, bin_labels
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.helpers import random_images
 from loqi_core.testing.tiny import tiny_plugin
@@ -177,7 +177,7 @@ def test_bins_of_the_report():
 
 def test_training_batches_draw_per_image_and_do_not_depend_on_order(tmp_path):
     """Resume identity at the data level: batch ``s`` is the same whether or not the batches before it were made."""
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.datasets import load_dataset
     from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig
 
     train_dir = _helpers().write_images(tmp_path / "train", 12)

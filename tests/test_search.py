@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loqi_core import search as S
+from loqi_core.evaluation import search as S
 from loqi_core.errors import ConfigError
 
 BACKENDS = ["flat", "torch"]

@@ -28,7 +28,7 @@ def test_kit_catches_an_unnormalised_descriptor():
     import torch
 
     from loqi_core import hookimpl
-    from loqi_core.specs import AggregatorSpec, EncoderSpec
+    from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec
     from loqi_core.testing.tiny import TinyEncoderParams, _encoder
 
     class Sum(torch.nn.Module):

@@ -18,14 +18,14 @@ from PIL import Image
 
 from loqi_core.cli import cli
 from loqi_core.config import RunConfig
-from loqi_core.degradation import Degradation, Degraded
-from loqi_core.distillation import distill
+from loqi_core.degrade.grammar import Degradation, Degraded
+from loqi_core.training.engine import distill
 from loqi_core.errors import DataError, LoqiError
-from loqi_core.hookspecs import hookimpl
-from loqi_core.specs import AggregatorSpec, DegradationSpec, EncoderSpec, NoParams, Preprocess
+from loqi_core.hooks.hookspecs import hookimpl
+from loqi_core.hooks.specs import AggregatorSpec, DegradationSpec, EncoderSpec, NoParams, Preprocess
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import Blur, GeMParams, TinyEncoderParams, _encoder, _gem, tiny_plugin, write_vpr_folder
-from loqi_core import cpus
+from loqi_core.util import cpus
 from loqi_core.training.data import ViewConfig, clean_view, crop_window, typical_size
 
 _spec = importlib.util.spec_from_file_location("distill_helpers", Path(__file__).with_name("distill_helpers.py"))
@@ -115,7 +115,7 @@ def test_no_augment_is_the_centred_unflipped_resized_crop():
 
 
 def test_augmentation_is_identical_for_both_views_and_varies_over_epochs(plugins, tmp_path):
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.datasets import load_dataset
     from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset
 
     train = load_dataset(f"folder:{mixed_folder(tmp_path / 'i')}", "train")
@@ -214,7 +214,7 @@ def test_unreadable_training_image_fails_naming_it_before_evaluation(plugins, tm
 
 
 def test_preflight_checks_a_batch_through_the_method_preprocessing(plugins, tmp_path):
-    from loqi_core.distillation import preflight
+    from loqi_core.training.engine import preflight
 
     config = RunConfig.model_validate(helpers.tiny_config(mixed_folder(tmp_path / "t"), batch_size=12, view_size=(20, 28)))
     views = preflight(config)

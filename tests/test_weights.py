@@ -1,4 +1,4 @@
-"""``loqi_core.weights``: downloads through torch's own downloader (file:// URLs here, no network), retried on
+"""``loqi_core.models.weights``: downloads through torch's own downloader (file:// URLs here, no network), retried on
 network errors; torch.hub's copy of the same file is used instead of downloading again; hashes checked where known."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import urllib.error
 import pytest
 import torch.hub
 
-from loqi_core import weights
+from loqi_core.models import weights
 from loqi_core.errors import WeightsError
-from loqi_core.specs import WeightsSpec
+from loqi_core.hooks.specs import WeightsSpec
 
 
 @pytest.fixture

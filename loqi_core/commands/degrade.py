@@ -1,4 +1,4 @@
-"""``loqi degrade``: the command-line shell over ``loqi_core.degrade`` (measure degradations, or write a degraded
+"""``loqi degrade``: the command-line shell over ``loqi_core.degrade.engine`` (measure degradations, or write a degraded
 copy of a dataset)."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def degrade_command(
     Video codecs (qpN, h264-qpN, av1-qpN) encode each capture-order sequence of the dataset as one stream
     and every image without an order as its own one-frame (intra-only) stream, as `loqi eval` does.
     """
-    from loqi_core.degrade import SIDE_FILE_LIMIT, degrade_dataset, format_table, measure_degradations
+    from loqi_core.degrade.engine import SIDE_FILE_LIMIT, degrade_dataset, format_table, measure_degradations
 
     if not report and len(specs) != 1:
         raise ConfigError(f"give one SPEC to write a copy (got {len(specs)}: {' '.join(specs)}), or use --report")

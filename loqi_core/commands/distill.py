@@ -1,4 +1,4 @@
-"""``loqi distill`` and ``loqi finetune``: train a student through the distillation engine (``loqi_core.distillation``)."""
+"""``loqi distill`` and ``loqi finetune``: train a student through the distillation engine (``loqi_core.training.engine``)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
 def _run(mode: str, kw: dict[str, Any], loss: str | None) -> None:
     import json
 
-    from loqi_core.distillation import distill, summary_line
+    from loqi_core.training.engine import distill, summary_line
 
     config, out = _resolve(mode, kw, loss)
     final = distill(config, out, mode=mode, resume=bool(kw["resume_dir"]))  # type: ignore[arg-type]  (errors go to run.log)

@@ -59,7 +59,7 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
     """The RunConfig fields the evaluation flags set (None = flag not given)."""
-    from loqi_core.sampling import split_top
+    from loqi_core.degrade.sampled import split_top
 
     take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in eval, run and sweep",
                     "the extraction batch; --batch-size is the training batch of loqi distill")
@@ -105,7 +105,7 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
       loqi eval --method salad --dataset msls:/data/msls --degrade none --index ivfpq
       loqi eval --method lite0-gem --database map/ --queries frames/ --degrade none --pairs 20 --save-descriptors
     """
-    from loqi_core.runner import run_eval
+    from loqi_core.experiments.runner import run_eval
 
     config = resolve(kw, {**eval_overrides(kw), "eval.test": split_list(dataset)})
     run_eval(config, echo=click.echo)
@@ -125,7 +125,7 @@ def report_command(run_dirs: tuple[str, ...], out: str | None) -> None:
     Example:
       loqi report runs/run-mixvpr-jpeg10-* runs/run-salad-jpeg10-*
     """
-    from loqi_core.report import combine
+    from loqi_core.report.results import combine
 
     target = Path(out) if out else Path("runs") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = combine([Path(d) for d in run_dirs], target)

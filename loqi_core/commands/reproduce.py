@@ -55,7 +55,7 @@ def table2_command(methods: str | None, degrades: str | None, tests: str | None,
       loqi reproduce table2 --methods netvlad --weights random --max-steps 2 --data-root tiny/
       torchrun --nproc-per-node 8 $(which loqi) reproduce table2 --data-root /data
     """
-    from loqi_core.reproduce import describe_plan, plan_table2, run_table2
+    from loqi_core.experiments.reproduce import describe_plan, plan_table2, run_table2
 
     base = cli_overrides(
         {**kw, "out": None},

@@ -72,7 +72,7 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
       loqi run --method mixvpr --degrade jpeg10 --train gsv-cities --test nordland,msls --baseline finetune
       loqi run --method salad --degrade qp40 --weights random --max-steps 5 --image-size 224 224
     """
-    from loqi_core.runner import run_experiment
+    from loqi_core.experiments.runner import run_experiment
 
     config = resolve(kw, _extra(kw, **{"distill.loss": loss}))
     run_experiment(config, baseline=baseline, echo=click.echo)
@@ -96,7 +96,7 @@ def sweep_command(losses: str, **kw: Any) -> None:
       loqi sweep --method mixvpr --degrade jpeg10 --losses all
       loqi sweep --method lite0-gem --degrade jpeg10 --losses "ickd,mse,ickd+0.5*mse" --max-steps 100
     """
-    from loqi_core.runner import expand_losses, run_sweep
+    from loqi_core.experiments.runner import expand_losses, run_sweep
 
     config = resolve(kw, _extra(kw))
     run_sweep(config, expand_losses(losses), echo=click.echo)

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from loqi_core.hookspecs import hookimpl
-from loqi_core.specs import LossSpec, Params
+from loqi_core.hooks.hookspecs import hookimpl
+from loqi_core.hooks.specs import LossSpec, Params
 
 
 class ICKDParams(Params):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import ValidationError
 
 from loqi_core.errors import ConfigError
-from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.hooks.manager import Plugins, get_plugins
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

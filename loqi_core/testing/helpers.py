@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from loqi_core.plugins import Plugins, get_plugins, reset_plugins
+from loqi_core.hooks.manager import Plugins, get_plugins, reset_plugins
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from loqi_core.errors import ConfigError, LoqiError, UnknownNameError
-from loqi_core.plugins import get_plugins
+from loqi_core.hooks.manager import get_plugins
 from loqi_core.testing.helpers import random_images, random_state_dict
 
 
@@ -34,7 +34,7 @@ class MethodTests:
     official_variant: ClassVar[str] = "official"
 
     def build(self, **kw: Any):
-        from loqi_core.model import build_model
+        from loqi_core.models.model import build_model
 
         kw.setdefault("encoder_params", dict(self.encoder_params))
         kw.setdefault("aggregator_params", dict(self.aggregator_params))
@@ -175,7 +175,7 @@ class DegradationTests:
         return random_images(self.num_images, *self.image_size, seed=1)
 
     def _apply(self, spec: str, seed: int = 0):
-        from loqi_core.degradation import parse_degradation
+        from loqi_core.degrade.grammar import parse_degradation
 
         return parse_degradation(spec)(self._images(), seed=seed)
 
@@ -205,7 +205,7 @@ class DegradationTests:
             assert changed, f"{spec} returned the clean images"
 
     def test_bad_specs_rejected_with_reason(self):
-        from loqi_core.degradation import parse_degradation
+        from loqi_core.degrade.grammar import parse_degradation
 
         for spec in self.bad_specs:
             with pytest.raises(LoqiError) as info:
@@ -213,7 +213,7 @@ class DegradationTests:
             assert spec in str(info.value)
 
     def test_unknown_spec_suggests_forms(self):
-        from loqi_core.degradation import parse_degradation
+        from loqi_core.degrade.grammar import parse_degradation
 
         with pytest.raises(UnknownNameError, match="Known forms"):
             parse_degradation("definitely-not-a-degradation7")
@@ -291,7 +291,7 @@ class DatasetTests(abc.ABC):
         return spec, spec.params(**{**self.params, "root": root})
 
     def test_test_set_reads_back(self, tmp_path):
-        from loqi_core.data import read_image
+        from loqi_core.data.sets import read_image
 
         spec, params = self._params(self.make(tmp_path))
         if spec.test is None:

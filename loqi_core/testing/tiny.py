@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 from pydantic import Field
 
-from loqi_core.degradation import Degradation, Degraded
-from loqi_core.hookspecs import hookimpl
-from loqi_core.specs import AggregatorSpec, DegradationSpec, EncoderSpec, Params, Preprocess
+from loqi_core.degrade.grammar import Degradation, Degraded
+from loqi_core.hooks.hookspecs import hookimpl
+from loqi_core.hooks.specs import AggregatorSpec, DegradationSpec, EncoderSpec, Params, Preprocess
 
 
 class TinyEncoderParams(Params):
@@ -45,7 +45,7 @@ def _encoder(params: TinyEncoderParams):
 
 
 def _gem(params: GeMParams, in_channels: int):
-    from loqi_core.layers import GeM
+    from loqi_core.models.layers import GeM
 
     return GeM(params.p, normalize=True)
 

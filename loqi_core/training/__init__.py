@@ -1,2 +1,2 @@
-"""Pieces of the distillation engine (``loqi_core.distillation``): the step-indexed data pipeline, the
+"""Pieces of the distillation engine (``loqi_core.training.engine``): the step-indexed data pipeline, the
 resumable training state and the torch.distributed setup."""

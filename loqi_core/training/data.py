@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loqi_core.data import TrainSet, UnreadableImageError, read_image
-from loqi_core.degradation import sample_seed
+from loqi_core.data.sets import TrainSet, UnreadableImageError, read_image
+from loqi_core.degrade.grammar import sample_seed
 from loqi_core.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.degradation import Degradation
+    from loqi_core.degrade.grammar import Degradation
 
 
 @dataclass(frozen=True)

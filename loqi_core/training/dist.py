@@ -39,7 +39,7 @@ def setup(device: str) -> tuple[DistEnv, torch.device]:
 
     ``device`` is the config's: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; under torchrun a
     CUDA device becomes ``cuda:LOCAL_RANK``. A device this machine lacks is one clear ``ConfigError`` line."""
-    from loqi_core.devices import resolve_device
+    from loqi_core.util.devices import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     env = DistEnv()

@@ -2,7 +2,7 @@
 
 A checkpoint is a directory ``checkpoints/step-00000500/`` (or ``final/``) holding
 
-- ``model.safetensors`` + ``model.json``: the student, loadable by ``loqi_core.model.load_checkpoint``;
+- ``model.safetensors`` + ``model.json``: the student, loadable by ``loqi_core.models.model.load_checkpoint``;
 - ``optimizer.safetensors``: every optimizer state tensor (``state.<param>.<name>``);
 - ``train_state.json``: step, optimizer param groups, scheduler state, Python/NumPy RNG states, loss terms;
 - ``rng-rank<R>.safetensors``: each rank's torch (and CUDA) RNG state.
@@ -29,8 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from loqi_core.errors import LoqiError, WeightsError
-from loqi_core.model import VPRModel, load_checkpoint, save_checkpoint
-from loqi_core.weights import sha256_of
+from loqi_core.models.model import VPRModel, load_checkpoint, save_checkpoint
+from loqi_core.models.weights import sha256_of
 
 STATE_FILE = "train_state.json"
 DIGEST_FILE = "digests.json"

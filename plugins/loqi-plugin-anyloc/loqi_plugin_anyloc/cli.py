@@ -52,10 +52,10 @@ def vocab_command(
     """
     import numpy as np
 
-    from loqi_core.datasets import load_dataset
-    from loqi_core.devices import resolve_device
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.util.devices import resolve_device
     from loqi_core.errors import ConfigError
-    from loqi_core.model import build_model
+    from loqi_core.models.model import build_model
     from loqi_plugin_anyloc.vocab import collect, kmeans_centers
 
     if out.suffix != ".safetensors":

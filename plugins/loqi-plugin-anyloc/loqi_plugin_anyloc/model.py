@@ -108,7 +108,7 @@ def read_centers(path: str | Path) -> torch.Tensor:
 
 def resolve_vocabulary(params: VLADParams, channels: int) -> torch.Tensor:
     """The centres a ``vocabulary`` param names: an official domain (fetched and cached), a file, or random."""
-    from loqi_core.weights import fetch_weights
+    from loqi_core.models.weights import fetch_weights
 
     shape = (params.clusters, channels)
     if params.vocabulary == "random":

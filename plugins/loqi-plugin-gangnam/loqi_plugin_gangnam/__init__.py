@@ -10,8 +10,8 @@ from pathlib import Path
 from pydantic import Field
 
 from loqi_core import hookimpl
-from loqi_core.folder import FolderTestParams
-from loqi_core.specs import DatasetSpec
+from loqi_core.data.folder_dataset import FolderTestParams
+from loqi_core.hooks.specs import DatasetSpec
 
 LAYOUT = """\
 ROOT/<floor>/release/images/test/database/@<east>@<north>@...@.jpg   (the LoQI code reads B1/release)
@@ -24,7 +24,7 @@ class GangnamParams(FolderTestParams):
 
 
 def _test(params: GangnamParams):
-    from loqi_core.folder_reader import read_protocol_test_set
+    from loqi_core.data.folders import read_protocol_test_set
 
     root = params.root
     if root is not None and (Path(root) / params.floor / "release").is_dir():

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
 from loqi_core import hookimpl
-from loqi_core.specs import DegradationSpec, Params
+from loqi_core.hooks.specs import DegradationSpec, Params
 
 
 def _quality(low: int, codec: str, example: str):

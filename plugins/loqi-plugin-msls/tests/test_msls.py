@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from loqi_core.datasets import ProtocolMismatchWarning, load_dataset
+from loqi_core.data.datasets import ProtocolMismatchWarning, load_dataset
 from loqi_core.testing import DatasetTests
 from loqi_core.testing.tiny import write_vpr_folder
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loqi_core.data import read_image
+from loqi_core.data.sets import read_image
 from loqi_core.errors import ConfigError
-from loqi_core.model import VPRModel
+from loqi_core.models.model import VPRModel
 
 
 @torch.inference_mode()
@@ -29,7 +29,7 @@ def sample_local_features(
     progress: bool = True,
 ) -> np.ndarray:
     """``per_image`` random L2-normalised local features (rows of C values) from each image's latent map."""
-    from loqi_core.progress import progress as progress_bar
+    from loqi_core.util.progress import progress as progress_bar
 
     rng = np.random.default_rng(seed)
     model = model.to(device).eval()

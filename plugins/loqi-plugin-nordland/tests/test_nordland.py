@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.datasets import ProtocolMismatchWarning, load_dataset
+from loqi_core.data.datasets import ProtocolMismatchWarning, load_dataset
 from loqi_core.errors import DataError
 from loqi_core.testing import DatasetTests
 

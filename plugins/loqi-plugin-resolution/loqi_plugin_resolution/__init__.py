@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from loqi_core import hookimpl
-from loqi_core.specs import DegradationSpec, Params
+from loqi_core.hooks.specs import DegradationSpec, Params
 
 MAX_SIDE = 16384
 SUFFIXES = r"(?:-(?P<interpolation>area|bilinear|bicubic))?(?:-(?P<back>back))?(?:-q(?P<file_quality>\d+))?"

@@ -52,7 +52,7 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
       loqi index build --method salad --dataset msls:/data/msls --index ivfpq -s eval.ivf_nlist=4096 --out indexes/msls
     """
     from loqi_core.commands.options import resolve, take_deprecated
-    from loqi_core.search import IVFPQParams
+    from loqi_core.evaluation.search import IVFPQParams
     from loqi_plugin_serve.index import build_index, describe, read_meta
 
     take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in index build",

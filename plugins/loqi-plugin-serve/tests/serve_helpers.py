@@ -87,8 +87,8 @@ def decoded(data: bytes):
 
 def expected(engine, images, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The eval engine's answer: its encode_batch (one image at a time) and its exact flat search."""
-    from loqi_core.evaluation import encode_batch
-    from loqi_core.search import search
+    from loqi_core.evaluation.engine import encode_batch
+    from loqi_core.evaluation.search import search
 
     desc = np.concatenate([encode_batch(engine.model, [img], engine.device, False) for img in images])
     return search(np.asarray(engine.index.descriptors), desc, k, "flat")
@@ -122,7 +122,7 @@ def decoded_video(data: bytes, fmt: str):
 
 def database_files(index) -> list[Path]:
     """The image files behind an index's database entries, in index order (checked against names.txt)."""
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.datasets import load_dataset
 
     paths = load_dataset(index.meta["dataset"], "test").database.paths
     assert [p.as_posix().endswith(n) for n, p in zip(index.names, paths)] == [True] * len(paths)

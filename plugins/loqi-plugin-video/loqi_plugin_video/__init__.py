@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from loqi_core import hookimpl
-from loqi_core.specs import DegradationSpec, Params
+from loqi_core.hooks.specs import DegradationSpec, Params
 
 CHROMA = r"(?:-(?P<chroma>420|422|444))?"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from loqi_plugin_video.codec import coded_size, encode_stream
 
-from loqi_core.degradation import parse_degradation
+from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError, DataError
 from loqi_core.testing import DegradationTests, random_images
 

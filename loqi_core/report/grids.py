@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
-    from loqi_core.evaluation import EvalResult
+    from loqi_core.evaluation.engine import EvalResult
 
 SELECTIONS = ("spread", "first", "wrong", "changed")
 """``eval.grid_select``: which queries the grids and activation maps show."""
@@ -151,8 +151,8 @@ def degraded_query(result: "EvalResult", q: int) -> "PILImage.Image | None":
     degradations; a temporal codec sees a one-frame stream here). None when the result holds no degradation."""
     from PIL import Image
 
-    from loqi_core.data import read_image
-    from loqi_core.degradation import Identity, sample_seed
+    from loqi_core.data.sets import read_image
+    from loqi_core.degrade.grammar import Identity, sample_seed
 
     deg = result.degradation
     if deg is None or isinstance(deg, Identity):
@@ -172,7 +172,7 @@ def distance_m(result: "EvalResult", q: int, db: int) -> float | None:
 def grid_line(result: "EvalResult", q: int, k: int) -> list["PILImage.Image"]:
     """One model's line for query ``q``: the query it saw (degraded), the clean query, then its top-k with rank,
     distance and score, framed green (a positive) or red (not); grey frames when there is no ground truth."""
-    from loqi_core.plot import BAD, GOOD, bordered, captioned
+    from loqi_core.report.plot import BAD, GOOD, bordered, captioned
 
     clean = open_image(result.query_paths[q])
     seen = degraded_query(result, q)
@@ -210,7 +210,7 @@ def grid_figure(
 ) -> "PILImage.Image":
     """For each selected query, one line per model (``(label, result)``: one model, or pretrained and trained
     side by side); each line is ``grid_line``, captioned with the query, its positives and the model's verdict."""
-    from loqi_core.plot import tile
+    from loqi_core.report.plot import tile
 
     first = models[0][1]
     lines, captions = [], []
@@ -238,7 +238,7 @@ def write_grids(
 ) -> list[Path]:  # fmt: skip
     """``<dataset>__<row>.png`` per row, and ``<dataset>__<pretrained>_vs_<trained>.png`` per pair: both models'
     lines for the same queries. Returns the files written."""
-    from loqi_core.report import slug
+    from loqi_core.report.results import slug
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -275,7 +275,7 @@ def activation_figure(
 ) -> "PILImage.Image":  # fmt: skip
     """Rows of panels ``(image, map)``: an image alone when map is None, else the map over it. Every map of the
     figure is coloured on one scale (the smallest to the largest value of all of them), shown by a colour bar."""
-    from loqi_core.plot import beside, colorbar, heatmap, tile
+    from loqi_core.report.plot import beside, colorbar, heatmap, tile
 
     maps = [m for r in rows for _, m in r if m is not None]
     vmin = min((float(m.min()) for m in maps), default=0.0)
@@ -299,8 +299,8 @@ def write_activation_maps(
     on it, all maps on one colour scale."""
     from PIL import Image
 
-    from loqi_core.data import read_image
-    from loqi_core.degradation import sample_seed
+    from loqi_core.data.sets import read_image
+    from loqi_core.degrade.grammar import sample_seed
 
     rows, captions = [], []
     for q in selection.queries:

@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from loqi_core.hookspecs import hookimpl
-from loqi_core.specs import DatasetSpec, Params
+from loqi_core.hooks.hookspecs import hookimpl
+from loqi_core.hooks.specs import DatasetSpec, Params
 
 LAYOUT = """\
 ROOT/images/test/database/@<utm_east>@<utm_north>@<zone>@<letter>@<lat>@<lon>@<pano_id>@...@.jpg
@@ -52,7 +52,7 @@ class FolderParams(FolderTestParams):
 
 
 def _test(params: FolderParams):
-    from loqi_core.folder_reader import read_test_folder
+    from loqi_core.data.folders import read_test_folder
 
     return read_test_folder(
         params.root, split=params.split, labels=params.labels, skip_bad=params.skip_bad, validate=params.check,
@@ -61,7 +61,7 @@ def _test(params: FolderParams):
 
 
 def _train(params: FolderParams):
-    from loqi_core.folder_reader import read_train_folder
+    from loqi_core.data.folders import read_train_folder
 
     return read_train_folder(
         params.root,

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from loqi_core.errors import ConfigError
-from loqi_core.fileio import describe_os_error, write_bytes, write_text
-from loqi_core.weights import cache_dir, sha256_of
+from loqi_core.util.fileio import describe_os_error, write_bytes, write_text
+from loqi_core.models.weights import cache_dir, sha256_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.data import ImageList
+    from loqi_core.data.sets import ImageList
 
 log = logging.getLogger("loqi.cache")
 

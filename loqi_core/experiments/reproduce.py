@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 from loqi_core.config import RunConfig, dump_config, resolve_run_config
 from loqi_core.errors import ConfigError, LoqiError
-from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.report import slug
+from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.report.results import slug
 
 PAPER_FILE = Path(__file__).with_name("paper_results.json")
 ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
@@ -96,7 +96,7 @@ def run_config(run: PlannedRun, base: dict[str, Any], config_file: str | Path | 
 
 
 def _dataset_status(name: str, kind: str, root: Path | None, plugins: Plugins) -> str:
-    from loqi_core.datasets import load_dataset
+    from loqi_core.data.datasets import load_dataset
 
     try:
         data = load_dataset(name, kind, root=root, plugins=plugins)  # type: ignore[arg-type]
@@ -109,7 +109,7 @@ def _dataset_status(name: str, kind: str, root: Path | None, plugins: Plugins) -
 
 
 def _weights_status(config: RunConfig, plugins: Plugins) -> str:
-    from loqi_core.weights import local_weights, weights_path
+    from loqi_core.models.weights import local_weights, weights_path
 
     spec = plugins.method(config.model.method)[0]  # type: ignore[arg-type]
     name = config.model.weights
@@ -176,7 +176,7 @@ def describe_plan(runs: Sequence[PlannedRun], base: dict[str, Any], config_file:
 def run_table2(runs: Sequence[PlannedRun], base: dict[str, Any], out: Path, config_file: str | Path | None = None,
                protocol: str = "paper", plugins: Plugins | None = None, echo: Echo = print) -> Path:  # fmt: skip
     """Run what is not done (resuming what was started), then write ``out/results.md``; returns its path."""
-    from loqi_core.runner import run_experiment
+    from loqi_core.experiments.runner import run_experiment
 
     if int(os.environ.get("RANK", "0")) != 0:  # another rank of a torchrun job: it encodes its share, rank 0 reports
         echo = _silent

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from loqi_core.data import TestSet, TrainSet
+from loqi_core.data.sets import TestSet, TrainSet
 from loqi_core.errors import ConfigError, DataError
-from loqi_core.plugins import Plugins, get_plugins
+from loqi_core.hooks.manager import Plugins, get_plugins
 
 
 def data_root(explicit: str | Path | None = None) -> Path | None:

@@ -5,7 +5,7 @@ check (non-empty, a known image signature, and for JPEG/PNG the end marker that 
 only a file without it is decoded, since phones append data after valid images; other formats have their
 header parsed). ``validate="full"`` decodes every image up front instead, and
 ``"none"`` skips the checks. A file that passes the quick check but still fails to decode is reported by
-:func:`loqi_core.data.read_image` with its path when the engine reads it.
+:func:`loqi_core.data.sets.read_image` with its path when the engine reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Iterable, Literal
 
 import numpy as np
 
-from loqi_core.data import IMAGE_SUFFIXES, ImageList, TestSet, TrainSet, read_image
+from loqi_core.data.sets import IMAGE_SUFFIXES, ImageList, TestSet, TrainSet, read_image
 from loqi_core.errors import DataError
 
 Validate = Literal["quick", "full", "none"]
@@ -126,7 +126,7 @@ def drop_unreadable(test: TestSet) -> int:
 def _progress(items: list, desc: str, enabled: bool) -> Iterable:
     if not enabled:
         return items
-    from loqi_core.progress import progress
+    from loqi_core.util.progress import progress
 
     return progress(items, desc=desc, unit="img", leave=False, mininterval=1.0)
 

@@ -1,7 +1,7 @@
 """The degradation engine behind ``loqi degrade``: what a degradation costs (bytes, bits per pixel, PSNR), or a
 degraded copy of a dataset, as a Python API (``measure_degradations``, ``degrade_dataset``).
 
-Images are fed to a degradation exactly as the evaluation engine feeds them (``loqi_core.evaluation``): a
+Images are fed to a degradation exactly as the evaluation engine feeds them (``loqi_core.evaluation.engine``): a
 temporal degradation (video codec) gets each capture-order sequence as one stream and every other image as a
 one-frame stream; any other degradation gets one image per call. The per-call seed is also the engine's, so
 ``degrade_dataset("jpeg10", ...)`` writes the very images ``loqi eval --degrade jpeg10`` sees.
@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 from loqi_core.errors import ConfigError
-from loqi_core.logs import RunLog, log
-from loqi_core.progress import progress
-from loqi_core.rundir import LOCK_FILE, locked
+from loqi_core.util.logs import RunLog, log
+from loqi_core.util.progress import progress
+from loqi_core.util.rundir import LOCK_FILE, locked
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.data import ImageList, TestSet, TrainSet
-    from loqi_core.degradation import Degradation
-    from loqi_core.plugins import Plugins
+    from loqi_core.data.sets import ImageList, TestSet, TrainSet
+    from loqi_core.degrade.grammar import Degradation
+    from loqi_core.hooks.manager import Plugins
 
 MANIFEST = "loqi-degrade.json"
 PROGRESS = "loqi-degrade.progress.jsonl"
@@ -135,7 +135,7 @@ def _size_text(sizes: Counter) -> str:
 
 def truncate(images: "ImageList", limit: int | None) -> "ImageList":
     """The first ``limit`` images of a list, with its sequences cut to them (order kept)."""
-    from loqi_core.data import ImageList
+    from loqi_core.data.sets import ImageList
 
     if limit is None or limit >= len(images):
         return images
@@ -161,9 +161,9 @@ def degrade_list(
 
     ``skip(indices)`` true leaves a unit out without reading it (resuming a copy).
     """
-    from loqi_core.data import read_image
-    from loqi_core.degradation import sample_seed
-    from loqi_core.evaluation import degradation_units
+    from loqi_core.data.sets import read_image
+    from loqi_core.degrade.grammar import sample_seed
+    from loqi_core.evaluation.engine import degradation_units
 
     for unit in degradation_units(images, degradation):
         if skip is not None and skip(unit):
@@ -179,7 +179,7 @@ def degrade_list(
 
 def image_lists(dataset: "TestSet | TrainSet", which: str, limit: int | None) -> list[tuple[str, "ImageList"]]:
     """The named image lists of a test set (database, queries) or a training set (train), each truncated."""
-    from loqi_core.data import TestSet
+    from loqi_core.data.sets import TestSet
 
     if isinstance(dataset, TestSet):
         lists = [("database", dataset.database), ("queries", dataset.queries)]
@@ -204,9 +204,9 @@ def measure(
     skip: Callable[[str, "ImageList", list[int]], bool] | None = None,
 ) -> SpecStats:
     """Degrade every image of ``lists`` with ``spec``; ``sink`` receives each unit's degraded images."""
-    from loqi_core.degradation import parse_degradation
-    from loqi_core.evaluation import temporal_note
-    from loqi_core.sampling import bin_label, bin_labels
+    from loqi_core.degrade.grammar import parse_degradation
+    from loqi_core.evaluation.engine import temporal_note
+    from loqi_core.degrade.sampled import bin_label, bin_labels
 
     degradation = parse_degradation(spec, plugins)
     stats = SpecStats(spec)
@@ -280,7 +280,7 @@ def format_table(rows: list[SpecStats]) -> str:
 
 def dataset_root(text: str, plugins: "Plugins", data_root: str | None) -> Path | None:
     """The folder a dataset string reads from (as ``load_dataset`` resolves it), or None when it has none."""
-    from loqi_core.datasets import data_root as resolve_root
+    from loqi_core.data.datasets import data_root as resolve_root
 
     name, _, path = text.partition(":")
     if path:
@@ -345,7 +345,7 @@ def _copy_side_files(root: Path, files: list[Path], out: Path) -> tuple[int, lis
     """
     import shutil
 
-    from loqi_core.data import IMAGE_SUFFIXES
+    from loqi_core.data.sets import IMAGE_SUFFIXES
 
     folders: set[Path] = set()
     for f in files:
@@ -477,9 +477,9 @@ def _load_lists(
     dataset: str, split: str, images: str, limit: int | None, device: str, data_root: str | None, plugins: "Plugins | None"
 ) -> tuple["Plugins", list[tuple[str, "ImageList"]]]:
     """The plugins and the named image lists to degrade; the device is checked first."""
-    from loqi_core.datasets import load_dataset
-    from loqi_core.devices import resolve_device
-    from loqi_core.plugins import get_plugins
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.util.devices import resolve_device
+    from loqi_core.hooks.manager import get_plugins
 
     resolve_device(device)  # a device this machine lacks: one clear line before any image is read
     plugins = plugins or get_plugins()

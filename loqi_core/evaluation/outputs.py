@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from loqi_core.fileio import located, partial_file, write_text
+from loqi_core.util.fileio import located, partial_file, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.evaluation import EvalResult
+    from loqi_core.evaluation.engine import EvalResult
 
 
 def image_names(database: Sequence[Path], queries: Sequence[Path]) -> tuple[Path, list[str], list[str]]:

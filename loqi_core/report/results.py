@@ -31,10 +31,10 @@ import numpy as np
 
 import loqi_core
 from loqi_core.errors import ConfigError, DataError
-from loqi_core.fileio import write_text
+from loqi_core.util.fileio import write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.evaluation import EvalResult
+    from loqi_core.evaluation.engine import EvalResult
 
 SCHEMA = "loqi.metrics/1"
 ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
@@ -148,7 +148,7 @@ class Report:
     ) -> dict[str, Any]:
         """Write results.md, recall.png, predictions/*.csv, grids/*.png and, last, metrics.json; returns the metrics.
         ``timings()``: the run's stages in seconds, taken when metrics.json is written (key ``timings``)."""
-        from loqi_core.grids import write_grids
+        from loqi_core.report.grids import write_grids
 
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = self.metrics()
@@ -268,7 +268,7 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
 
 def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels: Sequence[str] | None = None) -> None:
     """recall@N against N: one panel per dataset, one line per row (of every run given)."""
-    from loqi_core.plot import recall_chart
+    from loqi_core.report.plot import recall_chart
 
     panels: dict[str, dict[str, dict[str, float]]] = {}
     untrained = False

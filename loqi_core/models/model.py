@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from torch import nn
 
 from loqi_core.errors import ConfigError, WeightsError
-from loqi_core.fileio import save_safetensors, write_text
-from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.specs import EncoderSpec, Params, Preprocess, WeightsSpec
-from loqi_core.weights import fetch_weights, load_state_dict, unwrap_state_dict
+from loqi_core.util.fileio import save_safetensors, write_text
+from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.hooks.specs import EncoderSpec, Params, Preprocess, WeightsSpec
+from loqi_core.models.weights import fetch_weights, load_state_dict, unwrap_state_dict
 
 
 class VPRModel(nn.Module):
@@ -192,7 +192,7 @@ def wrap_model(module: nn.Module, *, name: str | None = None, **preprocess: Any)
     """Your own network as a loqi model, for ``evaluate`` and ``encode`` (not ``distill``: register a method for that).
 
     ``module(x)`` takes the normalised float batch B×3×H×W and returns descriptors B×D, or a ``(latent, descriptor)``
-    pair. ``preprocess``: fields of ``loqi_core.specs.Preprocess`` (``size=(224, 224)``, ``mean``, ``std``, ...);
+    pair. ``preprocess``: fields of ``loqi_core.hooks.specs.Preprocess`` (``size=(224, 224)``, ``mean``, ``std``, ...);
     by default each image keeps its size and is normalised with the ImageNet statistics.
     """
     if not isinstance(module, nn.Module):

@@ -8,7 +8,7 @@ positions or ground truth (label-free) gets its predictions and descriptors but 
 
 Temporal degradations (video codecs) receive each capture-order sequence of an image list as one stream;
 an image list without order is encoded one image per stream. Degraded images and descriptors are cached
-(``loqi_core.cache``), so a second evaluation of the same model on the same data costs only the search.
+(``loqi_core.evaluation.cache``), so a second evaluation of the same model on the same data costs only the search.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 import loqi_core
-from loqi_core.cache import (
+from loqi_core.evaluation.cache import (
     DescriptorWriter,
     EvalCache,
     check,
@@ -36,18 +36,18 @@ from loqi_core.cache import (
     write_shard,
 )
 from loqi_core.config import EvalConfig
-from loqi_core.cpus import loader_workers
-from loqi_core.data import ImageList, TestSet, UnreadableImageError, read_image
-from loqi_core.degradation import Degradation, Identity, parse_degradation, sample_seed
-from loqi_core.devices import resolve_device
+from loqi_core.util.cpus import loader_workers
+from loqi_core.data.sets import ImageList, TestSet, UnreadableImageError, read_image
+from loqi_core.degrade.grammar import Degradation, Identity, parse_degradation, sample_seed
+from loqi_core.util.devices import resolve_device
 from loqi_core.errors import ConfigError
-from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.search import IVFPQParams, recall_at_n, resolve_backend, search
+from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.evaluation.search import IVFPQParams, recall_at_n, resolve_backend, search
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.model import VPRModel
+    from loqi_core.models.model import VPRModel
 
 log = logging.getLogger("loqi.evaluate")
 
@@ -268,7 +268,7 @@ def extract(
     Images of different sizes are batched separately (unless the model resizes to a fixed size).
     """
     from torch.utils.data import DataLoader
-    from loqi_core.progress import progress
+    from loqi_core.util.progress import progress
 
     stats = stats if stats is not None else ExtractStats()
     device = device or resolve_device()
@@ -475,7 +475,7 @@ def evaluate(
     except UnreadableImageError as exc:
         if not test.skip_bad:
             raise UnreadableImageError(f"{exc}; add ?skip_bad=true to the dataset to leave such files out", exc.path) from None
-        from loqi_core.folder_reader import drop_unreadable
+        from loqi_core.data.folders import drop_unreadable
 
         log.warning("%s; decoding every image of %s to leave out the unreadable ones (skip_bad)", exc, test.name)
         drop_unreadable(test)  # a second failure cannot come from an image: it is raised as it is

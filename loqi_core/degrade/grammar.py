@@ -1,7 +1,7 @@
 """Degradations: parse a spec such as ``res360p+qp40`` into a chain and apply it to uint8 images.
 
 This is where a degradation is applied: ``parse_degradation(spec)(images, seed=...)``. Specs with ranges or
-choices (``jpeg[5:50]``, ``any(jpeg10,qp40)``) become a ``loqi_core.sampling.Sampled`` degradation.
+choices (``jpeg[5:50]``, ``any(jpeg10,qp40)``) become a ``loqi_core.degrade.sampled.Sampled`` degradation.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from loqi_core.errors import ConfigError, UnknownNameError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.plugins import Plugins
-    from loqi_core.specs import DegradationSpec
+    from loqi_core.hooks.manager import Plugins
+    from loqi_core.hooks.specs import DegradationSpec
 
 
 @dataclass
@@ -79,7 +79,7 @@ CLEAN_SPECS = ("", "none", "clean")
 
 def parse_degradation(spec: str, plugins: "Plugins | None" = None) -> Degradation:
     """Build the degradation a spec string names; every token must match exactly one registered grammar."""
-    from loqi_core.plugins import get_plugins
+    from loqi_core.hooks.manager import get_plugins
 
     plugins = plugins or get_plugins()
     spec = spec.strip()
@@ -91,7 +91,7 @@ def parse_degradation(spec: str, plugins: "Plugins | None" = None) -> Degradatio
         where = "at the start" if i == 0 else "at the end" if i == len(tokens) - 1 else f'after "{tokens[i - 1]}"'
         raise ConfigError(f'degradation "{spec}": empty term {where} (term {i + 1}); chain terms with a single +')
     if any(c in spec for c in "[]()"):
-        from loqi_core.sampling import Sampled
+        from loqi_core.degrade.sampled import Sampled
 
         return Sampled(spec, plugins)
     stages = [parse_token(token, plugins, spec) for token in tokens]

@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import pluggy
 
-from loqi_core import hookspecs
+from loqi_core.hooks import hookspecs
 from loqi_core.errors import ConfigError, LoqiError, PluginLoadError, UnknownNameError
-from loqi_core.registry import Provider, Registry, unknown_message
-from loqi_core.specs import AggregatorSpec, DatasetSpec, DegradationSpec, EncoderSpec, LossSpec
+from loqi_core.hooks.registry import Provider, Registry, unknown_message
+from loqi_core.hooks.specs import AggregatorSpec, DatasetSpec, DegradationSpec, EncoderSpec, LossSpec
 
 ENTRY_POINT_GROUP = "loqi"
-DEFAULT_PLUGINS = {"losses": "loqi_core.losses", "folder": "loqi_core.folder"}
+DEFAULT_PLUGINS = {"losses": "loqi_core.losses", "folder": "loqi_core.data.folder_dataset"}
 FIRST_PARTY = frozenset(
     f"loqi-plugin-{name}"
     for name in (

@@ -28,21 +28,21 @@ import torch
 from torch import nn
 
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data import TrainSet, skipped_path, write_skipped
-from loqi_core.datasets import load_dataset
-from loqi_core.degradation import parse_degradation
+from loqi_core.data.sets import TrainSet, skipped_path, write_skipped
+from loqi_core.data.datasets import load_dataset
+from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError, DataError, LoqiError
-from loqi_core.fileio import located
-from loqi_core.logs import RunLog, command_of
+from loqi_core.util.fileio import located
+from loqi_core.util.logs import RunLog, command_of
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
-from loqi_core.model import VPRModel, build_model
-from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.progress import progress
-from loqi_core.rundir import locked
-from loqi_core.specs import EncoderSpec, Preprocess
-from loqi_core.tensorboard_log import summary_writer
+from loqi_core.models.model import VPRModel, build_model
+from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.util.progress import progress
+from loqi_core.util.rundir import locked
+from loqi_core.hooks.specs import EncoderSpec, Preprocess
+from loqi_core.report.tensorboard import summary_writer
 from loqi_core.training import state as ckpt
-from loqi_core.cpus import loader_workers, torch_threads
+from loqi_core.util.cpus import loader_workers, torch_threads
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
 from loqi_core.training.dist import DistEnv, setup
 
@@ -82,7 +82,7 @@ def distill(
     env, device = setup(config.device)
     trainer = _Trainer(config, Path(out_dir), mode, resume, plugins or get_plugins(), env, device, train)
     previous = torch.get_num_threads()
-    torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (loqi_core/cpus.py)
+    torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (loqi_core/util/cpus.py)
     try:
         with trainer.runlog, locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
             try:
@@ -200,7 +200,7 @@ def build_training_data(
 def check_batch(dataset: StepDataset, pp: Preprocess, step: int = 0) -> dict[str, Any]:
     """Decode one whole training batch through view → degradation → the method's preprocessing, so a broken
     input fails in seconds, before any evaluation or model download; returns the batch."""
-    from loqi_core.model import preprocess_images
+    from loqi_core.models.model import preprocess_images
 
     try:
         batch = dataset[step]

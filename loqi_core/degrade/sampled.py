@@ -13,14 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from loqi_core.degradation import CLEAN_SPECS, Degradation, Degraded, build_token, match_token, parse_degradation
+from loqi_core.degrade.grammar import CLEAN_SPECS, Degradation, Degraded, build_token, match_token, parse_degradation
 from loqi_core.errors import ConfigError, LoqiError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.plugins import Plugins
-    from loqi_core.specs import DegradationSpec
+    from loqi_core.hooks.manager import Plugins
+    from loqi_core.hooks.specs import DegradationSpec
 
 BRACKET = re.compile(r"\[([^\[\]]*)\]")
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -283,7 +283,7 @@ class Sampled(Degradation):
         if text not in self._built:
             if len(self._built) >= MAX_BUILT:
                 self._built.clear()
-            from loqi_core.plugins import get_plugins
+            from loqi_core.hooks.manager import get_plugins
 
             self._built[text] = parse_degradation(text, self.plugins or get_plugins())
         return self._built[text]

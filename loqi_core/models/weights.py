@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from loqi_core.errors import WeightsError
-from loqi_core.specs import WeightsSpec
+from loqi_core.hooks.specs import WeightsSpec
 
 RETRIES = 3
 """Download attempts before giving up (torch's downloader neither retries nor resumes: each attempt starts over)."""

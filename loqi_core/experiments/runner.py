@@ -4,7 +4,7 @@
     run_dir = run_sweep(config, expand_losses("all"))      # loqi sweep: the paper's Fig. 3
     run_dir = run_eval(config)                             # loqi eval
 
-Every run directory holds config.json (resolved), plugins.json (versions), run.log (loqi_core.logs: argv, config
+Every run directory holds config.json (resolved), plugins.json (versions), run.log (loqi_core.util.logs: argv, config
 digest, stage timings, warnings, the error), metrics.json (with the stages' seconds), results.md, recall.png,
 predictions/, grids/, activations/ (run and sweep), descriptors/ and pairs/ when asked for (eval.save_descriptors,
 eval.pairs) and the training runs under distill*/ and finetune/.
@@ -22,24 +22,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from loqi_core.cache import EvalCache
+from loqi_core.evaluation.cache import EvalCache
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data import TestSet, TrainSet, write_skipped
-from loqi_core.datasets import load_dataset
-from loqi_core.degradation import parse_degradation
+from loqi_core.data.sets import TestSet, TrainSet, write_skipped
+from loqi_core.data.datasets import load_dataset
+from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError
-from loqi_core.evaluation import LABEL_FREE, EvalResult, apply_threads, describe_protocol, evaluate
-from loqi_core.fileio import located, write_text
-from loqi_core.folder_reader import read_folder_pair
-from loqi_core.logs import RunLog, log
-from loqi_core.plugins import Plugins, get_plugins
-from loqi_core.report import UNTRAINED, Report, name_test_sets, results_markdown, slug
-from loqi_core.rundir import locked
-from loqi_core.tensorboard_log import log_recalls
+from loqi_core.evaluation.engine import LABEL_FREE, EvalResult, apply_threads, describe_protocol, evaluate
+from loqi_core.util.fileio import located, write_text
+from loqi_core.data.folders import read_folder_pair
+from loqi_core.util.logs import RunLog, log
+from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.report.results import UNTRAINED, Report, name_test_sets, results_markdown, slug
+from loqi_core.util.rundir import locked
+from loqi_core.report.tensorboard import log_recalls
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.training.data import ViewConfig
-    from loqi_core.model import VPRModel
+    from loqi_core.models.model import VPRModel
 
 Echo = Callable[[str], None]
 
@@ -69,7 +69,7 @@ def default_run_dir(kind: str, config: RunConfig) -> Path:
 
 
 def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
-    from loqi_core.distillation import encoder_spec
+    from loqi_core.training.engine import encoder_spec
     from loqi_core.losses.expression import parse_loss_expression
 
     expr = config.distill.loss if config.distill.loss is not None else encoder_spec(config, plugins).default_loss
@@ -174,7 +174,7 @@ class Experiment:
 
         self.echo = echo_and_log
         if self.env.is_main:
-            echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # run.log has its own header (loqi_core.logs)
+            echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # run.log has its own header (loqi_core.util.logs)
             log.info(f"device: {self.device}")
         if self.views is not None:
             (h, w), augment = self.views.size, "on" if self.views.augment else "off"
@@ -202,7 +202,7 @@ class Experiment:
     def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
         """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);
         ``sweep`` only parses it, since it skips with a note the losses its training set cannot feed."""
-        from loqi_core.distillation import check_places, encoder_spec, training_loss
+        from loqi_core.training.engine import check_places, encoder_spec, training_loss
         from loqi_core.losses.expression import parse_loss_expression
 
         train = load_dataset(config.distill.train, "train", root=config.data_root, plugins=self.plugins)
@@ -237,9 +237,9 @@ class Experiment:
         """Before the run directory and any evaluation: one image of each test set and one whole training batch go
         through their real path (decode → view → degradation → the method's preprocessing); a broken input fails
         here, in seconds. Returns the training views."""
-        from loqi_core.distillation import encoder_spec, preflight, preprocess_of
+        from loqi_core.training.engine import encoder_spec, preflight, preprocess_of
         from loqi_core.errors import LoqiError
-        from loqi_core.model import preprocess_images
+        from loqi_core.models.model import preprocess_images
         from loqi_core.training.data import load_image
 
         pp = preprocess_of(self.config, encoder_spec(self.config, self.plugins))
@@ -260,7 +260,7 @@ class Experiment:
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""
         import torch
 
-        from loqi_core.model import build_model
+        from loqi_core.models.model import build_model
 
         m = self.config.model
         torch.manual_seed(self.config.seed)
@@ -293,7 +293,7 @@ class Experiment:
 
     def write_outputs(self, row: str, result: EvalResult) -> None:
         """``eval.save_descriptors`` and ``eval.pairs``: descriptors/<set>__<row>/ and pairs/<set>__<row>.txt."""
-        from loqi_core.outputs import write_descriptors, write_pairs
+        from loqi_core.evaluation.outputs import write_descriptors, write_pairs
 
         ev, name = self.config.eval, f"{slug(result.dataset)}__{slug(row)}"
         if ev.save_descriptors:
@@ -317,7 +317,7 @@ class Experiment:
 
     def train(self, folder: str, mode: str, config: RunConfig | None = None) -> Path:
         """Distil (or finetune) into ``out/<folder>``, resuming a run that a previous invocation left there."""
-        from loqi_core.distillation import distill
+        from loqi_core.training.engine import distill
 
         target = self.out / folder
         resume = _from_rank0((target / "config.json").exists())  # decided once: rank 0 may already be writing it
@@ -330,7 +330,7 @@ class Experiment:
         self, teacher: "VPRModel", student: "VPRModel", row: str = "distilled", tag: str = "", label: str = "student"
     ) -> None:
         """Teacher and student activation maps for the queries of the student's row's comparison grid."""
-        from loqi_core.grids import figure_selection, write_activation_maps
+        from loqi_core.report.grids import figure_selection, write_activation_maps
 
         ev = self.config.eval
         if not ev.grid_queries or not self.env.is_main:

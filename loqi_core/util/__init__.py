@@ -1,0 +1,2 @@
+"""Small services every wing uses: atomic file writes, devices, CPU budgets, run-directory locks, run.log,
+progress bars, optional TensorBoard. Imports nothing of loqi but ``errors``."""
