@@ -151,7 +151,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from loqi_core.config import parse_override
-    from loqi_core.report.results import slug
+    from loqi_core.report.names import slug
 
     work = args.work or Path(tempfile.mkdtemp(prefix="loqi-degrade-range-"))
     split = work / "split"

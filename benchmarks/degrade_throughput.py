@@ -54,7 +54,8 @@ def psnr(clean: list, degraded: list) -> float:
 
 def time_spec(spec: str, mode: str, frames: list, repeats: int) -> dict:
     """Best-of-``repeats`` images/s of one spec, plus its bytes per image and PSNR."""
-    from loqi_core.degrade.grammar import Degraded, parse_degradation
+    from loqi_core.degrade.base import Degraded
+    from loqi_core.degrade.grammar import parse_degradation
 
     degradation = parse_degradation(spec)
     whole = mode == "seq" and degradation.temporal

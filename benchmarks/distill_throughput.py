@@ -55,7 +55,7 @@ def bare_rate(config, size: tuple[int, int], batch: int, steps: int, warmup: int
     """Images/s of teacher forward + student forward/backward on tensors already on the device."""
     import torch
 
-    from loqi_core.training.engine import select_trainable, set_train_modes
+    from loqi_core.training.recipe import select_trainable, set_train_modes
     from loqi_core.models.model import build_model
     from loqi_core.hooks.manager import get_plugins
 
@@ -129,7 +129,8 @@ def loader_rate(config, work: Path) -> float:
 
     The batches the workers prefetch (4 per worker) are drained first, so the rate is the steady production rate."""
     from loqi_core.util.devices import resolve_device
-    from loqi_core.training.engine import _Trainer, encoder_spec, training_loss
+    from loqi_core.training.engine import _Trainer
+    from loqi_core.training.recipe import encoder_spec, training_loss
     from loqi_core.hooks.manager import get_plugins
     from loqi_core.training.dist import DistEnv
 

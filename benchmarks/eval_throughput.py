@@ -47,7 +47,7 @@ def bench_extract(method: str, n: int, size: int, batch: int, workers: int, devi
 
     from loqi_core.evaluation.cache import EvalCache
     from loqi_core.data.sets import ImageList
-    from loqi_core.degrade.grammar import Identity
+    from loqi_core.degrade.base import Identity
     from loqi_core.evaluation.engine import extract, resolve_device, use_bf16
     from loqi_core.models.model import build_model
 
@@ -94,7 +94,7 @@ def loader_rate(images, workers: int) -> float:
     as in ``extract``: the ceiling that decoding puts on extraction."""
     from torch.utils.data import DataLoader
 
-    from loqi_core.degrade.grammar import Identity
+    from loqi_core.degrade.base import Identity
     from loqi_core.evaluation.engine import _identity_collate, _ShardDataset
 
     dataset = _ShardDataset(images, Identity(), 0, None)

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_terms():
     """loqi_core.losses.terms; without loqi's dependencies installed, with a stand-in for the params models."""
     try:
-        from loqi_core.losses import TripletParams
         from loqi_core.losses import terms
+        from loqi_core.losses.params import TripletParams
 
         return terms, TripletParams
     except ImportError:
@@ -33,10 +33,11 @@ def load_terms():
             scale: float = 0.1
 
         pkg, losses = types.ModuleType("loqi_core"), types.ModuleType("loqi_core.losses")
-        pkg.__path__ = [str(ROOT / "loqi_core")]
-        losses.ICKDParams = losses.MSEParams = object
-        losses.TripletParams = TripletParams
-        sys.modules.update({"loqi_core": pkg, "loqi_core.losses": losses})
+        params = types.ModuleType("loqi_core.losses.params")
+        pkg.__path__, losses.__path__ = [str(ROOT / "loqi_core")], [str(ROOT / "loqi_core/losses")]
+        params.ICKDParams = params.MSEParams = object
+        params.TripletParams = TripletParams
+        sys.modules.update({"loqi_core": pkg, "loqi_core.losses": losses, "loqi_core.losses.params": params})
         spec = importlib.util.spec_from_file_location("loqi_core.losses.terms", ROOT / "loqi_core/losses/terms.py")
         terms = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(terms)  # type: ignore[union-attr]

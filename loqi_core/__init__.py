@@ -12,8 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from loqi_core.hooks.hookspecs import hookimpl
+from loqi_core.version import __version__
 
-__version__ = "0.1.0"
 
 _API = {
     "build_model": "loqi_core.models.model",

@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from loqi_core.evaluation.cache import EvalCache
     from loqi_core.data.sets import TestSet
-    from loqi_core.degrade.grammar import Degradation
-    from loqi_core.evaluation.engine import EvalResult
+    from loqi_core.degrade.base import Degradation
+    from loqi_core.evaluation.results import EvalResult
     from loqi_core.models.model import VPRModel
 
 

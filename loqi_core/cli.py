@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from loqi_core import __version__
+from loqi_core.version import __version__
 from loqi_core.errors import LoqiError, one_line
 
 

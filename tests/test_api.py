@@ -41,7 +41,7 @@ def tiny(tmp_path, monkeypatch):
 
 def manual_descriptors(model, paths, degradation=None) -> np.ndarray:
     """Read, (degrade), preprocess and encode each image alone: what the API must reproduce."""
-    from loqi_core.data.sets import read_image
+    from loqi_core.data.images import read_image
 
     rows = []
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_own_module_is_evaluated_through_wrap_model(tiny, tmp_path):
     root = write_vpr_folder(tmp_path / "data", places=8)
     paths = sorted((root / "images" / "test" / "database").glob("*.png"))
     got = encode(model, paths, device="cpu", **FAST).descriptors
-    from loqi_core.data.sets import read_image
+    from loqi_core.data.images import read_image
 
     by_hand = []
     for path in paths:  # the interface, spelled out: uint8 → resize → (x/255 − mean)/std → module → L2
@@ -188,7 +188,7 @@ def test_own_module_is_evaluated_through_wrap_model(tiny, tmp_path):
 
 def test_build_model_takes_every_kind_of_run_directory(tiny, tmp_path):
     from loqi_core import build_model
-    from loqi_core.models.model import save_checkpoint
+    from loqi_core.models.checkpoint import save_checkpoint
 
     trained = build_model("tiny", weights="random")
     with torch.no_grad():

@@ -398,7 +398,8 @@ def _(tmp):
 def _nan_checkpoint(tmp: Path) -> Path:
     import torch
 
-    from loqi_core.models.model import build_model, save_checkpoint
+    from loqi_core.models.model import build_model
+    from loqi_core.models.checkpoint import save_checkpoint
 
     with isolated_plugins(("tiny", tiny_plugin), entry_points=False):
         model = build_model("tiny", weights="random")
@@ -432,10 +433,11 @@ def _resume(tmp: Path) -> tuple[int, str]:
 
 def _same_final(tmp: Path) -> None:
     """The fallback retrained the lost steps to the very same weights, and every checkpoint is intact again."""
-    from loqi_core.training.state import verify
+    from loqi_core.models.checkpoint import verify
+    from loqi_core.training.state import REQUIRED
 
     assert (tmp / "out/checkpoints/final/model.safetensors").read_bytes() == (tmp / "final_before.safetensors").read_bytes()
-    assert verify(tmp / "out/checkpoints/final") is None
+    assert verify(tmp / "out/checkpoints/final", REQUIRED) is None
 
 
 def _flip_bit(path: Path) -> None:
@@ -504,7 +506,7 @@ def _(tmp):
 
 # 7. 16-bit and float images -----------------------------------------------------------------------------------
 def _mid_grey(path: Path) -> tuple[int, str]:
-    from loqi_core.data.sets import read_image
+    from loqi_core.data.images import read_image
 
     def call():
         image = read_image(path)

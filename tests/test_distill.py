@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from loqi_core.config import RunConfig
-from loqi_core.training.engine import TrainingError, distill, set_train_modes
+from loqi_core.training.engine import TrainingError, distill
+from loqi_core.training.recipe import set_train_modes
 from loqi_core.errors import ConfigError
-from loqi_core.models.model import build_model, load_checkpoint
+from loqi_core.models.model import build_model
+from loqi_core.models.checkpoint import load_checkpoint
 from loqi_core.testing.helpers import isolated_plugins, random_images
 from loqi_core.testing.tiny import Blur, tiny_plugin
 
@@ -278,7 +280,7 @@ def test_resume_refuses_other_mode_or_process_count(tiny, tmp_path):
     state_file = tmp_path / "run" / "checkpoints" / "final" / "train_state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "world_size": 2}))
-    from loqi_core.training.state import write_digests
+    from loqi_core.models.checkpoint import write_digests
 
     write_digests(state_file.parent)  # as a 2-process run would have written it (else the digest flags the edit)
     with pytest.raises(TrainingError, match="written by 2 process"):

@@ -13,8 +13,9 @@ from loqi_core.config import EvalConfig
 from loqi_core.data.sets import ImageList
 from loqi_core.data.sets import TestSet as VPRTestSet
 from loqi_core.data.datasets import load_dataset
-from loqi_core.degrade.grammar import Degradation, Degraded, Identity
-from loqi_core.evaluation.engine import degradation_units, describe_protocol, evaluate, extract, temporal_note
+from loqi_core.degrade.base import Degradation, Degraded, Identity
+from loqi_core.degrade.base import degradation_units, temporal_note
+from loqi_core.evaluation.engine import describe_protocol, evaluate, extract
 from loqi_core.models.model import build_model
 from loqi_core.evaluation.search import recall_at_n
 from loqi_core.testing import isolated_plugins
@@ -41,7 +42,7 @@ def test_paper_protocol_and_recall_match_manual_pipeline(tiny):
     assert p["untrained"] is True and "UNTRAINED" in describe_protocol(p)
     assert p["positive_radius_m"] == 25.0 and p["recall_at"] == [1, 2, 5, 10]
     # recompute by hand: degrade each image, encode it alone, brute-force rank
-    from loqi_core.data.sets import read_image
+    from loqi_core.data.images import read_image
     from loqi_core.degrade.grammar import parse_degradation
 
     blur = parse_degradation("blur3")

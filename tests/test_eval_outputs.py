@@ -18,7 +18,7 @@ from PIL import Image
 
 from loqi_core.cli import cli
 from loqi_core.config import resolve_config
-from loqi_core.data.sets import read_image
+from loqi_core.data.images import read_image
 from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError, DataError
 from loqi_core.data.folders import read_folder_pair

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loqi_core.report import tensorboard as tensorboard_log
+from loqi_core.util import tensorboard as summary
 from loqi_core.cli import cli
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
@@ -20,10 +21,10 @@ from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 
 def test_missing_tensorboard_is_said_once(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
-    monkeypatch.setattr(tensorboard_log, "_said_missing", False)
+    monkeypatch.setattr(summary, "_said_missing", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert tensorboard_log.summary_writer(tmp_path / "a") is None
+        assert summary.summary_writer(tmp_path / "a") is None
         assert tensorboard_log.log_recalls(tmp_path / "b", {"datasets": {}}) is False
     said = [str(w.message) for w in caught]
     assert len(said) == 1 and "tensorboard package is not installed" in said[0] and "distill.tensorboard" in said[0]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from loqi_core.errors import DataError
-from loqi_core.evaluation.engine import EvalResult
+from loqi_core.evaluation.results import EvalResult
 from loqi_core.report.results import Report, combine, load_metrics, results_markdown, table_markdown
 
 

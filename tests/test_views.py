@@ -18,7 +18,7 @@ from PIL import Image
 
 from loqi_core.cli import cli
 from loqi_core.config import RunConfig
-from loqi_core.degrade.grammar import Degradation, Degraded
+from loqi_core.degrade.base import Degradation, Degraded
 from loqi_core.training.engine import distill
 from loqi_core.errors import DataError, LoqiError
 from loqi_core.hooks.hookspecs import hookimpl
@@ -214,7 +214,7 @@ def test_unreadable_training_image_fails_naming_it_before_evaluation(plugins, tm
 
 
 def test_preflight_checks_a_batch_through_the_method_preprocessing(plugins, tmp_path):
-    from loqi_core.training.engine import preflight
+    from loqi_core.training.recipe import preflight
 
     config = RunConfig.model_validate(helpers.tiny_config(mixed_folder(tmp_path / "t"), batch_size=12, view_size=(20, 28)))
     views = preflight(config)

@@ -59,7 +59,7 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
     """The RunConfig fields the evaluation flags set (None = flag not given)."""
-    from loqi_core.degrade.sampled import split_top
+    from loqi_core.degrade.grammar import split_top
 
     take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in eval, run and sweep",
                     "the extraction batch; --batch-size is the training batch of loqi distill")

@@ -45,7 +45,7 @@ def plugins_command(as_json: bool, requirements: bool) -> None:
 
 def _degradation_forms(plugins) -> None:
     """Each degradation family's examples and range form, and the sampling grammar every family shares."""
-    from loqi_core.degrade.sampled import range_form
+    from loqi_core.degrade.grammar import range_form
 
     click.echo("\ndegradations (--degrade; chain with +, e.g. res360p+qp40):")
     rows = [(", ".join(d.examples or (name,)), range_form(d)) for name, d, _ in plugins.degradations.items()]

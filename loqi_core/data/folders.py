@@ -5,7 +5,7 @@ check (non-empty, a known image signature, and for JPEG/PNG the end marker that 
 only a file without it is decoded, since phones append data after valid images; other formats have their
 header parsed). ``validate="full"`` decodes every image up front instead, and
 ``"none"`` skips the checks. A file that passes the quick check but still fails to decode is reported by
-:func:`loqi_core.data.sets.read_image` with its path when the engine reads it.
+:func:`loqi_core.data.images.read_image` with its path when the engine reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Iterable, Literal
 
 import numpy as np
 
-from loqi_core.data.sets import IMAGE_SUFFIXES, ImageList, TestSet, TrainSet, read_image
+from loqi_core.data.images import IMAGE_SUFFIXES, read_image
+from loqi_core.data.sets import ImageList, TestSet, TrainSet
 from loqi_core.errors import DataError
 
 Validate = Literal["quick", "full", "none"]

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from loqi_core.data.sets import ImageList, TestSet, TrainSet
-    from loqi_core.degrade.grammar import Degradation
+    from loqi_core.degrade.base import Degradation
     from loqi_core.hooks.manager import Plugins
 
 MANIFEST = "loqi-degrade.json"
@@ -161,9 +161,9 @@ def degrade_list(
 
     ``skip(indices)`` true leaves a unit out without reading it (resuming a copy).
     """
-    from loqi_core.data.sets import read_image
-    from loqi_core.degrade.grammar import sample_seed
-    from loqi_core.evaluation.engine import degradation_units
+    from loqi_core.data.images import read_image
+    from loqi_core.degrade.base import sample_seed
+    from loqi_core.degrade.base import degradation_units
 
     for unit in degradation_units(images, degradation):
         if skip is not None and skip(unit):
@@ -205,7 +205,7 @@ def measure(
 ) -> SpecStats:
     """Degrade every image of ``lists`` with ``spec``; ``sink`` receives each unit's degraded images."""
     from loqi_core.degrade.grammar import parse_degradation
-    from loqi_core.evaluation.engine import temporal_note
+    from loqi_core.degrade.base import temporal_note
     from loqi_core.degrade.sampled import bin_label, bin_labels
 
     degradation = parse_degradation(spec, plugins)
@@ -345,7 +345,7 @@ def _copy_side_files(root: Path, files: list[Path], out: Path) -> tuple[int, lis
     """
     import shutil
 
-    from loqi_core.data.sets import IMAGE_SUFFIXES
+    from loqi_core.data.images import IMAGE_SUFFIXES
 
     folders: set[Path] = set()
     for f in files:

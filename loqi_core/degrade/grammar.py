@@ -1,86 +1,33 @@
-"""Degradations: parse a spec such as ``res360p+qp40`` into a chain and apply it to uint8 images.
+"""The degradation spec grammar: ``res360p+qp40`` (a chain of registered tokens), ranges ``jpeg[5:50]`` and
+choices ``any(jpeg10,0.5*qp40)``, parsed into the degradation they name.
 
-This is where a degradation is applied: ``parse_degradation(spec)(images, seed=...)``. Specs with ranges or
-choices (``jpeg[5:50]``, ``any(jpeg10,qp40)``) become a ``loqi_core.degrade.sampled.Sampled`` degradation.
+Every token must match exactly one registered grammar (a plugin's ``DegradationSpec.pattern``); the core parses
+ranges and choices around every one, so any numeric parameter of any plugin takes a range without the plugin
+knowing. Fixed specs become a ``Degradation`` (or a ``Chain``); sampled ones a ``Sampled`` that draws per call.
 """
 
 from __future__ import annotations
 
-import abc
-
 import re
-import zlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from pydantic import ValidationError
 
-from loqi_core.errors import ConfigError, UnknownNameError
+from loqi_core.degrade.base import CLEAN_SPECS, Chain, Degradation, Identity
+from loqi_core.degrade.sampled import Axis, ChainNode, Choice, Fixed, Node, Range, Sampled
+from loqi_core.errors import ConfigError, LoqiError, UnknownNameError
+from loqi_core.hooks.manager import Plugins, get_plugins
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-    from loqi_core.hooks.manager import Plugins
     from loqi_core.hooks.specs import DegradationSpec
 
-
-@dataclass
-class Degraded:
-    """Degraded images (uint8 3×H×W each, same order) and, for codecs, the bytes sent per image."""
-
-    images: list["torch.Tensor"]
-    nbytes: list[int | None] | None = None
-    draws: list[dict[str, int | float | str]] | None = None
-    """Sampled specs only: per image, what was drawn (``{"jpeg[5:50]": 23, "spec": "jpeg23"}``)."""
-
-
-class Degradation(abc.ABC):
-    """Base class: turn clean uint8 RGB images into degraded ones, deterministically given ``seed``.
-
-    ``temporal`` degradations (video codecs) encode the images of one call as one ordered stream;
-    callers pass a whole sequence in capture order, or one image per call when there is no order.
-    """
-
-    spec: str = ""
-    temporal: bool = False
-
-    @abc.abstractmethod
-    def __call__(self, images: Sequence["torch.Tensor"], *, seed: int = 0) -> Degraded:
-        """Degrade ``images`` (uint8 3×H×W each); the same images and seed give the same output."""
-
-
-class Identity(Degradation):
-    """The clean images, unchanged (spec ``none`` / ``clean``)."""
-
-    spec = "none"
-
-    def __call__(self, images: Sequence["torch.Tensor"], *, seed: int = 0) -> Degraded:
-        return Degraded(list(images))
-
-
-class Chain(Degradation):
-    """Stages applied left to right; the byte count is the last stage's that reports one."""
-
-    def __init__(self, stages: list[Degradation], spec: str) -> None:
-        self.stages = stages
-        self.spec = spec
-        self.temporal = any(s.temporal for s in stages)
-
-    def __call__(self, images: Sequence["torch.Tensor"], *, seed: int = 0) -> Degraded:
-        out = Degraded(list(images))
-        for i, stage in enumerate(self.stages):
-            step = stage(out.images, seed=seed + i * 7919)
-            out = Degraded(step.images, step.nbytes if step.nbytes is not None else out.nbytes)
-        return out
-
-
-CLEAN_SPECS = ("", "none", "clean")
-
-
+BRACKET = re.compile(r"\[([^\[\]]*)\]")
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+WEIGHTED = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*\*(.*)", re.S)
+CHOICE = re.compile(r"any\((.*)\)", re.S)
+GRAMMAR = "a range NAME[LOW:HIGH] (jpeg[5:50], res[270:720]p) or a choice any(A,B,...) / any(0.7*A,0.3*B)"
 def parse_degradation(spec: str, plugins: "Plugins | None" = None) -> Degradation:
     """Build the degradation a spec string names; every token must match exactly one registered grammar."""
-    from loqi_core.hooks.manager import get_plugins
-
     plugins = plugins or get_plugins()
     spec = spec.strip()
     if spec.lower() in CLEAN_SPECS:
@@ -91,9 +38,8 @@ def parse_degradation(spec: str, plugins: "Plugins | None" = None) -> Degradatio
         where = "at the start" if i == 0 else "at the end" if i == len(tokens) - 1 else f'after "{tokens[i - 1]}"'
         raise ConfigError(f'degradation "{spec}": empty term {where} (term {i + 1}); chain terms with a single +')
     if any(c in spec for c in "[]()"):
-        from loqi_core.degrade.sampled import Sampled
-
-        return Sampled(spec, plugins)
+        parser = Parser(spec, plugins)
+        return Sampled(spec, parser.expression(spec), parser.axes, parse_degradation, plugins)
     stages = [parse_token(token, plugins, spec) for token in tokens]
     return stages[0] if len(stages) == 1 else Chain(stages, spec)
 
@@ -137,6 +83,151 @@ def build_token(dspec: "DegradationSpec", values: dict[str, str], name: str) -> 
     return degradation
 
 
-def sample_seed(base_seed: int, key: str | int) -> int:
-    """A stable per-sample seed from a run seed and a sample key (an index or a file path)."""
-    return (base_seed * 1_000_003 + zlib.crc32(str(key).encode())) & 0x7FFFFFFF
+def split_top(text: str, sep: str, spec: str) -> list[str]:
+    """``text`` split at ``sep`` outside parentheses and brackets; unbalanced ones are an error naming ``spec``."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += (c in "([") - (c in ")]")
+        if depth < 0:
+            break
+        if c == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    if depth != 0:
+        raise ConfigError(f'degradation "{spec}": unbalanced brackets or parentheses in "{text}"')
+    return parts + [text[start:].strip()]
+
+
+class Parser:
+    """Turns a sampled spec into a tree of nodes, checking every fixed token and both ends of every range."""
+
+    def __init__(self, spec: str, plugins: "Plugins") -> None:
+        self.spec, self.plugins = spec, plugins
+        self.axes: list[Axis] = []
+
+    def expression(self, text: str) -> Node:
+        terms = split_top(text, "+", self.spec)
+        if any(not t for t in terms):
+            raise ConfigError(f'degradation "{self.spec}" has an empty term: write one spec between each "+" (res360p+qp40)')
+        nodes = [self.term(t) for t in terms]
+        return nodes[0] if len(nodes) == 1 else ChainNode(nodes)
+
+    def term(self, text: str) -> Node:
+        m = CHOICE.fullmatch(text)
+        if m:
+            return self.choice(text, m.group(1))
+        if "[" in text or "]" in text:
+            return self.range(text)
+        if "(" in text or ")" in text:
+            raise ConfigError(f'degradation "{self.spec}": cannot read "{text}"; the sampled forms are {GRAMMAR}')
+        if text.lower() in CLEAN_SPECS:
+            return Fixed("none", False)
+        return Fixed(text, parse_degradation(text, self.plugins).temporal)
+
+    def choice(self, text: str, inner: str) -> Node:
+        items = split_top(inner, ",", self.spec)
+        if not all(items):
+            raise ConfigError(f'degradation "{self.spec}": "{text}" has an empty option; write any(jpeg10,qp40)')
+        weighted = [WEIGHTED.fullmatch(item) for item in items]
+        if any(weighted) and not all(weighted):
+            raise ConfigError(f'degradation "{self.spec}": weigh every option of "{text}" or none (any(0.7*jpeg10,0.3*qp40))')
+        weights = [float(w.group(1)) if w else 1.0 for w in weighted]
+        if not sum(weights) > 0:
+            raise ConfigError(f'degradation "{self.spec}": the weights of "{text}" must not all be 0')
+        options = [w.group(2).strip() if w else item for w, item in zip(weighted, items)]
+        axis = Axis(text, "option", options=tuple(options))
+        self.axes.append(axis)
+        return Choice(axis, [self.expression(o) for o in options], weights)
+
+    def range(self, token: str) -> Node:
+        brackets = list(BRACKET.finditer(token))
+        outside = BRACKET.sub("", token)
+        if not brackets or "[" in outside or "]" in outside:
+            raise ConfigError(f'degradation "{self.spec}": cannot read "{token}"; write a range as [LOW:HIGH], e.g. jpeg[5:50]')
+        bounds = []
+        for b in brackets:
+            ends = [e.strip() for e in b.group(1).split(":")]
+            if len(ends) != 2 or not all(NUMBER.fullmatch(e) for e in ends):
+                raise ConfigError(f'bad degradation range "{token}": write [LOW:HIGH] with two numbers, e.g. jpeg[5:50]')
+            if float(ends[0]) > float(ends[1]):
+                raise ConfigError(
+                    f'bad degradation range "{token}": the low end {ends[0]} is above the high end {ends[1]} '
+                    f"(write [{ends[1]}:{ends[0]}])"
+                )
+            bounds.append(ends)
+        pieces = [token[: brackets[0].start()]] + [
+            token[b.end() : (brackets[i + 1].start() if i + 1 < len(brackets) else len(token))] for i, b in enumerate(brackets)
+        ]
+        low_text = _fill(pieces, [lo for lo, _ in bounds])
+        try:
+            dspec, m = match_token(low_text, self.plugins)
+        except LoqiError as exc:  # name the range the user wrote, not only the token made from its low end
+            whole = _fill(pieces, [lo.partition(".")[0] for lo, _ in bounds])
+            if whole != low_text and _matches(whole, self.plugins):
+                raise ConfigError(f'bad degradation range "{token}": the parameter is a whole number; write whole ends, e.g. jpeg[5:50]') from None
+            raise type(exc)(f'in the range "{token}": {exc}') from None
+        groups = _groups_at(pieces, [lo for lo, _ in bounds], m)
+        axes, decimals = [], []
+        for (lo, hi), group in zip(bounds, groups):
+            if group is None:
+                raise ConfigError(f'bad degradation range "{token}": a range must stand for a whole parameter of "{dspec.name}"')
+            kind = _numeric(dspec, group)
+            if kind is None:
+                raise ConfigError(f'bad degradation range "{token}": {group} of "{dspec.name}" is not a number, so it takes no range')
+            if kind is int and ("." in lo or "." in hi):
+                raise ConfigError(f'bad degradation range "{token}": {group} is a whole number; write whole ends, e.g. jpeg[5:50]')
+            key = token if len(bounds) == 1 else f"{token} {group}"
+            axes.append(Axis(key, group, float(lo), float(hi), integer=kind is int))
+            decimals.append(max(3, *(len(e.partition(".")[2]) for e in (lo, hi))))
+        temporal = False
+        for ends in ([lo for lo, _ in bounds], [hi for _, hi in bounds]):  # both ends must be valid values
+            d, mm = match_token(_fill(pieces, ends), self.plugins)
+            if d is not dspec:
+                raise ConfigError(f'bad degradation range "{token}": its two ends name different degradations')
+            temporal = build_token(dspec, {k: v for k, v in mm.groupdict().items() if v is not None}, token).temporal
+        self.axes += axes
+        return Range(pieces, axes, decimals, temporal)
+
+
+def _fill(pieces: list[str], values: Sequence[str]) -> str:
+    return pieces[0] + "".join(v + p for v, p in zip(values, pieces[1:]))
+
+
+def _matches(token: str, plugins: "Plugins") -> bool:
+    try:
+        match_token(token, plugins)
+    except LoqiError:
+        return False
+    return True
+
+
+def _groups_at(pieces: list[str], values: Sequence[str], m: re.Match) -> list[str | None]:
+    """For each value put into the token, the named group of ``m`` that holds exactly it (None if none does)."""
+    out, pos = [], len(pieces[0])
+    spans = {m.span(g): g for g, v in m.groupdict().items() if v is not None}
+    for value, piece in zip(values, pieces[1:]):
+        out.append(spans.get((pos, pos + len(value))))
+        pos += len(value) + len(piece)
+    return out
+
+
+def _numeric(dspec: "DegradationSpec", group: str) -> type | None:
+    """``int`` or ``float`` when the params field a pattern group fills is a number, else None."""
+    field = dspec.params.model_fields.get(group)
+    return field.annotation if field is not None and field.annotation in (int, float) else None  # type: ignore[return-value]
+
+
+def range_form(dspec: "DegradationSpec") -> str | None:
+    """``jpeg[LOW:HIGH]`` for a family whose first example has numeric parameters (``loqi plugins`` lists it)."""
+    if not dspec.examples:
+        return None
+    m = re.fullmatch(dspec.pattern, dspec.examples[0])
+    if m is None:
+        return None
+    text = dspec.examples[0]
+    spans = sorted((m.span(g) for g, v in m.groupdict().items() if v is not None and _numeric(dspec, g)), reverse=True)
+    for a, b in spans:
+        text = text[:a] + "[LOW:HIGH]" + text[b:]
+    return text if spans else None
+
+

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-import loqi_core
+from loqi_core.version import __version__
 from loqi_core.evaluation.cache import (
     DescriptorWriter,
     EvalCache,
@@ -37,11 +37,14 @@ from loqi_core.evaluation.cache import (
 )
 from loqi_core.config import EvalConfig
 from loqi_core.util.cpus import loader_workers
-from loqi_core.data.sets import ImageList, TestSet, UnreadableImageError, read_image
-from loqi_core.degrade.grammar import Degradation, Identity, parse_degradation, sample_seed
+from loqi_core.data.sets import ImageList, TestSet
+from loqi_core.data.images import UnreadableImageError, read_image
+from loqi_core.degrade.base import Degradation, Identity, degradation_units, sample_seed, temporal_note
+from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.util.devices import resolve_device
 from loqi_core.errors import ConfigError
 from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.evaluation.results import EvalResult
 from loqi_core.evaluation.search import IVFPQParams, recall_at_n, resolve_backend, search
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,25 +76,6 @@ def use_bf16(precision: str, device: "torch.device") -> bool:
 
 
 # ---- degradation units and shards ----------------------------------------------------------------
-
-
-def degradation_units(images: ImageList, degradation: Degradation) -> list[list[int]]:
-    """The groups of indices degraded by one call: capture-order sequences for temporal degradations, else singles."""
-    if not degradation.temporal or images.sequences is None:
-        return [[i] for i in range(len(images))]
-    units = [list(s) for s in images.sequences if s]
-    covered = {i for s in units for i in s}
-    units += [[i] for i in range(len(images)) if i not in covered]
-    return units
-
-
-def temporal_note(images: ImageList, degradation: Degradation) -> str:
-    """How a temporal degradation was fed (stated in the protocol)."""
-    if not degradation.temporal:
-        return "not temporal: each image degraded on its own"
-    if images.sequences is None:
-        return "temporal codec, but the images have no capture order: each image encoded as its own one-frame stream"
-    return f"temporal codec: each of {len(images.sequences)} capture-order sequences encoded as one stream"
 
 
 def _temporal_both(test: TestSet, db_deg: Degradation, q_deg: Degradation) -> str:
@@ -357,45 +341,9 @@ def extract(
 # ---- evaluation ----------------------------------------------------------------------------------
 
 
-@dataclass(repr=False)
-class EvalResult:
-    """One model on one test set under one protocol."""
-
-    dataset: str
-    recalls: dict[str, float]
-    predictions: np.ndarray
-    """Q×K database indices, best first (-1 where the database has fewer than K images)."""
-    scores: np.ndarray
-    ground_truth: list[np.ndarray] | None
-    """Each query's database positives; None on a label-free test set (no positions: no recall)."""
-    protocol: dict[str, Any]
-    database_paths: list[Path]
-    query_paths: list[Path]
-    timings: dict[str, float] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
-    degradation: Degradation | None = None
-    """What the queries went through (the grids show each query as the model saw it)."""
-    database_positions: np.ndarray | None = None
-    """UTM east/north of the database images (N×2 metres), when the dataset has them: distances in the grids."""
-    query_positions: np.ndarray | None = None
-    """UTM east/north of the queries (Q×2 metres), when the dataset has them."""
-    database_descriptors: np.ndarray | None = None
-    """N×D float32 L2-normalised, rows in ``database_paths`` order (a read-only memory map)."""
-    query_descriptors: np.ndarray | None = None
-
-    @property
-    def queries_without_positives(self) -> int | None:
-        return None if self.ground_truth is None else sum(1 for g in self.ground_truth if len(g) == 0)
-
-    def __repr__(self) -> str:  # a notebook shows this: the numbers, not 10 000 paths
-        recalls = ", ".join(f"{k} {v:.2f}" for k, v in self.recalls.items())
-        return (f"EvalResult({self.dataset}: {recalls}; {len(self.query_paths)} queries, {len(self.database_paths)} "
-                f"database images, degradation {self.protocol.get('degradation')}, weights {self.protocol.get('weights')})")
-
-
 def model_versions(model: "VPRModel", plugins: Plugins) -> dict[str, str]:
     """Versions of loqi-core and of the plugins that provide the model's encoder and aggregator."""
-    out = {"loqi-core": loqi_core.__version__}
+    out = {"loqi-core": __version__}
     for registry, name in ((plugins.encoders, model.info.get("encoder")), (plugins.aggregators, model.info.get("aggregator"))):
         if name in registry:
             p = registry.provider(name)
@@ -411,7 +359,7 @@ def descriptor_key(model: "VPRModel", precision: str, device: "torch.device", pl
 
 def degradation_versions(degradation: Degradation, plugins: Plugins) -> dict[str, str]:
     """Versions of loqi-core and of the plugins whose grammars the degradation's spec tokens match."""
-    out = {"loqi-core": loqi_core.__version__}
+    out = {"loqi-core": __version__}
     for token in (degradation.spec or "").split("+"):
         for _, dspec, provider in plugins.degradations.items():
             if token and re.fullmatch(dspec.pattern, token):

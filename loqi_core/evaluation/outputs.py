@@ -22,7 +22,7 @@ import numpy as np
 from loqi_core.util.fileio import located, partial_file, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.evaluation.engine import EvalResult
+    from loqi_core.evaluation.results import EvalResult
 
 
 def image_names(database: Sequence[Path], queries: Sequence[Path]) -> tuple[Path, list[str], list[str]]:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from loqi_core.config import RunConfig, dump_config, resolve_run_config
 from loqi_core.errors import ConfigError, LoqiError
 from loqi_core.hooks.manager import Plugins, get_plugins
-from loqi_core.report.results import slug
+from loqi_core.report.names import slug
 
 PAPER_FILE = Path(__file__).with_name("paper_results.json")
 ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")

@@ -28,12 +28,14 @@ from loqi_core.data.sets import TestSet, TrainSet, write_skipped
 from loqi_core.data.datasets import load_dataset
 from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError
-from loqi_core.evaluation.engine import LABEL_FREE, EvalResult, apply_threads, describe_protocol, evaluate
+from loqi_core.evaluation.engine import LABEL_FREE, apply_threads, describe_protocol, evaluate
+from loqi_core.evaluation.results import EvalResult
 from loqi_core.util.fileio import located, write_text
 from loqi_core.data.folders import read_folder_pair
 from loqi_core.util.logs import RunLog, log
 from loqi_core.hooks.manager import Plugins, get_plugins
-from loqi_core.report.results import UNTRAINED, Report, name_test_sets, results_markdown, slug
+from loqi_core.report.results import UNTRAINED, Report, results_markdown
+from loqi_core.report.names import name_test_sets, slug
 from loqi_core.util.rundir import locked
 from loqi_core.report.tensorboard import log_recalls
 
@@ -69,7 +71,7 @@ def default_run_dir(kind: str, config: RunConfig) -> Path:
 
 
 def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
-    from loqi_core.training.engine import encoder_spec
+    from loqi_core.training.recipe import encoder_spec
     from loqi_core.losses.expression import parse_loss_expression
 
     expr = config.distill.loss if config.distill.loss is not None else encoder_spec(config, plugins).default_loss
@@ -202,7 +204,7 @@ class Experiment:
     def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
         """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);
         ``sweep`` only parses it, since it skips with a note the losses its training set cannot feed."""
-        from loqi_core.training.engine import check_places, encoder_spec, training_loss
+        from loqi_core.training.recipe import check_places, encoder_spec, training_loss
         from loqi_core.losses.expression import parse_loss_expression
 
         train = load_dataset(config.distill.train, "train", root=config.data_root, plugins=self.plugins)
@@ -237,9 +239,9 @@ class Experiment:
         """Before the run directory and any evaluation: one image of each test set and one whole training batch go
         through their real path (decode → view → degradation → the method's preprocessing); a broken input fails
         here, in seconds. Returns the training views."""
-        from loqi_core.training.engine import encoder_spec, preflight, preprocess_of
+        from loqi_core.training.recipe import encoder_spec, preflight, preprocess_of
         from loqi_core.errors import LoqiError
-        from loqi_core.models.model import preprocess_images
+        from loqi_core.models.preprocess import preprocess_images
         from loqi_core.training.data import load_image
 
         pp = preprocess_of(self.config, encoder_spec(self.config, self.plugins))

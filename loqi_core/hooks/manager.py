@@ -20,6 +20,7 @@ import pluggy
 from loqi_core.hooks import hookspecs
 from loqi_core.errors import ConfigError, LoqiError, PluginLoadError, UnknownNameError
 from loqi_core.hooks.registry import Provider, Registry, unknown_message
+from loqi_core.version import __version__
 from loqi_core.hooks.specs import AggregatorSpec, DatasetSpec, DegradationSpec, EncoderSpec, LossSpec
 
 ENTRY_POINT_GROUP = "loqi"
@@ -103,10 +104,8 @@ class Plugins:
 
     # ---- loading -------------------------------------------------------------------------------
     def load_defaults(self) -> None:
-        import loqi_core
-
         for name, module in DEFAULT_PLUGINS.items():
-            self.add(importlib.import_module(module), name=name, dist="loqi-core", version=loqi_core.__version__)
+            self.add(importlib.import_module(module), name=name, dist="loqi-core", version=__version__)
 
     def load_entry_points(self, strict: bool = False) -> None:
         """Import every ``loqi`` entry point; a failure is recorded (or raised when ``strict``)."""

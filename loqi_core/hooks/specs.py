@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.data.sets import TestSet, TrainSet
-    from loqi_core.degrade.grammar import Degradation
+    from loqi_core.degrade.base import Degradation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from loqi_core.losses import MultiSimilarityParams
+from loqi_core.losses.params import MultiSimilarityParams
 from loqi_core.losses.terms import place_pairs
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from loqi_core.losses import ICKDParams, MSEParams, TripletParams
+from loqi_core.losses.params import ICKDParams, MSEParams, TripletParams
 
 
 @dataclass

@@ -5,19 +5,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
 from loqi_core.errors import ConfigError, WeightsError
-from loqi_core.util.fileio import save_safetensors, write_text
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.hooks.specs import EncoderSpec, Params, Preprocess, WeightsSpec
+from loqi_core.models.checkpoint import checkpoint_file, load_checkpoint
+from loqi_core.models.preprocess import preprocess_images
 from loqi_core.models.weights import fetch_weights, load_state_dict, unwrap_state_dict
 
 
@@ -43,73 +42,6 @@ class VPRModel(nn.Module):
     def prepare(self, images: torch.Tensor | Sequence[torch.Tensor], device: torch.device | str | None = None) -> torch.Tensor:
         """uint8 RGB images (a B×3×H×W batch or a list of 3×H×W) → the normalised float batch this model eats."""
         return preprocess_images(images, self.preprocess, device)
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool = True) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if mode == "nearest":
-        return F.interpolate(x, size=size, mode="nearest")
-    if mode == "area":
-        return F.interpolate(x, size=size, mode="area")
-    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=antialias)
-
-
-def _center_crop(x: torch.Tensor, h: int, w: int, rounding: str = "loqi") -> torch.Tensor:
-    """The centred h×w window; torchvision rounding places it at round((H−h)/2) (half to even), loqi floors."""
-    dh, dw = x.shape[-2] - h, x.shape[-1] - w
-    top, left = (int(round(dh / 2.0)), int(round(dw / 2.0))) if rounding == "torchvision" else (dh // 2, dw // 2)
-    return x[..., top : top + h, left : left + w]
-
-
-def _fit_long_side(h: int, w: int, side: int, rounding: str) -> tuple[int, int]:
-    if rounding == "torchvision":  # the authors' downscale: the long side exactly, the other int(other·side/long)
-        return (side, int(w * side / h)) if h >= w else (int(h * side / w), side)
-    s = side / max(h, w)
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
-def _geometry(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    aa, rnd = pp.antialias, pp.rounding
-    if pp.max_side and max(h, w) > pp.max_side:
-        x = _resize(x, _fit_long_side(h, w, pp.max_side, rnd), pp.interpolation, aa)
-    elif pp.min_side and min(h, w) < pp.min_side:
-        s = pp.min_side / min(h, w)
-        x = _resize(x, (round(h * s), round(w * s)), pp.interpolation, aa)
-    m = pp.multiple_of
-    if pp.size is not None and pp.mode == "resize":
-        x = _resize(x, pp.size, pp.interpolation, aa)
-    elif pp.mode == "center_crop":
-        h, w = x.shape[-2:]
-        if pp.size is None:
-            side = max(m, min(h, w) // m * m) if rnd == "torchvision" else min(h, w)
-            x = _center_crop(x, side, side, rnd)
-        else:
-            s = max(pp.size[0] / h, pp.size[1] / w)
-            x = _resize(x, (max(pp.size[0], round(h * s)), max(pp.size[1], round(w * s))), pp.interpolation, aa)
-            x = _center_crop(x, *pp.size, rnd)
-    if m > 1:
-        h, w = x.shape[-2:]
-        x = _center_crop(x, max(m, h // m * m), max(m, w // m * m), rnd)
-    return x
-
-
-def preprocess_images(
-    images: torch.Tensor | Sequence[torch.Tensor], pp: Preprocess, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """uint8 → float on ``device`` (bytes move, not floats) → geometry → ImageNet-style normalisation."""
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
-        batch = _geometry(images.to(device, non_blocking=True).float().div_(255), pp)
-    else:
-        parts = [_geometry(img.to(device, non_blocking=True)[None].float().div_(255), pp) for img in images]
-        shapes = {tuple(p.shape[-2:]) for p in parts}
-        if len(shapes) > 1:
-            raise ValueError(f"images of different sizes {sorted(shapes)} cannot share a batch without a fixed input size")
-        batch = torch.cat(parts)
-    for c in range(3):  # python scalars: no host-to-device copy, so no sync in the training step
-        batch[:, c].sub_(pp.mean[c]).div_(pp.std[c])
-    return batch
 
 
 def _params(model: type[Params], values: dict[str, Any] | None, what: str) -> Params:
@@ -279,73 +211,3 @@ def load_weights(model: VPRModel, spec: EncoderSpec, kind: str, variant: Weights
         target.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f'weights "{model.info["weights"]}" do not fit method "{spec.name}": {str(exc)[:2000]}') from None
-
-
-CHECKPOINT_FILE = "model.safetensors"
-
-
-def save_checkpoint(model: VPRModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``model.json`` (what the model is) atomically; returns the weights path."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        path = path / CHECKPOINT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_safetensors(state, path, metadata={"method": model.info["method"]})
-    write_text(path.with_suffix(".json"), json.dumps({**model.info, **(extra or {})}, indent=2))
-    return path
-
-
-def checkpoint_file(path: str | Path) -> Path:
-    """The weights file of a loqi checkpoint, with its sidecar: the ``.safetensors`` file, its folder, a training
-    directory (``loqi distill``: ``checkpoints/final``) or a run directory (``loqi run``: its ``distill/`` student).
-    ``build_model(weights=...)`` and every command's ``--weights`` resolve through here."""
-    path = Path(path)
-    if path.is_dir():
-        final = Path("checkpoints", "final", CHECKPOINT_FILE)
-        candidates = [path / CHECKPOINT_FILE, path / final, path / "distill" / final]
-        found = next((c for c in candidates if c.exists()), None)
-        students = sorted(p.name for p in path.glob("distill-*") if (p / "checkpoints" / "final").is_dir())
-        if found is None and students:  # a sweep: one student per loss
-            options = ", ".join(str(path / s) for s in students)
-            raise WeightsError(f"{path} is a sweep with one student per loss; pass one of them as weights: {options}")
-        path = found or candidates[0]
-    sidecar = path.with_suffix(".json")
-    if not path.exists() or not sidecar.exists():
-        raise WeightsError(f"no loqi checkpoint at {path} (expected {path.name} and {sidecar.name})")
-    return path
-
-
-def load_checkpoint(model: VPRModel, path: str | Path, *, verified: bool = False) -> dict[str, Any]:
-    """Load a loqi checkpoint (file or run directory) into ``model``; refuses one of another method or a damaged one.
-    ``verified``: the caller has already checked the checkpoint's digests (a resume checks every file at once)."""
-    path = checkpoint_file(path)
-    sidecar = path.with_suffix(".json")
-    if not verified and (path.parent / "digests.json").exists():  # a training checkpoint: files checked by digest
-        from loqi_core.training.state import verify
-
-        reason = verify(path.parent, required=(path.name, sidecar.name))
-        if reason is not None:
-            raise WeightsError(f"checkpoint {path.parent} is damaged: {reason}")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"{sidecar}: unreadable checkpoint description ({type(exc).__name__}: {exc})") from None
-    for key in ("encoder", "aggregator"):
-        if meta.get(key) != model.info[key]:
-            raise WeightsError(
-                f"{path} is a checkpoint of {key} \"{meta.get(key)}\" (method \"{meta.get('method')}\"), "
-                f"but the model uses {key} \"{model.info[key]}\""
-            )
-    try:
-        state = load_state_dict(path)
-    except WeightsError:
-        raise
-    except Exception as exc:  # a truncated or garbled safetensors file
-        raise WeightsError(f"{path}: unreadable weights ({type(exc).__name__}: {exc})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"{path} does not fit the model: {str(exc)[:2000]}") from None
-    model.info["weights"] = str(path)
-    return meta

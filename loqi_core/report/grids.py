@@ -12,7 +12,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
 
-    from loqi_core.evaluation.engine import EvalResult
+    from loqi_core.evaluation.results import EvalResult
 
 SELECTIONS = ("spread", "first", "wrong", "changed")
 """``eval.grid_select``: which queries the grids and activation maps show."""
@@ -151,8 +151,8 @@ def degraded_query(result: "EvalResult", q: int) -> "PILImage.Image | None":
     degradations; a temporal codec sees a one-frame stream here). None when the result holds no degradation."""
     from PIL import Image
 
-    from loqi_core.data.sets import read_image
-    from loqi_core.degrade.grammar import Identity, sample_seed
+    from loqi_core.data.images import read_image
+    from loqi_core.degrade.base import Identity, sample_seed
 
     deg = result.degradation
     if deg is None or isinstance(deg, Identity):
@@ -238,7 +238,7 @@ def write_grids(
 ) -> list[Path]:  # fmt: skip
     """``<dataset>__<row>.png`` per row, and ``<dataset>__<pretrained>_vs_<trained>.png`` per pair: both models'
     lines for the same queries. Returns the files written."""
-    from loqi_core.report.results import slug
+    from loqi_core.report.names import slug
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -299,8 +299,8 @@ def write_activation_maps(
     on it, all maps on one colour scale."""
     from PIL import Image
 
-    from loqi_core.data.sets import read_image
-    from loqi_core.degrade.grammar import sample_seed
+    from loqi_core.data.images import read_image
+    from loqi_core.degrade.base import sample_seed
 
     rows, captions = [], []
     for q in selection.queries:

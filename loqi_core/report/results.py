@@ -29,35 +29,17 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-import loqi_core
-from loqi_core.errors import ConfigError, DataError
+from loqi_core.version import __version__
+from loqi_core.errors import DataError
+from loqi_core.report.names import slug
 from loqi_core.util.fileio import write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.evaluation.engine import EvalResult
+    from loqi_core.evaluation.results import EvalResult
 
 SCHEMA = "loqi.metrics/1"
 ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
 UNTRAINED = "UNTRAINED MODEL (--weights random): these numbers test the pipeline, not the method"
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of a dataset or row name."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"
-
-
-def name_test_sets(tests: Sequence[Any], texts: Sequence[str]) -> None:
-    """Test sets that share a name are renamed after what the user wrote (``good [folder:B/good]``), so each
-    keeps its own key in metrics.json, results.md and predictions/; the same dataset twice is an error."""
-    if len(set(texts)) < len(texts):
-        twice = sorted({t for t in texts if list(texts).count(t) > 1})
-        raise ConfigError(f"eval.test lists {', '.join(twice)} twice")
-    names = [t.name for t in tests]
-    for test, text in zip(tests, texts):
-        if names.count(test.name) > 1:
-            test.name = f"{test.name} [{text}]"
-    if len({slug(t.name) for t in tests}) < len(tests):
-        raise ConfigError("eval.test: two test sets would write the same files: " + ", ".join(t.name for t in tests))
 
 
 def row_label(row: str, degrade: str) -> str:
@@ -134,7 +116,7 @@ class Report:
             }
         return {
             "schema": SCHEMA,
-            "loqi_version": loqi_core.__version__,
+            "loqi_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "run": self.run,
             "recall_at": self.recall_at,

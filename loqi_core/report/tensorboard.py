@@ -1,35 +1,17 @@
-"""Optional TensorBoard logs (training losses, evaluation recalls): the package is not a dependency, so a run
-asked to log there without it says so once instead of skipping in silence."""
+"""A run's recalls as TensorBoard scalars, each at the training step of the weights it measured."""
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-_said_missing = False
-
-MISSING = ("TensorBoard logging is on (distill.tensorboard) but the tensorboard package is not installed: no "
-           "TensorBoard logs are written. `pip install tensorboard`, or set distill.tensorboard=false to silence this")  # fmt: skip
-
-
-def summary_writer(folder: Path) -> Any | None:
-    """A ``SummaryWriter`` logging into ``folder``, or None (with a warning, once per process) without tensorboard."""
-    global _said_missing
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        if not _said_missing:
-            _said_missing = True
-            warnings.warn(MISSING, stacklevel=2)
-        return None
-    return SummaryWriter(str(folder))
+from loqi_core.util.tensorboard import summary_writer
 
 
 def trained_steps(weights: str | None) -> int:
     """The training step a row's weights were saved at (a run's training folder or a checkpoint), 0 for others."""
-    from loqi_core.training.state import STATE_FILE
+    from loqi_core.training.state import STATE_FILE  # torch: imported only when a run has recalls to log
 
     if not weights:
         return 0

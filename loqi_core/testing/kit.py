@@ -291,7 +291,7 @@ class DatasetTests(abc.ABC):
         return spec, spec.params(**{**self.params, "root": root})
 
     def test_test_set_reads_back(self, tmp_path):
-        from loqi_core.data.sets import read_image
+        from loqi_core.data.images import read_image
 
         spec, params = self._params(self.make(tmp_path))
         if spec.test is None:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 from pydantic import Field
 
-from loqi_core.degrade.grammar import Degradation, Degraded
+from loqi_core.degrade.base import Degradation, Degraded
 from loqi_core.hooks.hookspecs import hookimpl
 from loqi_core.hooks.specs import AggregatorSpec, DegradationSpec, EncoderSpec, Params, Preprocess
 

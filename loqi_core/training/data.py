@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loqi_core.data.sets import TrainSet, UnreadableImageError, read_image
-from loqi_core.degrade.grammar import sample_seed
+from loqi_core.data.sets import TrainSet
+from loqi_core.data.images import UnreadableImageError, read_image
+from loqi_core.degrade.base import sample_seed
 from loqi_core.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.degrade.grammar import Degradation
+    from loqi_core.degrade.base import Degradation
 
 
 @dataclass(frozen=True)

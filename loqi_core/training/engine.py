@@ -21,7 +21,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,24 +29,29 @@ from torch import nn
 
 from loqi_core.config import RunConfig, dump_config
 from loqi_core.data.sets import TrainSet, skipped_path, write_skipped
-from loqi_core.data.datasets import load_dataset
-from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.errors import ConfigError, DataError, LoqiError
+from loqi_core.errors import ConfigError, LoqiError
+from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.losses.expression import CompositeLoss
+from loqi_core.models.model import VPRModel, build_model
+from loqi_core.training import state as ckpt
+from loqi_core.training.dist import DistEnv, setup
+from loqi_core.training.recipe import (
+    Mode,
+    build_training_data,
+    check_batch,
+    encoder_spec,
+    preprocess_of,
+    select_trainable,
+    set_train_modes,
+    training_loss,
+)
+from loqi_core.util.cpus import loader_workers, torch_threads
 from loqi_core.util.fileio import located
 from loqi_core.util.logs import RunLog, command_of
-from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
-from loqi_core.models.model import VPRModel, build_model
-from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.util.progress import progress
 from loqi_core.util.rundir import locked
-from loqi_core.hooks.specs import EncoderSpec, Preprocess
-from loqi_core.report.tensorboard import summary_writer
-from loqi_core.training import state as ckpt
-from loqi_core.util.cpus import loader_workers, torch_threads
-from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
-from loqi_core.training.dist import DistEnv, setup
+from loqi_core.util.tensorboard import summary_writer
 
-Mode = Literal["distill", "finetune"]
 log = logging.getLogger("loqi.distill")
 
 # Settings a resumed run may change: they do not alter what is computed at a given step.
@@ -64,7 +69,7 @@ def distill(
     config: RunConfig,
     out_dir: Path,
     *,
-    mode: Literal["distill", "finetune"] = "distill",
+    mode: Mode = "distill",
     resume: bool = False,
     plugins: Plugins | None = None,
     train: TrainSet | None = None,
@@ -92,138 +97,6 @@ def distill(
     finally:
         torch.set_num_threads(previous)
         env.close()
-
-
-def encoder_spec(config: RunConfig, plugins: Plugins) -> EncoderSpec:
-    """The encoder spec a config's model section names (it carries trainable layers and the default loss)."""
-    m = config.model
-    if m.encoder is not None:
-        return plugins.encoder(m.encoder)
-    if m.method is None:
-        raise ConfigError("model.method: give a method (--method NAME) or an encoder and an aggregator")
-    return plugins.method(m.method)[0]
-
-
-def loss_expression(config: RunConfig, mode: Mode, spec: EncoderSpec) -> str:
-    if mode == "finetune":
-        return config.distill.finetune_loss
-    return config.distill.loss if config.distill.loss is not None else spec.default_loss
-
-
-def training_loss(config: RunConfig, mode: Mode, spec: EncoderSpec, plugins: Plugins) -> CompositeLoss:
-    """The loss a training run of ``mode`` uses, built from the registry (unknown terms and bad params fail here)."""
-    expr = loss_expression(config, mode, spec)
-    names = {n for _, n in parse_loss_expression(expr)}
-    params = config.distill.loss_params
-    if mode == "finetune":
-        params = {k: v for k, v in params.items() if k in names}
-    elif config.protocol == "paper":  # the authors' effective weights (loqi_core.losses.paper)
-        from loqi_core.losses.paper import paper_weighting
-
-        expr, params = paper_weighting(expr, params)
-    return build_loss(expr, params, plugins)
-
-
-def check_places(loss: CompositeLoss, train: TrainSet, train_name: str, plugins: Plugins) -> None:
-    """A loss that needs places (triplet) cannot train on a label-free training set."""
-    if loss.needs_places and train.place_ids is None:
-        needing = [n for _, n, _ in loss.terms if plugins.loss(n).needs_places]
-        raise ConfigError(
-            f'loss "{loss.expression}": {", ".join(needing)} needs places (images grouped by location), but the '
-            f'training set "{train_name}" is label-free. Use a loss without it (ickd, mse) or a training set '
-            "with positions (@east@north@ file names)"
-        )
-
-
-def select_trainable(model: nn.Module, prefixes: list[str] | tuple[str, ...], method: str) -> list[str]:
-    """Freeze every parameter outside ``prefixes`` (empty = train all); returns the trainable names."""
-    names = [n for n, _ in model.named_parameters()]
-    matches = lambda n: not prefixes or any(n == p or n.startswith(p + ".") for p in prefixes)  # noqa: E731
-    for p in prefixes:
-        if not any(n == p or n.startswith(p + ".") for n in names):
-            tops = sorted({".".join(n.split(".")[:2]) for n in names})
-            raise ConfigError(
-                f'distill.trainable: "{p}" matches no parameter of "{method}" (its modules: {", ".join(tops[:40])})'
-            )
-    for n, param in model.named_parameters():
-        param.requires_grad_(matches(n))
-    return [n for n in names if matches(n)]
-
-
-def set_train_modes(model: nn.Module, prefixes: list[str] | tuple[str, ...], freeze_bn: bool, dropout: bool) -> None:
-    """Per-module train/eval flags: normalisation statistics update only in trainable layers and only when
-    ``freeze_bn`` is off; dropout, drop-path and attention dropout run only when ``dropout`` is on."""
-    from torch.nn.modules.batchnorm import _NormBase
-
-    for name, module in model.named_modules():
-        if isinstance(module, _NormBase):
-            full = name + ".weight"
-            trainable = not prefixes or any(full.startswith(p + ".") or name == p for p in prefixes)
-            module.training = trainable and not freeze_bn
-        else:
-            module.training = dropout
-
-
-def preprocess_of(config: RunConfig, spec: EncoderSpec) -> Preprocess:
-    """The method's preprocessing as ``build_model`` sets it (``model.image_size`` overrides the size)."""
-    size = config.model.image_size
-    return spec.preprocess if size is None else spec.preprocess.model_copy(update={"size": tuple(size)})
-
-
-def training_views(config: RunConfig, spec: EncoderSpec, train: TrainSet) -> ViewConfig:
-    """The view rule of a run: ``distill.view_size``, else the method's fixed input size, else the training
-    images' typical size (``loqi run`` sets ``view_size`` from its test sets before it gets here)."""
-    d = config.distill
-    size = d.view_size or preprocess_of(config, spec).size or typical_size(list(train.images.paths))
-    return ViewConfig(tuple(size), d.augment, d.min_crop)  # type: ignore[arg-type]
-
-
-def build_training_data(
-    config: RunConfig, loss: CompositeLoss, spec: EncoderSpec, plugins: Plugins, world_size: int = 1, rank: int = 0,
-    train: TrainSet | None = None,
-) -> tuple[TrainSet, BatchPlan, StepDataset]:
-    """The training set (``train`` when the caller has loaded it), its batch plan and the dataset of (clean view,
-    degraded view) batches by step."""
-    d = config.distill
-    train = train or load_dataset(d.train, "train", root=config.data_root, plugins=plugins)  # type: ignore[assignment]
-    assert isinstance(train, TrainSet)
-    check_places(loss, train, d.train, plugins)
-    plan_cfg = PlanConfig(
-        by_places=loss.needs_places, places_per_batch=d.places_per_batch, images_per_place=d.images_per_place,
-        batch_size=d.batch_size, seed=config.seed, world_size=world_size, rank=rank,
-    )  # fmt: skip
-    plan = BatchPlan(train, plan_cfg)
-    degradation = parse_degradation(config.degrade, plugins)
-    return train, plan, StepDataset(train, plan, degradation, training_views(config, spec, train), config.seed)
-
-
-def check_batch(dataset: StepDataset, pp: Preprocess, step: int = 0) -> dict[str, Any]:
-    """Decode one whole training batch through view → degradation → the method's preprocessing, so a broken
-    input fails in seconds, before any evaluation or model download; returns the batch."""
-    from loqi_core.models.model import preprocess_images
-
-    try:
-        batch = dataset[step]
-        if "error" in batch:  # an unreadable image (without skip_bad): the loader hands the error over
-            raise batch["error"]
-        for key in ("clean", "degraded"):
-            preprocess_images(batch[key], pp)
-    except LoqiError:
-        raise
-    except Exception as exc:
-        raise DataError(f"training batch check ({dataset.degradation.spec} on step {step}'s images): {exc}") from None
-    return batch
-
-
-def preflight(config: RunConfig, mode: Mode = "distill", plugins: Plugins | None = None) -> ViewConfig:
-    """What ``loqi run``/``sweep`` check before evaluating anything: the loss, the training set and one decoded
-    batch. Returns the training views."""
-    plugins = plugins or get_plugins()
-    spec = encoder_spec(config, plugins)
-    loss = training_loss(config, mode, spec, plugins)
-    _, _, dataset = build_training_data(config, loss, spec, plugins)
-    check_batch(dataset, preprocess_of(config, spec))
-    return dataset.views
 
 
 class _CsvLog:

@@ -2,7 +2,7 @@
 
 A checkpoint is a directory ``checkpoints/step-00000500/`` (or ``final/``) holding
 
-- ``model.safetensors`` + ``model.json``: the student, loadable by ``loqi_core.models.model.load_checkpoint``;
+- ``model.safetensors`` + ``model.json``: the student, loadable by ``loqi_core.models.checkpoint.load_checkpoint``;
 - ``optimizer.safetensors``: every optimizer state tensor (``state.<param>.<name>``);
 - ``train_state.json``: step, optimizer param groups, scheduler state, Python/NumPy RNG states, loss terms;
 - ``rng-rank<R>.safetensors``: each rank's torch (and CUDA) RNG state.
@@ -29,11 +29,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from loqi_core.errors import LoqiError, WeightsError
-from loqi_core.models.model import VPRModel, load_checkpoint, save_checkpoint
-from loqi_core.models.weights import sha256_of
+from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint, verify, write_digests
+from loqi_core.models.model import VPRModel
 
 STATE_FILE = "train_state.json"
-DIGEST_FILE = "digests.json"
 REQUIRED = ("model.safetensors", "model.json", "optimizer.safetensors", STATE_FILE)
 STEP_PREFIX = "step-"
 
@@ -68,34 +67,6 @@ def non_finite(model: torch.nn.Module) -> list[str]:
     return [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
-def write_digests(folder: Path) -> None:
-    """Record the sha256 and size of every file in ``folder`` (written last, so it vouches for the others)."""
-    files = {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGEST_FILE}
-    (folder / DIGEST_FILE).write_text(json.dumps({"files": files}, indent=1))
-
-
-def verify(ckpt: Path, required: tuple[str, ...] = REQUIRED) -> str | None:
-    """Why ``ckpt`` is not intact (a missing, garbled or altered file), or None when every digest matches."""
-    try:
-        files = json.loads((ckpt / DIGEST_FILE).read_text())["files"]
-    except FileNotFoundError:
-        return f"no {DIGEST_FILE} (cut short, or written by a loqi older than digests)"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"{DIGEST_FILE} is unreadable ({type(exc).__name__}: {exc})"
-    for name in required:
-        if name not in files:
-            return f"{name} is not listed in {DIGEST_FILE}"
-    for name, record in files.items():
-        path = ckpt / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != record.get("size"):
-            return f"{name} has {path.stat().st_size} bytes, {record.get('size')} were written (truncated?)"
-        if sha256_of(path) != record.get("sha256"):
-            return f"{name} does not match its sha256 (the file was altered or damaged)"
-    return None
-
-
 def _step_of(ckpt: Path) -> int:
     return int(json.loads((ckpt / STATE_FILE).read_text())["step"])
 
@@ -116,7 +87,7 @@ def latest_intact(root: Path) -> Path | None:
             steps[c] = math.inf  # garbled train_state.json: checked first, so that verify() names it
     damaged = []
     for c in sorted(found, key=lambda c: (steps[c], c.name == "final"), reverse=True):
-        reason = verify(c)
+        reason = verify(c, REQUIRED)
         if reason is None:
             for bad in damaged:
                 warnings.warn(f"checkpoint {bad} is damaged; resuming from the newest intact one, {c}", stacklevel=2)
@@ -192,7 +163,7 @@ def read_checkpoint(
 ) -> dict[str, Any]:
     """Restore everything ``write_checkpoint`` stored; returns the JSON state (``step`` = data position)."""
     path = ckpt / STATE_FILE
-    reason = verify(ckpt)
+    reason = verify(ckpt, REQUIRED)
     if reason is not None:
         raise CheckpointError(f"checkpoint {ckpt} is damaged: {reason}")
     try:

@@ -190,7 +190,7 @@ def test_distillation_with_the_default_loss_trains_the_backbone_not_the_vocabula
 
     from loqi_core.config import resolve_run_config
     from loqi_core.training.engine import distill
-    from loqi_core.models.model import load_checkpoint
+    from loqi_core.models.checkpoint import load_checkpoint
     from loqi_core.testing import random_images
 
     images = tmp_path / "train"
@@ -223,7 +223,7 @@ def test_paper_protocol_downscales_without_antialiasing_like_the_authors(h, w):
     import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    from loqi_core.models.model import preprocess_images
+    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
     from loqi_core.testing import random_images
 

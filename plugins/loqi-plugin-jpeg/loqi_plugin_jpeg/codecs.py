@@ -16,7 +16,7 @@ import torch
 from PIL import Image, features
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from loqi_core.degrade.grammar import Degradation, Degraded
+from loqi_core.degrade.base import Degradation, Degraded
 from loqi_core.errors import ConfigError
 
 

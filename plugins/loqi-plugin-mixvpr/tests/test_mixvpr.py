@@ -133,7 +133,7 @@ def test_paper_protocol_is_the_authors_tensor_resize_without_antialiasing():
     """The authors: ToTensor, Normalize, then tvf.Resize((320, 320), bicubic, antialias=None) — off for tensors."""
     import torchvision.transforms.functional as TF
 
-    from loqi_core.models.model import preprocess_images
+    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
     from loqi_core.testing import random_images
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loqi_core.data.sets import read_image
+from loqi_core.data.images import read_image
 from loqi_core.errors import ConfigError
 from loqi_core.models.model import VPRModel
 

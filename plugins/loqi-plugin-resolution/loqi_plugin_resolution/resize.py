@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from loqi_core.degrade.grammar import Degradation, Degraded
+from loqi_core.degrade.base import Degradation, Degraded
 from loqi_core.errors import ConfigError
 
 

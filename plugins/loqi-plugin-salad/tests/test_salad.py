@@ -98,7 +98,7 @@ def _authors_native(img: torch.Tensor, max_size: int = 1024) -> torch.Tensor:
 
 @pytest.mark.parametrize("h,w", [(480, 640), (1100, 733), (301, 1500)])
 def test_paper_protocol_is_native_resolution_cropped_to_multiples_of_14(h, w):
-    from loqi_core.models.model import preprocess_images
+    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.testing import random_images
 
     spec = get_plugins().encoder("salad")

@@ -77,7 +77,7 @@ def _thumbnail(path: Path) -> bytes:
 
     from PIL import Image
 
-    from loqi_core.data.sets import read_image
+    from loqi_core.data.images import read_image
 
     img = Image.fromarray(read_image(path).permute(1, 2, 0).numpy())
     img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))

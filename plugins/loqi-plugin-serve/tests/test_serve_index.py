@@ -24,7 +24,7 @@ def _cli():
 def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_index, cache_dir, kit):
     from loqi_core.evaluation.cache import EvalCache, model_fingerprint
     from loqi_core.data.datasets import load_dataset
-    from loqi_core.degrade.grammar import Identity
+    from loqi_core.degrade.base import Identity
     from loqi_core.evaluation.engine import ExtractStats, extract, model_versions
     from loqi_core.models.model import build_model
     from loqi_core.hooks.manager import get_plugins
@@ -137,7 +137,7 @@ def test_index_build_and_info_on_the_command_line(demo_index, cache_dir, tmp_pat
 
 def test_a_random_weight_index_of_a_folder_dataset_is_served_by_its_own_seeded_model(tmp_path, kit):
     """`--weights random` with a seed: the server rebuilds the same random initialisation and accepts it."""
-    from loqi_core.data.sets import read_image
+    from loqi_core.data.images import read_image
     from loqi_core.testing.tiny import write_vpr_folder
     from loqi_plugin_serve.engine import load_engine
 
