@@ -55,9 +55,9 @@ def bare_rate(config, size: tuple[int, int], batch: int, steps: int, warmup: int
     """Images/s of teacher forward + student forward/backward on tensors already on the device."""
     import torch
 
-    from loqi_core.training.recipe import select_trainable, set_train_modes
-    from loqi_core.models.model import build_model
     from loqi_core.hooks.manager import get_plugins
+    from loqi_core.models.model import build_model
+    from loqi_core.training.recipe import select_trainable, set_train_modes
 
     method = config.model.method
     spec = get_plugins().method(method)[0]
@@ -128,11 +128,11 @@ def loader_rate(config, work: Path) -> float:
     """Images/s of the engine's training DataLoader alone: the same dataset, plan, views and workers as ``distill``.
 
     The batches the workers prefetch (4 per worker) are drained first, so the rate is the steady production rate."""
-    from loqi_core.util.devices import resolve_device
-    from loqi_core.training.engine import _Trainer
-    from loqi_core.training.recipe import encoder_spec, training_loss
     from loqi_core.hooks.manager import get_plugins
     from loqi_core.training.dist import DistEnv
+    from loqi_core.training.engine import _Trainer
+    from loqi_core.training.recipe import encoder_spec, training_loss
+    from loqi_core.util.devices import resolve_device
 
     workers = max(1, config.distill.num_workers)
     drain, measured = 4 * workers + 2, max(16, 8 * workers)
@@ -153,8 +153,8 @@ def loader_rate(config, work: Path) -> float:
 def main() -> None:
     import torch
 
-    from loqi_core.util.devices import resolve_device
     from loqi_core.hooks.manager import get_plugins
+    from loqi_core.util.devices import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])

@@ -45,9 +45,9 @@ def bench_extract(method: str, n: int, size: int, batch: int, workers: int, devi
     import torch
     from PIL import Image
 
-    from loqi_core.evaluation.cache import EvalCache
     from loqi_core.data.sets import ImageList
     from loqi_core.degrade.base import Identity
+    from loqi_core.evaluation.cache import EvalCache
     from loqi_core.evaluation.engine import extract, resolve_device, use_bf16
     from loqi_core.models.model import build_model
 

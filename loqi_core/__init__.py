@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from loqi_core.hooks.hookspecs import hookimpl
 from loqi_core.version import __version__
 
-
 _API = {
     "build_model": "loqi_core.models.model",
     "wrap_model": "loqi_core.models.model",

@@ -25,9 +25,9 @@ from loqi_core.hooks.manager import Plugins, get_plugins
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.evaluation.cache import EvalCache
     from loqi_core.data.sets import TestSet
     from loqi_core.degrade.base import Degradation
+    from loqi_core.evaluation.cache import EvalCache
     from loqi_core.evaluation.results import EvalResult
     from loqi_core.models.model import VPRModel
 
@@ -123,8 +123,8 @@ def encode(
     """
     from loqi_core.data.sets import ImageList
     from loqi_core.degrade.grammar import parse_degradation
-    from loqi_core.util.cpus import loader_workers
     from loqi_core.evaluation.engine import descriptor_key, extract
+    from loqi_core.util.cpus import loader_workers
 
     plugins = plugins or get_plugins()
     model = _model(model, plugins)
@@ -143,8 +143,8 @@ def encode(
 
 
 def _test_set(dataset: "str | os.PathLike | TestSet", data_root: str | os.PathLike | None, plugins: Plugins) -> "TestSet":
-    from loqi_core.data.sets import TestSet
     from loqi_core.data.datasets import load_dataset
+    from loqi_core.data.sets import TestSet
 
     if isinstance(dataset, TestSet):
         return dataset
@@ -233,9 +233,9 @@ def distill(
     ``runs/distill-<method>-<degrade>-<time>``); ``resume=None`` continues the run already in ``out``, if any, else
     starts one. The student's ``info["weights"]`` is its final checkpoint.
     """
-    from loqi_core.training.engine import distill as run_distillation
-    from loqi_core.models.model import build_model
     from loqi_core.experiments.runner import default_run_dir
+    from loqi_core.models.model import build_model
+    from loqi_core.training.engine import distill as run_distillation
 
     plugins = plugins or get_plugins()
     loss_field = "distill.finetune_loss" if mode == "finetune" else "distill.loss"

@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from loqi_core.version import __version__
 from loqi_core.errors import LoqiError, one_line
+from loqi_core.version import __version__
 
 
 def debug() -> bool:

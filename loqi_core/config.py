@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loqi_core.util.devices import check_device_name
 from loqi_core.errors import ConfigError
+from loqi_core.util.devices import check_device_name
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -55,9 +55,9 @@ def _main(argv: list[str]) -> None:
     import signal
 
     from loqi_core.config import RunConfig
-    from loqi_core.training.engine import _Trainer, distill
     from loqi_core.testing.helpers import isolated_plugins
     from loqi_core.testing.tiny import tiny_plugin
+    from loqi_core.training.engine import _Trainer, distill
 
     config = RunConfig.model_validate(json.loads(Path(argv[0]).read_text()))
     out = Path(argv[1])

@@ -243,9 +243,8 @@ CASES = [
 
 def _weights_plugin(tmp: Path):
     from loqi_core import hookimpl
-    from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, WeightsSpec
+    from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, Preprocess, WeightsSpec
     from loqi_core.testing.tiny import GeMParams, TinyEncoderParams, _encoder, _gem
-    from loqi_core.hooks.specs import Preprocess
 
     weights = WeightsSpec("official", "tinyw-missing.pth", url=(tmp / "nowhere.pth").as_uri())
 

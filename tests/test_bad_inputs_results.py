@@ -398,8 +398,8 @@ def _(tmp):
 def _nan_checkpoint(tmp: Path) -> Path:
     import torch
 
-    from loqi_core.models.model import build_model
     from loqi_core.models.checkpoint import save_checkpoint
+    from loqi_core.models.model import build_model
 
     with isolated_plugins(("tiny", tiny_plugin), entry_points=False):
         model = build_model("tiny", weights="random")

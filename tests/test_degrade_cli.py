@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from loqi_core.cli import cli
+from loqi_core.data.folders import parse_utm
 from loqi_core.data.sets import ImageList
 from loqi_core.data.sets import TestSet as VprTestSet
 from loqi_core.degrade.base import Degradation, Degraded
 from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.data.folders import parse_utm
 from loqi_core.hooks.hookspecs import hookimpl
 from loqi_core.hooks.specs import DatasetSpec, DegradationSpec, NoParams, Params
 from loqi_core.testing import isolated_plugins

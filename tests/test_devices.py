@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loqi_core.util.devices import check_device_name, resolve_device
 from loqi_core.errors import ConfigError
+from loqi_core.util.devices import check_device_name, resolve_device
 
 
 def test_names_resolve_to_devices_this_machine_has():

@@ -4,22 +4,22 @@ writes a complete run directory, batches places correctly and fails clearly."""
 from __future__ import annotations
 
 import csv
-import math
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from loqi_core.config import RunConfig
-from loqi_core.training.engine import TrainingError, distill
-from loqi_core.training.recipe import set_train_modes
 from loqi_core.errors import ConfigError
-from loqi_core.models.model import build_model
 from loqi_core.models.checkpoint import load_checkpoint
+from loqi_core.models.model import build_model
 from loqi_core.testing.helpers import isolated_plugins, random_images
 from loqi_core.testing.tiny import Blur, tiny_plugin
+from loqi_core.training.engine import TrainingError, distill
+from loqi_core.training.recipe import set_train_modes
 
 _spec = importlib.util.spec_from_file_location("distill_helpers", Path(__file__).with_name("distill_helpers.py"))
 helpers = importlib.util.module_from_spec(_spec)

@@ -43,8 +43,8 @@ def test_torchrun_two_processes(tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 4
     rows = (run / "train_log.csv").read_text().splitlines()
     assert len(rows) == 5  # header + one row per step, written once (by rank 0)
-    from loqi_core.models.model import build_model
     from loqi_core.models.checkpoint import load_checkpoint
+    from loqi_core.models.model import build_model
     from loqi_core.testing.helpers import isolated_plugins
     from loqi_core.testing.tiny import tiny_plugin
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loqi_core.losses.params import MultiSimilarityParams
 from loqi_core.losses.expression import build_loss
 from loqi_core.losses.metric import MultiSimilarityLoss
+from loqi_core.losses.params import MultiSimilarityParams
 from loqi_core.losses.terms import DistillBatch
 
 

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from loqi_core.evaluation.cache import EvalCache, check, sidecar_of
 from loqi_core.config import EvalConfig
+from loqi_core.data.datasets import load_dataset
 from loqi_core.data.sets import ImageList
 from loqi_core.data.sets import TestSet as VPRTestSet
-from loqi_core.data.datasets import load_dataset
-from loqi_core.degrade.base import Degradation, Degraded, Identity
-from loqi_core.degrade.base import degradation_units, temporal_note
+from loqi_core.degrade.base import Degradation, Degraded, Identity, degradation_units, temporal_note
+from loqi_core.evaluation.cache import EvalCache, check, sidecar_of
 from loqi_core.evaluation.engine import describe_protocol, evaluate, extract
-from loqi_core.models.model import build_model
 from loqi_core.evaluation.search import recall_at_n
+from loqi_core.models.model import build_model
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 from loqi_core.cli import cli
 from loqi_core.config import resolve_config
+from loqi_core.data.folders import read_folder_pair
 from loqi_core.data.images import read_image
 from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError, DataError
-from loqi_core.data.folders import read_folder_pair
 from loqi_core.models.model import build_model
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder

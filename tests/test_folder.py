@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.data.sets import ImageList, write_skipped
 from loqi_core.data import images as data_module
 from loqi_core.data.datasets import ProtocolMismatchWarning, load_dataset
-from loqi_core.errors import DataError
 from loqi_core.data.folders import group_places, quick_check, read_train_folder
+from loqi_core.data.sets import ImageList, write_skipped
+from loqi_core.errors import DataError
 from loqi_core.testing import DatasetTests
 from loqi_core.testing.tiny import write_vpr_folder
 

@@ -14,12 +14,12 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from loqi_core.util import logs, progress
 from loqi_core.cli import cli
 from loqi_core.errors import ConfigError, DataError
-from loqi_core.util.logs import RunLog, command_of
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
+from loqi_core.util import logs, progress
+from loqi_core.util.logs import RunLog, command_of
 
 QUICK = ["-s", "distill.batch_size=4", "-s", "distill.num_workers=0", "-s", "eval.num_workers=0",
          "-s", "eval.batch_size=4", "-s", "eval.grid_queries=0"]  # fmt: skip

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from loqi_core.errors import WeightsError
-from loqi_core.models.model import build_model
-from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint
-from loqi_core.models.preprocess import preprocess_images
 from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, Preprocess, WeightsSpec
-from loqi_core.testing import isolated_plugins, random_images
-from loqi_core.testing.tiny import _encoder, _gem, GeMParams, TinyEncoderParams, tiny_plugin
+from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint
+from loqi_core.models.model import build_model
+from loqi_core.models.preprocess import preprocess_images
 from loqi_core.models.weights import fetch_weights
+from loqi_core.testing import isolated_plugins, random_images
+from loqi_core.testing.tiny import GeMParams, TinyEncoderParams, _encoder, _gem, tiny_plugin
 
 
 @pytest.fixture

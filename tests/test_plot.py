@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.report import grids
 from loqi_core.degrade.base import Degradation, Degraded
 from loqi_core.evaluation.results import EvalResult
+from loqi_core.report import grids
 from loqi_core.report.plot import BAD, GOOD, heatmap, ramp
 from loqi_core.report.results import Report
 

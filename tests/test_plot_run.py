@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from loqi_core.report import tensorboard as tensorboard_log
-from loqi_core.util import tensorboard as summary
 from loqi_core.cli import cli
+from loqi_core.report import tensorboard as tensorboard_log
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
+from loqi_core.util import tensorboard as summary
 
 
 def test_missing_tensorboard_is_said_once(monkeypatch, tmp_path):

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from loqi_core.cli import cli
 from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.errors import ConfigError, UnknownNameError
 from loqi_core.degrade.sampled import Axis, Sampled, bin_label, bin_labels
+from loqi_core.errors import ConfigError, UnknownNameError
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.helpers import random_images
 from loqi_core.testing.tiny import tiny_plugin

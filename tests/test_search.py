@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loqi_core.evaluation import search as S
 from loqi_core.errors import ConfigError
+from loqi_core.evaluation import search as S
 
 BACKENDS = ["flat", "torch"]
 

@@ -19,14 +19,14 @@ from PIL import Image
 from loqi_core.cli import cli
 from loqi_core.config import RunConfig
 from loqi_core.degrade.base import Degradation, Degraded
-from loqi_core.training.engine import distill
 from loqi_core.errors import DataError, LoqiError
 from loqi_core.hooks.hookspecs import hookimpl
 from loqi_core.hooks.specs import AggregatorSpec, DegradationSpec, EncoderSpec, NoParams, Preprocess
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import Blur, GeMParams, TinyEncoderParams, _encoder, _gem, tiny_plugin, write_vpr_folder
-from loqi_core.util import cpus
 from loqi_core.training.data import ViewConfig, clean_view, crop_window, typical_size
+from loqi_core.training.engine import distill
+from loqi_core.util import cpus
 
 _spec = importlib.util.spec_from_file_location("distill_helpers", Path(__file__).with_name("distill_helpers.py"))
 helpers = importlib.util.module_from_spec(_spec)

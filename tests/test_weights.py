@@ -9,9 +9,9 @@ import urllib.error
 import pytest
 import torch.hub
 
-from loqi_core.models import weights
 from loqi_core.errors import WeightsError
 from loqi_core.hooks.specs import WeightsSpec
+from loqi_core.models import weights
 
 
 @pytest.fixture

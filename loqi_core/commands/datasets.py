@@ -70,8 +70,8 @@ def check_command(dataset: str, kind: str | None, data_root: str | None, skip_ba
     Every file gets the cheap check (signature and end marker); a bad file stops the check with its name,
     or with --skip-bad is listed. Nothing is written.
     """
-    from loqi_core.data.sets import TestSet
     from loqi_core.data.datasets import load_dataset, split_options
+    from loqi_core.data.sets import TestSet
 
     spec = get_plugins().dataset(split_options(dataset)[0].partition(":")[0])
     kind = kind or ("test" if spec.test else "train")

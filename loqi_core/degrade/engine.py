@@ -162,8 +162,7 @@ def degrade_list(
     ``skip(indices)`` true leaves a unit out without reading it (resuming a copy).
     """
     from loqi_core.data.images import read_image
-    from loqi_core.degrade.base import sample_seed
-    from loqi_core.degrade.base import degradation_units
+    from loqi_core.degrade.base import degradation_units, sample_seed
 
     for unit in degradation_units(images, degradation):
         if skip is not None and skip(unit):
@@ -204,8 +203,8 @@ def measure(
     skip: Callable[[str, "ImageList", list[int]], bool] | None = None,
 ) -> SpecStats:
     """Degrade every image of ``lists`` with ``spec``; ``sink`` receives each unit's degraded images."""
-    from loqi_core.degrade.grammar import parse_degradation
     from loqi_core.degrade.base import temporal_note
+    from loqi_core.degrade.grammar import parse_degradation
     from loqi_core.degrade.sampled import bin_label, bin_labels
 
     degradation = parse_degradation(spec, plugins)
@@ -478,8 +477,8 @@ def _load_lists(
 ) -> tuple["Plugins", list[tuple[str, "ImageList"]]]:
     """The plugins and the named image lists to degrade; the device is checked first."""
     from loqi_core.data.datasets import load_dataset
-    from loqi_core.util.devices import resolve_device
     from loqi_core.hooks.manager import get_plugins
+    from loqi_core.util.devices import resolve_device
 
     resolve_device(device)  # a device this machine lacks: one clear line before any image is read
     plugins = plugins or get_plugins()

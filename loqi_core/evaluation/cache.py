@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from loqi_core.errors import ConfigError
-from loqi_core.util.fileio import describe_os_error, write_bytes, write_text
+from loqi_core.errors import ConfigError, describe_os_error
 from loqi_core.models.weights import cache_dir, sha256_of
+from loqi_core.util.fileio import write_bytes, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from loqi_core.version import __version__
+from loqi_core.config import EvalConfig
+from loqi_core.data.images import UnreadableImageError, read_image
+from loqi_core.data.sets import ImageList, TestSet
+from loqi_core.degrade.base import Degradation, Identity, degradation_units, sample_seed, temporal_note
+from loqi_core.degrade.grammar import parse_degradation
+from loqi_core.errors import ConfigError
 from loqi_core.evaluation.cache import (
     DescriptorWriter,
     EvalCache,
@@ -35,17 +40,12 @@ from loqi_core.evaluation.cache import (
     sidecar_of,
     write_shard,
 )
-from loqi_core.config import EvalConfig
-from loqi_core.util.cpus import loader_workers
-from loqi_core.data.sets import ImageList, TestSet
-from loqi_core.data.images import UnreadableImageError, read_image
-from loqi_core.degrade.base import Degradation, Identity, degradation_units, sample_seed, temporal_note
-from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.util.devices import resolve_device
-from loqi_core.errors import ConfigError
-from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.evaluation.results import EvalResult
 from loqi_core.evaluation.search import IVFPQParams, recall_at_n, resolve_backend, search
+from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.util.cpus import loader_workers
+from loqi_core.util.devices import resolve_device
+from loqi_core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -252,6 +252,7 @@ def extract(
     Images of different sizes are batched separately (unless the model resizes to a fixed size).
     """
     from torch.utils.data import DataLoader
+
     from loqi_core.util.progress import progress
 
     stats = stats if stats is not None else ExtractStats()

@@ -22,26 +22,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from loqi_core.evaluation.cache import EvalCache
 from loqi_core.config import RunConfig, dump_config
-from loqi_core.data.sets import TestSet, TrainSet, write_skipped
 from loqi_core.data.datasets import load_dataset
+from loqi_core.data.folders import read_folder_pair
+from loqi_core.data.sets import TestSet, TrainSet, write_skipped
 from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError
+from loqi_core.evaluation.cache import EvalCache
 from loqi_core.evaluation.engine import LABEL_FREE, apply_threads, describe_protocol, evaluate
 from loqi_core.evaluation.results import EvalResult
-from loqi_core.util.fileio import located, write_text
-from loqi_core.data.folders import read_folder_pair
-from loqi_core.util.logs import RunLog, log
 from loqi_core.hooks.manager import Plugins, get_plugins
-from loqi_core.report.results import UNTRAINED, Report, results_markdown
 from loqi_core.report.names import name_test_sets, slug
-from loqi_core.util.rundir import locked
+from loqi_core.report.results import UNTRAINED, Report, results_markdown
 from loqi_core.report.tensorboard import log_recalls
+from loqi_core.util.fileio import located, write_text
+from loqi_core.util.logs import RunLog, log
+from loqi_core.util.rundir import locked
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.training.data import ViewConfig
     from loqi_core.models.model import VPRModel
+    from loqi_core.training.data import ViewConfig
 
 Echo = Callable[[str], None]
 
@@ -71,8 +71,8 @@ def default_run_dir(kind: str, config: RunConfig) -> Path:
 
 
 def _method_default_loss(config: RunConfig, plugins: Plugins) -> str:
-    from loqi_core.training.recipe import encoder_spec
     from loqi_core.losses.expression import parse_loss_expression
+    from loqi_core.training.recipe import encoder_spec
 
     expr = config.distill.loss if config.distill.loss is not None else encoder_spec(config, plugins).default_loss
     parse_loss_expression(expr)  # a malformed loss fails now, not after the teacher's evaluation
@@ -204,8 +204,8 @@ class Experiment:
     def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
         """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);
         ``sweep`` only parses it, since it skips with a note the losses its training set cannot feed."""
-        from loqi_core.training.recipe import check_places, encoder_spec, training_loss
         from loqi_core.losses.expression import parse_loss_expression
+        from loqi_core.training.recipe import check_places, encoder_spec, training_loss
 
         train = load_dataset(config.distill.train, "train", root=config.data_root, plugins=self.plugins)
         assert isinstance(train, TrainSet)
@@ -239,10 +239,10 @@ class Experiment:
         """Before the run directory and any evaluation: one image of each test set and one whole training batch go
         through their real path (decode → view → degradation → the method's preprocessing); a broken input fails
         here, in seconds. Returns the training views."""
-        from loqi_core.training.recipe import encoder_spec, preflight, preprocess_of
         from loqi_core.errors import LoqiError
         from loqi_core.models.preprocess import preprocess_images
         from loqi_core.training.data import load_image
+        from loqi_core.training.recipe import encoder_spec, preflight, preprocess_of
 
         pp = preprocess_of(self.config, encoder_spec(self.config, self.plugins))
         for test in self.tests:

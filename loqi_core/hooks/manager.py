@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 import pluggy
 
-from loqi_core.hooks import hookspecs
 from loqi_core.errors import ConfigError, LoqiError, PluginLoadError, UnknownNameError
+from loqi_core.hooks import hookspecs
 from loqi_core.hooks.registry import Provider, Registry, unknown_message
-from loqi_core.version import __version__
 from loqi_core.hooks.specs import AggregatorSpec, DatasetSpec, DegradationSpec, EncoderSpec, LossSpec
+from loqi_core.version import __version__
 
 ENTRY_POINT_GROUP = "loqi"
 DEFAULT_PLUGINS = {"losses": "loqi_core.losses", "folder": "loqi_core.data.folder_dataset"}

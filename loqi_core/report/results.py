@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from loqi_core.version import __version__
 from loqi_core.errors import DataError
 from loqi_core.report.names import slug
 from loqi_core.util.fileio import write_text
+from loqi_core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.evaluation.results import EvalResult

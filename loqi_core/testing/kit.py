@@ -7,7 +7,6 @@ params validation and error messages.
 from __future__ import annotations
 
 import abc
-
 from pathlib import Path
 from typing import Any, ClassVar
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loqi_core.data.sets import TrainSet
 from loqi_core.data.images import UnreadableImageError, read_image
+from loqi_core.data.sets import TrainSet
 from loqi_core.degrade.base import sample_seed
 from loqi_core.errors import DataError
 

@@ -35,8 +35,8 @@ def progress_mode() -> str:
     mode = _MODES[value]
     if mode != "auto":
         return mode
-    from tqdm.auto import tqdm as _auto  # noqa: F401  (imported first: it resolves autonotebook without its warning)
     from tqdm import autonotebook
+    from tqdm.auto import tqdm as _auto  # noqa: F401  (imported first: it resolves autonotebook without its warning)
     from tqdm.std import tqdm as std
 
     if autonotebook.tqdm is not std:  # a Jupyter kernel with ipywidgets: its stderr is no terminal, yet widgets work

@@ -16,7 +16,8 @@ from pydantic import Field
 
 from loqi_core import hookimpl
 from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, MethodProtocol, Params, Preprocess, WeightsSpec
-from loqi_plugin_dinov2 import ArchParams, LICENSE as DINOV2_LICENSE, hub_url
+from loqi_plugin_dinov2 import LICENSE as DINOV2_LICENSE
+from loqi_plugin_dinov2 import ArchParams, hub_url
 
 CITATION = (
     "N. Keetha, A. Mishra, J. Karhade, K. M. Jatavallabhula, S. Scherer, M. Krishna, S. Garg. "

@@ -53,9 +53,9 @@ def vocab_command(
     import numpy as np
 
     from loqi_core.data.datasets import load_dataset
-    from loqi_core.util.devices import resolve_device
     from loqi_core.errors import ConfigError
     from loqi_core.models.model import build_model
+    from loqi_core.util.devices import resolve_device
     from loqi_plugin_anyloc.vocab import collect, kmeans_centers
 
     if out.suffix != ".safetensors":

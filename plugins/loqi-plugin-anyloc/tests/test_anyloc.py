@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from loqi_core.errors import ConfigError, WeightsError
-from loqi_core.models.model import build_model
 from loqi_core.hooks.manager import get_plugins
+from loqi_core.models.model import build_model
 from loqi_core.testing import MethodTests, random_state_dict
 from loqi_core.testing.tiny import write_vpr_folder
 from loqi_plugin_anyloc import AnyLocEncoderParams, VLADParams, _convert_hub, vocabulary_weights
@@ -189,9 +189,9 @@ def test_distillation_with_the_default_loss_trains_the_backbone_not_the_vocabula
     from PIL import Image
 
     from loqi_core.config import resolve_run_config
-    from loqi_core.training.engine import distill
     from loqi_core.models.checkpoint import load_checkpoint
     from loqi_core.testing import random_images
+    from loqi_core.training.engine import distill
 
     images = tmp_path / "train"
     images.mkdir()
@@ -223,8 +223,8 @@ def test_paper_protocol_downscales_without_antialiasing_like_the_authors(h, w):
     import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
+    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.testing import random_images
 
     spec = get_plugins().encoder("anyloc")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from loqi_core.errors import WeightsError
-from loqi_core.models.model import build_model
 from loqi_core.hooks.manager import get_plugins
+from loqi_core.models.model import build_model
 from loqi_core.testing import MethodTests, random_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "efficientnet_lite0_pypi_keys.json"

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loqi_core.models.model import build_model
 from loqi_core.hooks.manager import get_plugins
+from loqi_core.models.model import build_model
 from loqi_core.testing import MethodTests, random_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mixvpr_resnet50_4096_keys.json"
@@ -133,8 +133,8 @@ def test_paper_protocol_is_the_authors_tensor_resize_without_antialiasing():
     """The authors: ToTensor, Normalize, then tvf.Resize((320, 320), bicubic, antialias=None) — off for tensors."""
     import torchvision.transforms.functional as TF
 
-    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
+    from loqi_core.models.preprocess import preprocess_images
     from loqi_core.testing import random_images
 
     spec = get_plugins().encoder("mixvpr")

@@ -48,10 +48,10 @@ def init_clusters_command(
       loqi distill --method netvlad --weights runs/netvlad-init ...
     """
     from loqi_core.data.datasets import load_dataset
-    from loqi_core.util.devices import resolve_device
     from loqi_core.errors import ConfigError
-    from loqi_core.models.model import build_model
     from loqi_core.models.checkpoint import save_checkpoint
+    from loqi_core.models.model import build_model
+    from loqi_core.util.devices import resolve_device
     from loqi_plugin_netvlad.clusters import kmeans, pick_images, sample_local_features
     from loqi_plugin_netvlad.layer import NetVLAD
 

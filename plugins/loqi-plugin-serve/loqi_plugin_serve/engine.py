@@ -60,9 +60,9 @@ class Engine:
 
 def load_engine(index_path: Path, weights: str | None = None, device: str = "auto", precision: str = "auto") -> Engine:
     """Open the index, rebuild its model (or load ``weights`` into it) and refuse a model that does not match."""
-    from loqi_core.util.devices import resolve_device
     from loqi_core.evaluation.engine import use_bf16
     from loqi_core.hooks.manager import get_plugins
+    from loqi_core.util.devices import resolve_device
 
     index = open_index(index_path)
     record = index.meta["model"]

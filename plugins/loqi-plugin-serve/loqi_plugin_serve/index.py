@@ -28,9 +28,9 @@ from loqi_core.errors import LoqiError
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.config import RunConfig
-    from loqi_core.models.model import VPRModel
-    from loqi_core.hooks.manager import Plugins
     from loqi_core.evaluation.search import IVFPQParams
+    from loqi_core.hooks.manager import Plugins
+    from loqi_core.models.model import VPRModel
 
 FORMAT = "loqi-index"
 FORMAT_VERSION = 1
@@ -126,15 +126,15 @@ def build_index(
     """Encode the database of ``dataset`` with the configured model (via the eval cache) and write ``out``."""
     import faiss
 
-    from loqi_core.evaluation.cache import EvalCache, model_fingerprint
-    from loqi_core.util.cpus import loader_workers
     from loqi_core.data.datasets import load_dataset
     from loqi_core.degrade.grammar import parse_degradation
-    from loqi_core.util.devices import resolve_device
+    from loqi_core.evaluation.cache import EvalCache, model_fingerprint
     from loqi_core.evaluation.engine import extract, model_versions, use_bf16
-    from loqi_core.hooks.manager import get_plugins
     from loqi_core.evaluation.search import IVFPQParams, ivfpq_settings
+    from loqi_core.hooks.manager import get_plugins
     from loqi_core.models.weights import sha256_of
+    from loqi_core.util.cpus import loader_workers
+    from loqi_core.util.devices import resolve_device
 
     out = Path(out)
     if out.exists() and not force:

@@ -22,12 +22,12 @@ def _cli():
 
 
 def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_index, cache_dir, kit):
-    from loqi_core.evaluation.cache import EvalCache, model_fingerprint
     from loqi_core.data.datasets import load_dataset
     from loqi_core.degrade.base import Identity
+    from loqi_core.evaluation.cache import EvalCache, model_fingerprint
     from loqi_core.evaluation.engine import ExtractStats, extract, model_versions
-    from loqi_core.models.model import build_model
     from loqi_core.hooks.manager import get_plugins
+    from loqi_core.models.model import build_model
 
     meta = read_meta(demo_index)
     model = build_model("lite0-gem")

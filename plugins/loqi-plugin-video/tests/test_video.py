@@ -6,11 +6,11 @@ import csv
 import numpy as np
 import pytest
 import torch
-from loqi_plugin_video.codec import coded_size, encode_stream
 
 from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError, DataError
 from loqi_core.testing import DegradationTests, random_images
+from loqi_plugin_video.codec import coded_size, encode_stream
 
 
 class TestVideoConformance(DegradationTests):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from loqi_core.data.folders import group_places, read_image_list, read_test_folder
 from loqi_core.data.sets import ImageList, TestSet, TrainSet
 from loqi_core.errors import DataError
-from loqi_core.data.folders import group_places, read_image_list, read_test_folder
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
