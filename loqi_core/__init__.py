@@ -4,14 +4,15 @@ The Python API (docs/python-api.md) is imported on first use, so ``import loqi_c
 free of torch::
 
     from loqi_core import build_model, load_dataset, parse_degradation, encode, evaluate, distill, wrap_model
+
+Plugin authors import from the front door, ``loqi_core.plugin``; the conformance kit is ``loqi_core.testing``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from loqi_core.hooks.hookspecs import hookimpl
+from loqi_core.util.lazy import lazy_exports
 from loqi_core.version import __version__
 
 _API = {
@@ -25,7 +26,7 @@ _API = {
 }
 """Public name → the module that defines it (imported when the name is first used)."""
 
-__all__ = ["hookimpl", "__version__", *_API]
+__all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from loqi_core.api import distill, encode, evaluate
@@ -33,14 +34,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from loqi_core.degrade.grammar import parse_degradation
     from loqi_core.models.model import build_model, wrap_model
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module 'loqi_core' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_API[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -242,7 +242,7 @@ CASES = [
 
 
 def _weights_plugin(tmp: Path):
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
     from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, Preprocess, WeightsSpec
     from loqi_core.testing.tiny import GeMParams, TinyEncoderParams, _encoder, _gem
 

@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from loqi_core import hookimpl
+from loqi_core.plugin import hookimpl
 from loqi_core.cli import cli
 from loqi_core.errors import LoqiError
 from loqi_core.hooks.specs import DegradationSpec, LossSpec
@@ -290,14 +290,14 @@ def _(tmp):
 
 # 4. clashing plugins name both distributions and keep the built-in ----------------------------------------
 JPEG_IMPOSTOR = """
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
     from loqi_core.hooks.specs import DegradationSpec
     @hookimpl
     def loqi_register_degradations(register):
         register(DegradationSpec("jpegx", r"jpegx(?P<q>\\d+)", lambda p: None, description="impostor"))
 """
 DEMO_IMPOSTOR = """
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
     from loqi_core.hooks.specs import DatasetSpec
     @hookimpl
     def loqi_register_datasets(register):
@@ -305,7 +305,7 @@ DEMO_IMPOSTOR = """
 """
 EVAL_IMPOSTOR = """
     import click
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
     @hookimpl
     def loqi_register_commands(cli):
         @cli.command("eval")
@@ -706,7 +706,7 @@ def _(tmp):
 
 
 RAISING_COMMANDS = """
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
     @hookimpl
     def loqi_register_commands(cli):
         raise RuntimeError("click 7 API")

@@ -77,7 +77,7 @@ def test_method_run_defaults_apply(tmp_path):
         def loqi_register_aggregators(register):
             register(AggregatorSpec("fast", lambda p, in_channels: None))
 
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
 
     Defaults.loqi_register_encoders = hookimpl(Defaults.loqi_register_encoders)
     Defaults.loqi_register_aggregators = hookimpl(Defaults.loqi_register_aggregators)

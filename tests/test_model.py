@@ -11,6 +11,7 @@ from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint
 from loqi_core.models.model import build_model
 from loqi_core.models.preprocess import preprocess_images
 from loqi_core.models.weights import fetch_weights
+from loqi_core.plugin import hookimpl
 from loqi_core.testing import isolated_plugins, random_images
 from loqi_core.testing.tiny import GeMParams, TinyEncoderParams, _encoder, _gem, tiny_plugin
 
@@ -76,10 +77,10 @@ def _spec_with_weights(file_url, sha):
     class P:
         pass
 
-    P.loqi_register_encoders = __import__("loqi_core").hookimpl(
+    P.loqi_register_encoders = hookimpl(
         lambda register: register(EncoderSpec("tinyw", lambda p: _encoder(TinyEncoderParams()), weights=(weights,)))
     )
-    P.loqi_register_aggregators = __import__("loqi_core").hookimpl(
+    P.loqi_register_aggregators = hookimpl(
         lambda register: register(AggregatorSpec("tinyw", lambda p, in_channels: _gem(GeMParams(), in_channels)))
     )
     return P

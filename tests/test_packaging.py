@@ -39,6 +39,54 @@ def test_plugin_layout_and_lockstep_version(plugin):
     assert list((plugin / "tests").glob("test_*.py")), f"{plugin.name} has no tests"
 
 
+FRONT_DOORS = {"loqi_core", "loqi_core.plugin"}
+"""What a plugin's code may import from loqi: the Python API and the front door (docs/architecture.md)."""
+TEST_DOORS = FRONT_DOORS | {"loqi_core.testing", "loqi_core.testing.tiny", "loqi_core.cli"}
+"""Its tests may also use the conformance kit and the command line."""
+
+
+def _loqi_imports(files: list[Path]) -> list[str]:
+    """``file:line module`` for every import of a loqi_core module, lazy ones included."""
+    found = []
+    for source in files:
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            found += [f"{source.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] == "loqi_core"]
+    return found
+
+
+@pytest.mark.parametrize("plugin", [*PLUGINS, ROOT / "plugins" / "_template"], ids=lambda p: p.name)
+def test_plugins_import_loqi_only_through_its_front_door(plugin):
+    code = [f for f in plugin.rglob("*.py") if "tests" not in f.relative_to(plugin).parts and "build" not in f.parts]
+    tests = list((plugin / "tests").rglob("*.py"))
+    inside = [i for i in _loqi_imports(code) if i.split()[-1] not in FRONT_DOORS]
+    inside += [i for i in _loqi_imports(tests) if i.split()[-1] not in TEST_DOORS]
+    assert not inside, "plugins import loqi_core.plugin or the Python API, not internal modules: " + ", ".join(inside)
+
+
+def test_the_front_door_offers_what_it_lists_without_importing_torch():
+    import loqi_core.plugin as front
+
+    assert set(front.__all__) == set(front._EXPORTS) and len(front.__all__) == sum(
+        len(names) for group in front._GROUPS.values() for names in group.values()
+    ), "a name is listed twice in loqi_core.plugin"
+    typed = {}
+    tree = ast.parse(Path(front.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            for imp in node.body:
+                typed.update({a.name: imp.module for a in imp.names})
+    assert typed == front._EXPORTS, "the TYPE_CHECKING imports of loqi_core.plugin differ from its _GROUPS"
+    for name, module in front._EXPORTS.items():
+        assert getattr(front, name) is getattr(__import__(module, fromlist=[name]), name)
+    light = subprocess.run([sys.executable, "-c", "import sys, loqi_core.plugin as p; p.hookimpl; p.EncoderSpec; "
+                            "p.Degradation; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"],
+                           capture_output=True, text=True, check=True)
+    assert light.stdout.strip() == "[]", "importing the contract from loqi_core.plugin must not import torch or numpy"
+
+
 # Third-party modules the packages import, and the distribution that provides each.
 DISTRIBUTIONS = {
     "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow", "pydantic": "pydantic",

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from loqi_core.errors import DuplicateNameError, PluginLoadError, UnknownNameError
 from loqi_core.hooks.manager import Plugins, reset_plugins
+from loqi_core.plugin import hookimpl
 
 
 def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, version: str = "0.1.0") -> None:
@@ -22,7 +23,7 @@ def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, 
 
 
 THIRD_PARTY = """
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
     from loqi_core.hooks.specs import AggregatorSpec, LossSpec, Params
 
     class CosineParams(Params):
@@ -124,7 +125,7 @@ def test_strict_mode_turns_load_errors_into_failures(site):
 
 def test_clashing_plugins_name_both_distributions(site):
     source = """
-        from loqi_core import hookimpl
+        from loqi_core.plugin import hookimpl
         from loqi_core.hooks.specs import LossSpec
         @hookimpl
         def loqi_register_losses(register):
@@ -149,7 +150,7 @@ def test_failed_plugin_leaves_nothing_half_registered():
             register(LossSpec("half-a", lambda p: None))
             register(LossSpec("mse", lambda p: None))  # clashes with the built-in
 
-    Half.loqi_register_losses = __import__("loqi_core").hookimpl(Half.loqi_register_losses)
+    Half.loqi_register_losses = hookimpl(Half.loqi_register_losses)
     plugins = Plugins()
     plugins.load_defaults()
     with pytest.raises(DuplicateNameError):
@@ -159,7 +160,7 @@ def test_failed_plugin_leaves_nothing_half_registered():
 
 def test_unknown_hook_name_is_an_error(site):
     source = """
-        from loqi_core import hookimpl
+        from loqi_core.plugin import hookimpl
         @hookimpl
         def loqi_register_loss(register):
             pass

@@ -27,7 +27,7 @@ def test_kit_catches_an_unnormalised_descriptor():
     """A method whose aggregator forgets the L2 normalisation fails the kit's shape test."""
     import torch
 
-    from loqi_core import hookimpl
+    from loqi_core.plugin import hookimpl
     from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec
     from loqi_core.testing.tiny import TinyEncoderParams, _encoder
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from loqi_core.commands.options import cli_overrides, common_options, resolve, take_deprecated
+from loqi_core.commands.options import cli_overrides, common_options, config_from_flags, take_deprecated
 from loqi_core.errors import ConfigError
 
 
@@ -51,7 +51,7 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
         for dotted, value in cli_overrides(kw, extra).items():
             set_dotted(data, dotted, value)
         return validate(data), run_dir
-    config = resolve(kw, extra)
+    config = config_from_flags(kw, extra)
     out = config.out
     if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun give --out DIR: every process must name the same run directory")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from loqi_core.commands.options import common_options, resolve, split_list, take_deprecated
+from loqi_core.commands.options import common_options, config_from_flags, split_list, take_deprecated
 from loqi_core.errors import ConfigError
 
 
@@ -107,7 +107,7 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
     """
     from loqi_core.experiments.runner import run_eval
 
-    config = resolve(kw, {**eval_overrides(kw), "eval.test": split_list(dataset)})
+    config = config_from_flags(kw, {**eval_overrides(kw), "eval.test": split_list(dataset)})
     run_eval(config, echo=click.echo)
 
 

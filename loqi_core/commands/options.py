@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from loqi_core.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from loqi_core.config import RunConfig
 
 # flag name (click parameter) -> RunConfig field it sets
 COMMON_FIELDS = {
@@ -58,7 +61,7 @@ def cli_overrides(kw: dict[str, Any], extra: dict[str, Any] | None = None) -> di
     return overrides
 
 
-def resolve(kw: dict[str, Any], extra: dict[str, Any] | None = None):
+def config_from_flags(kw: dict[str, Any], extra: dict[str, Any] | None = None) -> "RunConfig":
     """The RunConfig of a command: defaults < method run_defaults < --config file < flags and --set."""
     from loqi_core.config import resolve_run_config
 

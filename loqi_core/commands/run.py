@@ -7,7 +7,7 @@ from typing import Any, Callable
 import click
 
 from loqi_core.commands.evaluate import eval_options, eval_overrides
-from loqi_core.commands.options import resolve, split_list
+from loqi_core.commands.options import config_from_flags, split_list
 
 
 def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,7 +74,7 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     """
     from loqi_core.experiments.runner import run_experiment
 
-    config = resolve(kw, _extra(kw, **{"distill.loss": loss}))
+    config = config_from_flags(kw, _extra(kw, **{"distill.loss": loss}))
     run_experiment(config, baseline=baseline, echo=click.echo)
 
 
@@ -98,7 +98,7 @@ def sweep_command(losses: str, **kw: Any) -> None:
     """
     from loqi_core.experiments.runner import expand_losses, run_sweep
 
-    config = resolve(kw, _extra(kw))
+    config = config_from_flags(kw, _extra(kw))
     run_sweep(config, expand_losses(losses), echo=click.echo)
 
 

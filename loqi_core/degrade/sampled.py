@@ -17,8 +17,6 @@ from loqi_core.degrade.base import CLEAN_SPECS, Degradation, Degraded
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.hooks.manager import Plugins
-
 MAX_BUILT = 512
 """Concrete degradations kept built (``jpeg23``, ...); a float range can name more, which are rebuilt."""
 
@@ -109,14 +107,14 @@ class Sampled(Degradation):
     """
 
     def __init__(
-        self, spec: str, root: Node, axes: list[Axis], build: Callable[[str, "Plugins | None"], Degradation],
-        plugins: "Plugins | None",
+        self, spec: str, root: Node, axes: list[Axis], build: Callable[[str, Any], Degradation], plugins: Any
     ) -> None:
         self.spec, self.root, self.axes = spec, root, axes
         self.build = build
         """``build(concrete_spec, plugins)``: the grammar's parser, handed down so that the draws need not import it."""
         self.temporal = root.temporal
         self.plugins = plugins
+        """The plugin set the grammar parsed with (None in a spawned loader worker: ``build`` then loads its own)."""
         self._built: dict[str, Degradation] = {}
 
     def draw(self, seed: int, index: int = 0) -> tuple[str, dict[str, Any]]:

@@ -1,7 +1,6 @@
 """loqi plugin NAME: registers its parts through loqi's hooks. Keep this module free of torch imports."""
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import LossSpec, Params
+from loqi_core.plugin import LossSpec, Params, hookimpl
 
 
 class ExampleParams(Params):

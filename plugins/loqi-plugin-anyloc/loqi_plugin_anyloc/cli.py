@@ -52,10 +52,8 @@ def vocab_command(
     """
     import numpy as np
 
-    from loqi_core.data.datasets import load_dataset
-    from loqi_core.errors import ConfigError
-    from loqi_core.models.model import build_model
-    from loqi_core.util.devices import resolve_device
+    from loqi_core import build_model, load_dataset
+    from loqi_core.plugin import ConfigError, resolve_device
     from loqi_plugin_anyloc.vocab import collect, kmeans_centers
 
     if out.suffix != ".safetensors":

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loqi_core.errors import ConfigError, WeightsError
+from loqi_core.plugin import ConfigError, WeightsError
 from loqi_plugin_anyloc import DOMAINS, AnyLocEncoderParams, VLADParams, vocabulary_weights
 from loqi_plugin_dinov2.vit import DinoV2, create_vit
 
@@ -108,7 +108,7 @@ def read_centers(path: str | Path) -> torch.Tensor:
 
 def resolve_vocabulary(params: VLADParams, channels: int) -> torch.Tensor:
     """The centres a ``vocabulary`` param names: an official domain (fetched and cached), a file, or random."""
-    from loqi_core.models.weights import fetch_weights
+    from loqi_core.plugin import fetch_weights
 
     shape = (params.clusters, channels)
     if params.vocabulary == "random":

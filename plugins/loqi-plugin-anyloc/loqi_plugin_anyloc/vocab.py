@@ -44,8 +44,7 @@ def kmeans_centers(descriptors: np.ndarray, clusters: int, niter: int = 100, see
 
 def collect(model, images: Sequence, batch_size: int, per_image: int | None, device: torch.device, seed: int) -> np.ndarray:
     """Encoder descriptors of ``images`` (paths), batched by equal prepared size, with a progress bar."""
-    from loqi_core.data.images import read_image
-    from loqi_core.util.progress import progress
+    from loqi_core.plugin import progress, read_image
 
     g = torch.Generator().manual_seed(seed)
     found: list[np.ndarray] = []

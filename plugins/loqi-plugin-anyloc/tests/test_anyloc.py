@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from loqi_core.errors import ConfigError, WeightsError
-from loqi_core.hooks.manager import get_plugins
-from loqi_core.models.model import build_model
+from loqi_core import build_model
+from loqi_core.plugin import ConfigError, WeightsError, get_plugins
 from loqi_core.testing import MethodTests, random_state_dict
 from loqi_core.testing.tiny import write_vpr_folder
 from loqi_plugin_anyloc import AnyLocEncoderParams, VLADParams, _convert_hub, vocabulary_weights
@@ -188,10 +187,8 @@ def test_distillation_with_the_default_loss_trains_the_backbone_not_the_vocabula
 
     from PIL import Image
 
-    from loqi_core.config import resolve_run_config
-    from loqi_core.models.checkpoint import load_checkpoint
+    from loqi_core import distill
     from loqi_core.testing import random_images
-    from loqi_core.training.engine import distill
 
     images = tmp_path / "train"
     images.mkdir()
@@ -200,18 +197,13 @@ def test_distillation_with_the_default_loss_trains_the_backbone_not_the_vocabula
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(images / f"@{east:.1f}@4000000.0@@@@@@@{i:03d}@.jpg")
     enc = {"depth": 2, "embed_dim": 32, "num_heads": 2, "layer": 1}
     agg = {"clusters": 4, "vocabulary": "random"}
-    config = resolve_run_config(None, {
-        "model.method": "anyloc", "model.weights": "random", "model.encoder_params": enc, "model.aggregator_params": agg,
-        "degrade": "jpeg10", "device": "cpu", "distill.train": f"folder:{images}", "distill.places_per_batch": 3,
-        "distill.images_per_place": 4, "distill.max_steps": 2, "distill.num_workers": 0, "distill.lr": 1e-3,
-        "distill.log_every": 1,
-    })
-    final = distill(config, tmp_path / "run")
+    teacher = build_model("anyloc", weights="random", encoder_params=enc, aggregator_params=agg)
+    student = distill(
+        teacher, "jpeg10", train=f"folder:{images}", out=tmp_path / "run", device="cpu", places_per_batch=3,
+        images_per_place=4, max_steps=2, num_workers=0, lr=1e-3, log_every=1,
+    )  # fmt: skip
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["loss"] == "ickd+triplet" and set(summary["final_terms"]) >= {"ickd", "triplet"}
-    teacher = build_model("anyloc", weights="random", encoder_params=enc, aggregator_params=agg)
-    student = build_model("anyloc", weights="random", encoder_params=enc, aggregator_params=agg)
-    load_checkpoint(student, final)
     assert torch.equal(student.aggregator.centers, teacher.aggregator.centers)
     assert summary["trainable_parameters"] == sum(p.numel() for p in student.encoder.parameters())
 
@@ -223,8 +215,7 @@ def test_paper_protocol_downscales_without_antialiasing_like_the_authors(h, w):
     import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
-    from loqi_core.models.preprocess import preprocess_images
+    from loqi_core.plugin import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
     from loqi_core.testing import random_images
 
     spec = get_plugins().encoder("anyloc")
@@ -240,7 +231,7 @@ def test_paper_protocol_downscales_without_antialiasing_like_the_authors(h, w):
 
 
 def test_paper_protocol_uses_the_indoor_vocabulary():
-    from loqi_core.config import resolve_run_config
+    from loqi_core.plugin import resolve_run_config
 
     paper = resolve_run_config(None, {"model.method": "anyloc", "protocol": "paper"})
     assert paper.model.aggregator_params["vocabulary"] == "indoor"

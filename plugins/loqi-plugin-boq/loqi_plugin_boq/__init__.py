@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec
+from loqi_core.plugin import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec, hookimpl
 from loqi_plugin_dinov2 import ArchParams
 
 CITATION = "A. Ali-bey, B. Chaib-draa, P. Giguère. BoQ: A Place is Worth a Bag of Learnable Queries. CVPR 2024."

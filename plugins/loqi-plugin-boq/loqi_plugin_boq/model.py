@@ -87,13 +87,13 @@ class BoQ(nn.Module):
 
 def convert_official_dinov2(obj: dict) -> dict:
     """dinov2_12288.pth (``backbone.dino.*`` hub DINOv2, ``aggregator.*``) → loqi keys; the unused norm is dropped."""
-    from loqi_core.models.weights import unwrap_state_dict
+    from loqi_core.plugin import unwrap_state_dict
 
     return hub_to_timm(unwrap_state_dict(obj), "backbone.dino.", "encoder.backbone.vit.", drop=("mask_token", "norm"))
 
 
 def convert_official_resnet50(obj: dict) -> dict:
     """resnet50_16384.pth (``backbone.net.{0,1,4,5,6}`` = conv1, bn1, layer1-3; ``aggregator.*``) → loqi keys."""
-    from loqi_core.models.weights import unwrap_state_dict
+    from loqi_core.plugin import unwrap_state_dict
 
     return {("encoder." + k[len("backbone."):] if k.startswith("backbone.net.") else k): v for k, v in unwrap_state_dict(obj).items()}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loqi_core.hooks.manager import get_plugins
+from loqi_core.plugin import get_plugins
 from loqi_core.testing import MethodTests
 from loqi_plugin_boq import BoQDinoEncoderParams, BoQParams
 from loqi_plugin_boq.model import BoQ, BoQDinoEncoder, convert_official_dinov2

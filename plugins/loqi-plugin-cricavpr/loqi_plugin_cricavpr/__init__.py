@@ -17,8 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, MethodProtocol, Params, Preprocess, WeightsSpec
+from loqi_core.plugin import AggregatorSpec, EncoderSpec, MethodProtocol, Params, Preprocess, WeightsSpec, hookimpl
 from loqi_plugin_dinov2 import ArchParams
 
 CITATION = (

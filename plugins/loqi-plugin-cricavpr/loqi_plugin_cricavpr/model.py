@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loqi_core.models.layers import GeM
+from loqi_core.plugin import GeM
 from loqi_plugin_cricavpr import CricaEncoderParams, CricaParams
 from loqi_plugin_dinov2.vit import DinoV2, create_vit, hub_to_timm
 
@@ -124,7 +124,7 @@ class CricaAggregator(nn.Module):
 
 def convert_official(obj: dict) -> dict:
     """CricaVPR.pth (``model_state_dict`` of a DataParallel model, ``module.`` prefix) → loqi keys."""
-    from loqi_core.models.weights import unwrap_state_dict
+    from loqi_core.plugin import unwrap_state_dict
 
     state = hub_to_timm(unwrap_state_dict(obj, prefix="module."), "backbone.", "encoder.backbone.vit.")
     renames = {"aggregation.1.p": "aggregator.gem.p"}

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loqi_core.hooks.manager import get_plugins
-from loqi_core.models.model import build_model
+from loqi_core import build_model
+from loqi_core.plugin import get_plugins
 from loqi_core.testing import MethodTests, random_images, random_state_dict
 from loqi_plugin_cricavpr import CricaEncoderParams, CricaParams
 from loqi_plugin_cricavpr.model import CricaAggregator, CricaEncoder, convert_official, region_bounds
@@ -112,8 +112,7 @@ def test_paper_protocol_crops_a_native_square_as_the_authors_centercrop():
     import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
-    from loqi_core.models.preprocess import preprocess_images
+    from loqi_core.plugin import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
 
     spec = get_plugins().encoder("cricavpr")
     pp = spec.protocols["paper"].preprocess
@@ -146,7 +145,7 @@ def test_paper_protocol_uses_the_release_fixed_region_slices():
 
 
 def test_paper_protocol_config_defaults():
-    from loqi_core.config import resolve_run_config
+    from loqi_core.plugin import resolve_run_config
 
     c = resolve_run_config(None, {"model.method": "cricavpr", "protocol": "paper"})
     assert c.model.aggregator_params == {"regions": "fixed", "group_size": 0} and c.eval.batch_size == 100

@@ -11,9 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 DATA = Path(__file__).parent / "data"
 EXPECTED = {"test": {"database": 300, "queries": 300}}
@@ -36,13 +34,13 @@ class DemoParams(FolderTestParams):
 
 
 def _test(params: DemoParams):
-    from loqi_core.data.folders import read_protocol_test_set
+    from loqi_core.plugin import read_protocol_test_set
 
     return read_protocol_test_set(params, "demo", EXPECTED, order=params.order)
 
 
 def _train(params: DemoParams):
-    from loqi_core.data.folders import read_train_folder
+    from loqi_core.plugin import read_train_folder
 
     return read_train_folder(
         params.root,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.data.datasets import load_dataset
+from loqi_core import load_dataset
 from loqi_core.testing import DatasetTests
 from loqi_plugin_demo import DATA
 

@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import EncoderSpec, Params, Preprocess, WeightsSpec
+from loqi_core.plugin import EncoderSpec, Params, Preprocess, WeightsSpec, hookimpl
 
 CITATION = (
     "M. Oquab et al. DINOv2: Learning Robust Visual Features without Supervision. TMLR 2024."

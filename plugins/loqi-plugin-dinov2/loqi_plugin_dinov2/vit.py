@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loqi_core.errors import ConfigError
+from loqi_core.plugin import ConfigError
 
 Arch = Literal["vits14", "vitb14", "vitl14", "vitg14"]
 PATCH = 14

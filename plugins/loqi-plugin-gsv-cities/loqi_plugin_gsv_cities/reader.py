@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loqi_core.data.folders import SKIP_HINT, validate_files
-from loqi_core.data.sets import ImageList, TrainSet
-from loqi_core.errors import DataError
+from loqi_core.plugin import SKIP_HINT, DataError, ImageList, TrainSet, validate_files
 from loqi_plugin_gsv_cities import CITIES_300x400, CITIES_480x640, GSVCitiesParams
 from loqi_plugin_gsv_cities.utm import to_positions
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from loqi_core.errors import DataError
+from loqi_core.plugin import DataError
 
 _A = 6378137.0
 _F = 1 / 298.257223563

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.data.datasets import load_dataset
-from loqi_core.errors import DataError
+from loqi_core import load_dataset
+from loqi_core.plugin import DataError
 from loqi_core.testing import DatasetTests
 from loqi_plugin_gsv_cities import CITIES_300x400
 from loqi_plugin_gsv_cities.reader import image_name

@@ -11,8 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import DegradationSpec, Params
+from loqi_core.plugin import DegradationSpec, Params, hookimpl
 
 
 def _quality(low: int, codec: str, example: str):

@@ -16,8 +16,7 @@ import torch
 from PIL import Image, features
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from loqi_core.degrade.base import Degradation, Degraded
-from loqi_core.errors import ConfigError
+from loqi_core.plugin import ConfigError, Degradation, Degraded
 
 
 def _check_images(images: Sequence[torch.Tensor], spec: str) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image, features
 
-from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.errors import ConfigError
+from loqi_core import parse_degradation
+from loqi_core.plugin import ConfigError
 from loqi_core.testing import DegradationTests, random_images
 
 AVIF = features.check("avif")

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import AggregatorSpec, EncoderSpec, MethodProtocol, NoParams, Params, Preprocess, WeightsSpec
+from loqi_core.plugin import (
+    AggregatorSpec,
+    EncoderSpec,
+    MethodProtocol,
+    NoParams,
+    Params,
+    Preprocess,
+    WeightsSpec,
+    hookimpl,
+)
 
 CITATION = (
     "A. Ali-bey, B. Chaib-draa, P. Giguère. MixVPR: Feature Mixing for Visual Place Recognition. WACV 2023."

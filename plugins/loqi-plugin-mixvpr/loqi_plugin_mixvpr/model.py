@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loqi_core.models.weights import unwrap_state_dict
+from loqi_core.plugin import unwrap_state_dict
 
 
 class ResNet50Layer3(nn.Module):

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loqi_core.hooks.manager import get_plugins
-from loqi_core.models.model import build_model
+from loqi_core import build_model
+from loqi_core.plugin import get_plugins
 from loqi_core.testing import MethodTests, random_state_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mixvpr_resnet50_4096_keys.json"
@@ -58,7 +58,7 @@ def test_official_checkpoint_loads_strict_at_320(tmp_path, photo_320, method, di
 
 
 def test_a_checkpoint_of_another_size_is_refused_by_name(tmp_path):
-    from loqi_core.errors import WeightsError
+    from loqi_core.plugin import WeightsError
 
     path = tmp_path / "mixvpr_512.ckpt"
     torch.save(_official(512), path)
@@ -67,7 +67,7 @@ def test_a_checkpoint_of_another_size_is_refused_by_name(tmp_path):
 
 
 def test_official_variant_offline_names_the_drive_file(tmp_path, monkeypatch):
-    from loqi_core.errors import WeightsError
+    from loqi_core.plugin import WeightsError
 
     monkeypatch.setenv("LOQI_CACHE", str(tmp_path))
     with pytest.raises(WeightsError) as info:
@@ -133,8 +133,7 @@ def test_paper_protocol_is_the_authors_tensor_resize_without_antialiasing():
     """The authors: ToTensor, Normalize, then tvf.Resize((320, 320), bicubic, antialias=None) — off for tensors."""
     import torchvision.transforms.functional as TF
 
-    from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
-    from loqi_core.models.preprocess import preprocess_images
+    from loqi_core.plugin import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
     from loqi_core.testing import random_images
 
     spec = get_plugins().encoder("mixvpr")

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 EXPECTED = {"test": {"database": 18871, "queries": 11084}, "val": {"database": 18871, "queries": 11084}}
 """The paper's Table I: gmberton's formatting of MSLS val (cph + sf merged, panoramas dropped, all queries)."""
@@ -29,7 +27,7 @@ def _root(params: FolderTestParams) -> Path | None:
 
 
 def _test(params: FolderTestParams):
-    from loqi_core.data.folders import read_protocol_test_set
+    from loqi_core.plugin import read_protocol_test_set
 
     return read_protocol_test_set(params, "msls", EXPECTED, root=_root(params))
 

@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 
-from loqi_core.data.datasets import ProtocolMismatchWarning, load_dataset
+from loqi_core import load_dataset
+from loqi_core.plugin import ProtocolMismatchWarning
 from loqi_core.testing import DatasetTests
 from loqi_core.testing.tiny import write_vpr_folder
 

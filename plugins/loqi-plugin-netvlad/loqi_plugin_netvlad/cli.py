@@ -47,11 +47,8 @@ def init_clusters_command(
       loqi netvlad init-clusters --dataset folder:/data/pitts30k --split test -o runs/netvlad-init
       loqi distill --method netvlad --weights runs/netvlad-init ...
     """
-    from loqi_core.data.datasets import load_dataset
-    from loqi_core.errors import ConfigError
-    from loqi_core.models.checkpoint import save_checkpoint
-    from loqi_core.models.model import build_model
-    from loqi_core.util.devices import resolve_device
+    from loqi_core import build_model, load_dataset
+    from loqi_core.plugin import ConfigError, resolve_device, save_checkpoint
     from loqi_plugin_netvlad.clusters import kmeans, pick_images, sample_local_features
     from loqi_plugin_netvlad.layer import NetVLAD
 

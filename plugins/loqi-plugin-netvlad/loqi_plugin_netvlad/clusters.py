@@ -14,9 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loqi_core.data.images import read_image
-from loqi_core.errors import ConfigError
-from loqi_core.models.model import VPRModel
+from loqi_core.plugin import ConfigError, VPRModel, read_image
 
 
 @torch.inference_mode()
@@ -29,7 +27,7 @@ def sample_local_features(
     progress: bool = True,
 ) -> np.ndarray:
     """``per_image`` random L2-normalised local features (rows of C values) from each image's latent map."""
-    from loqi_core.util.progress import progress as progress_bar
+    from loqi_core.plugin import progress as progress_bar
 
     rng = np.random.default_rng(seed)
     model = model.to(device).eval()

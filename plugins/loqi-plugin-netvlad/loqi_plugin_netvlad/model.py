@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from loqi_core.models.weights import unwrap_state_dict
+from loqi_core.plugin import unwrap_state_dict
 
 # torchvision's VGG16 "D" configuration: conv widths, "M" = 2×2 max-pool.
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loqi_core.errors import WeightsError
-from loqi_core.models.model import build_model
+from loqi_core import build_model
+from loqi_core.plugin import WeightsError
 from loqi_core.testing import MethodTests, random_state_dict
 from loqi_core.testing.tiny import write_vpr_folder
 from loqi_plugin_netvlad.layer import NetVLAD
@@ -116,7 +116,7 @@ def test_torchvision_imagenet_layout_converts_onto_the_encoder():
 
 
 def test_trainable_prefixes_are_conv5_and_netvlad():
-    from loqi_core.hooks.manager import get_plugins
+    from loqi_core.plugin import get_plugins
 
     spec = get_plugins().method("netvlad")[0]
     model = build_model("netvlad", weights="random")

@@ -6,9 +6,7 @@ ride each), which video degradations need. Keep this module free of torch import
 
 from __future__ import annotations
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 EXPECTED = {"test": {"database": 27592, "queries": 2760}}
 """The paper's Table I: every summer frame as database, every 10th winter frame as queries."""
@@ -21,7 +19,7 @@ the frame index (field 7) gives the sequence order."""
 
 
 def _test(params: FolderTestParams):
-    from loqi_core.data.folders import read_protocol_test_set
+    from loqi_core.plugin import read_protocol_test_set
 
     return read_protocol_test_set(params, "nordland", EXPECTED, order="frame")
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.data.datasets import ProtocolMismatchWarning, load_dataset
-from loqi_core.errors import DataError
+from loqi_core import load_dataset
+from loqi_core.plugin import DataError, ProtocolMismatchWarning
 from loqi_core.testing import DatasetTests
 
 SPACING = 25 / 1.5  # download_nordland_subset.py: 25 m = 1.5 frames

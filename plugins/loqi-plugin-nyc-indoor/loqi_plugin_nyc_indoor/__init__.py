@@ -5,9 +5,7 @@ Keep this module free of torch imports.
 
 from __future__ import annotations
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 LAYOUT = """\
 ROOT/images/test/database/@<east>@<north>@...@.jpg
@@ -16,7 +14,7 @@ east/north: the dataset's semi-automatic floor-plan annotation, in metres."""
 
 
 def _test(params: FolderTestParams):
-    from loqi_core.data.folders import read_protocol_test_set
+    from loqi_core.plugin import read_protocol_test_set
 
     return read_protocol_test_set(params, "nyc-indoor", {})
 

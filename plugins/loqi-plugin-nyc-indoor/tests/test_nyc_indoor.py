@@ -1,6 +1,6 @@
 import warnings
 
-from loqi_core.data.datasets import load_dataset
+from loqi_core import load_dataset
 from loqi_core.testing import DatasetTests
 from loqi_core.testing.tiny import write_vpr_folder
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 # (database, queries) per split, from the NetVLAD paper (Arandjelovic et al., CVPR 2016) as reported by the
 # benchmark of Berton et al. (CVPR 2022). The test splits are the commonly quoted ones; train/val UNVERIFIED.
@@ -46,12 +44,12 @@ def _counts(name: str) -> str:
 
 def _make(name: str):
     def test(params: PittsParams):
-        from loqi_core.data.folders import read_protocol_test_set
+        from loqi_core.plugin import read_protocol_test_set
 
         return read_protocol_test_set(params, name, EXPECTED[name])
 
     def train(params: PittsParams):
-        from loqi_core.data.folders import read_train_folder
+        from loqi_core.plugin import read_train_folder
 
         return read_train_folder(
             params.root,

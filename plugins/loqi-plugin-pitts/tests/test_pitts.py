@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.data.datasets import ProtocolMismatchWarning, load_dataset
-from loqi_core.errors import DataError
-from loqi_core.hooks.manager import get_plugins
+from loqi_core import load_dataset
+from loqi_core.plugin import DataError, ProtocolMismatchWarning, get_plugins
 from loqi_core.testing import DatasetTests
 from loqi_core.testing.tiny import write_vpr_folder
 

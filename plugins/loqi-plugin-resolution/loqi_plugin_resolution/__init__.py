@@ -15,8 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import DegradationSpec, Params
+from loqi_core.plugin import DegradationSpec, Params, hookimpl
 
 MAX_SIDE = 16384
 SUFFIXES = r"(?:-(?P<interpolation>area|bilinear|bicubic))?(?:-(?P<back>back))?(?:-q(?P<file_quality>\d+))?"

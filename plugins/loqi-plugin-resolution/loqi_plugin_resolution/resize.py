@@ -8,8 +8,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from loqi_core.degrade.base import Degradation, Degraded
-from loqi_core.errors import ConfigError
+from loqi_core.plugin import ConfigError, Degradation, Degraded
 
 
 def size_for_height(h: int, w: int, height: int) -> tuple[int, int]:

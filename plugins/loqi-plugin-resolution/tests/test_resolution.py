@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.errors import ConfigError
+from loqi_core import parse_degradation
+from loqi_core.plugin import ConfigError
 from loqi_core.testing import DegradationTests, random_images
 
 
@@ -107,8 +107,7 @@ def test_q95_suffix_is_the_authors_imwrite_round_trip():
 
 
 def test_paper_protocol_adds_the_file_step_to_a_final_resolution_stage():
-    from loqi_core.hooks.manager import get_plugins
-    from loqi_core.protocol import protocol_degrade
+    from loqi_core.plugin import get_plugins, protocol_degrade
 
     p = get_plugins()
     assert protocol_degrade("res360p", "paper", p) == "res360p-q95"

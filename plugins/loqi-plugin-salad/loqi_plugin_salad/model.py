@@ -84,6 +84,6 @@ class Salad(nn.Module):
 
 def convert_official(obj: dict) -> dict:
     """The release checkpoint (``backbone.model.*`` hub DINOv2, ``aggregator.*``) → loqi keys."""
-    from loqi_core.models.weights import unwrap_state_dict
+    from loqi_core.plugin import unwrap_state_dict
 
     return hub_to_timm(unwrap_state_dict(obj), "backbone.model.", "encoder.backbone.vit.")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loqi_core.hooks.manager import get_plugins
+from loqi_core.plugin import get_plugins
 from loqi_core.testing import MethodTests
 from loqi_plugin_dinov2.testing import load_on_meta
 from loqi_plugin_salad import SaladEncoderParams, SaladParams
@@ -86,7 +86,7 @@ def _authors_native(img: torch.Tensor, max_size: int = 1024) -> torch.Tensor:
     import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    from loqi_core.hooks.specs import IMAGENET_MEAN, IMAGENET_STD
+    from loqi_core.plugin import IMAGENET_MEAN, IMAGENET_STD
 
     x = TF.normalize(img.float()[None] / 255, IMAGENET_MEAN, IMAGENET_STD)
     h, w = x.shape[-2:]
@@ -98,7 +98,7 @@ def _authors_native(img: torch.Tensor, max_size: int = 1024) -> torch.Tensor:
 
 @pytest.mark.parametrize("h,w", [(480, 640), (1100, 733), (301, 1500)])
 def test_paper_protocol_is_native_resolution_cropped_to_multiples_of_14(h, w):
-    from loqi_core.models.preprocess import preprocess_images
+    from loqi_core.plugin import preprocess_images
     from loqi_core.testing import random_images
 
     spec = get_plugins().encoder("salad")

@@ -3,7 +3,7 @@
 Keep this module free of heavy imports (torch, faiss, starlette): it is loaded by every ``loqi`` call.
 """
 
-from loqi_core import hookimpl
+from loqi_core.plugin import hookimpl
 
 
 @hookimpl

@@ -51,8 +51,7 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
       loqi index build --method mixvpr --weights runs/run-mixvpr-jpeg10-.../distill --dataset folder:/data/city --out indexes/city
       loqi index build --method salad --dataset msls:/data/msls --index ivfpq -s eval.ivf_nlist=4096 --out indexes/msls
     """
-    from loqi_core.commands.options import resolve, take_deprecated
-    from loqi_core.evaluation.search import IVFPQParams
+    from loqi_core.plugin import IVFPQParams, config_from_flags, take_deprecated
     from loqi_plugin_serve.index import build_index, describe, read_meta
 
     take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in index build",
@@ -60,7 +59,7 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
     extra = {"model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
              "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
              "eval.cache": False if kw.get("no_cache") else None}  # fmt: skip
-    config = resolve(kw, extra)
+    config = config_from_flags(kw, extra)
     ev = config.eval
     ivf = IVFPQParams(nlist=ev.ivf_nlist, m=ev.ivf_m, nprobe=ev.ivf_nprobe, refine=ev.ivf_refine)
     path = build_index(config, dataset, out, backend=backend, ivf=ivf, thumbnails=not no_thumbnails, force=force,

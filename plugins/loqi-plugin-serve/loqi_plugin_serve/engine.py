@@ -14,7 +14,7 @@ from loqi_plugin_serve.index import Index, build_model_from, check_model, open_i
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from loqi_core.models.model import VPRModel
+    from loqi_core.plugin import VPRModel
 
 
 class Engine:
@@ -25,7 +25,7 @@ class Engine:
 
     def locate(self, images: list["torch.Tensor"], ks: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
         """One result list per image (best first, its own k), and the batch's model and search time in ms."""
-        from loqi_core.evaluation.engine import encode_batch
+        from loqi_core.plugin import encode_batch
 
         t0 = time.perf_counter()
         desc = np.empty((len(images), self.index.descriptors.shape[1]), dtype=np.float32)
@@ -60,9 +60,7 @@ class Engine:
 
 def load_engine(index_path: Path, weights: str | None = None, device: str = "auto", precision: str = "auto") -> Engine:
     """Open the index, rebuild its model (or load ``weights`` into it) and refuse a model that does not match."""
-    from loqi_core.evaluation.engine import use_bf16
-    from loqi_core.hooks.manager import get_plugins
-    from loqi_core.util.devices import resolve_device
+    from loqi_core.plugin import get_plugins, resolve_device, use_bf16
 
     index = open_index(index_path)
     record = index.meta["model"]

@@ -24,13 +24,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from loqi_core.errors import LoqiError
+from loqi_core.plugin import LoqiError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.config import RunConfig
-    from loqi_core.evaluation.search import IVFPQParams
-    from loqi_core.hooks.manager import Plugins
-    from loqi_core.models.model import VPRModel
+    from loqi_core.plugin import IVFPQParams, Plugins, RunConfig, VPRModel
 
 FORMAT = "loqi-index"
 FORMAT_VERSION = 1
@@ -56,7 +53,7 @@ def build_model_from(record: dict[str, Any], weights: str, plugins: "Plugins") -
     """The model an index record describes (random init seeded as ``loqi eval`` seeds it), with ``weights``."""
     import torch
 
-    from loqi_core.models.model import build_model
+    from loqi_core import build_model
 
     torch.manual_seed(record["seed"])
     return build_model(
@@ -77,7 +74,7 @@ def _thumbnail(path: Path) -> bytes:
 
     from PIL import Image
 
-    from loqi_core.data.images import read_image
+    from loqi_core.plugin import read_image
 
     img = Image.fromarray(read_image(path).permute(1, 2, 0).numpy())
     img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
@@ -87,7 +84,7 @@ def _thumbnail(path: Path) -> bytes:
 
 
 def _write_thumbnails(paths: list[Path], folder: Path) -> None:
-    from loqi_core.util.progress import progress
+    from loqi_core.plugin import progress
 
     offsets = [0]
     with open(folder / "thumbnails.bin", "wb") as f:
@@ -101,7 +98,7 @@ def _write_thumbnails(paths: list[Path], folder: Path) -> None:
 def _faiss_index(database: np.ndarray, backend: str, ivf: "IVFPQParams", seed: int):
     import faiss
 
-    from loqi_core.evaluation.search import build_ivfpq
+    from loqi_core.plugin import build_ivfpq
 
     if backend == "ivfpq":
         return build_ivfpq(database, ivf, seed=seed)
@@ -126,15 +123,20 @@ def build_index(
     """Encode the database of ``dataset`` with the configured model (via the eval cache) and write ``out``."""
     import faiss
 
-    from loqi_core.data.datasets import load_dataset
-    from loqi_core.degrade.grammar import parse_degradation
-    from loqi_core.evaluation.cache import EvalCache, model_fingerprint
-    from loqi_core.evaluation.engine import extract, model_versions, use_bf16
-    from loqi_core.evaluation.search import IVFPQParams, ivfpq_settings
-    from loqi_core.hooks.manager import get_plugins
-    from loqi_core.models.weights import sha256_of
-    from loqi_core.util.cpus import loader_workers
-    from loqi_core.util.devices import resolve_device
+    from loqi_core import load_dataset, parse_degradation
+    from loqi_core.plugin import (
+        EvalCache,
+        IVFPQParams,
+        extract,
+        get_plugins,
+        ivfpq_settings,
+        loader_workers,
+        model_fingerprint,
+        model_versions,
+        resolve_device,
+        sha256_of,
+        use_bf16,
+    )
 
     out = Path(out)
     if out.exists() and not force:
@@ -237,7 +239,7 @@ class Index:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` database indices and scores per query, re-ranked exactly (ties by the lower index)."""
-        from loqi_core.evaluation.search import refine
+        from loqi_core.plugin import refine
 
         q = np.ascontiguousarray(queries, dtype=np.float32)
         search = self.meta["search"]
@@ -276,7 +278,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def verify_files(path: Path, meta: dict[str, Any], full: bool = False) -> list[str]:
     """Problems with the index's files: missing or of the wrong size (and, with ``full``, the wrong sha256)."""
-    from loqi_core.models.weights import sha256_of
+    from loqi_core.plugin import sha256_of
 
     problems = []
     for name, expected in meta["files"].items():
@@ -314,7 +316,7 @@ def open_index(path: Path) -> Index:
 
 def check_model(meta: dict[str, Any], model: "VPRModel", index_path: Path) -> None:
     """Refuse a model whose weights or architecture differ from the one that encoded the index."""
-    from loqi_core.evaluation.cache import model_fingerprint
+    from loqi_core.plugin import model_fingerprint
 
     built = meta["model"]
     fingerprint = model_fingerprint(model)

@@ -23,7 +23,7 @@ LIMITS = Limits(max_body_bytes=1 << 20, max_pixels=4_000_000, max_frames=16, max
 
 
 def index_config(cache_dir: Path, **overrides):
-    from loqi_core.config import resolve_run_config
+    from loqi_core.plugin import resolve_run_config
 
     return resolve_run_config(None, {"model.method": "lite0-gem", "degrade": "none", "device": "cpu",
                                      "eval.num_workers": 0, "eval.cache_dir": str(cache_dir), **overrides})  # fmt: skip
@@ -87,8 +87,7 @@ def decoded(data: bytes):
 
 def expected(engine, images, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The eval engine's answer: its encode_batch (one image at a time) and its exact flat search."""
-    from loqi_core.evaluation.engine import encode_batch
-    from loqi_core.evaluation.search import search
+    from loqi_core.plugin import encode_batch, search
 
     desc = np.concatenate([encode_batch(engine.model, [img], engine.device, False) for img in images])
     return search(np.asarray(engine.index.descriptors), desc, k, "flat")
@@ -122,7 +121,7 @@ def decoded_video(data: bytes, fmt: str):
 
 def database_files(index) -> list[Path]:
     """The image files behind an index's database entries, in index order (checked against names.txt)."""
-    from loqi_core.data.datasets import load_dataset
+    from loqi_core import load_dataset
 
     paths = load_dataset(index.meta["dataset"], "test").database.paths
     assert [p.as_posix().endswith(n) for n, p in zip(index.names, paths)] == [True] * len(paths)

@@ -56,7 +56,7 @@ def test_locate_a_database_image_finds_itself(server, engine, kit):
                                                            ("PNG", "application/octet-stream", {})])  # fmt: skip
 def test_locate_equals_the_eval_engine(server, engine, kit, fmt, content_type, save):
     """A degraded query (a winter frame, re-encoded): the server's top-k is what encode_batch + exact search give."""
-    from loqi_core.data.datasets import load_dataset
+    from loqi_core import load_dataset
 
     query = load_dataset("demo", "test").queries.paths[123]
     data = kit.image_bytes(kit.decoded(query.read_bytes()), fmt, **save)

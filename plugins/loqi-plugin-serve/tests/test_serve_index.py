@@ -15,19 +15,23 @@ from loqi_plugin_serve.index import IndexDirError, build_index, open_index, read
 
 def _cli():
     from loqi_core.cli import cli
-    from loqi_core.hooks.manager import get_plugins
+    from loqi_core.plugin import get_plugins
 
     get_plugins().add_commands(cli)
     return cli
 
 
 def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_index, cache_dir, kit):
-    from loqi_core.data.datasets import load_dataset
-    from loqi_core.degrade.base import Identity
-    from loqi_core.evaluation.cache import EvalCache, model_fingerprint
-    from loqi_core.evaluation.engine import ExtractStats, extract, model_versions
-    from loqi_core.hooks.manager import get_plugins
-    from loqi_core.models.model import build_model
+    from loqi_core import build_model, load_dataset
+    from loqi_core.plugin import (
+        EvalCache,
+        ExtractStats,
+        Identity,
+        extract,
+        get_plugins,
+        model_fingerprint,
+        model_versions,
+    )
 
     meta = read_meta(demo_index)
     model = build_model("lite0-gem")
@@ -51,7 +55,7 @@ def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_
 
 
 def test_flat_search_equals_the_eval_engines_search(demo_index):
-    from loqi_core.evaluation.search import search
+    from loqi_core.plugin import search
 
     index = open_index(demo_index)
     queries = np.asarray(index.descriptors[::3]) + 0.01  # perturbed database descriptors: a full ranking per query
@@ -137,7 +141,7 @@ def test_index_build_and_info_on_the_command_line(demo_index, cache_dir, tmp_pat
 
 def test_a_random_weight_index_of_a_folder_dataset_is_served_by_its_own_seeded_model(tmp_path, kit):
     """`--weights random` with a seed: the server rebuilds the same random initialisation and accepts it."""
-    from loqi_core.data.images import read_image
+    from loqi_core.plugin import read_image
     from loqi_core.testing.tiny import write_vpr_folder
     from loqi_plugin_serve.engine import load_engine
 

@@ -5,9 +5,7 @@ Keep this module free of torch imports.
 
 from __future__ import annotations
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 EXPECTED = {"test": {"database": 75984, "queries": 315}}
 """The paper's Table I."""
@@ -18,7 +16,7 @@ ROOT/images/test/queries/@<utm_east>@<utm_north>@...@.jpg                       
 
 
 def _test(params: FolderTestParams):
-    from loqi_core.data.folders import read_protocol_test_set
+    from loqi_core.plugin import read_protocol_test_set
 
     return read_protocol_test_set(params, "tokyo247", EXPECTED)
 

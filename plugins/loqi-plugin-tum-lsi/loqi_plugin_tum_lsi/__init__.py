@@ -5,9 +5,7 @@ Keep this module free of torch imports.
 
 from __future__ import annotations
 
-from loqi_core import hookimpl
-from loqi_core.data.folder_dataset import FolderTestParams
-from loqi_core.hooks.specs import DatasetSpec
+from loqi_core.plugin import DatasetSpec, FolderTestParams, hookimpl
 
 EXPECTED = {"test": {"queries": 220}}
 """220 test images in TUM LSI (Walch et al., ICCV 2017); every recall value of the paper's Table III is a
@@ -20,7 +18,7 @@ No downloader script exists: convert the released poses to this layout (east, no
 
 
 def _test(params: FolderTestParams):
-    from loqi_core.data.folders import read_protocol_test_set
+    from loqi_core.plugin import read_protocol_test_set
 
     return read_protocol_test_set(params, "tum-lsi", EXPECTED)
 

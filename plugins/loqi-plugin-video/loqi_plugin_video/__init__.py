@@ -13,8 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import DegradationSpec, Params
+from loqi_core.plugin import DegradationSpec, Params, hookimpl
 
 CHROMA = r"(?:-(?P<chroma>420|422|444))?"
 

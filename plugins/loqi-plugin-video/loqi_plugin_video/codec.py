@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from av.video.frame import PictureType
 
-from loqi_core.degrade.base import Degradation, Degraded
-from loqi_core.errors import ConfigError, DataError
+from loqi_core.plugin import ConfigError, DataError, Degradation, Degraded
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder unless told to report errors only
 

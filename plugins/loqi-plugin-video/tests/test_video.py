@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.errors import ConfigError, DataError
+from loqi_core import parse_degradation
+from loqi_core.plugin import ConfigError, DataError
 from loqi_core.testing import DegradationTests, random_images
 from loqi_plugin_video.codec import coded_size, encode_stream
 

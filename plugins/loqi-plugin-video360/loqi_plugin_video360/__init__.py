@@ -11,8 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from loqi_core import hookimpl
-from loqi_core.hooks.specs import DatasetSpec, Params
+from loqi_core.plugin import DatasetSpec, Params, hookimpl
 
 LAYOUT = """\
 ROOT/database/<name>.mp4  + ROOT/database/<name>.csv   (columns frame,east,north; metres; frame = 0-based)

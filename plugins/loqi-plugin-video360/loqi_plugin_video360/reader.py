@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loqi_core.data.folders import group_places, read_image_list, read_test_folder
-from loqi_core.data.sets import ImageList, TestSet, TrainSet
-from loqi_core.errors import DataError
+from loqi_core.plugin import DataError, ImageList, TestSet, TrainSet, group_places, read_image_list, read_test_folder
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
@@ -100,7 +98,7 @@ def slice_video(video: Path, out_dir: Path, params, positions: dict[int, tuple[f
         container = av.open(str(video))
     except (av.error.FFmpegError, OSError) as exc:
         raise DataError(f"{video}: cannot open the video ({exc})") from None
-    from loqi_core.util.progress import progress
+    from loqi_core.plugin import progress
 
     try:
         with container:

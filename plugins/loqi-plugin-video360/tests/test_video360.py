@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loqi_core.data.datasets import load_dataset
-from loqi_core.errors import DataError
+from loqi_core import load_dataset
+from loqi_core.plugin import DataError
 from loqi_core.testing import DatasetTests
 from loqi_plugin_video360.geometry import project, remap, view_maps, view_yaws
 
