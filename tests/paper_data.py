@@ -54,15 +54,20 @@ def write_gsv_cities(root: Path, cities: tuple[str, ...] | None = None, places: 
     return root
 
 
-def write_split(root: Path, split: str, places: int = 6, size: tuple[int, int] = (30, 40), seed: int = 0) -> Path:
-    """gmberton's layout for one split: a database image per place 100 m apart, a noisy query of each place."""
+def write_split(root: Path, split: str, places: int = 6, size: tuple[int, int] = (30, 40), seed: int = 0,
+                per_place: int = 1) -> Path:  # fmt: skip
+    """gmberton's layout for one split: ``per_place`` database images per place (within 2 m), places 100 m apart, and
+    a noisy query of each place."""
     rng = np.random.default_rng(seed)
     for part in ("database", "queries"):
         (root / "images" / split / part).mkdir(parents=True, exist_ok=True)
     for place in range(places):
         base = scene(rng, size)
         east, north = 585000.0 + place * 100.0, 4477000.0
-        Image.fromarray(base).save(root / "images" / split / "database" / f"@{east:.2f}@{north:.2f}@17@T@@@@@{place:04d}@.jpg")
+        for k in range(per_place):
+            image = base if k == 0 else noisy(rng, base)
+            name = f"@{east + k * 0.5:.2f}@{north:.2f}@17@T@@@@@{place:04d}{'' if k == 0 else f'_{k}'}@.jpg"
+            Image.fromarray(image).save(root / "images" / split / "database" / name)
         qe = east + rng.uniform(-5, 5)
         Image.fromarray(noisy(rng, base, 12)).save(root / "images" / split / "queries" / f"@{qe:.2f}@{north:.2f}@17@T@@@@@{place:04d}q@.jpg")
     return root

@@ -203,6 +203,13 @@ class Experiment:
         self.report = Report(run, config.eval.recall)
         if self.untrained:
             self.echo(f"!! {UNTRAINED}")
+        if config.protocol != "upstream":  # what the protocol changes, and a method the paper never ran says so
+            from loqi_core.protocol import protocol_notes
+            from loqi_core.training.recipe import encoder_spec
+
+            run["protocol_notes"] = protocol_notes(config.protocol, encoder_spec(config, self.plugins))
+            for note in run["protocol_notes"]:
+                self.echo(note)
 
     def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
         """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);
