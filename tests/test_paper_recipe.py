@@ -454,3 +454,39 @@ def test_pitts30k_val_split_reads_the_authors_validation_set(tmp_path):
     gt = val.ground_truth(25.0)
     assert [list(g) for g in gt] == [[k] for k in range(5)]
     assert math.isclose(val.queries.positions[0][1], 4477000.0)
+
+
+# ---- CricaVPR's test batches -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_seeded_shuffle_regroups_the_test_batches_and_nothing_else(tmp_path):
+    """The authors' CricaVPR batches came from hash-randomised set() order; loqi keeps its own (sorted) grouping and
+    offers ``shuffle_seed``: same seed, same order; ground truth follows; a batch-independent model's recall is
+    unchanged, CricaVPR's descriptors change with the images that share its batch."""
+    from loqi_core import build_model
+    from loqi_core.config import EvalConfig
+    from loqi_core.evaluation.engine import evaluate
+
+    root = write_split(tmp_path / "msls", "test", places=8, size=(60, 80))
+    plain = load_dataset(f"msls:{root}", "test")
+    mixed = load_dataset(f"msls:{root}?shuffle_seed=3", "test")
+    again = load_dataset(f"msls:{root}?shuffle_seed=3", "test")
+    assert sorted(mixed.database.paths) == plain.database.paths and mixed.database.paths != plain.database.paths
+    assert mixed.queries.paths == again.queries.paths
+    for images in (mixed.database, mixed.queries):
+        for path, (east, _) in zip(images.paths, images.positions):
+            assert path.name.startswith(f"@{east:.2f}@")
+    assert any("random order of seed 3" in n for n in mixed.notes)
+    with isolated_plugins(("tiny", tiny_plugin)) as plugins:
+        torch.manual_seed(0)
+        tiny = build_model("tiny", weights="random", plugins=plugins)
+        kw = dict(device="cpu", cache=EvalCache(tmp_path / "cache"), plugins=plugins)
+        assert evaluate(tiny, plain, **kw).recalls == evaluate(tiny, mixed, **kw).recalls
+    torch.manual_seed(0)
+    crica = build_model("cricavpr", weights="random", aggregator_params={"group_size": 0}, protocol="paper")
+    ev = EvalConfig(batch_size=4, num_workers=0, cache=False)
+    a = evaluate(crica, plain, config=ev, device="cpu", cache=EvalCache(enabled=False))
+    b = evaluate(crica, mixed, config=ev, device="cpu", cache=EvalCache(enabled=False))
+    first = mixed.database.paths.index(plain.database.paths[0])
+    assert not np.allclose(a.database_descriptors[0], b.database_descriptors[first], atol=1e-5)
