@@ -100,7 +100,9 @@ class DistillConfig(Section):
         "every layer, frozen ones included (the authors' model.train())"
     )
     dropout: bool = Field(False, description="keep dropout / drop-path active in the student (the reference does)")
-    tf32: bool = Field(False, description="TF32 matrix products and convolutions on CUDA while training (the authors' setting)")
+    tf32: bool = Field(
+        False, description="TF32 matrix products and convolutions on CUDA while training (the authors' setting)"
+    )
     finetune_loss: str = Field(
         "multisimilarity", description="loss of `loqi finetune` (the no-teacher baseline): a metric-learning loss"
     )

@@ -153,6 +153,7 @@ def test_smoke_table2_runs_the_whole_recipe_killed_resumed_then_skipped(tmp_path
     assert tuned["images_per_step"] == 24 and not tuned["mined"] and tuned["loss"] == "triplet"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["run"]["protocol"] == "paper" and metrics["run"]["untrained"] is True
+    assert metrics["run"]["protocol_notes"][0].startswith("protocol paper: ")
     assert set(metrics["datasets"]) == {"msls", "nordland", "tokyo247"}
     assert list(metrics["datasets"]["nordland"]["rows"]) == ["pretrained_clean", "pretrained_degraded", "finetuned", "distilled"]
     config = json.loads((run_dir / "config.json").read_text())

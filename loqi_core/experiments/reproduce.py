@@ -239,7 +239,7 @@ def published_lines(run: PlannedRun, paper: dict[str, Any]) -> list[str]:
         facts = table["methods"].get(run.method)
         if facts is None:
             return ["paper: no published numbers for this method (loqi's numbers are reported alone)"]
-        return [f"paper pretrained {q} ({ns}): " + "; ".join(f"{t} {_values(facts[q].get(t))}" for t in run.tests if t in facts[q])
+        return [f"paper pretrained {q} ({ns}): " + "; ".join(f"{t} {_values(facts[q][t])}" for t in run.tests if t in facts[q])
                 for q in ("clean", "degraded")]  # fmt: skip
     if run.table == "table4":
         return [f"paper pretrained ({ns}): " + "; ".join(f"{t} {_values(table['pretrained'].get(t))}" for t in run.tests),
@@ -254,8 +254,11 @@ def recipe_lines(config: RunConfig, run: PlannedRun) -> list[str]:
     if run.kind == "eval":
         return ["training: none (the paper evaluates the pretrained models only)"]
     d = config.distill
-    views = "native size, no crop or resize" if d.view_size == "native" else \
-        f"{'x'.join(map(str, d.view_size)) if d.view_size else 'test-set size'} views, augment {'on' if d.augment else 'off'}"  # fmt: skip
+    if d.view_size == "native":
+        views = "native size, no crop or resize"
+    else:
+        size = "x".join(map(str, d.view_size)) if d.view_size else "test-set size"
+        views = f"{size} views, augment {'on' if d.augment else 'off'}"
     anchors = d.places_per_batch * d.images_per_place
     if d.mine:
         batch = (f"{d.places_per_batch} places × {d.images_per_place} anchors, each with its mined positive and 5 negatives "
@@ -264,7 +267,8 @@ def recipe_lines(config: RunConfig, run: PlannedRun) -> list[str]:
                   "the most similar image within 20 m, negatives = 5 random images of the anchor's group (city) beyond 30 m; "
                   "cached, never re-mined")  # fmt: skip
     else:
-        batch, mining = f"{d.places_per_batch} places × {d.images_per_place} images = {anchors} images per step", "mining: none"
+        batch = f"{d.places_per_batch} places × {d.images_per_place} images = {anchors} images per step"
+        mining = "mining: none"
     length = f"{d.max_steps} steps" if d.max_steps else f"{d.epochs} epoch(s)"
     fields = d.model_dump()
     if "val" not in fields:
@@ -277,14 +281,14 @@ def recipe_lines(config: RunConfig, run: PlannedRun) -> list[str]:
                 else f"every {fields.get('val_every')} steps")  # fmt: skip
         val = (f"validation: {fields['val']} {when}, queries {config.degrade} through the student against the database "
                f"encoded by the {fields.get('val_database')}; selection: the {fields.get('select')} checkpoint")  # fmt: skip
+    bn = "frozen" if d.freeze_bn else "drifting in " + ("every layer" if d.bn_scope == "all" else "trainable layers")
     lines = [
         f"training images: {run.train or d.train}, {views}; the teacher sees the clean image, the student {config.degrade}",
         f"batch: {batch}; {length}",
         mining,
         val,
         f"optimiser: Adam lr {d.lr:g}, ExponentialLR {d.gamma:g} per step, gradient clip {d.clip_grad_norm}; precision "
-        f"{d.precision}{', TF32' if d.tf32 else ''}; batch norm {'frozen' if d.freeze_bn else 'drifting in ' + ('every layer' if d.bn_scope == 'all' else 'trainable layers')}, "
-        f"dropout {'on' if d.dropout else 'off'}",
+        f"{d.precision}{', TF32' if d.tf32 else ''}; batch norm {bn}, dropout {'on' if d.dropout else 'off'}",
         "distilled with: " + ", ".join(run.losses),
     ]  # fmt: skip
     if run.finetune:
