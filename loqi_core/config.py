@@ -52,6 +52,10 @@ class ModelConfig(Section):
     aggregator_params: dict[str, Any] = Field(default_factory=dict)
     weights: str = Field("default", description='"default", a variant ("official"), "random", or a file/run dir')
     image_size: tuple[int, int] | None = Field(None, description="(height, width) overriding the method's input size")
+    preprocess: dict[str, Any] | None = Field(
+        None, description="the model's input preprocessing as resolved from the method, the protocol and image_size "
+        "(written by every run, so config.json shows what the model was fed; not a setting: a value that differs is refused)"
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -78,16 +82,33 @@ class DistillConfig(Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="train exactly this many steps (cycling epochs); None = epochs")
     trainable: list[str] | None = Field(None, description="parameter-name prefixes to train; None = the method's")
-    view_size: tuple[int, int] | None = Field(
+    view_size: tuple[int, int] | Literal["native"] | None = Field(
         None, description="(height, width) of every training view, the scale at which the student meets the degradation; "
+        '"native" = each image as it is, no crop or resize (the authors\' 300x400 GSV-Cities files; needs augment off); '
         "None = the test sets' typical image size (loqi run), else the method's input size or the training images' typical size"
     )
     augment: bool = Field(True, description="random resized crop and flip, identical for the teacher's and the student's view")
     min_crop: float = Field(0.7, gt=0, le=1, description="augmentation: smallest crop side, as a share of the largest crop")
+    mine: bool = Field(
+        False, description="the authors' mined step (distillation only): each anchor of a place batch brings the image "
+        "within 20 m its pretrained teacher finds most similar and 5 random images beyond 30 m of its group (city), "
+        "mined once before training and cached; 6 places x 4 anchors x 7 = 168 images per step"
+    )
     freeze_bn: bool = Field(True, description="keep batch-norm statistics of the student frozen (the reference lets them drift)")
+    bn_scope: Literal["trainable", "all"] = Field(
+        "trainable", description="with freeze_bn off, where batch-norm statistics drift: in trainable layers only, or in "
+        "every layer, frozen ones included (the authors' model.train())"
+    )
     dropout: bool = Field(False, description="keep dropout / drop-path active in the student (the reference does)")
+    tf32: bool = Field(
+        False, description="TF32 matrix products and convolutions on CUDA while training (the authors' setting)"
+    )
     finetune_loss: str = Field(
         "multisimilarity", description="loss of `loqi finetune` (the no-teacher baseline): a metric-learning loss"
+    )
+    finetune_loss_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="params of the finetune loss's terms, over distill.loss_params (e.g. NetVLAD's "
+        "own triplet margin √0.1 under --protocol paper)"
     )
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="step checkpoints kept on disk (the final one is always kept)")
@@ -96,6 +117,13 @@ class DistillConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto = on for CNN encoders on CUDA")
     tensorboard: bool = Field(True, description="also log to TensorBoard when the tensorboard package is installed")
+
+    @model_validator(mode="after")
+    def _native_views(self) -> "DistillConfig":
+        """Native views are the images as they are: a random crop and flip would change them."""
+        if self.view_size == "native" and self.augment:
+            raise ValueError('view_size "native" keeps every image as it is: set augment to false (--no-augment)')
+        return self
 
 
 class EvalConfig(Section):
@@ -303,5 +331,26 @@ def resolve_run_config(file: str | Path | None = None, overrides: dict[str, Any]
         return first
     plugins = plugins or get_plugins()
     spec = None if name is None else plugins.encoder(name) if name in plugins.encoders else plugins.method(name)[0]
-    config = resolve_config(file, overrides, {**(spec.run_defaults if spec else {}), **protocol_defaults(first.protocol, spec)})
-    return config.model_copy(update={"degrade": protocol_degrade(config.degrade, config.protocol, plugins)})
+    validation = "val" in DistillConfig.model_fields  # the paper's validation needs the validation-chosen checkpoints
+    defaults = protocol_defaults(first.protocol, spec, validation)
+    config = resolve_config(file, overrides, {**(spec.run_defaults if spec else {}), **defaults})
+    update: dict[str, Any] = {"degrade": protocol_degrade(config.degrade, config.protocol, plugins)}
+    if spec is not None:  # recorded resolved: config.json shows what the model is fed
+        preprocess = resolved_preprocess(spec, config)
+        if config.model.preprocess not in (None, preprocess):
+            raise ConfigError(
+                f"model.preprocess is recorded, not set: {config.model.preprocess} differs from what {name} is fed under "
+                f"protocol {config.protocol} ({preprocess}); leave it out (model.image_size sets the input size)"
+            )
+        update["model"] = config.model.model_copy(update={"preprocess": preprocess})
+    return config.model_copy(update=update)
+
+
+def resolved_preprocess(spec: Any, config: RunConfig) -> dict[str, Any]:
+    """The input preprocessing ``build_model`` gives the method: its own, its protocol's, ``model.image_size``."""
+    pp = spec.preprocess
+    if config.protocol in spec.protocols and spec.protocols[config.protocol].preprocess is not None:
+        pp = spec.protocols[config.protocol].preprocess
+    if config.model.image_size is not None:
+        pp = pp.model_copy(update={"size": tuple(config.model.image_size)})
+    return pp.model_dump(mode="json")

@@ -19,15 +19,31 @@ PROTOCOLS = ("upstream", "paper")
 
 GENERIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "upstream": {},
-    # the authors' autocast runs with dtype float32 (AMP is a no-op), TF32 on: fp32 is what they ran; their
-    # student is in train() mode (batch-norm statistics drift, dropout on)
-    "paper": {"eval.precision": "fp32", "distill.precision": "fp32", "distill.freeze_bn": False, "distill.dropout": True},
+    # trainer_gsv-cities.py: autocast with dtype float32 (AMP is a no-op) and TF32 on; the whole student in train()
+    # (batch-norm statistics drift in every layer, frozen ones too; dropout on); each step is 24 anchors of 6 places,
+    # each with its mined positive and 5 negatives, read at their native size with no augmentation
+    "paper": {
+        "eval.precision": "fp32", "distill.precision": "fp32", "distill.tf32": True, "distill.freeze_bn": False,
+        "distill.bn_scope": "all", "distill.dropout": True, "distill.view_size": "native", "distill.augment": False,
+        "distill.mine": True,
+    },
 }
+PAPER_VALIDATION: dict[str, Any] = {
+    "distill.val": "pitts30k?split=val", "distill.val_parts": 6, "distill.val_database": "teacher", "distill.select": "best",
+}
+"""The authors' validation (``trainer_gsv-cities.py``): after each sixth of the epoch, Pitts30k-val queries at JPEG-10
+through the student against the teacher's descriptors of the raw database, R@N at 25 m; the checkpoint with the best
+R@1 (``model_best``, R@1 ≥ best) is the student they test. Applied where the config has the validation fields."""
+PAPER_METHODS = ("netvlad", "mixvpr", "anyloc", "salad", "cricavpr")
+"""The five methods of the paper; any other method under ``paper`` gets the generic settings only."""
 
 
-def protocol_defaults(protocol: str, spec: "EncoderSpec | None") -> dict[str, Any]:
-    """Config defaults (dotted paths) of ``protocol``: the generic ones, then the method's own."""
+def protocol_defaults(protocol: str, spec: "EncoderSpec | None", validation: bool = False) -> dict[str, Any]:
+    """Config defaults (dotted paths) of ``protocol``: the generic ones, the paper's validation where the config
+    has its fields (``validation``), then the method's own."""
     out = dict(GENERIC_DEFAULTS.get(protocol, {}))
+    if protocol == "paper" and validation:
+        out.update(PAPER_VALIDATION)
     if spec is not None and protocol in spec.protocols:
         out.update(spec.protocols[protocol].run_defaults)
     return out
@@ -57,4 +73,9 @@ def protocol_notes(protocol: str, spec: "EncoderSpec | None") -> list[str]:
     notes = [f"protocol {protocol}: " + ", ".join(f"{k}={v}" for k, v in GENERIC_DEFAULTS.get(protocol, {}).items())]
     if spec is not None and protocol in spec.protocols:
         notes += list(spec.protocols[protocol].notes)
+    elif spec is not None and protocol == "paper":
+        notes.append(
+            f"{spec.name}: not one of the paper's methods ({', '.join(PAPER_METHODS)}): the authors never ran it, so "
+            "only the generic settings above apply and no published number compares with it"
+        )
     return notes

@@ -179,8 +179,11 @@ class Experiment:
             echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # run.log has its own header (loqi_core.util.logs)
             log.info(f"device: {self.device}")
         if self.views is not None:
-            (h, w), augment = self.views.size, "on" if self.views.augment else "off"
-            self.echo(f"training views {h}x{w} ({self.view_note}), augment {augment}; inputs checked")
+            if self.views.size is None:
+                self.echo("training views at their native size, no augmentation (distill.view_size native); inputs checked")
+            else:
+                (h, w), augment = self.views.size, "on" if self.views.augment else "off"
+                self.echo(f"training views {h}x{w} ({self.view_note}), augment {augment}; inputs checked")
         if self.env.is_main:
             with self.logged():
                 write_text(self.out / "config.json", dump_config(self.config))
@@ -200,6 +203,13 @@ class Experiment:
         self.report = Report(run, config.eval.recall)
         if self.untrained:
             self.echo(f"!! {UNTRAINED}")
+        if config.protocol != "upstream":  # what the protocol changes, and a method the paper never ran says so
+            from loqi_core.protocol import protocol_notes
+            from loqi_core.training.recipe import encoder_spec
+
+            run["protocol_notes"] = protocol_notes(config.protocol, encoder_spec(config, self.plugins))
+            for note in run["protocol_notes"]:
+                self.echo(note)
 
     def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
         """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);

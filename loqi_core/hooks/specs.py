@@ -87,6 +87,8 @@ class MethodProtocol:
     """Config defaults by dotted path, layered over the method's ``run_defaults`` (files and flags still override)."""
     notes: tuple[str, ...] = ()
     """One line per difference from upstream, with where the fact comes from (shown in reports and docs)."""
+    files: tuple["WeightsSpec", ...] = ()
+    """Other files the method reads under this protocol (AnyLoc: the indoor vocabulary); plans say where to get them."""
 
 
 @dataclass(frozen=True)

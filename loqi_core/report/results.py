@@ -4,7 +4,7 @@
 
     {"schema": "loqi.metrics/1", "loqi_version": "0.1.0", "created": "...",
      "run": {"kind": "run"|"sweep"|"eval", "method": ..., "degrade": ..., "protocol": "upstream"|"paper",
-             "weights": ..., "untrained": bool, "seed": 0},
+             "weights": ..., "untrained": bool, "seed": 0, "protocol_notes": [...] (not upstream)},
      "recall_at": [1, 2, 5, 10],
      "rows": {"<row>": {"label": "...", "weights": "...", "loss": "..."}},
      "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ..., "labelled": ...,
@@ -168,6 +168,8 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
     facts = [f"{k}: `{run[k]}`" for k in ("method", "degrade", "protocol", "loss", "weights", "seed") if run.get(k) is not None]
     if facts:
         lines += ["; ".join(facts), ""]
+    if run.get("protocol_notes"):
+        lines += [f"- {note}" for note in run["protocol_notes"]] + [""]
     lines += table_markdown(metrics) + [""]
     if any("@" in r for ds in metrics["datasets"].values() for r in ds["rows"]):
         lines += ["## Per degradation level", ""] + levels_markdown(metrics) + [""]
