@@ -260,16 +260,13 @@ class Experiment:
 
     def build(self, weights: str | None = None) -> "VPRModel":
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""
-        import torch
-
         from loqi_core.models.model import build_model
 
         m = self.config.model
-        torch.manual_seed(self.config.seed)
         return build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
             aggregator_params=m.aggregator_params, weights=weights or m.weights, image_size=m.image_size,
-            protocol=self.config.protocol, plugins=self.plugins,
+            protocol=self.config.protocol, seed=self.config.seed, plugins=self.plugins,
         )  # fmt: skip
 
     def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:

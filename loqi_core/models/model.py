@@ -62,6 +62,7 @@ def build_model(
     weights: str | Path | None = "default",
     image_size: tuple[int, int] | None = None,
     protocol: str = "upstream",
+    seed: int = 0,
     plugins: Plugins | None = None,
 ) -> VPRModel:
     """Compose a model from registered parts and load its weights.
@@ -69,7 +70,8 @@ def build_model(
     ``weights``: ``"default"`` (the method's first declared weights), a declared variant name
     (``"official"``, ``"imagenet"``), ``"random"``, a loqi checkpoint (``.safetensors`` or run directory),
     or any other file in the method's official format. ``protocol`` picks the method's preprocessing under
-    that protocol (``"paper"``: as the paper's authors ran it), where the method declares one.
+    that protocol (``"paper"``: as the paper's authors ran it), where the method declares one. ``seed`` seeds the
+    parts' random initialisation (default 0, the CLI's ``--seed``), without touching torch's global generator.
     """
     plugins = plugins or get_plugins()
     if method is None and encoder is None:
@@ -86,8 +88,10 @@ def build_model(
     enc_p = _params(enc_spec.params, encoder_params, "encoder_params")
     agg_p = _params(agg_spec.params, aggregator_params, "aggregator_params")
     resolved = resolve_weights(enc_spec, weights)  # before building: missing weights cost no work
-    enc = enc_spec.factory(enc_p)
-    agg = agg_spec.factory(agg_p, in_channels=enc.out_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        enc = enc_spec.factory(enc_p)
+        agg = agg_spec.factory(agg_p, in_channels=enc.out_channels)
     pp = enc_spec.preprocess
     if protocol in enc_spec.protocols and enc_spec.protocols[protocol].preprocess is not None:
         pp = enc_spec.protocols[protocol].preprocess
