@@ -13,12 +13,14 @@ from loqi_core.hooks.manager import Plugins, reset_plugins
 from loqi_core.plugin import hookimpl
 
 
-def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, version: str = "0.1.0") -> None:
+def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, version: str = "0.1.0",
+              requires: tuple[str, ...] = ()) -> None:
     """Write an importable module plus a dist-info with a ``loqi`` entry point: what pip would install."""
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    required = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{required}")
     (info / "entry_points.txt").write_text(f"[loqi]\n{entry_name} = {module}\n")
 
 
@@ -98,6 +100,30 @@ def test_third_party_plugin_registers_loss_and_aggregator_and_is_listed(site):
 
     model = build_model(encoder="tiny", aggregator="maxpool", weights="random")
     assert model(model.prepare(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)))[1].shape == (2, 16)
+
+
+def test_code_version_follows_the_source_of_a_plugin_and_of_the_plugins_it_requires(site):
+    """The cache key's code versions: an edit at the same version number changes them (issue #27)."""
+    loss = """
+        from loqi_core.plugin import LossSpec, hookimpl
+        SHARED = 1
+        @hookimpl
+        def loqi_register_losses(register):
+            register(LossSpec("{name}", lambda p: None))
+    """
+    make_dist(site, "loqi-plugin-base", "thirdparty_base", loss.format(name="base-loss"), "base")
+    make_dist(site, "loqi-plugin-derived", "thirdparty_derived", loss.format(name="derived-loss"), "derived",
+              requires=("loqi-core>=0.1", "Loqi_Plugin.Base>=0.1"))  # any spelling of the name
+    make_dist(site, "loqi-plugin-other", "thirdparty_other", loss.format(name="other-loss"), "other")
+    plugins = fresh()
+    providers = {n: plugins.losses.provider(f"{n}-loss") for n in ("base", "derived", "other")}
+    before = {n: plugins.code_version(p) for n, p in providers.items()}
+    assert all(v.startswith("0.1.0+src.") for v in before.values()) and len(set(before.values())) == 3
+    edited = textwrap.dedent(loss.format(name="base-loss")).replace("SHARED = 1", "SHARED = 2")
+    (site / "thirdparty_base.py").write_text(edited)
+    after = {n: plugins.code_version(p) for n, p in providers.items()}
+    assert after["base"] != before["base"] and after["derived"] != before["derived"]  # derived builds on base
+    assert after["other"] == before["other"]
 
 
 def test_broken_plugin_is_isolated_then_named_when_needed(site):
