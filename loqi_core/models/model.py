@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from loqi_core.errors import ConfigError, WeightsError
+from loqi_core.errors import ConfigError, PluginLoadError, WeightsError
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.hooks.specs import EncoderSpec, Params, Preprocess, WeightsSpec
 from loqi_core.models.checkpoint import checkpoint_file, load_checkpoint
@@ -91,7 +91,7 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = enc_spec.factory(enc_p)
-        agg = agg_spec.factory(agg_p, in_channels=enc.out_channels)
+        agg = agg_spec.factory(agg_p, in_channels=_out_channels(enc, enc_spec.name, plugins))
     pp = enc_spec.preprocess
     if protocol in enc_spec.protocols and enc_spec.protocols[protocol].preprocess is not None:
         pp = enc_spec.protocols[protocol].preprocess
@@ -111,8 +111,7 @@ def build_model(
                     "aggregator_params": aggregator_params, "weights": "random" if weights is None else str(weights),
                     "image_size": image_size, "protocol": protocol}  # fmt: skip
     mixed = method is None or (encoder is not None and encoder != method) or (aggregator is not None and aggregator != method)
-    if mixed:
-        _check_parts_fit(model)
+    _probe(model, plugins, mixed)
     load_weights(model, enc_spec, *resolved)
     return model
 
@@ -148,24 +147,61 @@ def wrap_model(module: nn.Module, *, name: str | None = None, **preprocess: Any)
     return VPRModel(module, _Descriptor(), pp, info)
 
 
-def _check_parts_fit(model: VPRModel) -> None:
-    """Parts of different methods: one forward pass on two blank images of the input size (224² when the method
-    keeps the image's own size), so an aggregator that cannot read this encoder's output fails here, in one line,
-    instead of inside the first batch of a run."""
-    import torch
+def _out_channels(encoder: nn.Module, name: str, plugins: Plugins) -> int:
+    """The encoder's declared channel count, which its aggregator is built for; a missing one names the plugin."""
+    channels = getattr(encoder, "out_channels", None)
+    if not isinstance(channels, int) or isinstance(channels, bool):
+        raise PluginLoadError(
+            f'encoder "{name}" of {plugins.encoders.provider(name)}: the module its EncoderSpec.factory returns has no '
+            f"integer out_channels (got {channels!r}); set out_channels to the channel count C of the B×C×h×w latent "
+            "map its forward returns"
+        )
+    return channels
 
+
+def _probe(model: VPRModel, plugins: Plugins, mixed: bool) -> None:
+    """One forward pass on a blank image of the input size (224² when the method keeps each image's own size),
+    before any weights load: an encoder whose ``out_channels`` is not what it returns, or parts that cannot read
+    each other's output, fail here in one line naming the plugin and the field, not inside a run's first batch."""
     training = model.training
     height, width = model.preprocess.size or (224, 224)
+    enc, agg = model.info["encoder"], model.info["aggregator"]
+    enc_of, agg_of = f'encoder "{enc}" of {plugins.encoders.provider(enc)}', f'aggregator "{agg}" of {plugins.aggregators.provider(agg)}'
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros(2, 3, height, width))
-    except Exception as exc:  # noqa: BLE001 - any failure means the parts do not fit; its text says how
-        raise ConfigError(
-            f'aggregator "{model.info["aggregator"]}" cannot take the output of encoder "{model.info["encoder"]}" '
-            f"({type(exc).__name__}: {str(exc)[:300]}); mix parts that agree on it (`loqi plugins` lists them)"
-        ) from None
+            model.eval()
+            try:
+                features = model.encoder(torch.zeros(1, 3, height, width))
+            except Exception as exc:  # noqa: BLE001 - a plugin's own failure, reported with what it was given
+                raise PluginLoadError(f"{enc_of} fails on a blank {height}×{width} image: {_reason(exc)}") from None
+            latent = features[0] if isinstance(features, tuple) else features
+            if not isinstance(latent, torch.Tensor) or latent.dim() != 4:
+                shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
+                raise PluginLoadError(f"{enc_of} returns {shape}; EncoderSpec.factory's module must return the "
+                                      "B×C×h×w latent map (or a tuple led by it)")  # fmt: skip
+            if latent.shape[1] != model.encoder.out_channels:
+                raise PluginLoadError(
+                    f"{enc_of}: its module declares out_channels={model.encoder.out_channels} but returns "
+                    f"{latent.shape[1]} channels ({tuple(latent.shape)} for a {height}×{width} image); set out_channels "
+                    f"to {latent.shape[1]} in the module its EncoderSpec.factory returns (the aggregator is built for it)"
+                )
+            try:
+                model.aggregator(features)
+            except Exception as exc:  # noqa: BLE001 - any failure means the parts do not fit; its text says how
+                if mixed:
+                    raise ConfigError(
+                        f'aggregator "{agg}" cannot take the output of encoder "{enc}" ({_reason(exc)}); mix parts '
+                        "that agree on it (`loqi plugins` lists them)"
+                    ) from None
+                raise PluginLoadError(
+                    f'{agg_of} cannot take the output of its method\'s {enc_of} ({tuple(latent.shape)}): {_reason(exc)}'
+                ) from None
     finally:
         model.train(training)
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _find_variant(spec: EncoderSpec, name: str) -> WeightsSpec | None:
