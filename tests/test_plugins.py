@@ -1,5 +1,6 @@
 """The plugin system as a third-party author meets it: entry points, failures, clashes, unknown names."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -124,6 +125,38 @@ def test_code_version_follows_the_source_of_a_plugin_and_of_the_plugins_it_requi
     after = {n: plugins.code_version(p) for n, p in providers.items()}
     assert after["base"] != before["base"] and after["derived"] != before["derived"]  # derived builds on base
     assert after["other"] == before["other"]
+
+
+def test_loqi_plugins_flags_a_plugin_whose_import_is_slow_or_heavy(site, monkeypatch):
+    """Issue #27: a plugin importing torch at module level made `loqi --help` 10x slower and nothing said so."""
+    import loqi_core.hooks.manager as manager
+    from loqi_core.cli import cli
+
+    (site / "thirdparty_weighty.py").write_text("import time\ntime.sleep(0.6)\n")  # stands in for torch, not yet imported
+    monkeypatch.setattr(manager, "HEAVY_MODULES", (*manager.HEAVY_MODULES, "thirdparty_weighty"))
+    source = """
+        import thirdparty_weighty
+        from loqi_core.plugin import LossSpec, hookimpl
+        @hookimpl
+        def loqi_register_losses(register):
+            register(LossSpec("weighty", lambda p: None))
+    """
+    make_dist(site, "loqi-plugin-weighty", "thirdparty_heavyplugin", source, "weighty")
+    make_dist(site, "loqi-plugin-light", "thirdparty_light", source.replace("import thirdparty_weighty", "")
+              .replace('"weighty"', '"light"'), "light")  # fmt: skip
+    try:
+        fresh()
+        text = CliRunner().invoke(cli, ["plugins"]).output
+        listed = {p["name"]: p for p in json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)}
+    finally:
+        sys.modules.pop("thirdparty_weighty", None)
+    flagged = text.split("slow to import", 1)[1].split("\n\n", 1)[0]
+    assert "import heavy libraries inside the factories" in flagged
+    assert "weighty (dist loqi-plugin-weighty 0.1.0): 0.6" in flagged and "imports thirdparty_weighty at module level" in flagged
+    assert "light (dist" not in flagged
+    assert listed["weighty"]["heavy_imports"] == ["thirdparty_weighty"] and listed["weighty"]["import_seconds"] >= 0.6
+    assert listed["light"]["heavy_imports"] == [] and listed["light"]["import_seconds"] < 0.5
+    assert listed["weighty"]["source"] == "thirdparty_heavyplugin" and listed["weighty"]["citations"] == {}
 
 
 def test_broken_plugin_is_isolated_then_named_when_needed(site):

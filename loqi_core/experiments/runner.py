@@ -192,7 +192,9 @@ class Experiment:
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
                "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
-               "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
+               "max_steps": config.distill.max_steps if kind != "eval" else None,
+               "citations": self.plugins.citations({"encoder": [self.model.info["encoder"]],
+                                                    "aggregator": [self.model.info["aggregator"]]})}  # fmt: skip
         if self.levels:
             run["eval_degrade"] = list(self.levels)
             if kind == "eval":  # nothing is evaluated at --degrade then

@@ -182,7 +182,8 @@ class Plugins:
                 f'Two plugins use the entry-point name "{name}": dist {other.dist} and dist {dist}; '
                 f"kept the one from {other.dist}. Uninstall one of them."
             )
-        info = PluginInfo(name, dist, version, getattr(plugin, "__name__", type(plugin).__name__), source=source_module(plugin))
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        info = PluginInfo(name, dist, version, module, source=source_module(plugin))
         self.info[name] = info
         self.pm.register(plugin, name=name)
         try:
@@ -318,6 +319,15 @@ class Plugins:
         modules = [info.source] + [p.source for p in self.info.values()
                                    if normalise_dist(p.dist) in required and p.source and not p.error]  # fmt: skip
         return code_version(provider.version, modules)
+
+    def citations(self, parts: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+        """``{"encoder": {name: citation}, "aggregator": {...}}`` of the named parts that give a citation."""
+        out: dict[str, dict[str, str]] = {}
+        for kind, registry in (("encoder", self.encoders), ("aggregator", self.aggregators)):
+            for name in parts.get(kind, []):
+                if name in registry and registry.get(name).citation:
+                    out.setdefault(kind, {})[name] = registry.get(name).citation
+        return out
 
     def versions(self) -> dict[str, str]:
         """Distribution name → version of every loaded plugin (written into each run directory)."""
