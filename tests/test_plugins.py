@@ -200,6 +200,25 @@ def test_clashing_plugins_name_both_distributions(site):
         fresh(strict=True)
 
 
+def test_a_clash_with_loqi_core_advises_renaming_not_uninstalling(site):
+    """Issue #27: loqi-core cannot be uninstalled, so the advice is to rename the plugin's name."""
+    source = """
+        from loqi_core.plugin import LossSpec, hookimpl
+        @hookimpl
+        def loqi_register_losses(register):
+            register(LossSpec("mse", lambda p: None))
+    """
+    make_dist(site, "loqi-plugin-mymse", "thirdparty_mymse", source, "mymse")
+    (error,) = [p.error for p in fresh().info.values() if p.error]
+    assert 'loss "mse" is registered twice: by plugin "losses" (dist loqi-core' in error
+    assert error.endswith("loqi-core's built-in loss keeps the name: rename the one of dist loqi-plugin-mymse.")
+    assert "Uninstall" not in error
+    make_dist(site, "loqi-plugin-named-losses", "thirdparty_named", source.replace('"mse"', '"other"'), "losses")
+    (named,) = [p.error for p in fresh().info.values() if p.error and "entry-point" in p.error]
+    assert named.endswith('"losses" is loqi-core\'s own: rename the entry point in dist loqi-plugin-named-losses\'s '
+                          "[project.entry-points.loqi].")  # fmt: skip
+
+
 def test_failed_plugin_leaves_nothing_half_registered():
     from loqi_core.hooks.specs import LossSpec
 

@@ -352,7 +352,8 @@ class Experiment:
         with self.runlog.stage("writing"):
             metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select,
                                         timings=lambda: self.runlog.timings(self.device))  # fmt: skip
-        if self.kind != "eval" and self.config.distill.tensorboard and log_recalls(self.out / "tensorboard", metrics):
+        tensorboard = self.config.distill.tensorboard
+        if self.kind != "eval" and tensorboard is not False and log_recalls(self.out / "tensorboard", metrics, tensorboard is True):
             self.echo(f"recalls logged to TensorBoard: {self.out / 'tensorboard'}")
         self.print_protocols()
         self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.report.run['degrade']}"))

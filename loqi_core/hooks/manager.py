@@ -178,9 +178,13 @@ class Plugins:
         """Register one plugin object or module and collect what its hooks register."""
         if name in self.info:
             other = self.info[name]
+            advice = "Uninstall one of them, or rename the entry point in one's [project.entry-points.loqi]."
+            if "loqi-core" in (other.dist, dist):  # loqi-core's own names ("losses", "folder") cannot be uninstalled
+                mine = dist if other.dist == "loqi-core" else other.dist
+                advice = f'"{name}" is loqi-core\'s own: rename the entry point in dist {mine}\'s [project.entry-points.loqi].'
             raise PluginLoadError(
                 f'Two plugins use the entry-point name "{name}": dist {other.dist} and dist {dist}; '
-                f"kept the one from {other.dist}. Uninstall one of them."
+                f"kept the one from {other.dist}. {advice}"
             )
         module = getattr(plugin, "__name__", type(plugin).__name__)
         info = PluginInfo(name, dist, version, module, source=source_module(plugin))

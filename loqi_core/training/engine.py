@@ -452,7 +452,8 @@ class _Trainer:
 
         self.columns = ["loss", *[n for _, n, _ in self.loss.terms]]
         self.csv = _CsvLog(self.out / "train_log.csv", self.columns[1:], start if latest is not None else None) if self.env.is_main else None
-        self.tb = summary_writer(self.out / "tensorboard") if self.env.is_main and self.d.tensorboard else None
+        wanted = self.env.is_main and self.d.tensorboard is not False
+        self.tb = summary_writer(self.out / "tensorboard", asked=self.d.tensorboard is True) if wanted else None
         self.t_first: float | None = None
         self.images = self.images_at_first = 0
         self.rate = float("nan")
