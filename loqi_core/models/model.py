@@ -166,7 +166,8 @@ def _probe(model: VPRModel, plugins: Plugins, mixed: bool) -> None:
     training = model.training
     height, width = model.preprocess.size or (224, 224)
     enc, agg = model.info["encoder"], model.info["aggregator"]
-    enc_of, agg_of = f'encoder "{enc}" of {plugins.encoders.provider(enc)}', f'aggregator "{agg}" of {plugins.aggregators.provider(agg)}'
+    enc_of = f'encoder "{enc}" of {plugins.encoders.provider(enc)}'
+    agg_of = f'aggregator "{agg}" of {plugins.aggregators.provider(agg)}'
     try:
         with torch.inference_mode():
             model.eval()
@@ -246,8 +247,28 @@ def load_weights(model: VPRModel, spec: EncoderSpec, kind: str, variant: Weights
     state = unwrap_state_dict(state)
     if variant is not None and variant.convert is not None:
         state = variant.convert(state)
-    target = model.encoder if variant is not None and variant.scope == "encoder" else model
-    try:
-        target.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise WeightsError(f'weights "{model.info["weights"]}" do not fit method "{spec.name}": {str(exc)[:2000]}') from None
+    scope = variant.scope if variant is not None else "model"
+    target = model.encoder if scope == "encoder" else model
+    what = f'weights "{model.info["weights"]}" do not fit method "{spec.name}"'
+    try:  # strict, as the check below makes it, with the keys left over named briefly
+        keys = target.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same keys, other shapes
+        raise WeightsError(f"{what}: {str(exc)[:1000]}") from None
+    if keys.missing_keys or keys.unexpected_keys:
+        raise WeightsError(f"{what}: {_key_mismatch(sorted(keys.missing_keys), sorted(keys.unexpected_keys), scope)}")
+
+
+def _key_mismatch(missing: list[str], unexpected: list[str], scope: str) -> str:
+    """Counts and the first few names of the keys that differ, and what the WeightsSpec's convert should return."""
+    first = lambda keys: ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")  # noqa: E731
+    parts = [f"{len(keys)} {kind} (first: {first(keys)})"
+             for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]  # fmt: skip
+    if scope == "encoder":
+        hint = ('WeightsSpec(scope="encoder") loads into the encoder itself: its convert must return the encoder\'s own '
+                'keys, without an "encoder." prefix')  # fmt: skip
+        if unexpected and all(k.startswith("encoder.") for k in unexpected):
+            hint = f'the unexpected keys start with "encoder.": {hint}'
+    else:
+        hint = ('WeightsSpec(scope="model") loads into the whole model: its convert must return keys starting with '
+                '"encoder." and "aggregator."')  # fmt: skip
+    return f"{'; '.join(parts)}. {hint}"
