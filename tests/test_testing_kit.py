@@ -246,6 +246,21 @@ def test_kit_catches_a_degradation_that_ignores_its_seed():
     assert "never from global state" in message and "sample_seed" in message
 
 
+def test_kit_catches_a_degradation_pattern_that_matches_anything():
+    from loqi_core.plugin import Degradation, Degraded, DegradationSpec
+
+    class Flip(Degradation):
+        def __call__(self, images, *, seed=0):
+            return Degraded([img.flip(-1) for img in images])
+
+    plugin = SimpleNamespace(loqi_register_degradations=hookimpl(
+        lambda register: register(DegradationSpec("flip", r"\S+", lambda p: Flip(), examples=("flip",)))))
+    kit = type("TestFlip", (DegradationTests,), {"specs": ["flip"]})()
+    with isolated_plugins(("flip", plugin), entry_points=False):
+        message = failure(kit.test_unknown_spec_suggests_forms)
+    assert "a DegradationSpec.pattern matches it; anchor the pattern on the family's name" in message
+
+
 # ---- a heavy import at module level -----------------------------------------------------------------
 
 

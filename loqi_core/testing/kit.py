@@ -418,8 +418,15 @@ class DegradationTests(_PluginModuleTests):
     def test_unknown_spec_suggests_forms(self):
         from loqi_core.degrade.grammar import parse_degradation
 
-        with pytest.raises(UnknownNameError, match="Known forms"):
+        try:
             parse_degradation("definitely-not-a-degradation7")
+        except UnknownNameError as exc:
+            assert "Known forms" in str(exc), f"the error for an unknown spec lists no known forms: {exc}"
+        else:
+            raise AssertionError(
+                'the spec "definitely-not-a-degradation7" was accepted: a DegradationSpec.pattern matches it; anchor '
+                "the pattern on the family's name (jpeg(?P<quality>\\d+))"
+            )
 
 
 class LossTests(_PluginModuleTests):
