@@ -116,7 +116,8 @@ class DistillConfig(Section):
     num_workers: int | None = Field(None, ge=0, description="loader processes; None = fit the CPUs the process may use")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto = on for CNN encoders on CUDA")
-    tensorboard: bool = Field(True, description="also log to TensorBoard when the tensorboard package is installed")
+    tensorboard: bool | None = Field(None, description="log to TensorBoard: unset = when the tensorboard package is "
+                                     "installed, silently; true = also warn (once) when it is not; false = never")
 
     @model_validator(mode="after")
     def _native_views(self) -> "DistillConfig":

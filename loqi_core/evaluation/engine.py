@@ -45,6 +45,7 @@ from loqi_core.evaluation.search import IVFPQParams, recall_at_n, resolve_backen
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.util.cpus import loader_workers
 from loqi_core.util.devices import resolve_device
+from loqi_core.util.sources import code_version
 from loqi_core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -343,12 +344,12 @@ def extract(
 
 
 def model_versions(model: "VPRModel", plugins: Plugins) -> dict[str, str]:
-    """Versions of loqi-core and of the plugins that provide the model's encoder and aggregator."""
-    out = {"loqi-core": __version__}
+    """Code versions (version + source digest) of loqi-core and of the plugins that provide the model's parts."""
+    out = {"loqi-core": code_version(__version__, ["loqi_core"])}
     for registry, name in ((plugins.encoders, model.info.get("encoder")), (plugins.aggregators, model.info.get("aggregator"))):
         if name in registry:
             p = registry.provider(name)
-            out[p.dist] = p.version
+            out[p.dist] = plugins.code_version(p)
     return out
 
 
@@ -359,12 +360,12 @@ def descriptor_key(model: "VPRModel", precision: str, device: "torch.device", pl
 
 
 def degradation_versions(degradation: Degradation, plugins: Plugins) -> dict[str, str]:
-    """Versions of loqi-core and of the plugins whose grammars the degradation's spec tokens match."""
-    out = {"loqi-core": __version__}
+    """Code versions (version + source digest) of loqi-core and of the plugins whose grammars the spec's tokens match."""
+    out = {"loqi-core": code_version(__version__, ["loqi_core"])}
     for token in (degradation.spec or "").split("+"):
         for _, dspec, provider in plugins.degradations.items():
             if token and re.fullmatch(dspec.pattern, token):
-                out[provider.dist] = provider.version
+                out[provider.dist] = plugins.code_version(provider)
     return out
 
 

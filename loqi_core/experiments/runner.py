@@ -195,7 +195,9 @@ class Experiment:
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
                "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
-               "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
+               "max_steps": config.distill.max_steps if kind != "eval" else None,
+               "citations": self.plugins.citations({"encoder": [self.model.info["encoder"]],
+                                                    "aggregator": [self.model.info["aggregator"]]})}  # fmt: skip
         if self.levels:
             run["eval_degrade"] = list(self.levels)
             if kind == "eval":  # nothing is evaluated at --degrade then
@@ -270,16 +272,13 @@ class Experiment:
 
     def build(self, weights: str | None = None) -> "VPRModel":
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""
-        import torch
-
         from loqi_core.models.model import build_model
 
         m = self.config.model
-        torch.manual_seed(self.config.seed)
         return build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
             aggregator_params=m.aggregator_params, weights=weights or m.weights, image_size=m.image_size,
-            protocol=self.config.protocol, plugins=self.plugins,
+            protocol=self.config.protocol, seed=self.config.seed, plugins=self.plugins,
         )  # fmt: skip
 
     def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:
@@ -363,7 +362,8 @@ class Experiment:
         with self.runlog.stage("writing"):
             metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select,
                                         timings=lambda: self.runlog.timings(self.device))  # fmt: skip
-        if self.kind != "eval" and self.config.distill.tensorboard and log_recalls(self.out / "tensorboard", metrics):
+        tensorboard = self.config.distill.tensorboard
+        if self.kind != "eval" and tensorboard is not False and log_recalls(self.out / "tensorboard", metrics, tensorboard is True):
             self.echo(f"recalls logged to TensorBoard: {self.out / 'tensorboard'}")
         self.print_protocols()
         self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.report.run['degrade']}"))

@@ -112,6 +112,7 @@ class EncoderSpec:
     default_aggregator: str | None = None
     """Aggregator used with ``--method NAME``; None means the aggregator registered under the same name."""
     citation: str = ""
+    """The paper to cite for this encoder (shown by ``loqi plugins`` and in every run's results)."""
     run_defaults: dict[str, Any] = field(default_factory=dict)
     """Config defaults this method sets, by dotted path (``{"distill.lr": 5e-5}``); files and flags override them."""
     protocols: dict[str, MethodProtocol] = field(default_factory=dict)
@@ -127,6 +128,8 @@ class AggregatorSpec:
     """``factory(params, in_channels) -> nn.Module``."""
     params: type[Params] = NoParams
     description: str = ""
+    citation: str = ""
+    """The paper to cite for this aggregator (shown by ``loqi plugins`` and in every run's results)."""
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ class ICKDLoss:
         self.params = params
 
     def __call__(self, batch: DistillBatch) -> torch.Tensor:
-        s, t = batch.student_latent, batch.teacher_latent
+        s, t = batch.student_latent, batch.teacher_latent.detach()  # the teacher is a fixed target
         if s.shape[1] != t.shape[1]:
             raise ValueError(f"ICKD needs equal channel counts, got student {s.shape[1]} and teacher {t.shape[1]}")
         diff = channel_gram(s, self.params.normalize_channels) - channel_gram(t, self.params.normalize_channels)
@@ -68,7 +68,7 @@ class MSELoss:
 
     def __call__(self, batch: DistillBatch) -> torch.Tensor:
         s = F.normalize(batch.student_desc.float(), dim=1)
-        t = F.normalize(batch.teacher_desc.float(), dim=1)
+        t = F.normalize(batch.teacher_desc.detach().float(), dim=1)
         return self.params.scale * F.mse_loss(s, t)
 
 

@@ -4,7 +4,8 @@
 
     {"schema": "loqi.metrics/1", "loqi_version": "0.1.0", "created": "...",
      "run": {"kind": "run"|"sweep"|"eval", "method": ..., "degrade": ..., "protocol": "upstream"|"paper",
-             "weights": ..., "untrained": bool, "seed": 0, "protocol_notes": [...] (not upstream)},
+             "weights": ..., "untrained": bool, "seed": 0, "protocol_notes": [...] (not upstream),
+             "citations": {"encoder": {"<name>": "<paper>"}, "aggregator": {"<name>": "<paper>"}}},
      "recall_at": [1, 2, 5, 10],
      "rows": {"<row>": {"label": "...", "weights": "...", "loss": "..."}},
      "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ..., "labelled": ...,
@@ -42,18 +43,20 @@ ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
 UNTRAINED = "UNTRAINED MODEL (--weights random): these numbers test the pipeline, not the method"
 
 
-def row_label(row: str, degrade: str) -> str:
-    """Human label of a row, as in the paper's Table II."""
+def row_label(row: str, degrade: str, untrained: bool = False) -> str:
+    """Human label of a row, as in the paper's Table II; the teacher rows of an untrained model (``--weights
+    random``) say "Random init", not "Pretrained"."""
+    teacher = "Random init" if untrained else "Pretrained"
     base, at, level = row.partition("@")
     if at:  # one level of --eval-degrade: a trained model says what it was trained on
         level = "clean images" if level.lower() in ("none", "clean") else level
         if base in ("pretrained_degraded", "model"):
-            return f"{'Pretrained' if base != 'model' else 'model'}, {level}"
+            return f"{teacher if base != 'model' else 'model'}, {level}"
         return f"{row_label(base, '').rstrip(', ')} on {degrade}, {level}"
     if row == "pretrained_clean":
-        return "Pretrained, clean images"
+        return f"{teacher}, clean images"
     if row == "pretrained_degraded":
-        return f"Pretrained, {degrade}"
+        return f"{teacher}, {degrade}"
     if row == "finetuned":
         return f"Finetuned, {degrade}"
     if row == "distilled":
@@ -93,7 +96,7 @@ class Report:
     def add(self, row: str, result: "EvalResult", **meta: Any) -> None:
         if row in self.results.get(result.dataset, {}):
             raise ValueError(f'the report already holds row "{row}" of test set "{result.dataset}" (two test sets with one name?)')
-        self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", "")), **meta})
+        self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", ""), self.untrained), **meta})
         self.results.setdefault(result.dataset, {})[row] = result
 
     def note(self, dataset: str, notes: Sequence[str]) -> None:
@@ -186,7 +189,18 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
         lines += [f"  - note: {n}" for n in ds.get("notes", [])]
         if ds.get("labelled") is False:
             lines.append(f"  - no recall: {p['positives'].removeprefix('unknown: ')}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + citations_markdown(run.get("citations") or {})) + "\n"
+
+
+def citations_markdown(citations: dict[str, dict[str, str]]) -> list[str]:
+    """A "Cite" section: each paper once, after the parts (``salad`` encoder and aggregator) it is cited for."""
+    papers: dict[str, list[str]] = {}
+    for kind, parts in citations.items():
+        for name, citation in parts.items():
+            papers.setdefault(citation, []).append(f"{kind} `{name}`")
+    if not papers:
+        return []
+    return ["", "## Cite", ""] + [f"- {' and '.join(parts)}: {citation}" for citation, parts in papers.items()]
 
 
 def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
@@ -226,7 +240,8 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
     header, align = ["level"], ["---"]
     for d in names:
         for b in bases:
-            label = {"pretrained_degraded": "pretrained"}.get(b, b.replace("distilled:", "distilled "))
+            teacher = "random init" if metrics.get("run", {}).get("untrained") else "pretrained"
+            label = {"pretrained_degraded": teacher}.get(b, b.replace("distilled:", "distilled "))
             header.append(f"{d} {label} {first}" + (" (Δ)" if b not in ("pretrained_degraded", "model") else ""))
             align.append("---:")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]

@@ -206,7 +206,7 @@ class _Trainer:
         built = build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
             aggregator_params=m.aggregator_params, weights=m.weights, image_size=m.image_size,
-            protocol=self.config.protocol, plugins=self.plugins,
+            protocol=self.config.protocol, seed=self.config.seed, plugins=self.plugins,
         )  # fmt: skip
         self.student: VPRModel = built
         self.teacher: VPRModel | None = None
@@ -472,7 +472,8 @@ class _Trainer:
 
         self.columns = ["loss", *[n for _, n, _ in self.loss.terms]]
         self.csv = _CsvLog(self.out / "train_log.csv", self.columns[1:], start if latest is not None else None) if self.env.is_main else None
-        self.tb = summary_writer(self.out / "tensorboard") if self.env.is_main and self.d.tensorboard else None
+        wanted = self.env.is_main and self.d.tensorboard is not False
+        self.tb = summary_writer(self.out / "tensorboard", asked=self.d.tensorboard is True) if wanted else None
         self.t_first: float | None = None
         self.images = self.images_at_first = 0
         self.rate = float("nan")

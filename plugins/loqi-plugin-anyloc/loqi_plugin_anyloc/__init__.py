@@ -123,6 +123,7 @@ def loqi_register_aggregators(register):
             factory=_aggregator,
             params=VLADParams,
             description="hard-assignment VLAD (cosine nearest centre, residual sums, intra-norm + L2), clusters·C dims",
+            citation=CITATION,
         )
     )
 

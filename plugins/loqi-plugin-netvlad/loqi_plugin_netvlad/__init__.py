@@ -121,6 +121,7 @@ def loqi_register_aggregators(register):
             factory=_aggregator,
             params=NetVLADParams,
             description="NetVLAD: soft-assigned residuals to K centroids, intra-normalised then L2 (K·C dims)",
+            citation=CITATION,
         )
     )
 
