@@ -139,9 +139,10 @@ def _site_without_loqi(tmp: Path) -> Path:
     farm = tmp / "deps"
     farm.mkdir()
     stdlib = {Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib")}
-    folders = [Path(sysconfig.get_paths()["purelib"])] + [Path(p) for p in sys.path if p and Path(p).is_dir()]
-    for folder in dict.fromkeys(f.resolve() for f in folders):
-        if folder in stdlib or folder.parent in stdlib or folder == ROOT or ROOT in folder.parents:
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()  # may lie inside the checkout (.venv) and below platstdlib
+    folders = [site] + [Path(p).resolve() for p in sys.path if p and Path(p).is_dir()]
+    for folder in dict.fromkeys(folders):
+        if folder != site and (folder in stdlib or folder.parent in stdlib or folder == ROOT or ROOT in folder.parents):
             continue
         for entry in folder.iterdir():
             name = entry.name.lower()
