@@ -38,8 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("loqi.cache")
 
-EVAL_CACHE_VERSION = 1
-"""Bump when the cached formats or the extraction pipeline change meaning."""
+EVAL_CACHE_VERSION = 2
+"""Bump when the cached formats or the extraction pipeline change meaning (2: images decode with their EXIF
+orientation applied, ``loqi_core.data.images``)."""
 
 
 def digest(obj: Any, length: int = 24) -> str:
