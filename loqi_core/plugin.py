@@ -36,7 +36,7 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "datasets: image and dataset types, decoding, and the folder readers behind every built-in dataset": {
         "loqi_core.data.sets": ("ImageList", "TestSet", "TrainSet"),
         "loqi_core.data.images": ("IMAGE_SUFFIXES", "read_image", "decode_image", "probe_image", "ImageHeader",
-                                  "UnreadableImageError"),
+                                  "UnreadableImageError", "ImageTooLargeError"),
         "loqi_core.data.folder_dataset": ("FolderTestParams",),
         "loqi_core.data.folders": (
             "read_protocol_test_set", "read_test_folder", "read_train_folder", "read_image_list", "group_places",
@@ -51,8 +51,9 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "loqi_core.models.weights": ("fetch_weights", "load_state_dict", "unwrap_state_dict", "sha256_of"),
         "loqi_core.models.layers": ("GeM",),
     },
-    "services: progress bars, devices, loader workers": {
+    "services: progress bars, devices, loader workers, leftovers of killed writers": {
         "loqi_core.util.progress": ("progress",),
+        "loqi_core.util.rundir": ("writer_tag", "remove_abandoned"),
         "loqi_core.util.devices": ("resolve_device",),
         "loqi_core.util.cpus": ("loader_workers",),
     },
@@ -86,6 +87,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
     from loqi_core.data.images import (
         IMAGE_SUFFIXES,
         ImageHeader,
+        ImageTooLargeError,
         UnreadableImageError,
         decode_image,
         probe_image,
@@ -123,5 +125,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
     from loqi_core.util.cpus import loader_workers
     from loqi_core.util.devices import resolve_device
     from loqi_core.util.progress import progress
+    from loqi_core.util.rundir import remove_abandoned, writer_tag
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

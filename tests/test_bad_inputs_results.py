@@ -410,7 +410,7 @@ def _nan_checkpoint(tmp: Path) -> Path:
     return tmp / "nan"
 
 
-@case("nonfinite/eval-refuses-nan-descriptors", 1, "descriptors: 8 of 8 hold NaN or Inf")
+@case("nonfinite/eval-refuses-nan-descriptors", 1, "returned NaN or Inf descriptors for 8 of 8 images")
 def _(tmp):
     args = eval_args(tmp, f"folder:{vpr(tmp)}")
     args[args.index("--weights") + 1] = _nan_checkpoint(tmp)

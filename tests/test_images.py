@@ -173,3 +173,27 @@ def test_preprocess_sizes_show_the_upscaled_strip():
     """The denial of service of issue 22: a 20000×1 strip under min_side 128 becomes 128×2,560,000 pixels."""
     assert preprocess_sizes(1, 20000, Preprocess(min_side=128)) == [(1, 20000), (128, 2_560_000)]
     assert max(h * w for h, w in preprocess_sizes(1, 20000, Preprocess(min_side=128, size=(32, 32)))) == 327_680_000
+
+
+def _header_only_png(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_probe_reads_no_pixels_and_a_bomb_is_its_own_error():
+    """A PNG header claiming 9000×8000 pixels with almost no data: the probe answers from the header alone; one
+    claiming more than Pillow decodes is an ImageTooLargeError (the server answers it 413, not 400)."""
+    from loqi_core.data.images import ImageTooLargeError
+
+    data = _header_only_png(9000, 8000)
+    assert probe_image(data, "x") == ImageHeader("PNG", 9000, 8000)
+    with pytest.raises(UnreadableImageError, match="truncated"):
+        decode_image(data, "x")
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+        probe_image(_header_only_png(30000, 20000), "x")

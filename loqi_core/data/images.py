@@ -8,7 +8,8 @@
   alpha become RGB (alpha dropped); of an animation, the first frame.
 
 ``probe_image`` reads only the header (format and upright size), so a caller can refuse an image before a pixel
-is decoded.
+is decoded. (A PNG may store its EXIF after its pixels: its probe then gives the stored size, width and height
+swapped from the decoded one when the orientation turns it by 90°.)
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class UnreadableImageError(DataError):
         return type(self), (str(self), self.path)
 
 
+class ImageTooLargeError(UnreadableImageError):
+    """An image whose header declares more pixels than Pillow decodes (a decompression bomb)."""
+
+
 class ImageHeader(NamedTuple):
     """What an image's header says: its Pillow format and its size once the EXIF orientation is applied."""
 
@@ -76,6 +81,10 @@ def to_uint8(values: np.ndarray, mode: str, name: str | Path) -> np.ndarray:
 
 
 def _orientation(img: "PILImage") -> int:
+    """The EXIF orientation as far as the image has been read: a PNG's EXIF may follow its pixels (Pillow would
+    decode them to look), and counts once they are decoded."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
     value = img.getexif().get(ORIENTATION, 1)
     return value if value in range(1, 9) else 1
 
@@ -84,11 +93,12 @@ def _rgb(img: "PILImage", name: str | Path) -> np.ndarray:
     """The decoded pixels of an open image, upright, as uint8 H×W×3."""
     from PIL import ImageOps
 
+    img.load()
     if _orientation(img) != 1:
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         return to_uint8(np.asarray(img), img.mode, name)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch shares its memory
 
 
 def _opened(source: "str | Path | io.BytesIO", name: str | Path, header_only: bool) -> "ImageHeader | np.ndarray":
@@ -103,7 +113,7 @@ def _opened(source: "str | Path | io.BytesIO", name: str | Path, header_only: bo
     except FileNotFoundError:
         raise DataError(f"image not found: {name}") from None
     except Image.DecompressionBombError as exc:
-        raise UnreadableImageError(f"cannot read image {name}: {exc} (a decompression bomb?)", name) from None
+        raise ImageTooLargeError(f"cannot read image {name}: {exc} (a decompression bomb?)", name) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(
             f"cannot read image {name}: not a {', '.join(FORMATS)} image", name
@@ -115,7 +125,7 @@ def _opened(source: "str | Path | io.BytesIO", name: str | Path, header_only: bo
 def _tensor(pixels: np.ndarray) -> "torch.Tensor":
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def probe_image(data: bytes, name: str) -> ImageHeader:
