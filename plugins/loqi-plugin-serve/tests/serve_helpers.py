@@ -36,7 +36,7 @@ class Server:
         self.app = app
         sock = bind(HOST, 0)
         self.port = sock.getsockname()[1]
-        self.server = make_server(app, graceful_s)
+        self.server = make_server(app, app.state.limits, graceful_s)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60
@@ -120,7 +120,7 @@ def decoded_video(data: bytes, fmt: str):
 
 
 def database_files(index) -> list[Path]:
-    """The image files behind an index's database entries, in index order (checked against names.txt)."""
+    """The image files behind an index's database entries, in index order (checked against names.json)."""
     from loqi_core import load_dataset
 
     paths = load_dataset(index.meta["dataset"], "test").database.paths
