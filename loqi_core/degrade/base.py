@@ -96,7 +96,7 @@ def split_top(text: str, sep: str, spec: str) -> list[str]:
 
 def sample_seed(base_seed: int, key: str | int) -> int:
     """A stable per-sample seed from a run seed and a sample key (an index or a file path)."""
-    return (base_seed * 1_000_003 + zlib.crc32(str(key).encode())) & 0x7FFFFFFF
+    return (base_seed * 1_000_003 + zlib.crc32(str(key).encode(errors="surrogateescape"))) & 0x7FFFFFFF
 
 
 def degradation_units(images: ImageList, degradation: Degradation) -> list[list[int]]:

@@ -56,9 +56,9 @@ def image_list_fingerprint(images: "ImageList") -> str:
     for path in images.paths:
         try:
             st = os.stat(path)
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
         except OSError:
-            h.update(f"{path}\0missing\n".encode())
+            h.update(f"{path}\0missing\n".encode(errors="surrogateescape"))
     h.update(json.dumps(images.sequences).encode())
     return h.hexdigest()[:24]
 

@@ -50,7 +50,7 @@ def located(exc: OSError, path: str | Path) -> OSError:
 
 
 def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
+    write_bytes(path, text.encode(errors="surrogateescape"))  # a file name that is not UTF-8 keeps its bytes
 
 
 def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:

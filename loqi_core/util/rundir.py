@@ -74,7 +74,7 @@ def locked(folder: Path, enabled: bool = True) -> Iterator[None]:
         warnings.warn(f"{folder}: took over a stale lock ({stale}; that process is gone)", stacklevel=3)
     os.lseek(fd, 0, os.SEEK_SET)
     os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv[:3])}\n".encode())
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv[:3])}\n".encode(errors="surrogateescape"))
     try:
         yield
     finally:
