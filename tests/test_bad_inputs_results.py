@@ -471,6 +471,26 @@ def _(tmp):
     return _resume(tmp)
 
 
+def _edit_digests(folder: Path, change: Callable[[dict], None]) -> None:
+    record = json.loads((folder / "digests.json").read_text())
+    change(record)
+    (folder / "digests.json").write_text(json.dumps(record))
+
+
+@case("digest/record-names-a-file-outside-the-checkpoint", 0, "lists '../../secret.txt', which is not a file of the checkpoint", _same_final)
+def _(tmp):
+    (tmp / "secret.txt").write_text("not the checkpoint's")
+    secret = {"size": 20, "sha256": "0" * 64}
+    _edit_digests(_trained(tmp) / "final", lambda r: r["files"].__setitem__("../../secret.txt", secret))
+    return _resume(tmp)
+
+
+@case("digest/record-files-a-list", 0, "digests.json is unreadable (its files are not a mapping", _same_final)
+def _(tmp):
+    _edit_digests(_trained(tmp) / "final", lambda r: r.__setitem__("files", ["model.safetensors"]))
+    return _resume(tmp)
+
+
 @case("digest/every-checkpoint-damaged", 1, "no intact checkpoint in")
 def _(tmp):
     for c in _trained(tmp).iterdir():
