@@ -70,12 +70,14 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
 
 @index_group.command("info")
 @click.argument("index", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--verify", is_flag=True, help="Also check every file's sha256 against index.json.")
+@click.option("--verify", is_flag=True,
+              help="Also check every file's sha256 against index.json, and open the index as `loqi serve` would.")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json as it is.")
 def info_command(index: Path, verify: bool, as_json: bool) -> None:
     """What an index holds: database, model identity, search settings, files (checked by size, or sha256)."""
     import json
 
+    from loqi_plugin_serve.index import open_index
     from loqi_plugin_serve.record import IndexDirError, describe, read_meta, verify_files
 
     meta = read_meta(index)
@@ -83,8 +85,11 @@ def info_command(index: Path, verify: bool, as_json: bool) -> None:
     problems = verify_files(index, meta, full=verify)
     if problems:
         raise IndexDirError(f"{index} is incomplete or corrupt: {'; '.join(problems)}")
+    if verify:
+        open_index(index)  # shapes, offsets, and the FAISS index against the descriptors it claims to hold
     if not as_json:
-        click.echo(f"files: {len(meta['files'])} intact ({'sha256' if verify else 'sizes'} checked)")
+        checked = "sha256, shapes and the FAISS index checked" if verify else "sizes checked"
+        click.echo(f"files: {len(meta['files'])} intact ({checked})")
 
 
 @click.command("serve")

@@ -7,7 +7,8 @@ uvicorn bounds a request only once its headers are in (the app's ``--timeout`` c
 client that sends part of a header and stops (slowloris) would hold its connection forever. ``guarded_protocol``
 adds the two bounds it lacks: each request's headers must arrive within ``--header-timeout`` (then a 408 and the
 connection is closed), and at most ``--max-idle-connections`` connections may wait for headers at once (beyond
-that, the one waiting longest is closed).
+that, the one waiting longest is closed, among those that never completed a request if there are any: a client
+whose keep-alive connection has been answered before is the last to go).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def guarded_protocol(header_timeout_s: float, max_idle: int, on_drop: Callable[[
     class HeaderGuard(H11Protocol):
         deadline: "asyncio.TimerHandle | None" = None
         started = False  # bytes of the awaited request arrived
+        answered = 0  # requests this connection completed
 
         def connection_made(self, transport: "asyncio.Transport") -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -77,6 +79,7 @@ def guarded_protocol(header_timeout_s: float, max_idle: int, on_drop: Callable[[
                 self._stop_waiting()
 
         def on_response_complete(self) -> None:
+            self.answered += 1
             if not self.transport.is_closing():  # keep-alive: wait for the next request's headers
                 self._await_headers()
             super().on_response_complete()  # runs a pipelined request at once, which stops the wait again
@@ -87,7 +90,8 @@ def guarded_protocol(header_timeout_s: float, max_idle: int, on_drop: Callable[[
             self.deadline = self.loop.call_later(header_timeout_s, self._drop, "header_timeout")
             waiting[self] = None
             while len(waiting) > max_idle:
-                next(iter(waiting))._drop("too_many_idle")
+                oldest = next((c for c in waiting if not c.answered), next(iter(waiting)))
+                oldest._drop("too_many_idle")
 
         def _stop_waiting(self) -> None:
             if self.deadline is not None:
