@@ -197,3 +197,13 @@ def test_probe_reads_no_pixels_and_a_bomb_is_its_own_error():
         decode_image(data, "x")
     with pytest.raises(ImageTooLargeError, match="decompression bomb"):
         probe_image(_header_only_png(30000, 20000), "x")
+
+
+def test_only_regular_files_are_read(tmp_path):
+    """A FIFO named like an image would block the reader forever; a device would be read forever."""
+    import os
+
+    os.mkfifo(tmp_path / "frame.png")
+    for path in (tmp_path / "frame.png", Path("/dev/zero")):
+        with pytest.raises(UnreadableImageError, match="not a regular file"):
+            read_image(path)

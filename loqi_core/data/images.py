@@ -15,6 +15,7 @@ swapped from the decoded one when the orientation turns it by 90°.)
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -140,6 +141,14 @@ def decode_image(data: bytes, name: str) -> "torch.Tensor":
 
 def read_image(path: str | Path) -> "torch.Tensor":
     """The image file at ``path`` as a uint8 RGB tensor 3×H×W, decoded as ``decode_image`` decodes bytes; a missing,
-    corrupt, truncated or oversized file names itself."""
+    corrupt, truncated or oversized file, or one that is not a regular file (a FIFO), names itself."""
     path = Path(path)
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise UnreadableImageError(f"cannot read image {path}: {exc.strerror or exc}", path) from None
+    if not regular:  # a FIFO or a device would be read forever, or never
+        raise UnreadableImageError(f"cannot read image {path}: not a regular file", path)
     return _tensor(_opened(path, path, header_only=False))  # type: ignore[arg-type]
