@@ -6,9 +6,10 @@ graceful timeout), then runs the application's shutdown, which stops the micro-b
 uvicorn bounds a request only once its headers are in (the app's ``--timeout`` covers the body and the work), so a
 client that sends part of a header and stops (slowloris) would hold its connection forever. ``guarded_protocol``
 adds the two bounds it lacks: each request's headers must arrive within ``--header-timeout`` (then a 408 and the
-connection is closed), and at most ``--max-idle-connections`` connections may wait for headers at once (beyond
-that, the one waiting longest is closed, among those that never completed a request if there are any: a client
-whose keep-alive connection has been answered before is the last to go).
+connection is closed), and at most ``--max-idle-connections`` connections may wait for headers at once. Beyond
+that, the one waiting longest is closed, taken first among those that began a request and stalled, then among
+those that never sent a byte, and last among keep-alive connections answered before: a new client's connection,
+accepted in the same burst as many hostile ones, is not closed before its request is read.
 """
 
 from __future__ import annotations
@@ -89,9 +90,10 @@ def guarded_protocol(header_timeout_s: float, max_idle: int, on_drop: Callable[[
             self.started = False
             self.deadline = self.loop.call_later(header_timeout_s, self._drop, "header_timeout")
             waiting[self] = None
-            while len(waiting) > max_idle:
-                oldest = next((c for c in waiting if not c.answered), next(iter(waiting)))
-                oldest._drop("too_many_idle")
+            while len(waiting) > max_idle:  # first a stalled request, then a silent connection, then the rest
+                first = (next((c for c in waiting if c.started and not c.answered), None)
+                         or next((c for c in waiting if not c.answered), None) or next(iter(waiting)))  # fmt: skip
+                first._drop("too_many_idle")
 
         def _stop_waiting(self) -> None:
             if self.deadline is not None:
