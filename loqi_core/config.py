@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loqi_core.errors import ConfigError
+from loqi_core.hooks.specs import check_image_size
 from loqi_core.util.devices import check_device_name
 
 if sys.version_info >= (3, 11):
@@ -22,8 +23,6 @@ else:  # Python 3.10 (Ubuntu 22.04, ROS 2 Humble): the same parser from PyPI
     import tomli as tomllib
 
 
-IMAGE_SIDE = (8, 8192)
-"""Bounds of ``model.image_size`` (pixels per side): beyond them a run fails late or tries to allocate terabytes."""
 SEED_MAX = 2**63 - 1
 LR_MAX = 1e10
 """Larger learning rates overflow float32 inside the optimizer (a smaller absurd one is caught as a non-finite loss)."""
@@ -36,6 +35,21 @@ def check_recall(values: list[int]) -> list[int]:
     if min(values) < 1:
         raise ValueError(f"every N must be at least 1, got {list(values)}")
     return sorted(set(values))
+
+
+def check_levels(levels: list[str]) -> list[str]:
+    """Degradation levels, each a spec: an empty one would be evaluated clean and reported as degraded."""
+    for i, level in enumerate(levels, 1):
+        if not level.strip():
+            raise ValueError(f"level {i} of {levels} is empty: give one spec per level, e.g. jpeg10,qp40 (none for clean)")
+    return levels
+
+
+def check_spec(spec: str) -> str:
+    """A degradation spec that is not blank (``none`` names the images as they are)."""
+    if not spec.strip():
+        raise ValueError('the degradation is empty: write "none" for the images as they are, or a spec such as jpeg10')
+    return spec
 
 
 class Section(BaseModel):
@@ -60,10 +74,7 @@ class ModelConfig(Section):
     @field_validator("image_size")
     @classmethod
     def _bounded_size(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
-        lo, hi = IMAGE_SIDE
-        if size is not None and not all(lo <= side <= hi for side in size):
-            raise ValueError(f"each side must be between {lo} and {hi} pixels, got {list(size)}")
-        return size
+        return check_image_size(size)
 
 
 class DistillConfig(Section):
@@ -172,6 +183,11 @@ class EvalConfig(Section):
     def _recall(cls, values: list[int]) -> list[int]:
         return check_recall(values)
 
+    @field_validator("degrade")
+    @classmethod
+    def _levels(cls, levels: list[str]) -> list[str]:
+        return check_levels(levels)
+
     @model_validator(mode="after")
     def _test_sets(self) -> "EvalConfig":
         """``database`` and ``queries`` come together and replace the default test set; some test set is left."""
@@ -210,6 +226,11 @@ class RunConfig(Section):
     @classmethod
     def _device(cls, name: str) -> str:
         return check_device_name(name)
+
+    @field_validator("degrade")
+    @classmethod
+    def _degrade(cls, spec: str) -> str:
+        return check_spec(spec)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -335,7 +356,9 @@ def resolve_run_config(file: str | Path | None = None, overrides: dict[str, Any]
     validation = "val" in DistillConfig.model_fields  # the paper's validation needs the validation-chosen checkpoints
     defaults = protocol_defaults(first.protocol, spec, validation)
     config = resolve_config(file, overrides, {**(spec.run_defaults if spec else {}), **defaults})
-    update: dict[str, Any] = {"degrade": protocol_degrade(config.degrade, config.protocol, plugins)}
+    levels = [protocol_degrade(level, config.protocol, plugins) for level in config.eval.degrade]
+    update: dict[str, Any] = {"degrade": protocol_degrade(config.degrade, config.protocol, plugins),
+                              "eval": config.eval.model_copy(update={"degrade": levels})}  # fmt: skip
     if spec is not None:  # recorded resolved: config.json shows what the model is fed
         preprocess = resolved_preprocess(spec, config)
         if config.model.preprocess not in (None, preprocess):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from loqi_core.degrade.base import BRACKET, CHOICE, WEIGHTED, split_top
+from loqi_core.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.hooks.manager import Plugins
     from loqi_core.hooks.specs import EncoderSpec
-
-PROTOCOLS = ("upstream", "paper")
 
 GENERIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "upstream": {},
@@ -53,17 +54,39 @@ def protocol_degrade(spec: str, protocol: str, plugins: "Plugins") -> str:
     """The degradation spec under ``protocol``: the last stage (the image the authors wrote to a file) may take a suffix.
 
     ``res360p`` → ``res360p-q95`` under ``paper`` (their ``cv2.imwrite`` stores JPEG at quality 95); a stage
-    followed by another keeps its form (``res270p+qp40``: the codec's frames are what is stored).
+    followed by another keeps its form (``res270p+qp40``: the codec's frames are what is stored). A range stands
+    for every value it draws (``res[18:22]p`` → ``res[18:22]p-q95``), and a choice ending the chain rewrites each
+    option (``any(res20p,jpeg10)`` → ``any(res20p-q95,jpeg10)``). A spec it cannot read is returned as it is, for
+    the parser to refuse.
     """
-    tokens = [t.strip() for t in spec.split("+")]
-    if protocol == "upstream" or not tokens[-1]:
+    if protocol == "upstream" or not isinstance(spec, str):
         return spec
-    for _, dspec, _ in plugins.degradations.items():
-        suffix = dspec.protocols.get(protocol)
-        if suffix and re.fullmatch(dspec.pattern, tokens[-1]) and not tokens[-1].endswith(suffix):
-            tokens[-1] += suffix
-            return "+".join(tokens)
-    return spec
+    try:
+        return _last_stage_suffixed(spec.strip(), protocol, plugins)
+    except ConfigError:
+        return spec
+
+
+def _last_stage_suffixed(expression: str, protocol: str, plugins: "Plugins") -> str:
+    terms = split_top(expression, "+", expression)
+    last = terms[-1]
+    choice = CHOICE.fullmatch(last)
+    if choice:
+        options = []
+        for option in split_top(choice.group(1), ",", expression):
+            weighted = WEIGHTED.fullmatch(option)
+            weight, body = (weighted.group(1) + "*", weighted.group(2).strip()) if weighted else ("", option)
+            options.append(weight + _last_stage_suffixed(body, protocol, plugins))
+        terms[-1] = f"any({','.join(options)})"
+    elif last:
+        low = BRACKET.sub(lambda b: b.group(1).split(":")[0].strip(), last)  # a range as its low end, for matching
+        for _, dspec, _ in plugins.degradations.items():
+            suffix = dspec.protocols.get(protocol)
+            if suffix and re.fullmatch(dspec.pattern, low) and not last.endswith(suffix):
+                terms[-1] = last + suffix
+                break
+    changed = "+".join(terms)
+    return changed if changed != "+".join(split_top(expression, "+", expression)) else expression
 
 
 def protocol_notes(protocol: str, spec: "EncoderSpec | None") -> list[str]:

@@ -29,6 +29,19 @@ def parse_recall(text: str | None) -> list[int] | None:
         raise ConfigError(f"--recall: {exc}") from None
 
 
+def eval_levels(text: str | None) -> list[str] | None:
+    """``--eval-degrade jpeg5,jpeg10`` → its levels (commas inside choices and ranges kept); an empty one is refused."""
+    from loqi_core.config import check_levels
+    from loqi_core.degrade.base import split_top
+
+    if text is None:
+        return None
+    try:
+        return check_levels(split_top(text, ",", text))
+    except ValueError as exc:
+        raise ConfigError(f'--eval-degrade "{text}": {exc}') from None
+
+
 def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The shared flags plus the protocol, the search and the cache: eval, run and sweep take these."""
     options = [
@@ -59,8 +72,6 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
     """The RunConfig fields the evaluation flags set (None = flag not given)."""
-    from loqi_core.degrade.grammar import split_top
-
     take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in eval, run and sweep",
                     "the extraction batch; --batch-size is the training batch of loqi distill")
     return {
@@ -69,7 +80,7 @@ def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
         "eval.clean_database": kw.get("clean_database"), "eval.index": kw.get("index"),
         "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
         "eval.cache": False if kw.get("no_cache") else None,
-        "eval.degrade": split_top(kw["eval_degrade"], ",", kw["eval_degrade"]) if kw.get("eval_degrade") else None,
+        "eval.degrade": eval_levels(kw.get("eval_degrade")),
         "eval.database": kw.get("database"), "eval.queries": kw.get("queries"),
         "eval.save_descriptors": kw.get("save_descriptors"), "eval.pairs": kw.get("pairs"),
     }  # fmt: skip

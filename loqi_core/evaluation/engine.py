@@ -28,7 +28,7 @@ from loqi_core.data.images import UnreadableImageError, read_image
 from loqi_core.data.sets import ImageList, TestSet
 from loqi_core.degrade.base import Degradation, Identity, degradation_units, sample_seed, temporal_note
 from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.errors import ConfigError
+from loqi_core.errors import ConfigError, ModelOutputError
 from loqi_core.evaluation.cache import (
     DescriptorWriter,
     EvalCache,
@@ -41,7 +41,7 @@ from loqi_core.evaluation.cache import (
     write_shard,
 )
 from loqi_core.evaluation.results import EvalResult
-from loqi_core.evaluation.search import IVFPQParams, recall_at_n, resolve_backend, search
+from loqi_core.evaluation.search import IVFPQParams, NonFiniteDescriptorsError, recall_at_n, resolve_backend, search
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.util.cpus import loader_workers
 from loqi_core.util.devices import resolve_device
@@ -217,7 +217,8 @@ def _fixed_size(model: "VPRModel") -> bool:
 
 
 def encode_batch(model: "VPRModel", images: Sequence["torch.Tensor"], device: "torch.device", bf16: bool) -> np.ndarray:
-    """uint8 images (one shape, or any shapes with a fixed input size) → float32 L2-normalised descriptors."""
+    """uint8 images (one shape, or any shapes with a fixed input size) → float32 L2-normalised descriptors, one
+    finite row per image (every path that encodes comes here: evaluate, encode, index build, serve)."""
     import torch
     import torch.nn.functional as F
 
@@ -227,7 +228,19 @@ def encode_batch(model: "VPRModel", images: Sequence["torch.Tensor"], device: "t
         x = model.prepare(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             _, desc = model(x)
-        return F.normalize(desc.float(), dim=1).cpu().numpy()
+        name = model.info.get("method", type(model).__name__)
+        if not isinstance(desc, torch.Tensor) or desc.dim() != 2 or len(desc) != len(images):
+            got = f"a {type(desc).__name__}" if not isinstance(desc, torch.Tensor) else f"shape {tuple(desc.shape)}"
+            raise ModelOutputError(f'model "{name}" returned descriptors of {got} for {len(images)} images: expected a '
+                                   f"tensor {len(images)}×D (one row per image; a wrapped module returns B×D or a "
+                                   "(latent, descriptor) tuple)")  # fmt: skip
+        out = F.normalize(desc.float(), dim=1).cpu().numpy()
+    bad = ~np.isfinite(out).all(1)
+    if bad.any():
+        raise NonFiniteDescriptorsError(f'model "{name}" returned NaN or Inf descriptors for {int(bad.sum())} of '
+                                        f"{len(images)} images of a batch: its weights or inputs are not finite "
+                                        "(a diverged checkpoint?)")  # fmt: skip
+    return out
 
 
 def extract(

@@ -30,6 +30,7 @@ from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError
 from loqi_core.evaluation.cache import EvalCache
 from loqi_core.evaluation.engine import LABEL_FREE, apply_threads, describe_protocol, evaluate
+from loqi_core.evaluation.outputs import check_line_names
 from loqi_core.evaluation.results import EvalResult
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.report.names import name_test_sets, slug
@@ -131,6 +132,9 @@ class Experiment:
             self.tests.append(read_folder_pair(ev.database, ev.queries))
             texts.append(f"--database {ev.database} --queries {ev.queries}")
         name_test_sets(self.tests, texts)  # two test sets called "good" get two keys, not one overwritten
+        if ev.save_descriptors or ev.pairs:  # name lists must stay aligned with the rows: refused before any work
+            for test in self.tests:
+                check_line_names([*test.database.paths, *test.queries.paths], test.name)
         self.train_set = self._check_training(config, losses) if losses else None
         if kind != "eval":
             _check_rerun(self.out, config)

@@ -14,7 +14,7 @@ from torch import nn
 
 from loqi_core.errors import ConfigError, PluginLoadError, WeightsError
 from loqi_core.hooks.manager import Plugins, get_plugins
-from loqi_core.hooks.specs import EncoderSpec, Params, Preprocess, WeightsSpec
+from loqi_core.hooks.specs import PROTOCOLS, EncoderSpec, Params, Preprocess, WeightsSpec
 from loqi_core.models.checkpoint import checkpoint_file, load_checkpoint
 from loqi_core.models.preprocess import preprocess_images
 from loqi_core.models.weights import fetch_weights, load_state_dict, unwrap_state_dict
@@ -45,10 +45,12 @@ class VPRModel(nn.Module):
 
 
 def _params(model: type[Params], values: dict[str, Any] | None, what: str) -> Params:
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{what}: give a dict of parameters, not {type(values).__name__}")
     try:
         return model(**(values or {}))
     except ValidationError as exc:
-        reasons = "; ".join(f"{what}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        reasons = "; ".join(f"{what}.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise ConfigError(reasons) from None
 
 
@@ -76,6 +78,11 @@ def build_model(
     plugins = plugins or get_plugins()
     if method is None and encoder is None:
         raise ConfigError("give a method (--method NAME) or an encoder and an aggregator")
+    for what, name in (("method", method), ("encoder", encoder), ("aggregator", aggregator)):
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{what}: give a name (see `loqi plugins`), not {type(name).__name__}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f'protocol: "{protocol}" is not one of {", ".join(PROTOCOLS)}')
     if method is not None:
         enc_spec, agg_spec = plugins.method(method)
         if encoder is not None:
@@ -96,7 +103,11 @@ def build_model(
     if protocol in enc_spec.protocols and enc_spec.protocols[protocol].preprocess is not None:
         pp = enc_spec.protocols[protocol].preprocess
     if image_size is not None:
-        pp = pp.model_copy(update={"size": tuple(image_size)})
+        try:
+            pp = Preprocess.model_validate({**pp.model_dump(), "size": image_size})
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"image_size {image_size!r}: {reason} (give (height, width))") from None
     info = {
         "method": method or f"{enc_spec.name}+{agg_spec.name}",
         "encoder": enc_spec.name,

@@ -288,7 +288,7 @@ def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels:
 def write_predictions(path: Path, result: "EvalResult", untrained: bool = False) -> None:
     """One line per query: its positives, the rank of the first one, and the top-k database indices and scores."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # paths keep their own bytes
         if untrained:
             f.write(f"# {UNTRAINED}\n")
         w = csv.writer(f)
