@@ -250,6 +250,21 @@ def test_engine_adds_sequence_recall_from_the_same_descriptors(route):
     assert (tmp_path / "out" / "recall.png").exists()
 
 
+def test_label_free_route_gets_sequence_rankings_without_recall(route):
+    _, model, root, tmp_path = route
+    test = load_dataset(f"folder:{root}?order=frame&labels=none", "test")
+    config = EvalConfig(sequence=4, num_workers=0, recall=[1, 5])
+    result = evaluate(model, test, "none", config=config, cache=EvalCache(tmp_path / "cache"), device="cpu")
+    assert result.ground_truth is None and result.sequence.recalls == {}
+    assert result.sequence.predictions.shape == (24, 10) and (result.sequence.predictions >= 0).all()
+    report = Report({"kind": "eval"}, [1, 5])
+    report.add("model", result)
+    metrics = report.write(tmp_path / "out", grid_queries=0)
+    assert metrics["datasets"]["route"]["sequence"]["rows"] == {"model": {}}
+    table = (tmp_path / "out" / "results.md").read_text().split("## Sequence matching")[1].split("Each cell")[0]
+    assert table.splitlines()[-2].endswith(" | – | – |")  # the model's line: no recall either way
+
+
 def test_recall_plot_draws_a_line_per_sequence_row(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
