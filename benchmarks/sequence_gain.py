@@ -12,15 +12,18 @@ stretches), with each test stretch in its own folder, so that each is one ordere
 2. Matching: from the saved descriptors of every row, R@1 of the single-frame search and of sequence matching
    (``loqi_core.evaluation.sequence``, SeqSLAM's defaults but the length) for each ``--lengths`` L, with
    per-query hits for paired sign tests (student vs teacher on the same queries, same L, pooled over seeds).
-3. Cost: seconds per query of sequence matching against the single-frame search (FAISS flat) on the same
-   descriptors, side by side in one process at one thread, at the split's size and at Nordland's full size
-   (27 592 database / 2 760 queries, random unit descriptors of the method's dimension).
+3. Cost: seconds per query of sequence matching against the single-frame search on the same descriptors, side by
+   side in one process at one thread: offline (all queries; FAISS flat, k = 1) and online (one frame at a time
+   through ``SequenceStream``), at the split's size and at Nordland's full database size (27 592 random unit
+   descriptors of the method's dimension).
 
-    python benchmarks/sequence_gain.py --data ../shared/data/nordland_64x32 --out seq.json --seeds 0 1 2 --threads 1
+    # the table of docs/evaluation.md (six `loqi run`s of about 13 minutes each on a shared 2-core CPU)
+    OMP_NUM_THREADS=1 python benchmarks/sequence_gain.py --data ../shared/data/nordland_64x32 --out seq.json \\
+        --seeds 0 1 2 --threads 1 --repeats 5
     python benchmarks/sequence_gain.py --table seq.json        # the tables again from a results JSON
     # tiny smoke run
     python benchmarks/sequence_gain.py --data ../shared/data/nordland_64x32 --out /tmp/s.json --test-places 40 \\
-        --train-every 20 --steps 3 --seeds 0 --degrade jpeg10 --lengths 1 5
+        --train-every 20 --steps 3 --seeds 0 --degrade jpeg10 --lengths 1 5 --repeats 1 --cost-queries 50
 """
 
 from __future__ import annotations
@@ -196,8 +199,9 @@ def tables(data: dict[str, Any]) -> str:
     degrades = list(dict.fromkeys(r["degrade"] for r in runs))
     images = {"none": "clean", **{d: d for d in degrades}}
 
-    def teacher(level: str) -> dict[str, Any]:  # the same hits in every run: checked below
-        return runs[0]["rows"]["pretrained_clean" if level == "none" else f"pretrained_degraded@{level}"]
+    def teacher(level: str) -> dict[str, Any]:  # the same hits in every run that has the row: checked below
+        row = "pretrained_clean" if level == "none" else f"pretrained_degraded@{level}"
+        return next(r["rows"][row] for r in runs if row in r["rows"])
 
     for r in runs:
         for level in ("none", r["degrade"]):
@@ -220,28 +224,28 @@ def tables(data: dict[str, Any]) -> str:
             rows = [r["rows"][f"distilled@{level}"] for r in runs if r["degrade"] == degrade]
             cells = [_mean_sd([_r1(hits(x, n)) for x in rows]) for n in columns]
             lines.append(f"| distilled for {degrade} | {images[level]} | " + " | ".join(cells) + " |")
-    lines += ["", "What the degradation took from the pretrained model's single-frame R@1, and what comes back at "
-              "each L (R@1 points above the pretrained model's degraded single-frame R@1; share of what was taken). "
-              "Last column: the student against the pretrained model at the same L, queries only the student / only "
-              "the pretrained model gets right, pooled over seeds, two-sided sign test.", "",
-              "| degradation | taken | L | sequences alone | distilled + sequences | student vs pretrained: +/− (p) |",
-              "|---|---:|---:|---:|---:|---|"]  # fmt: skip
-    clean = _r1(teacher("none")["frame"])
+    lines += ["", "At each L: what the degradation takes from the pretrained model (clean − degraded) and how much "
+              "of it the distilled student gives back (share, if it takes a point or more); 'sequences alone' is the "
+              "pretrained model's degraded R@1 at L against its single-frame R@1 (share of the single-frame loss). "
+              "Last column: student vs pretrained at the same L on the same degraded queries, queries only the "
+              "student / only the pretrained model gets right, pooled over seeds, two-sided sign test.", "",
+              "| degradation | L | pretrained clean | pretrained degraded | sequences alone | taken at this L | "
+              "distilled | given back by distillation | student vs pretrained: +/− (p) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for degrade in degrades:
-        base = teacher(degrade)
-        taken = clean - _r1(base["frame"])
+        clean, base = teacher("none"), teacher(degrade)
+        single_loss = _r1(clean["frame"]) - _r1(base["frame"])
         students = [r["rows"][f"distilled@{degrade}"] for r in runs if r["degrade"] == degrade]
-
-        def share(gain: float) -> str:
-            return f"{100 * gain / taken:.0f}%" if taken > 0 else "n/a"
-
         for n in columns:
-            alone = _r1(hits(base, n)) - _r1(base["frame"])
-            both = [_r1(hits(s, n)) - _r1(base["frame"]) for s in students]
+            c, d = _r1(hits(clean, n)), _r1(hits(base, n))
+            alone = d - _r1(base["frame"])
+            gains = [_r1(hits(s, n)) - d for s in students]
+            share = f"{100 * alone / single_loss:.0f}%" if single_loss > 0 else "n/a"
+            given = f"{100 * (sum(gains) / len(gains)) / (c - d):.0f}%" if c - d >= 1 else "n/a"
             test = _pooled_sign_test([(hits(base, n), hits(s, n)) for s in students])
-            mean = sum(both) / len(both)
-            lines.append(f"| {degrade} | {taken:.1f} | {'1 (single frame)' if n == 'frame' else n} | {alone:+.1f} "
-                         f"({share(alone)}) | {_mean_sd(both)} ({share(mean)}) | {test} |")
+            lines.append(f"| {degrade} | {'single frame' if n == 'frame' else n} | {c:.1f} | {d:.1f} | {alone:+.1f} "
+                         f"({share}) | {c - d:.1f} | {_mean_sd([_r1(hits(s, n)) for s in students])} | "
+                         f"{_mean_sd(gains)} ({given}) | {test} |")  # fmt: skip
     lines += ["", "Cost per query against the single-frame search, one thread, median of repeats: offline for all "
               "queries at once (FAISS flat, k = 1), online one frame at a time (the similarity row and its best match, "
               "against the same row through SequenceStream.push + top_k)", "",

@@ -40,8 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.config import EvalConfig
     from loqi_core.data.sets import TestSet
 
-CHUNK_VALUES = 1 << 22
-"""Query rows × database images handled at once (float64: 32 MB per array), so memory stays bounded."""
+CHUNK_VALUES = 1 << 20
+"""Query rows × database images handled at once (float64: 8 MB per array), so memory stays bounded."""
 
 ORDERED_SETS = "nordland, demo, video360, or folder:ROOT?order=frame|timestamp|name"
 
