@@ -320,5 +320,5 @@ def test_run_reports_sequence_recall_for_every_row(route):
     rows = {"pretrained_clean", "pretrained_degraded", "finetuned", "distilled"}
     assert set(data["sequence"]["rows"]) == set(data["rows"]) == rows
     table = (tmp_path / "run" / "results.md").read_text().split("## Sequence matching")[1].split("Each cell")[0]
-    for label in ("Pretrained, clean images", "Pretrained, blur3", "Finetuned, blur3", "Distilled, blur3"):
+    for label in ("Random init, clean images", "Random init, blur3", "Finetuned, blur3", "Distilled, blur3"):  # --weights random
         assert f"| {label} |" in table
