@@ -48,7 +48,10 @@ def test_run_writes_the_whole_report(env):
     m = json.loads((out / "metrics.json").read_text())
     assert m["schema"] == "loqi.metrics/1" and m["run"]["untrained"] is True and m["run"]["loss"] == "mse"
     ds = m["datasets"]["data"]
-    assert list(ds["rows"]) == ["pretrained_clean", "pretrained_degraded", "finetuned", "distilled"]
+    assert list(ds["rows"]) == ["pretrained_clean", "pretrained_degraded", "finetuned", "distilled", "distilled_queries"]
+    asym = ds["protocols"]["distilled_queries"]
+    assert asym["database_weights"] == "random" and "distill" in asym["weights"]
+    assert asym["encoder"] == "queries encoded by the model under test, the database by random"
     assert set(ds["rows"]["distilled"]) == {"R@1", "R@2", "R@5", "R@10"}
     assert all(0 <= v <= 100 for r in ds["rows"].values() for v in r.values())
     assert ds["protocols"]["pretrained_clean"]["database"] == "clean"
@@ -70,7 +73,7 @@ def test_run_writes_the_whole_report(env):
 
     # started again with the same --out: training resumes (already final) and every evaluation is cached
     again = invoke(["run", *common(tmp_path, root, "run"), "--baseline", "finetune"])
-    assert again.output.count("(descriptors from cache)") == 4 and "resuming distill" in again.output
+    assert again.output.count("(descriptors from cache)") == 5 and "resuming distill" in again.output
     assert json.loads((out / "metrics.json").read_text())["datasets"]["data"]["rows"] == ds["rows"]
 
 
@@ -90,6 +93,41 @@ def test_eval_of_the_run_and_report(env):
     assert "| model, blur3 |" in rep.output  # no Δ without a pretrained row to compare with
     combined = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [r["dir"] for r in combined["runs"]] == [str(tmp_path / "run"), str(tmp_path / "ev")]
+
+
+def test_database_weights_encode_the_database_and_the_model_the_queries(env):
+    """A student's queries against its teacher's map: `loqi run`'s asymmetric row, `loqi eval --database-weights`
+    and the engine agree with a search of the student's query descriptors in the teacher's database descriptors."""
+    import numpy as np
+
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.evaluation.engine import evaluate
+    from loqi_core.models.model import build_model
+
+    tmp_path, root = env
+    invoke(["run", *common(tmp_path, root, "run"), "--recall", "1 2 3"])
+    run = json.loads((tmp_path / "run" / "metrics.json").read_text())["datasets"]["data"]
+    res = invoke(["eval", "--method", "tiny", "--weights", str(tmp_path / "run"), "--database-weights", "random",
+                  "--dataset", f"folder:{root}", "--degrade", "blur3", "--recall", "1 2 3",
+                  "--out", str(tmp_path / "ev"), "--cache-dir", str(tmp_path / "cache"), *QUICK[-10:]])  # fmt: skip
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())["datasets"]["data"]
+    assert ev["rows"]["model"] == run["rows"]["distilled_queries"]
+    assert "queries encoded by the model under test, the database by random" in res.output
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)  # the run's teacher: random init seeded by the run's seed
+    teacher = build_model("tiny", weights="random")
+    student = build_model("tiny", weights=str(tmp_path / "run"))
+    test = load_dataset(f"folder:{root}", "test")
+    kw = dict(device="cpu", cache=None)
+    asym = evaluate(student, test, "blur3", database_model=teacher, **kw)
+    db = evaluate(teacher, test, "blur3", **kw).database_descriptors
+    q = evaluate(student, test, "blur3", **kw).query_descriptors
+    assert not np.allclose(db, evaluate(student, test, "blur3", **kw).database_descriptors)  # two different models
+    np.testing.assert_array_equal(asym.database_descriptors, db)
+    np.testing.assert_array_equal(asym.predictions[:, 0], np.argmax(q @ db.T, axis=1))
+    assert round(asym.recalls["R@1"], 4) == run["rows"]["distilled_queries"]["R@1"]
+    assert run["rows"]["distilled_queries"] not in (run["rows"]["distilled"], run["rows"]["pretrained_degraded"])
 
 
 def test_sweep_shares_the_teacher_and_reports_every_loss(env):

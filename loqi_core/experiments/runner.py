@@ -33,7 +33,7 @@ from loqi_core.evaluation.engine import LABEL_FREE, apply_threads, describe_prot
 from loqi_core.evaluation.results import EvalResult
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.report.names import name_test_sets, slug
-from loqi_core.report.results import UNTRAINED, Report, results_markdown
+from loqi_core.report.results import UNTRAINED, Report, results_markdown, row_label
 from loqi_core.report.tensorboard import log_recalls
 from loqi_core.util.fileio import located, write_text
 from loqi_core.util.logs import RunLog, log
@@ -150,6 +150,11 @@ class Experiment:
         if self.env.is_main:
             self._lock.enter_context(locked(self.out))
         self._open(kind, echo)
+
+    @property
+    def eval_seed(self) -> int:
+        """The seed of the test images' degradation: ``eval.seed``, else the run's."""
+        return self.config.seed if self.config.eval.seed is None else self.config.eval.seed
 
     def __enter__(self) -> "Experiment":
         return self
@@ -272,13 +277,17 @@ class Experiment:
             protocol=self.config.protocol, plugins=self.plugins,
         )  # fmt: skip
 
-    def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:
-        """Evaluate ``model`` on every test set under ``degrade`` (default: the run's) and add the row."""
+    def evaluate(
+        self, row: str, model: "VPRModel", degrade: str | None = None, database_model: "VPRModel | None" = None, **meta: Any
+    ) -> dict[str, EvalResult]:
+        """Evaluate ``model`` on every test set under ``degrade`` (default: the run's) and add the row; the database
+        is encoded by ``database_model`` when given (asymmetric evaluation)."""
         deg = self.degradation if degrade is None else self.levels.get(degrade) or parse_degradation(degrade, self.plugins)
         out = {}
         for test in self.tests:
-            result = evaluate(model, test, deg, config=self.config.eval, seed=self.config.seed, device=self.device,
-                              cache=self.cache, plugins=self.plugins, untrained=self.untrained)  # fmt: skip
+            result = evaluate(model, test, deg, config=self.config.eval, seed=self.eval_seed, device=self.device,
+                              cache=self.cache, plugins=self.plugins, untrained=self.untrained,
+                              database_model=database_model)  # fmt: skip
             if result is None:  # another rank of a torchrun job: it only encoded its share
                 continue
             write_skipped(test, self.out)  # again: images that failed only when decoded are listed too
@@ -305,12 +314,26 @@ class Experiment:
             if spaced:
                 self.echo(f"note: {spaced} image name(s) of {result.dataset} hold whitespace; hloc splits pairs lines on it")
 
-    def evaluate_levels(self, row: str, model: "VPRModel", **meta: Any) -> None:
+    def evaluate_levels(self, row: str, model: "VPRModel", database_model: "VPRModel | None" = None, **meta: Any) -> None:
         """``row`` under the run's degradation, or ``row@LEVEL`` under each of ``eval.degrade`` (--eval-degrade)."""
         if not self.levels:
-            self.evaluate(row, model, **meta)
+            self.evaluate(row, model, database_model=database_model, **meta)
         for level in self.levels:
-            self.evaluate(f"{row}@{level}", model, level, **meta)
+            self.evaluate(f"{row}@{level}", model, level, database_model=database_model, **meta)
+
+    def database_model(self, teacher: "VPRModel") -> "VPRModel":
+        """The model that encodes the database of an asymmetric row: ``eval.database_weights``, else the teacher."""
+        weights = self.config.eval.database_weights
+        if weights is None:
+            return teacher
+        if getattr(self, "_database", None) is None:
+            self._database = self.build(weights)
+        return self._database
+
+    def evaluate_against_database(self, row: str, student: "VPRModel", database: "VPRModel", **meta: Any) -> None:
+        """``row``'s student encodes the queries, ``database`` the database: the map a deployment indexed once."""
+        self.evaluate_levels(row.replace("distilled", "distilled_queries", 1), student, database,
+                             database_weights=database.info["weights"], **meta)  # fmt: skip
 
     def print_protocols(self) -> None:
         for name, rows in self.report.results.items():
@@ -342,7 +365,7 @@ class Experiment:
             selection = figure_selection(self.report.results[test.name], row, ev.grid_select, ev.grid_queries)
             write_activation_maps(
                 self.out / "activations" / f"{name}.png", teacher, student, test.queries.paths, self.degradation,
-                selection, seed=self.config.seed, device=self.device, banner=UNTRAINED if self.untrained else None,
+                selection, seed=self.eval_seed, device=self.device, banner=UNTRAINED if self.untrained else None,
                 student_label=label,
             )  # fmt: skip
 
@@ -433,6 +456,9 @@ def run_experiment(
             student = exp.build(str(exp.train("distill", "distill")))
         with exp.runlog.stage("student eval"):
             exp.evaluate_levels("distilled", student, loss=loss, weights=str(exp.out / "distill"))
+        with exp.runlog.stage("student vs pretrained database"):
+            exp.evaluate_against_database("distilled", student, exp.database_model(teacher), loss=loss,
+                                          weights=str(exp.out / "distill"))
         with exp.runlog.stage("activation maps"):
             exp.activations(teacher, student)
         if baseline == "finetune":
@@ -462,6 +488,10 @@ def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | No
             student = exp.build(str(final))
             with exp.runlog.stage(f"student eval {expr}"):
                 exp.evaluate_levels(f"distilled:{expr}", student, loss=expr, weights=str(final))
+            if exp.config.eval.database_weights is not None:
+                with exp.runlog.stage(f"student vs database {expr}"):
+                    exp.evaluate_against_database(f"distilled:{expr}", student, exp.database_model(teacher), loss=expr,
+                                                  weights=str(final))
             with exp.runlog.stage(f"activation maps {expr}"):
                 exp.activations(teacher, student, row=f"distilled:{expr}", tag=expr, label=f"student {expr}")
         for test in exp.tests:
@@ -478,8 +508,10 @@ def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | No
             pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
             clean = exp.degradation.spec in ("", "none") and not exp.levels
             row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
+        database = None if config.eval.database_weights is None else exp.build(config.eval.database_weights)
+        meta = {} if database is None else {"database_weights": database.info["weights"]}
         with exp.runlog.stage("eval"):
-            exp.evaluate_levels(row, model, weights=model.info["weights"])
+            exp.evaluate_levels(row, model, database, weights=model.info["weights"], **meta)
         return exp.finish()
 
 

@@ -11,8 +11,11 @@
                                 "rows": {"<row>": {"R@1": 57.8, "R@2": ..., ...}},
                                 "protocol": {...}, "protocols": {"<row>": {...}}, "notes": [...]}}}
 
-Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``; a sweep adds
-``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. With ``--eval-degrade`` every
+Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``, ``distilled_queries`` (the
+student's queries against the database the teacher, or ``eval.database_weights``, encodes); a sweep adds
+``distilled:<loss expression>`` (and ``distilled_queries:<loss expression>`` with ``eval.database_weights``);
+``loqi eval`` of a checkpoint writes ``model``; rows meta give ``database_weights`` where another model encoded the
+database. With ``--eval-degrade`` every
 row but ``pretrained_clean`` is one row per level, ``<row>@<level>`` (``distilled@jpeg5``), and ``run`` gets
 ``eval_degrade``. Recall values are percentages; a label-free test set (no positions) has ``"labelled": false``,
 empty rows and ``queries_without_positives`` null.
@@ -38,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.evaluation.results import EvalResult
 
 SCHEMA = "loqi.metrics/1"
-ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
+ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled", "distilled_queries")
 UNTRAINED = "UNTRAINED MODEL (--weights random): these numbers test the pipeline, not the method"
 
 
@@ -60,6 +63,9 @@ def row_label(row: str, degrade: str) -> str:
         return f"Distilled, {degrade}"
     if row.startswith("distilled:"):
         return f"Distilled {row.split(':', 1)[1]}, {degrade}"
+    if row.split(":", 1)[0] == "distilled_queries":
+        loss = f" {row.split(':', 1)[1]}" if ":" in row else ""
+        return f"Distilled{loss} queries vs pretrained database, {degrade}"
     return f"{row}, {degrade}"
 
 
@@ -93,7 +99,10 @@ class Report:
     def add(self, row: str, result: "EvalResult", **meta: Any) -> None:
         if row in self.results.get(result.dataset, {}):
             raise ValueError(f'the report already holds row "{row}" of test set "{result.dataset}" (two test sets with one name?)')
-        self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", "")), **meta})
+        label = row_label(row, self.run.get("degrade", ""))
+        if meta.get("database_weights") not in (None, self.run.get("weights")):  # not the teacher's database
+            label = label.replace("pretrained database", f"database of {meta['database_weights']}")
+        self.rows.setdefault(row, {"label": label, **meta})
         self.results.setdefault(result.dataset, {})[row] = result
 
     def note(self, dataset: str, notes: Sequence[str]) -> None:
@@ -197,7 +206,7 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     for row in all_rows:
         label = metrics.get("rows", {}).get(row, {}).get("label", row)
         has_base = any(metrics["datasets"][d]["rows"].get(_baseline(row)) for d in names)  # {}: label-free
-        delta = row.split("@", 1)[0].split(":", 1)[0] in ("finetuned", "distilled") and has_base
+        delta = row.split("@", 1)[0].split(":", 1)[0] in ("finetuned", "distilled", "distilled_queries") and has_base
         cells = [f"{prefix}{label}" + (" Δ" if delta else "")]
         for d in names:
             rows = metrics["datasets"][d]["rows"]
