@@ -3,11 +3,12 @@ modes, the training views, the step-indexed data, and the pre-flight check ``loq
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
-from loqi_core.config import RunConfig
+from loqi_core.config import DistillConfig, RunConfig
 from loqi_core.data.datasets import load_dataset
 from loqi_core.data.sets import TrainSet
 from loqi_core.degrade.grammar import parse_degradation
@@ -16,6 +17,9 @@ from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.hooks.specs import EncoderSpec, Preprocess
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 Mode = Literal["distill", "finetune"]
 
@@ -88,6 +92,25 @@ def set_train_modes(model: nn.Module, prefixes: list[str] | tuple[str, ...], fre
             module.training = trainable and not freeze_bn
         else:
             module.training = dropout
+
+
+def lr_factor(step: int, d: DistillConfig, total_steps: int) -> float:
+    """The learning rate of ``step`` (0-based) as a share of ``distill.lr``: a linear warm-up over
+    ``warmup_steps``, then × gamma per step (exponential) or a half cosine that reaches 0 after the last step."""
+    warm = min(1.0, (step + 1) / (d.warmup_steps + 1))
+    if d.schedule == "exponential":
+        return warm * d.gamma**step
+    after = max(0, step - d.warmup_steps) / max(1, total_steps - d.warmup_steps)
+    return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, after)))
+
+
+def make_scheduler(optimizer: "torch.optim.Optimizer", d: DistillConfig, total_steps: int) -> Any:
+    """The reference's ExponentialLR, stepped every step; with a warm-up or the cosine schedule, ``lr_factor``."""
+    import torch
+
+    if d.schedule == "exponential" and d.warmup_steps == 0:
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=d.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, d, total_steps))
 
 
 def preprocess_of(config: RunConfig, spec: EncoderSpec) -> Preprocess:
