@@ -62,6 +62,10 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-clip": ("no gradient-norm clipping (the reference clips nothing)", {"distill.clip_grad_norm": None}),
     "steps360": ("360 steps (3x the default)", {"distill.max_steps": 360}),
     "old": ("before: lr 5e-5, native views, no augment", {"distill.lr": 5e-5, "distill.view_size": [32, 64], "distill.augment": False}),
+    "cosine": ("cosine schedule to 0, 12 warm-up steps", {"distill.schedule": "cosine", "distill.warmup_steps": 12}),
+    "ema": ("moving average of the weights (decay 0.95) as the student", {"distill.ema": 0.95}),
+    "batch32": ("batches of 32 images (2x)", {"distill.batch_size": 32}),
+    "val360": ("360 steps, heldout validation every 30, best kept", {"distill.max_steps": 360, "distill.val": "heldout", "distill.val_every": 30}),
 }  # fmt: skip
 ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "lr1e-3", "view32x64", "view64x128", "view144x288", "no-augment",
             "no-clip", "steps360", "old"]
@@ -116,8 +120,32 @@ def _correct_at_1(run_dir: Path, row: str, n: int = 1) -> list[int]:
         return [int("1" in r["top_k_correct"][:n]) for r in csv.DictReader(f)]
 
 
+def _hits(result: Any) -> list[int]:
+    """Per query of an EvalResult: 1 when its first-ranked database image is a positive."""
+    return [int(int(row[0]) in set(gt.tolist())) for row, gt in zip(result.predictions, result.ground_truth)]
+
+
+def against_teachers_map(config: Any, run_dir: Path, test_folder: str) -> dict[str, Any]:
+    """The deployment whose map the teacher indexed once from clean images: degraded queries encoded by the teacher,
+    then by the student, searched in the teacher's descriptors of the clean database (descriptors from the cache)."""
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.evaluation.cache import EvalCache
+    from loqi_core.evaluation.engine import evaluate
+    from loqi_core.models.model import build_model
+
+    test = load_dataset(f"folder:{test_folder}", "test")
+    teacher = build_model(config.model.method)
+    student = build_model(config.model.method, weights=str(run_dir / "distill"))
+    kw = dict(config=config.eval, clean_database=True, seed=config.eval.seed, device=config.device,
+              cache=EvalCache(config.eval.cache_dir))  # fmt: skip
+    t = evaluate(teacher, test, config.degrade, **kw)
+    s = evaluate(student, test, config.degrade, database_model=teacher, **kw)
+    return {"teacher": t.recalls, "student": s.recalls, "hits_teacher": _hits(t), "hits_student": _hits(s)}
+
+
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
-    """One ``loqi run`` in this process; returns its recalls and per-query R@1 hits."""
+    """One ``loqi run`` in this process; returns its recalls and per-query R@1 hits, symmetric and against the
+    teacher's clean map."""
     import torch
 
     from loqi_core.config import resolve_run_config
@@ -127,7 +155,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     overrides = {
         "model.method": job["method"], "degrade": job["degrade"], "seed": job["seed"], "device": job["device"],
         "distill.train": f"folder:{job['train']}", "eval.test": [f"folder:{job['test']}"], "out": job["out"],
-        "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"],
+        "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"], "eval.seed": 0,
         "distill.tensorboard": False, "threads": job["threads"], **SETTINGS[job["setting"]][1],
         "distill.num_workers": 0 if job["device"] == "cpu" else max(1, job["threads"] - 1),  # the job's share of CPUs
     }  # fmt: skip
@@ -146,6 +174,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         **{k: job[k] for k in ("setting", "degrade", "seed")},
         "recalls": rows, "wall_s": time.perf_counter() - t0,
         "hits_teacher": _correct_at_1(run_dir, "pretrained_degraded"), "hits_student": _correct_at_1(run_dir, "distilled"),
+        "teachers_map": against_teachers_map(config, run_dir, job["test"]),
         "view_size": json.loads((run_dir / "distill" / "config.json").read_text())["distill"]["view_size"],
         "lr": config.distill.lr, "augment": config.distill.augment, "steps": config.distill.max_steps,
     }  # fmt: skip
@@ -155,66 +184,89 @@ def sign_test(teacher: list[int], student: list[int]) -> tuple[int, int, float]:
     """(queries only the student gets right, only the teacher, two-sided exact binomial p)."""
     plus = sum(s and not t for t, s in zip(teacher, student))
     minus = sum(t and not s for t, s in zip(teacher, student))
+    return plus, minus, binomial_p(plus, minus)
+
+
+def binomial_p(plus: int, minus: int) -> float:
+    """Two-sided exact sign test of ``plus`` against ``minus`` discordant pairs."""
     n, k = plus + minus, min(plus, minus)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return plus, minus, p
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def _gains(r: dict[str, Any]) -> tuple[float, float, float]:
+    """(symmetric Δ R@1, share of the loss recovered, Δ R@1 against the teacher's clean map) of one run."""
+    c, t, s = (r["recalls"][k]["R@1"] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
+    m = r["teachers_map"]
+    return s - t, (s - t) / (c - t) if c > t else float("nan"), m["student"]["R@1"] - m["teacher"]["R@1"]
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """Per degradation and setting: a row per seed, then the mean ± sd over seeds and the sign tests pooled over them."""
     lines = [
-        "| degradation | setting | seed | teacher clean R@1/5/10 | teacher degraded | student degraded | Δ R@1 | recovered | sign test +/− (p) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| degradation | setting | seed | teacher clean R@1/5/10 | teacher degraded | student degraded | Δ R@1 | recovered "
+        "| sign test +/− (p) | teacher's map: teacher queries R@1 | student queries | Δ R@1 | sign test +/− (p) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda r: f"{r['R@1']:.1f} / {r['R@5']:.1f} / {r['R@10']:.1f}"  # noqa: E731
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in sorted(results, key=lambda r: (r["degrade"], list(SETTINGS).index(r["setting"]), r["seed"])):
         groups.setdefault((r["degrade"], r["setting"]), []).append(r)
     for (degrade, setting), runs in groups.items():
-        gains, shares = [], []
+        pooled = [0, 0, 0, 0]
         for r in runs:
             c, t, s = (r["recalls"][k] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
-            gain, lost = s["R@1"] - t["R@1"], c["R@1"] - t["R@1"]
-            share = f"{100 * gain / lost:.0f}%" if lost > 0 else "n/a"
+            gain, share, asym = _gains(r)
+            m = r["teachers_map"]
             plus, minus, p = sign_test(r["hits_teacher"], r["hits_student"])
-            gains.append(gain)
-            shares.append(gain / lost if lost > 0 else float("nan"))
-            lines.append(f"| {degrade} | {setting} | {r['seed']} | {fmt(c)} | {fmt(t)} | {fmt(s)} | {gain:+.1f} | {share} | {plus}/{minus} ({p:.2g}) |")
+            a_plus, a_minus, a_p = sign_test(m["hits_teacher"], m["hits_student"])
+            pooled = [x + y for x, y in zip(pooled, (plus, minus, a_plus, a_minus))]
+            recovered = f"{100 * share:.0f}%" if not math.isnan(share) else "n/a"
+            lines.append(f"| {degrade} | {setting} | {r['seed']} | {fmt(c)} | {fmt(t)} | {fmt(s)} | {gain:+.1f} | {recovered} "
+                         f"| {plus}/{minus} ({p:.2g}) | {m['teacher']['R@1']:.1f} | {m['student']['R@1']:.1f} | {asym:+.1f} "
+                         f"| {a_plus}/{a_minus} ({a_p:.2g}) |")  # fmt: skip
         if len(runs) > 1:
-            mean_share = sum(shares) / len(shares)
-            lines.append(f"| {degrade} | {setting} | mean | | | | **{sum(gains) / len(gains):+.2f}** | **{100 * mean_share:.0f}%** | |")
+            (g, g_sd), (a, a_sd) = (mean_sd([_gains(r)[i] for r in runs]) for i in (0, 2))
+            share = sum(_gains(r)[1] for r in runs) / len(runs)
+            lines.append(f"| {degrade} | {setting} | **{len(runs)} seeds: mean ± sd** | | | | **{g:+.2f} ± {g_sd:.2f}** "
+                         f"| **{100 * share:.0f}%** | pooled {pooled[0]}/{pooled[1]} ({binomial_p(*pooled[:2]):.2g}) | | "
+                         f"| **{a:+.2f} ± {a_sd:.2f}** | pooled {pooled[2]}/{pooled[3]} ({binomial_p(*pooled[2:]):.2g}) |")  # fmt: skip
     return "\n".join(lines)
 
 
-def comparison(results: list[dict[str, Any]]) -> str:
-    """Per degradation and setting: mean R@1 gain over seeds (± sample sd) and, against "default" on the same
-    seeds, the queries only this setting's student gets right / only default's, pooled over seeds (sign test)."""
+def comparison(results: list[dict[str, Any]], versus: str = "default") -> str:
+    """Per degradation and setting: mean R@1 gain over seeds (± sample sd), symmetric and against the teacher's clean
+    map, and, against ``versus`` on the same seeds, the queries only this setting's student gets right / only
+    ``versus``'s, pooled over seeds (sign test)."""
     lines = [
-        "| degradation | setting | seeds | mean Δ R@1 (± sd) | mean recovered | vs default: +/− queries (p) |",
-        "|---|---|---|---|---|---|",
+        f"| degradation | setting | seeds | mean Δ R@1 (± sd) | sd / mean | mean recovered | vs {versus}: +/− queries (p) "
+        f"| teacher's map: mean Δ R@1 (± sd) | vs {versus}: +/− queries (p) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["degrade"], r["setting"], r["seed"]): r for r in results}
     for degrade in dict.fromkeys(r["degrade"] for r in results):
         for setting in [s for s in SETTINGS if any(k[:2] == (degrade, s) for k in by)]:
             runs = [r for k, r in sorted(by.items()) if k[:2] == (degrade, setting)]
-            gains, shares = [], []
-            for r in runs:
-                c, t, s = (r["recalls"][k]["R@1"] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
-                gains.append(s - t)
-                shares.append((s - t) / (c - t) if c > t else float("nan"))
-            mean = sum(gains) / len(gains)
-            sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) if len(gains) > 1 else 0.0
-            versus = ""
-            base = [(by.get((degrade, "default", r["seed"])), r) for r in runs]
-            if setting != "default" and all(b for b, _ in base):
-                plus = minus = 0
-                for b, r in base:
-                    p_, m_, _ = sign_test(b["hits_student"], r["hits_student"])
-                    plus, minus = plus + p_, minus + m_
-                n, k = plus + minus, min(plus, minus)
-                p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-                versus = f"{plus}/{minus} ({p:.2g})"
-            lines.append(f"| {degrade} | {setting} | {len(runs)} | {mean:+.2f} (± {sd:.2f}) | "
-                         f"{100 * sum(shares) / len(shares):.0f}% | {versus} |")  # fmt: skip
+            (mean, sd), (a_mean, a_sd) = (mean_sd([_gains(r)[i] for r in runs]) for i in (0, 2))
+            share = sum(_gains(r)[1] for r in runs) / len(runs)
+            versus_cells = ["", ""]
+            base = [(by.get((degrade, versus, r["seed"])), r) for r in runs]
+            if setting != versus and all(b for b, _ in base):
+                for i, hits in enumerate((lambda x: x["hits_student"], lambda x: x["teachers_map"]["hits_student"])):
+                    plus = minus = 0
+                    for b, r in base:
+                        p_, m_, _ = sign_test(hits(b), hits(r))
+                        plus, minus = plus + p_, minus + m_
+                    versus_cells[i] = f"{plus}/{minus} ({binomial_p(plus, minus):.2g})"
+            ratio = f"{sd / mean:.2f}" if mean > 0 else "n/a"
+            lines.append(f"| {degrade} | {setting} | {len(runs)} | {mean:+.2f} (± {sd:.2f}) | {ratio} | {100 * share:.0f}% "
+                         f"| {versus_cells[0]} | {a_mean:+.2f} (± {a_sd:.2f}) | {versus_cells[1]} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -231,6 +283,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="default: just 'default'")
     ap.add_argument("--ablation", action="store_true", help="one-factor ablation: " + ", ".join(ABLATION))
+    ap.add_argument("--versus", default="default", choices=list(SETTINGS), help="the setting the others are paired with")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
     ap.add_argument("--test-places", type=int, default=800)
     ap.add_argument("--train-every", type=int, default=2, help="keep every Nth training frame")
@@ -246,7 +299,7 @@ def main() -> None:
         return
     if args.table:
         results = json.loads(args.table.read_text())["results"]
-        print(table(results) + "\n\n" + comparison(results))
+        print(table(results) + "\n\n" + comparison(results, args.versus))
         return
     if args.data is None or args.out is None:
         ap.error("--data and --out are required (or --paired RUN_DIR)")
@@ -281,9 +334,8 @@ def main() -> None:
                 results.append(future.result())
                 save()
     print(table(results))
-    if len(settings) > 1:
-        print()
-        print(comparison(results))
+    print()
+    print(comparison(results, args.versus))
 
 
 if __name__ == "__main__":
