@@ -130,6 +130,46 @@ def test_database_weights_encode_the_database_and_the_model_the_queries(env):
     assert run["rows"]["distilled_queries"] not in (run["rows"]["distilled"], run["rows"]["pretrained_degraded"])
 
 
+def test_run_over_seeds_reports_each_seed_beside_mean_and_spread(env):
+    """`loqi run --seeds`: a run per seed under one directory, the teacher's rows from the cache after the first seed,
+    and a report whose mean, sd and pooled sign test are those of the seeds' own runs; --val draws a curve."""
+    import math
+
+    from loqi_core.report.seeds import sign_test, top1_hits
+
+    tmp_path, root = env
+    args = common(tmp_path, root, "seeds")
+    args[args.index("--max-steps") + 1] = "4"
+    res = invoke(["run", *args, "--seeds", "0,3", "--val", "heldout", "-s", "distill.heldout=2", "-s", "distill.val_every=2"])
+    out = tmp_path / "seeds"
+    assert res.output.count("(descriptors from cache)") >= 2  # seed 3: the teacher's two rows
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["schema"] == "loqi.metrics/1" and m["run"]["seeds"] == [0, 3] and m["run"]["eval_seed"] == 0
+    ds = m["datasets"]["data"]
+    per = [json.loads((out / f"seed-{s}" / "metrics.json").read_text())["datasets"]["data"]["rows"] for s in (0, 3)]
+    assert json.loads((out / "seed-3" / "config.json").read_text())["seed"] == 3
+    assert per[0]["pretrained_degraded"] == per[1]["pretrained_degraded"]  # one teacher, the same queries
+    for row in ("distilled", "distilled_queries"):
+        values = [p[row]["R@1"] for p in per]
+        assert ds["rows"][row]["R@1"] == pytest.approx(sum(values) / 2, abs=1e-4)
+        assert ds["sd"][row]["R@1"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), abs=1e-4)
+        assert ds["seeds"]["3"][row] == per[1][row]
+        tests = [sign_test(top1_hits(out / f"seed-{s}" / "predictions" / "data__pretrained_degraded.csv"),
+                           top1_hits(out / f"seed-{s}" / "predictions" / f"data__{row}.csv")) for s in (0, 3)]  # fmt: skip
+        assert ds["paired"][row]["3"] == list(tests[1])
+        assert ds["paired"][row]["pooled"][:2] == [tests[0][0] + tests[1][0], tests[0][1] + tests[1][1]]
+    md = (out / "results.md").read_text()
+    assert "UNTRAINED" in md and "seed 0 R@1" in md and "seed 3 R@1" in md and "mean ± sd R@1" in md and "pooled over seeds" in md
+    assert (out / "recall.png").exists()
+    seed_run = json.loads((out / "seed-0" / "metrics.json").read_text())
+    assert [s for s, _ in seed_run["validation"]["distill"]["points"]] == [2, 4]
+    assert (out / "seed-0" / "validation.png").exists() and "## Validation" in (out / "seed-0" / "results.md").read_text()
+    bad = CliRunner().invoke(cli, ["run", *args, "--seeds", "0,0"])
+    assert bad.exit_code != 0 and "distinct seeds" in bad.output
+    bad = CliRunner().invoke(cli, ["run", *args, "--seeds", "1", "--seed", "2"])
+    assert bad.exit_code != 0 and "not both" in bad.output
+
+
 def test_sweep_shares_the_teacher_and_reports_every_loss(env):
     tmp_path, root = env
     res = invoke(["sweep", *common(tmp_path, root, "sweep"), "--losses", "mse,ickd+0.5*mse,triplet"])

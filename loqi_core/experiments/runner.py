@@ -35,6 +35,7 @@ from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.report.names import name_test_sets, slug
 from loqi_core.report.results import UNTRAINED, Report, results_markdown, row_label
 from loqi_core.report.tensorboard import log_recalls
+from loqi_core.report.validation import training_curves
 from loqi_core.util.fileio import located, write_text
 from loqi_core.util.logs import RunLog, log
 from loqi_core.util.rundir import locked
@@ -373,6 +374,7 @@ class Experiment:
         if not self.env.is_main:
             return self.out
         ev = self.config.eval
+        self.report.validation = training_curves(self.out)
         with self.runlog.stage("writing"):
             metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select,
                                         timings=lambda: self.runlog.timings(self.device))  # fmt: skip

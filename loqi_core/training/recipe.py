@@ -1,9 +1,11 @@
 """What a run's config makes of a training: the encoder spec, the loss, the trainable layers and their train
-modes, the training views, the step-indexed data, and the pre-flight check ``loqi run`` does before evaluating."""
+modes, the learning-rate schedule, the training views, the step-indexed data, and the pre-flight check ``loqi run``
+does before evaluating."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
@@ -167,9 +169,14 @@ def check_batch(dataset: StepDataset, pp: Preprocess, step: int = 0) -> dict[str
 def preflight(config: RunConfig, mode: Mode = "distill", plugins: Plugins | None = None) -> ViewConfig:
     """What ``loqi run``/``sweep`` check before evaluating anything: the loss, the training set and one decoded
     batch. Returns the training views."""
+    from loqi_core.training.validation import HELDOUT, TestSetValidation, check_validation
+
     plugins = plugins or get_plugins()
     spec = encoder_spec(config, plugins)
     loss = training_loss(config, mode, spec, plugins)
+    check_validation(config.distill, mode, loss)
     _, _, dataset = build_training_data(config, loss, spec, plugins)
     check_batch(dataset, preprocess_of(config, spec))
+    if config.distill.val not in (None, HELDOUT):  # the validation set loads and has positions
+        TestSetValidation(config, dataset.degradation, plugins, scratch=Path("."))
     return dataset.views
