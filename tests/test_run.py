@@ -127,6 +127,10 @@ def test_database_weights_encode_the_database_and_the_model_the_queries(env):
     np.testing.assert_array_equal(asym.database_descriptors, db)
     np.testing.assert_array_equal(asym.predictions[:, 0], np.argmax(q @ db.T, axis=1))
     assert round(asym.recalls["R@1"], 4) == run["rows"]["distilled_queries"]["R@1"]
+    import loqi_core
+
+    api = loqi_core.evaluate(student, test, "blur3", database_model=teacher, device="cpu", cache=False, num_workers=0)
+    np.testing.assert_array_equal(api.predictions, asym.predictions)
     assert run["rows"]["distilled_queries"] not in (run["rows"]["distilled"], run["rows"]["pretrained_degraded"])
 
 
