@@ -173,7 +173,7 @@ class TestSetValidation:
     def __call__(self, student: "VPRModel", teacher: "VPRModel | None", device: "torch.device") -> float | None:
         """R@1 on rank 0; None on the other ranks of a torchrun job (they encode their share)."""
         from loqi_core.evaluation.cache import model_fingerprint
-        from loqi_core.evaluation.engine import evaluate
+        from loqi_core.evaluation.engine import dist_rank_world, evaluate
 
         database = teacher if self.teacher_database else None
         keep = model_fingerprint(database) if database is not None else ""
@@ -182,7 +182,8 @@ class TestSetValidation:
             result = evaluate(student, self.test, self.degradation, config=self.eval, seed=self.seed, device=device,
                               cache=cache, plugins=self.plugins, database_model=database)  # fmt: skip
         finally:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            if dist_rank_world()[0] == 0:  # rank 0 reads the merged descriptors last (torchrun)
+                shutil.rmtree(self.scratch, ignore_errors=True)
         return None if result is None else float(result.recalls["R@1"])
 
 
