@@ -27,7 +27,7 @@ def _distill_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Training views' height and width: the scale at which the student meets the degradation; "
                           "use your test images' size (default: the method's input size, else the training images' typical size)."),
         click.option("--no-augment", is_flag=True, default=None, help="No random resized crop and flip of the training views."),
-        click.option("--val", help='Validate the student while it trains and keep the best one: "heldout" (label-free: the '
+        click.option("--val", metavar="SPEC", help='Validate the student while it trains and keep the best one: "heldout" (label-free: the '
                                    "distillation loss on training images held out of training) or a test set (NAME, "
                                    "NAME:PATH, pitts30k?split=val: R@1 of its degraded queries). Rhythm and choice: -s "
                                    "distill.val_every=N or distill.val_parts=N, distill.val_database, distill.select."),

@@ -21,11 +21,11 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Training views' height and width (default: the test sets' typical image size, the scale at "
                           "which test images meet the degradation)."),
         click.option("--no-augment", is_flag=True, default=None, help="No random resized crop and flip of the training views."),
-        click.option("--val", help='Validate the student while it trains and keep the best one: "heldout" (label-free: the '
+        click.option("--val", metavar="SPEC", help='Validate the student while it trains and keep the best one: "heldout" (label-free: the '
                                    "distillation loss on training images held out of training) or a test set (NAME, "
                                    "NAME:PATH, pitts30k?split=val: R@1 of its degraded queries). Rhythm and choice: -s "
                                    "distill.val_every=N or distill.val_parts=N, distill.val_database, distill.select."),
-        click.option("--seeds", help="Run the whole experiment once per training seed (comma-separated, e.g. 0,1,2) into "
+        click.option("--seeds", metavar="S1,S2,...", help="Run the whole experiment once per training seed (comma-separated, e.g. 0,1,2) into "
                                      "seed-<S>/ and report each seed beside the mean and spread; the test images are "
                                      "degraded alike in every run, so the teacher's rows come from the cache."),
     ]  # fmt: skip
@@ -89,9 +89,16 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     queries), activations/*.png (teacher vs student encoder activation maps on one colour scale, the paper's
     Fig. 4) and the training runs in distill/ and finetune/.
 
+    The table also holds "distilled queries vs pretrained database": the student's queries against the database
+    the teacher encodes (with --clean-database, the map a deployment indexed once with the teacher).
+    --val keeps the best validated student; --seeds runs the experiment once per training seed and reports each
+    seed beside the mean and the spread, with paired sign tests.
+
     \b
     Examples:
       loqi run --method lite0-gem --degrade jpeg10
+      loqi run --method lite0-gem --degrade jpeg10 --seeds 0,1,2 --clean-database
+      loqi run --method lite0-gem --degrade jpeg10 --val heldout -s distill.val_every=20 -s distill.max_steps=240
       loqi run --method mixvpr --degrade jpeg10 --train gsv-cities --test nordland,msls --baseline finetune
       loqi run --method salad --degrade qp40 --weights random --max-steps 5 --image-size 224 224
     """
