@@ -73,6 +73,8 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "cosine": ("cosine schedule to 0, 12 warm-up steps", {"distill.schedule": "cosine", "distill.warmup_steps": 12}),
     "ema": ("moving average of the weights (decay 0.95) as the student", {"distill.ema": 0.95}),
     "batch32": ("batches of 32 images (2x)", {"distill.batch_size": 32}),
+    "early": ("only the stem and blocks 0-2 train; blocks 3-5 and GeM stay the teacher's",
+              {"distill.trainable": ["encoder.conv_stem", "encoder.bn1", "encoder.blocks.0", "encoder.blocks.1", "encoder.blocks.2"]}),
     "val240": ("240 steps, heldout validation every 20, the best kept", {"distill.max_steps": 240, "distill.val": "heldout", "distill.val_every": 20}),
 }  # fmt: skip
 ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "lr1e-3", "view32x64", "view64x128", "view144x288", "no-augment",
