@@ -230,6 +230,27 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seed_pairs(results: list[dict[str, Any]]) -> str:
+    """Is one seed's student really better than another's? Per degradation and setting, the pair of seeds whose students
+    differ most on the same degraded queries (queries only one of them finds at rank 1; sign test), symmetric and
+    against the teacher's map: a spread that no pair shows beyond noise is the noise of which queries flip."""
+    lines = ["| degradation | setting | seeds | most different pair: only a / only b (p) | teacher's map: most different pair (p) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in sorted(results, key=lambda r: (r["degrade"], list(SETTINGS).index(r["setting"]), r["seed"])):
+        groups.setdefault((r["degrade"], r["setting"]), []).append(r)
+    for (degrade, setting), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        cells = []
+        for hits in (lambda x: x["hits_student"], lambda x: x["teachers_map"]["hits_student"]):
+            a, b, (plus, minus, p) = min(((a, b, sign_test(hits(b), hits(a))) for i, a in enumerate(runs) for b in runs[i + 1 :]),
+                                         key=lambda t: t[2][2])  # fmt: skip
+            cells.append(f"seed {a['seed']} vs {b['seed']}: {plus}/{minus} ({p:.2g})")
+        lines.append(f"| {degrade} | {setting} | {len(runs)} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def comparison(results: list[dict[str, Any]], versus: str = "default") -> str:
     """Per degradation and setting: mean R@1 gain over seeds (± sample sd), symmetric and against the teacher's clean
     map, and, against ``versus`` on the same seeds, the queries only this setting's student gets right / only
@@ -289,7 +310,7 @@ def main() -> None:
         return
     if args.table:
         results = json.loads(args.table.read_text())["results"]
-        print(table(results) + "\n\n" + comparison(results, args.versus))
+        print(table(results) + "\n\n" + seed_pairs(results) + "\n\n" + comparison(results, args.versus))
         return
     if args.data is None or args.out is None:
         ap.error("--data and --out are required (or --paired RUN_DIR)")
@@ -323,9 +344,7 @@ def main() -> None:
             for future in as_completed([pool.submit(one_run, j) for j in jobs]):
                 results.append(future.result())
                 save()
-    print(table(results))
-    print()
-    print(comparison(results, args.versus))
+    print(table(results) + "\n\n" + seed_pairs(results) + "\n\n" + comparison(results, args.versus))
 
 
 if __name__ == "__main__":

@@ -191,6 +191,18 @@ def test_sweep_shares_the_teacher_and_reports_every_loss(env):
     assert not (tmp_path / "bad").exists()
 
 
+def test_sweep_over_seeds_and_against_a_database(env):
+    """`loqi sweep --seeds` reports every loss over seeds; --database-weights adds each loss's asymmetric row."""
+    tmp_path, root = env
+    invoke(["sweep", *common(tmp_path, root, "sweeps"), "--losses", "mse,ickd", "--seeds", "1,2", "--database-weights", "random"])
+    m = json.loads((tmp_path / "sweeps" / "metrics.json").read_text())
+    ds = m["datasets"]["data"]
+    assert {"distilled:mse", "distilled:ickd", "distilled_queries:mse", "distilled_queries:ickd"} <= set(ds["rows"])
+    assert set(ds["paired"]) == {"distilled:mse", "distilled:ickd", "distilled_queries:mse", "distilled_queries:ickd"}
+    assert (tmp_path / "sweeps" / "seed-2" / "distill-ickd" / "checkpoints" / "final").is_dir()
+    assert m["rows"]["distilled_queries:mse"]["label"] == "Distilled mse queries vs pretrained database, blur3"
+
+
 def test_sweep_skips_triplet_on_label_free_training_set(env, tmp_path):
     _, root = env
     plain = tmp_path / "plain"
