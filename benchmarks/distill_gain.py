@@ -29,6 +29,8 @@ and queries. Writes every run to ``--out`` (JSON) and prints the Markdown tables
         --out distill_gain_grid.json      # 72 runs, seed by seed; each finished run is saved at once
     # the tables again from a results JSON (e.g. a grid cut short by a time limit)
     python benchmarks/distill_gain.py --table distill_gain_grid.json
+    # R@1 of every checkpoint the runs kept (does the student still move at the end of training?)
+    python benchmarks/distill_gain.py --table gain.json --checkpoints --work gain
     # the paired sign tests (R@1, R@5, R@10) of an existing `loqi run` directory (e.g. the README demo's runs/demo)
     python benchmarks/distill_gain.py --paired runs/demo
     # tiny smoke run
@@ -251,6 +253,29 @@ def seed_pairs(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def checkpoints_table(results: list[dict[str, Any]], work: Path, device: str) -> str:
+    """R@1 of every checkpoint a run kept (``distill/checkpoints/step-*`` and the final one) on the degraded test set:
+    does the student's recall still move between the last checkpoints (the end of training as a source of spread)?"""
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.evaluation.cache import EvalCache
+    from loqi_core.evaluation.engine import evaluate
+    from loqi_core.models.model import build_model
+
+    test = load_dataset(f"folder:{work / 'data' / 'test'}", "test")
+    cache = EvalCache(work / "cache")
+    lines = ["| degradation | setting | seed | R@1 by step (student, database and queries degraded) |", "|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["degrade"], list(SETTINGS).index(r["setting"]), r["seed"])):
+        folder = work / "runs" / f"{r['degrade']}__{r['setting']}__seed{r['seed']}" / "distill" / "checkpoints"
+        cells = []
+        for ckpt in sorted(folder.glob("step-*")) + [folder / "final"]:
+            model = build_model("lite0-gem", weights=str(ckpt))
+            step = json.loads((ckpt / "model.json").read_text())["train_step"]
+            recall = evaluate(model, test, r["degrade"], config=None, seed=0, device=device, cache=cache).recalls["R@1"]
+            cells.append(f"{step}: {recall:.2f}")
+        lines.append(f"| {r['degrade']} | {r['setting']} | {r['seed']} | {'; '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def comparison(results: list[dict[str, Any]], versus: str = "default") -> str:
     """Per degradation and setting: mean R@1 gain over seeds (± sample sd), symmetric and against the teacher's clean
     map, and, against ``versus`` on the same seeds, the queries only this setting's student gets right / only
@@ -287,6 +312,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="results JSON")
     ap.add_argument("--paired", type=Path, help="only print the R@1 sign test of this `loqi run` directory")
     ap.add_argument("--table", type=Path, help="only print the tables of this results JSON")
+    ap.add_argument("--checkpoints", action="store_true", help="with --table: R@1 of every checkpoint each run kept")
     ap.add_argument("--work", type=Path, default=None, help="generated data, runs and cache (default: next to --out)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--method", default="lite0-gem")
@@ -310,6 +336,9 @@ def main() -> None:
         return
     if args.table:
         results = json.loads(args.table.read_text())["results"]
+        if args.checkpoints:
+            print(checkpoints_table(results, args.work or args.table.with_suffix(""), args.device))
+            return
         print(table(results) + "\n\n" + seed_pairs(results) + "\n\n" + comparison(results, args.versus))
         return
     if args.data is None or args.out is None:
