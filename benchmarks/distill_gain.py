@@ -152,7 +152,9 @@ def against_teachers_map(config: Any, run_dir: Path, test_folder: str) -> dict[s
               cache=EvalCache(config.eval.cache_dir))  # fmt: skip
     t = evaluate(teacher, test, config.degrade, **kw)
     s = evaluate(student, test, config.degrade, database_model=teacher, **kw)
-    return {"teacher": t.recalls, "student": s.recalls, "hits_teacher": _hits(t), "hits_student": _hits(s)}
+    degraded_map = evaluate(student, test, config.degrade, database_model=teacher, **{**kw, "clean_database": False})
+    return {"teacher": t.recalls, "student": s.recalls, "hits_teacher": _hits(t), "hits_student": _hits(s),
+            "student_vs_degraded_map": degraded_map.recalls, "hits_student_vs_degraded_map": _hits(degraded_map)}
 
 
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
@@ -282,8 +284,9 @@ def comparison(results: list[dict[str, Any]], versus: str = "default") -> str:
     ``versus``'s, pooled over seeds (sign test)."""
     lines = [
         f"| degradation | setting | seeds | mean Δ R@1 (± sd) | sd / mean | mean recovered | vs {versus}: +/− queries (p) "
-        f"| teacher's map: mean Δ R@1 (± sd) | vs {versus}: +/− queries (p) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| teacher's map: mean Δ R@1 (± sd) | vs {versus}: +/− queries (p) | teacher's degraded map: mean Δ R@1 (± sd), "
+        "pooled +/− vs the teacher (p) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["degrade"], r["setting"], r["seed"]): r for r in results}
     for degrade in dict.fromkeys(r["degrade"] for r in results):
@@ -301,8 +304,16 @@ def comparison(results: list[dict[str, Any]], versus: str = "default") -> str:
                         plus, minus = plus + p_, minus + m_
                     versus_cells[i] = f"{plus}/{minus} ({binomial_p(plus, minus):.2g})"
             ratio = f"{sd / mean:.2f}" if mean > 0 else "n/a"
+            # the student's degraded queries against the teacher's degraded database (loqi run's distilled_queries
+            # row under the paper's protocol), against the teacher on both sides
+            d_gains = [r["teachers_map"]["student_vs_degraded_map"]["R@1"] - r["recalls"]["pretrained_degraded"]["R@1"]
+                       for r in runs]  # fmt: skip
+            d_mean, d_sd = mean_sd(d_gains)
+            tests = [sign_test(r["hits_teacher"], r["teachers_map"]["hits_student_vs_degraded_map"]) for r in runs]
+            d_plus, d_minus = sum(t[0] for t in tests), sum(t[1] for t in tests)
             lines.append(f"| {degrade} | {setting} | {len(runs)} | {mean:+.2f} (± {sd:.2f}) | {ratio} | {100 * share:.0f}% "
-                         f"| {versus_cells[0]} | {a_mean:+.2f} (± {a_sd:.2f}) | {versus_cells[1]} |")  # fmt: skip
+                         f"| {versus_cells[0]} | {a_mean:+.2f} (± {a_sd:.2f}) | {versus_cells[1]} "
+                         f"| {d_mean:+.2f} (± {d_sd:.2f}), {d_plus}/{d_minus} ({binomial_p(d_plus, d_minus):.2g}) |")  # fmt: skip
     return "\n".join(lines)
 
 
