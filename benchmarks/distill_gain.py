@@ -10,19 +10,27 @@ Builds, from the Nordland frames (``--data``: the 64×32 copy, summer and winter
 
 Each run is ``loqi run`` itself (``runner.run_experiment``: teacher clean, teacher degraded, distil, student
 degraded) with the method's defaults and the setting's overrides; ``--jobs N`` runs N in parallel processes
-(threads split evenly). Per degradation, setting and seed it reports R@1/5/10 of the three rows, the R@1 gain,
-the share of the degradation's loss recovered, and a paired per-query sign test at R@1 (student vs teacher on
-the same degraded queries: queries only the student gets right against queries only the teacher gets right,
-two-sided binomial p). Writes every run to ``--out`` (JSON) and prints a Markdown table.
+(threads split evenly); every run degrades the test images with seed 0, so the teacher's rows come from the cache
+and every seed's student meets the same queries. Per degradation, setting and seed it reports R@1/5/10 of the three
+rows, the R@1 gain, the share of the degradation's loss recovered and a paired per-query sign test at R@1 (student
+vs teacher on the same degraded queries: queries only the student gets right against queries only the teacher gets
+right, two-sided binomial p); then the same against **the teacher's map** (the deployment whose map the teacher
+indexed once from clean images: the degraded queries encoded by the teacher, then by the student, searched in the
+teacher's descriptors of the clean database). Over seeds: the mean ± sample sd of the gains and the sign tests
+pooled over seeds; the second table pairs each setting with ``--versus`` (default: "default") on the same seeds
+and queries. Writes every run to ``--out`` (JSON) and prints the Markdown tables.
 
-    # the default settings, 2 seeds, both degradations (CPU: about an hour on 2 quiet cores)
-    python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 400 --out gain.json
+    # the default settings, 5 seeds, both degradations (CPU: 10 runs of about 6 minutes on 2 quiet cores)
+    python benchmarks/distill_gain.py --data ../shared/data/nordland_64x32 --device cpu --test-places 400 \
+        --seeds 0 1 2 3 4 --jobs 2 --threads 1 --out gain.json
     # (on a machine shared with other jobs add --threads 1: two spinning torch threads there ran 10x slower)
     # the full grid (defaults + one-factor ablation of lr, view size and augmentation, 3 seeds) on a GPU machine
     python benchmarks/distill_gain.py --data nordland_64x32 --device cuda --jobs 12 --seeds 0 1 2 --ablation \\
         --out distill_gain_grid.json      # 72 runs, seed by seed; each finished run is saved at once
     # the tables again from a results JSON (e.g. a grid cut short by a time limit)
     python benchmarks/distill_gain.py --table distill_gain_grid.json
+    # R@1 of every checkpoint the runs kept (does the student still move at the end of training?)
+    python benchmarks/distill_gain.py --table gain.json --checkpoints --work gain
     # the paired sign tests (R@1, R@5, R@10) of an existing `loqi run` directory (e.g. the README demo's runs/demo)
     python benchmarks/distill_gain.py --paired runs/demo
     # tiny smoke run
@@ -43,6 +51,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from loqi_core.report.seeds import binomial_p, mean_sd, sign_test
+
 TEST_SIZE = (256, 128)  # (width, height) of the test images
 TRAIN_ENLARGED = (160, 80)
 BLOCK = 200  # frames per stretch; even stretches test, odd ones train
@@ -62,6 +72,12 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-clip": ("no gradient-norm clipping (the reference clips nothing)", {"distill.clip_grad_norm": None}),
     "steps360": ("360 steps (3x the default)", {"distill.max_steps": 360}),
     "old": ("before: lr 5e-5, native views, no augment", {"distill.lr": 5e-5, "distill.view_size": [32, 64], "distill.augment": False}),
+    "cosine": ("cosine schedule to 0, 12 warm-up steps", {"distill.schedule": "cosine", "distill.warmup_steps": 12}),
+    "ema": ("moving average of the weights (decay 0.95) as the student", {"distill.ema": 0.95}),
+    "batch32": ("batches of 32 images (2x)", {"distill.batch_size": 32}),
+    "early": ("only the stem and blocks 0-2 train; blocks 3-5 and GeM stay the teacher's",
+              {"distill.trainable": ["encoder.conv_stem", "encoder.bn1", "encoder.blocks.0", "encoder.blocks.1", "encoder.blocks.2"]}),
+    "val240": ("240 steps, heldout validation every 20, the best kept", {"distill.max_steps": 240, "distill.val": "heldout", "distill.val_every": 20}),
 }  # fmt: skip
 ABLATION = ["default", "lr5e-5", "lr1e-4", "lr4e-4", "lr1e-3", "view32x64", "view64x128", "view144x288", "no-augment",
             "no-clip", "steps360", "old"]
@@ -116,8 +132,34 @@ def _correct_at_1(run_dir: Path, row: str, n: int = 1) -> list[int]:
         return [int("1" in r["top_k_correct"][:n]) for r in csv.DictReader(f)]
 
 
+def _hits(result: Any) -> list[int]:
+    """Per query of an EvalResult: 1 when its first-ranked database image is a positive."""
+    return [int(int(row[0]) in set(gt.tolist())) for row, gt in zip(result.predictions, result.ground_truth)]
+
+
+def against_teachers_map(config: Any, run_dir: Path, test_folder: str) -> dict[str, Any]:
+    """The deployment whose map the teacher indexed once from clean images: degraded queries encoded by the teacher,
+    then by the student, searched in the teacher's descriptors of the clean database (descriptors from the cache)."""
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.evaluation.cache import EvalCache
+    from loqi_core.evaluation.engine import evaluate
+    from loqi_core.models.model import build_model
+
+    test = load_dataset(f"folder:{test_folder}", "test")
+    teacher = build_model(config.model.method)
+    student = build_model(config.model.method, weights=str(run_dir / "distill"))
+    kw = dict(config=config.eval, clean_database=True, seed=config.eval.seed, device=config.device,
+              cache=EvalCache(config.eval.cache_dir))  # fmt: skip
+    t = evaluate(teacher, test, config.degrade, **kw)
+    s = evaluate(student, test, config.degrade, database_model=teacher, **kw)
+    degraded_map = evaluate(student, test, config.degrade, database_model=teacher, **{**kw, "clean_database": False})
+    return {"teacher": t.recalls, "student": s.recalls, "hits_teacher": _hits(t), "hits_student": _hits(s),
+            "student_vs_degraded_map": degraded_map.recalls, "hits_student_vs_degraded_map": _hits(degraded_map)}
+
+
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
-    """One ``loqi run`` in this process; returns its recalls and per-query R@1 hits."""
+    """One ``loqi run`` in this process; returns its recalls and per-query R@1 hits, symmetric and against the
+    teacher's clean map."""
     import torch
 
     from loqi_core.config import resolve_run_config
@@ -127,7 +169,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     overrides = {
         "model.method": job["method"], "degrade": job["degrade"], "seed": job["seed"], "device": job["device"],
         "distill.train": f"folder:{job['train']}", "eval.test": [f"folder:{job['test']}"], "out": job["out"],
-        "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"],
+        "eval.recall": [1, 5, 10], "eval.grid_queries": 0, "eval.cache_dir": job["cache"], "eval.seed": 0,
         "distill.tensorboard": False, "threads": job["threads"], **SETTINGS[job["setting"]][1],
         "distill.num_workers": 0 if job["device"] == "cpu" else max(1, job["threads"] - 1),  # the job's share of CPUs
     }  # fmt: skip
@@ -146,75 +188,132 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         **{k: job[k] for k in ("setting", "degrade", "seed")},
         "recalls": rows, "wall_s": time.perf_counter() - t0,
         "hits_teacher": _correct_at_1(run_dir, "pretrained_degraded"), "hits_student": _correct_at_1(run_dir, "distilled"),
+        "teachers_map": against_teachers_map(config, run_dir, job["test"]),
         "view_size": json.loads((run_dir / "distill" / "config.json").read_text())["distill"]["view_size"],
         "lr": config.distill.lr, "augment": config.distill.augment, "steps": config.distill.max_steps,
     }  # fmt: skip
 
 
-def sign_test(teacher: list[int], student: list[int]) -> tuple[int, int, float]:
-    """(queries only the student gets right, only the teacher, two-sided exact binomial p)."""
-    plus = sum(s and not t for t, s in zip(teacher, student))
-    minus = sum(t and not s for t, s in zip(teacher, student))
-    n, k = plus + minus, min(plus, minus)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return plus, minus, p
+def _gains(r: dict[str, Any]) -> tuple[float, float, float]:
+    """(symmetric Δ R@1, share of the loss recovered, Δ R@1 against the teacher's clean map) of one run."""
+    c, t, s = (r["recalls"][k]["R@1"] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
+    m = r["teachers_map"]
+    return s - t, (s - t) / (c - t) if c > t else float("nan"), m["student"]["R@1"] - m["teacher"]["R@1"]
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """Per degradation and setting: a row per seed, then the mean ± sd over seeds and the sign tests pooled over them."""
     lines = [
-        "| degradation | setting | seed | teacher clean R@1/5/10 | teacher degraded | student degraded | Δ R@1 | recovered | sign test +/− (p) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| degradation | setting | seed | teacher clean R@1/5/10 | teacher degraded | student degraded | Δ R@1 | recovered "
+        "| sign test +/− (p) | teacher's map: teacher queries R@1 | student queries | Δ R@1 | sign test +/− (p) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda r: f"{r['R@1']:.1f} / {r['R@5']:.1f} / {r['R@10']:.1f}"  # noqa: E731
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in sorted(results, key=lambda r: (r["degrade"], list(SETTINGS).index(r["setting"]), r["seed"])):
         groups.setdefault((r["degrade"], r["setting"]), []).append(r)
     for (degrade, setting), runs in groups.items():
-        gains, shares = [], []
+        pooled = [0, 0, 0, 0]
         for r in runs:
             c, t, s = (r["recalls"][k] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
-            gain, lost = s["R@1"] - t["R@1"], c["R@1"] - t["R@1"]
-            share = f"{100 * gain / lost:.0f}%" if lost > 0 else "n/a"
+            gain, share, asym = _gains(r)
+            m = r["teachers_map"]
             plus, minus, p = sign_test(r["hits_teacher"], r["hits_student"])
-            gains.append(gain)
-            shares.append(gain / lost if lost > 0 else float("nan"))
-            lines.append(f"| {degrade} | {setting} | {r['seed']} | {fmt(c)} | {fmt(t)} | {fmt(s)} | {gain:+.1f} | {share} | {plus}/{minus} ({p:.2g}) |")
+            a_plus, a_minus, a_p = sign_test(m["hits_teacher"], m["hits_student"])
+            pooled = [x + y for x, y in zip(pooled, (plus, minus, a_plus, a_minus))]
+            recovered = f"{100 * share:.0f}%" if not math.isnan(share) else "n/a"
+            lines.append(f"| {degrade} | {setting} | {r['seed']} | {fmt(c)} | {fmt(t)} | {fmt(s)} | {gain:+.1f} | {recovered} "
+                         f"| {plus}/{minus} ({p:.2g}) | {m['teacher']['R@1']:.1f} | {m['student']['R@1']:.1f} | {asym:+.1f} "
+                         f"| {a_plus}/{a_minus} ({a_p:.2g}) |")  # fmt: skip
         if len(runs) > 1:
-            mean_share = sum(shares) / len(shares)
-            lines.append(f"| {degrade} | {setting} | mean | | | | **{sum(gains) / len(gains):+.2f}** | **{100 * mean_share:.0f}%** | |")
+            (g, g_sd), (a, a_sd) = (mean_sd([_gains(r)[i] for r in runs]) for i in (0, 2))
+            share = sum(_gains(r)[1] for r in runs) / len(runs)
+            lines.append(f"| {degrade} | {setting} | **{len(runs)} seeds: mean ± sd** | | | | **{g:+.2f} ± {g_sd:.2f}** "
+                         f"| **{100 * share:.0f}%** | pooled {pooled[0]}/{pooled[1]} ({binomial_p(*pooled[:2]):.2g}) | | "
+                         f"| **{a:+.2f} ± {a_sd:.2f}** | pooled {pooled[2]}/{pooled[3]} ({binomial_p(*pooled[2:]):.2g}) |")  # fmt: skip
     return "\n".join(lines)
 
 
-def comparison(results: list[dict[str, Any]]) -> str:
-    """Per degradation and setting: mean R@1 gain over seeds (± sample sd) and, against "default" on the same
-    seeds, the queries only this setting's student gets right / only default's, pooled over seeds (sign test)."""
+def seed_pairs(results: list[dict[str, Any]]) -> str:
+    """Is one seed's student really better than another's? Per degradation and setting, the pair of seeds whose students
+    differ most on the same degraded queries (queries only one of them finds at rank 1; sign test), symmetric and
+    against the teacher's map: a spread that no pair shows beyond noise is the noise of which queries flip."""
+    lines = ["| degradation | setting | seeds | most different pair: only a / only b (p) | teacher's map: most different pair (p) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in sorted(results, key=lambda r: (r["degrade"], list(SETTINGS).index(r["setting"]), r["seed"])):
+        groups.setdefault((r["degrade"], r["setting"]), []).append(r)
+    for (degrade, setting), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        cells = []
+        for hits in (lambda x: x["hits_student"], lambda x: x["teachers_map"]["hits_student"]):
+            a, b, (plus, minus, p) = min(((a, b, sign_test(hits(b), hits(a))) for i, a in enumerate(runs) for b in runs[i + 1 :]),
+                                         key=lambda t: t[2][2])  # fmt: skip
+            cells.append(f"seed {a['seed']} vs {b['seed']}: {plus}/{minus} ({p:.2g})")
+        lines.append(f"| {degrade} | {setting} | {len(runs)} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def checkpoints_table(results: list[dict[str, Any]], work: Path, device: str) -> str:
+    """R@1 of every checkpoint a run kept (``distill/checkpoints/step-*`` and the final one) on the degraded test set:
+    does the student's recall still move between the last checkpoints (the end of training as a source of spread)?"""
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.evaluation.cache import EvalCache
+    from loqi_core.evaluation.engine import evaluate
+    from loqi_core.models.model import build_model
+
+    test = load_dataset(f"folder:{work / 'data' / 'test'}", "test")
+    cache = EvalCache(work / "cache")
+    lines = ["| degradation | setting | seed | R@1 by step (student, database and queries degraded) |", "|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r["degrade"], list(SETTINGS).index(r["setting"]), r["seed"])):
+        folder = work / "runs" / f"{r['degrade']}__{r['setting']}__seed{r['seed']}" / "distill" / "checkpoints"
+        cells = []
+        for ckpt in sorted(folder.glob("step-*")) + [folder / "final"]:
+            model = build_model("lite0-gem", weights=str(ckpt))
+            step = json.loads((ckpt / "model.json").read_text())["train_step"]
+            recall = evaluate(model, test, r["degrade"], config=None, seed=0, device=device, cache=cache).recalls["R@1"]
+            cells.append(f"{step}: {recall:.2f}")
+        lines.append(f"| {r['degrade']} | {r['setting']} | {r['seed']} | {'; '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def comparison(results: list[dict[str, Any]], versus: str = "default") -> str:
+    """Per degradation and setting: mean R@1 gain over seeds (± sample sd), symmetric and against the teacher's clean
+    map, and, against ``versus`` on the same seeds, the queries only this setting's student gets right / only
+    ``versus``'s, pooled over seeds (sign test)."""
     lines = [
-        "| degradation | setting | seeds | mean Δ R@1 (± sd) | mean recovered | vs default: +/− queries (p) |",
-        "|---|---|---|---|---|---|",
+        f"| degradation | setting | seeds | mean Δ R@1 (± sd) | sd / mean | mean recovered | vs {versus}: +/− queries (p) "
+        f"| teacher's map: mean Δ R@1 (± sd) | vs {versus}: +/− queries (p) | teacher's degraded map: mean Δ R@1 (± sd), "
+        "pooled +/− vs the teacher (p) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["degrade"], r["setting"], r["seed"]): r for r in results}
     for degrade in dict.fromkeys(r["degrade"] for r in results):
         for setting in [s for s in SETTINGS if any(k[:2] == (degrade, s) for k in by)]:
             runs = [r for k, r in sorted(by.items()) if k[:2] == (degrade, setting)]
-            gains, shares = [], []
-            for r in runs:
-                c, t, s = (r["recalls"][k]["R@1"] for k in ("pretrained_clean", "pretrained_degraded", "distilled"))
-                gains.append(s - t)
-                shares.append((s - t) / (c - t) if c > t else float("nan"))
-            mean = sum(gains) / len(gains)
-            sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) if len(gains) > 1 else 0.0
-            versus = ""
-            base = [(by.get((degrade, "default", r["seed"])), r) for r in runs]
-            if setting != "default" and all(b for b, _ in base):
-                plus = minus = 0
-                for b, r in base:
-                    p_, m_, _ = sign_test(b["hits_student"], r["hits_student"])
-                    plus, minus = plus + p_, minus + m_
-                n, k = plus + minus, min(plus, minus)
-                p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-                versus = f"{plus}/{minus} ({p:.2g})"
-            lines.append(f"| {degrade} | {setting} | {len(runs)} | {mean:+.2f} (± {sd:.2f}) | "
-                         f"{100 * sum(shares) / len(shares):.0f}% | {versus} |")  # fmt: skip
+            (mean, sd), (a_mean, a_sd) = (mean_sd([_gains(r)[i] for r in runs]) for i in (0, 2))
+            share = sum(_gains(r)[1] for r in runs) / len(runs)
+            versus_cells = ["", ""]
+            base = [(by.get((degrade, versus, r["seed"])), r) for r in runs]
+            if setting != versus and all(b for b, _ in base):
+                for i, hits in enumerate((lambda x: x["hits_student"], lambda x: x["teachers_map"]["hits_student"])):
+                    plus = minus = 0
+                    for b, r in base:
+                        p_, m_, _ = sign_test(hits(b), hits(r))
+                        plus, minus = plus + p_, minus + m_
+                    versus_cells[i] = f"{plus}/{minus} ({binomial_p(plus, minus):.2g})"
+            ratio = f"{sd / mean:.2f}" if mean > 0 else "n/a"
+            # the student's degraded queries against the teacher's degraded database (loqi run's distilled_queries
+            # row under the paper's protocol), against the teacher on both sides
+            d_gains = [r["teachers_map"]["student_vs_degraded_map"]["R@1"] - r["recalls"]["pretrained_degraded"]["R@1"]
+                       for r in runs]  # fmt: skip
+            d_mean, d_sd = mean_sd(d_gains)
+            tests = [sign_test(r["hits_teacher"], r["teachers_map"]["hits_student_vs_degraded_map"]) for r in runs]
+            d_plus, d_minus = sum(t[0] for t in tests), sum(t[1] for t in tests)
+            lines.append(f"| {degrade} | {setting} | {len(runs)} | {mean:+.2f} (± {sd:.2f}) | {ratio} | {100 * share:.0f}% "
+                         f"| {versus_cells[0]} | {a_mean:+.2f} (± {a_sd:.2f}) | {versus_cells[1]} "
+                         f"| {d_mean:+.2f} (± {d_sd:.2f}), {d_plus}/{d_minus} ({binomial_p(d_plus, d_minus):.2g}) |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -224,13 +323,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="results JSON")
     ap.add_argument("--paired", type=Path, help="only print the R@1 sign test of this `loqi run` directory")
     ap.add_argument("--table", type=Path, help="only print the tables of this results JSON")
+    ap.add_argument("--checkpoints", action="store_true", help="with --table: R@1 of every checkpoint each run kept")
     ap.add_argument("--work", type=Path, default=None, help="generated data, runs and cache (default: next to --out)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--method", default="lite0-gem")
     ap.add_argument("--degrade", nargs="+", default=["jpeg10", "scale0.25+jpeg10"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="default: just 'default'")
     ap.add_argument("--ablation", action="store_true", help="one-factor ablation: " + ", ".join(ABLATION))
+    ap.add_argument("--versus", default="default", choices=list(SETTINGS), help="the setting the others are paired with")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
     ap.add_argument("--test-places", type=int, default=800)
     ap.add_argument("--train-every", type=int, default=2, help="keep every Nth training frame")
@@ -246,7 +347,10 @@ def main() -> None:
         return
     if args.table:
         results = json.loads(args.table.read_text())["results"]
-        print(table(results) + "\n\n" + comparison(results))
+        if args.checkpoints:
+            print(checkpoints_table(results, args.work or args.table.with_suffix(""), args.device))
+            return
+        print(table(results) + "\n\n" + seed_pairs(results) + "\n\n" + comparison(results, args.versus))
         return
     if args.data is None or args.out is None:
         ap.error("--data and --out are required (or --paired RUN_DIR)")
@@ -280,10 +384,7 @@ def main() -> None:
             for future in as_completed([pool.submit(one_run, j) for j in jobs]):
                 results.append(future.result())
                 save()
-    print(table(results))
-    if len(settings) > 1:
-        print()
-        print(comparison(results))
+    print(table(results) + "\n\n" + seed_pairs(results) + "\n\n" + comparison(results, args.versus))
 
 
 if __name__ == "__main__":

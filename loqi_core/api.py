@@ -179,6 +179,7 @@ def evaluate(
     seed: int = 0,
     cache: bool | None = None,
     data_root: str | os.PathLike | None = None,
+    database_model: "VPRModel | str | None" = None,
     plugins: Plugins | None = None,
     **settings: Any,
 ) -> "EvalResult":
@@ -188,7 +189,8 @@ def evaluate(
     name as ``loqi eval --dataset`` takes it (``"demo"``, ``"nordland"``, ``"folder:PATH?skip_bad=true"``), a
     ``pathlib.Path`` to a folder in gmberton's layout, or a loaded ``TestSet``. ``batch_size``, ``num_workers``
     (None: 32, and workers fitted to the CPUs) and ``settings``, any other ``EvalConfig`` field (``recall=[1, 5]``, ``clean_database=True``,
-    ``index="ivfpq"``), as ``loqi eval`` takes them. Returns the
+    ``index="ivfpq"``), as ``loqi eval`` takes them. ``database_model``: a model or method name that encodes the
+    database instead (a student's queries against its teacher's map). Returns the
     ``EvalResult``: ``.recalls`` (``{"R@1": ...}``), ``.predictions``, ``.protocol``.
     """
     from loqi_core.evaluation.engine import evaluate as evaluate_test_set
@@ -199,8 +201,9 @@ def evaluate(
     deg = _degradation(degrade, plugins)
     test = _test_set(dataset, data_root, plugins)
     with _cache_for(config) as store:
+        database = None if database_model is None else _model(database_model, plugins)
         result = evaluate_test_set(model, test, deg, config=config, seed=seed, device=_device(device), cache=store,
-                                   plugins=plugins)  # fmt: skip
+                                   plugins=plugins, database_model=database)  # fmt: skip
     assert result is not None  # None only on the ranks other than 0 of a torchrun job
     return result
 

@@ -86,6 +86,15 @@ class DistillConfig(Section):
     lr: float = Field(1e-6, gt=0, le=LR_MAX)
     weight_decay: float = Field(0.0, ge=0)
     gamma: float = Field(0.99999, gt=0, le=1, description="ExponentialLR factor, stepped every iteration")
+    schedule: Literal["exponential", "cosine"] = Field(
+        "exponential", description="learning rate over the steps: exponential (× gamma every step, the reference's) or "
+        "cosine (from lr down to 0 at the last step)",
+    )  # fmt: skip
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from lr/(warmup_steps+1) to lr over the first steps")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="exponential moving average of the student's weights with this decay per step "
+        "(e.g. 0.95); the average is the run's student, validated and saved. None = the weights of the last step",
+    )  # fmt: skip
     clip_grad_norm: float | None = Field(1.0, gt=0)
     places_per_batch: int = Field(6, ge=1)
     images_per_place: int = Field(4, ge=1)
@@ -121,6 +130,25 @@ class DistillConfig(Section):
         default_factory=dict, description="params of the finetune loss's terms, over distill.loss_params (e.g. NetVLAD's "
         "own triplet margin √0.1 under --protocol paper)"
     )
+    val: str | None = Field(
+        None, description='validation: "heldout" (label-free: the distillation loss on distill.heldout training images '
+        "kept out of training, lower is better) or a test set as --test takes it (NAME, NAME:PATH, pitts30k?split=val): R@1 "
+        "of the student's degraded queries, higher is better. None = no validation",
+    )  # fmt: skip
+    val_every: int | None = Field(None, ge=1, description="validate every N training steps (and at the end)")
+    val_parts: int | None = Field(
+        None, ge=1, description="or: N evenly spaced validations per epoch (the authors: 6); with neither, 6"
+    )
+    val_database: Literal["teacher", "student"] = Field(
+        "student", description="labelled validation sets: who encodes the database. teacher: the frozen teacher, clean "
+        "(the authors' validation; a map the teacher indexed); student: the student, degraded (the paper's test protocol)",
+    )  # fmt: skip
+    heldout: int = Field(64, ge=1, description='val="heldout": training images held out (evenly spaced; whole places '
+                         "when the set has places), never trained on")  # fmt: skip
+    select: Literal["best", "last"] = Field(
+        "last", description="which student becomes the run's (checkpoints/final): the best validated one or the last; "
+        "best when distill.val is set and this is not given",
+    )  # fmt: skip
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="step checkpoints kept on disk (the final one is always kept)")
     log_every: int = Field(10, ge=1, description="steps between host syncs: loss check, CSV rows, progress bar")
@@ -137,6 +165,17 @@ class DistillConfig(Section):
             raise ValueError('view_size "native" keeps every image as it is: set augment to false (--no-augment)')
         return self
 
+    @model_validator(mode="after")
+    def _validation(self) -> "DistillConfig":
+        """One validation rhythm at most; a checkpoint chosen by validation needs a validation."""
+        if self.val_every is not None and self.val_parts is not None:
+            raise ValueError("give val_every (steps) or val_parts (per epoch), not both")
+        if self.val is not None and "select" not in self.model_fields_set:
+            self.select = "best"
+        if self.select == "best" and self.val is None:
+            raise ValueError('select "best" needs a validation: set val ("heldout" or a test set, e.g. --val heldout)')
+        return self
+
 
 class EvalConfig(Section):
     """Recall@N evaluation (the paper's protocol unless ``clean_database``)."""
@@ -148,9 +187,18 @@ class EvalConfig(Section):
     recall: list[int] = Field(default_factory=lambda: [1, 2, 5, 10])
     positive_radius: float = Field(25.0, gt=0, allow_inf_nan=False, description="metres: a database image this close is a positive")
     clean_database: bool = Field(False, description="degrade only the queries (default: database and queries)")
+    database_weights: str | None = Field(
+        None, description='encode the database with these weights ("default": the method\'s pretrained ones, a variant, '
+        "a run directory or a file) and the queries with the model under test; None = the model under test (loqi run's "
+        '"distilled queries vs pretrained database" row: the teacher)',
+    )  # fmt: skip
     index: Literal["auto", "flat", "torch", "ivfpq"] = Field(
         "auto", description="search: auto (torch top-k on CUDA, else flat), flat (FAISS exact, CPU), torch, ivfpq"
     )
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="seed of the test images' degradation (sampled specs such as jpeg[5:50]); "
+        "None = the run's seed. loqi run --seeds pins it to the first seed: every seed's student meets the same queries",
+    )  # fmt: skip
     batch_size: int = Field(32, ge=1)
     num_workers: int | None = Field(None, ge=0, description="decode/degrade processes; None = fit the CPUs the process may use")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
@@ -371,8 +419,7 @@ def resolve_run_config(file: str | Path | None = None, overrides: dict[str, Any]
         return first
     plugins = plugins or get_plugins()
     spec = None if name is None else plugins.encoder(name) if name in plugins.encoders else plugins.method(name)[0]
-    validation = "val" in DistillConfig.model_fields  # the paper's validation needs the validation-chosen checkpoints
-    defaults = protocol_defaults(first.protocol, spec, validation)
+    defaults = protocol_defaults(first.protocol, spec)
     config = resolve_config(file, overrides, {**(spec.run_defaults if spec else {}), **defaults})
     levels = [protocol_degrade(level, config.protocol, plugins) for level in config.eval.degrade]
     update: dict[str, Any] = {"degrade": protocol_degrade(config.degrade, config.protocol, plugins),

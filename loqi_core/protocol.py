@@ -39,11 +39,10 @@ PAPER_METHODS = ("netvlad", "mixvpr", "anyloc", "salad", "cricavpr")
 """The five methods of the paper; any other method under ``paper`` gets the generic settings only."""
 
 
-def protocol_defaults(protocol: str, spec: "EncoderSpec | None", validation: bool = False) -> dict[str, Any]:
-    """Config defaults (dotted paths) of ``protocol``: the generic ones, the paper's validation where the config
-    has its fields (``validation``), then the method's own."""
+def protocol_defaults(protocol: str, spec: "EncoderSpec | None") -> dict[str, Any]:
+    """Config defaults (dotted paths) of ``protocol``: the generic ones, the paper's validation, then the method's own."""
     out = dict(GENERIC_DEFAULTS.get(protocol, {}))
-    if protocol == "paper" and validation:
+    if protocol == "paper":
         out.update(PAPER_VALIDATION)
     if spec is not None and protocol in spec.protocols:
         out.update(spec.protocols[protocol].run_defaults)

@@ -53,3 +53,47 @@ def test_torchrun_two_processes(tmp_path):
         load_checkpoint(model, run)
     total = sum(float(v.double().sum()) for v in model.state_dict().values())
     assert f"{total:.12f}" == digests["0"]
+
+
+@pytest.mark.slow
+def test_torchrun_validates_on_a_test_set_and_keeps_the_best(tmp_path):
+    """Two ranks share each validation's extraction through the run directory's scratch cache; both take rank 0's
+    R@1, so they write the same checkpoints and agree on the best student."""
+    spec = importlib.util.spec_from_file_location("distill_helpers", HERE / "distill_helpers.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+    from loqi_core.testing.tiny import write_vpr_folder
+
+    train = helpers.write_images(tmp_path / "train", 32)
+    val = write_vpr_folder(tmp_path / "val", places=8)
+    config = {**helpers.tiny_config(train, batch_size=4, max_steps=4, val=f"folder:{val}", val_every=2, ema=0.5,
+                                    val_database="teacher"),
+              "eval": {"cache_dir": str(tmp_path / "cache"), "num_workers": 0, "batch_size": 4}}  # fmt: skip
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(HERE / "distill_helpers.py"), str(cfg_file), str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run = tmp_path / "run"
+    curve = json.loads((run / "summary.json").read_text())["validation"]
+    assert [s for s, _ in curve["points"]] == [2, 4] and curve["metric"] == "R@1 (val, teacher database)"
+    assert (run / "checkpoints" / "best").is_dir() and not (run / ".validation-scratch").exists()
+    assert {p.name for p in (run / "checkpoints" / "step-00000002").iterdir()} >= {"rng-rank0.safetensors", "rng-rank1.safetensors", "ema.safetensors"}
+    import torch
+
+    from loqi_core.data.datasets import load_dataset
+    from loqi_core.evaluation.engine import evaluate
+    from loqi_core.models.model import build_model
+    from loqi_core.testing.helpers import isolated_plugins
+    from loqi_core.testing.tiny import tiny_plugin
+
+    with isolated_plugins(("tiny", tiny_plugin)) as plugins:
+        torch.manual_seed(config["seed"])
+        teacher = build_model("tiny", weights="random", plugins=plugins)
+        student = build_model("tiny", weights=str(run), plugins=plugins)
+        test = load_dataset(f"folder:{val}", "test", plugins=plugins)
+        result = evaluate(student, test, "blur5", database_model=teacher, clean_database=True, seed=config["seed"],
+                          device="cpu", cache=None, plugins=plugins)  # fmt: skip
+    assert result.recalls["R@1"] == pytest.approx(curve["best"])

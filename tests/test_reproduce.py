@@ -126,7 +126,8 @@ def _smoke_args(root: Path, tmp_path: Path, out: str, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_smoke_table2_runs_the_whole_recipe_killed_resumed_then_skipped(tmp_path):
     """Mining, 168-image steps over a whole epoch of 6 steps (36 places), the finetune, the evaluations; SIGKILLed in
-    the middle of step 4, resumed from the checkpoint of step 2 with the mined tuples from the cache."""
+    the middle of step 4, resumed from the checkpoint of step 3 (each of the 6 validations writes one, beside the
+    best student so far) with the mined tuples from the cache."""
     root = paper_data.write_paper_data(tmp_path / "data", size=(16, 24))
     args = ["--methods", "netvlad", *_smoke_args(root, tmp_path, "t2", "-s", "distill.checkpoint_every=2")]
     env = {**os.environ, "LOQI_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
@@ -134,7 +135,8 @@ def test_smoke_table2_runs_the_whole_recipe_killed_resumed_then_skipped(tmp_path
                              *args], capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = tmp_path / "t2" / "netvlad__jpeg10"
-    assert sorted(p.name for p in (run_dir / "distill" / "checkpoints").iterdir() if not p.name.startswith(".")) == ["step-00000002"]
+    assert sorted(p.name for p in (run_dir / "distill" / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+        "best", "step-00000002", "step-00000003"]
     mined = list((tmp_path / "cache").rglob("mined.npz"))
     assert len(mined) == 1
     stamp = mined[0].stat().st_mtime_ns
@@ -144,7 +146,7 @@ def test_smoke_table2_runs_the_whole_recipe_killed_resumed_then_skipped(tmp_path
     assert "resuming distill" in res.output
     assert mined[0].stat().st_mtime_ns == stamp  # mined once, never again
     summary = json.loads((run_dir / "distill" / "summary.json").read_text())
-    assert summary["resumed_from"] == 2 and summary["steps"] == 6  # one epoch: 36 places / 6 per step
+    assert summary["resumed_from"] == 3 and summary["steps"] == 6  # one epoch: 36 places / 6 per step
     assert summary["images_per_step"] == 168 and summary["mined"] and summary["view_size"] == "native"
     steps = [int(r["step"]) for r in csv.DictReader((run_dir / "distill" / "train_log.csv").open())]
     assert steps == [1, 2, 3, 4, 5, 6]
@@ -155,7 +157,8 @@ def test_smoke_table2_runs_the_whole_recipe_killed_resumed_then_skipped(tmp_path
     assert metrics["run"]["protocol"] == "paper" and metrics["run"]["untrained"] is True
     assert metrics["run"]["protocol_notes"][0].startswith("protocol paper: ")
     assert set(metrics["datasets"]) == {"msls", "nordland", "tokyo247"}
-    assert list(metrics["datasets"]["nordland"]["rows"]) == ["pretrained_clean", "pretrained_degraded", "finetuned", "distilled"]
+    assert list(metrics["datasets"]["nordland"]["rows"]) == ["pretrained_clean", "pretrained_degraded", "finetuned", "distilled",
+                                                                "distilled_queries"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["preprocess"]["size"] is None and config["distill"]["mine"] is True
 

@@ -27,6 +27,10 @@ def _distill_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Training views' height and width: the scale at which the student meets the degradation; "
                           "use your test images' size (default: the method's input size, else the training images' typical size)."),
         click.option("--no-augment", is_flag=True, default=None, help="No random resized crop and flip of the training views."),
+        click.option("--val", metavar="SPEC", help='Validate the student while it trains and keep the best one: "heldout" (label-free: the '
+                                   "distillation loss on training images held out of training) or a test set (NAME, "
+                                   "NAME:PATH, pitts30k?split=val: R@1 of its degraded queries). Rhythm and choice: -s "
+                                   "distill.val_every=N or distill.val_parts=N, distill.val_database, distill.select."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -41,6 +45,7 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
         "distill.train": kw["train"], "distill.max_steps": kw["max_steps"], "distill.lr": kw["lr"],
         "distill.batch_size": kw["batch_size"], "distill.view_size": kw["view_size"] or None,
         "distill.augment": False if kw["no_augment"] else None, ("distill.finetune_loss" if mode == "finetune" else "distill.loss"): loss,
+        "distill.val": kw["val"],
     }  # fmt: skip
     if kw["resume_dir"]:
         run_dir = Path(kw["resume_dir"])
@@ -64,6 +69,7 @@ def _resolve(mode: str, kw: dict[str, Any], loss: str | None):
 def _run(mode: str, kw: dict[str, Any], loss: str | None) -> None:
     import json
 
+    from loqi_core.report.validation import write_validation_plot
     from loqi_core.training.engine import distill, summary_line
 
     config, out = _resolve(mode, kw, loss)
@@ -71,6 +77,9 @@ def _run(mode: str, kw: dict[str, Any], loss: str | None) -> None:
     summary = out / "summary.json"
     if summary.exists():
         click.echo(summary_line(json.loads(summary.read_text())))
+    plot = write_validation_plot(out)
+    if plot is not None:
+        click.echo(f"validation curve: {plot}")
     click.echo(f"student checkpoint: {final}")
 
 

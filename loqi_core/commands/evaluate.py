@@ -49,6 +49,11 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--recall", help='Recall@N values, e.g. "1 2 5 10" (default) or 1,5,10.'),
         click.option("--positive-radius", type=float, help="Metres: a database image this close to the query is a positive (default 25)."),
         click.option("--clean-database/--degraded-database", default=None, help="Degrade only the queries (default: database and queries, the paper's protocol)."),
+        click.option("--database-weights", metavar="W",
+                     help='Encode the database with other weights than the queries: "default" (the method\'s pretrained '
+                          "ones), a variant, a run directory or a file. With --clean-database: a student's queries against "
+                          "the map its teacher indexed (loqi run's \"distilled queries vs pretrained database\" row uses the teacher "
+                          "unless this is given)."),
         click.option("--index", type=click.Choice(["auto", "flat", "torch", "ivfpq"]), help="Search: auto (torch top-k on CUDA, else FAISS flat), flat, torch, ivfpq (approximate)."),
         click.option("--eval-batch-size", type=int, help="Images per descriptor-extraction batch (default 32)."),
         click.option("--batch-size", "old_batch_size", type=int, hidden=True),  # deprecated spelling of --eval-batch-size
@@ -82,7 +87,8 @@ def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
     return {
         "model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
         "eval.recall": parse_recall(kw.get("recall")), "eval.positive_radius": kw.get("positive_radius"),
-        "eval.clean_database": kw.get("clean_database"), "eval.index": kw.get("index"),
+        "eval.clean_database": kw.get("clean_database"), "eval.database_weights": kw.get("database_weights"),
+        "eval.index": kw.get("index"),
         "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
         "eval.cache": False if kw.get("no_cache") else None,
         "eval.degrade": eval_levels(kw.get("eval_degrade")),

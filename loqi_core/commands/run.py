@@ -8,6 +8,7 @@ import click
 
 from loqi_core.commands.evaluate import eval_options, eval_overrides
 from loqi_core.commands.options import config_from_flags, split_list
+from loqi_core.errors import ConfigError
 
 
 def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -20,6 +21,13 @@ def train_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Training views' height and width (default: the test sets' typical image size, the scale at "
                           "which test images meet the degradation)."),
         click.option("--no-augment", is_flag=True, default=None, help="No random resized crop and flip of the training views."),
+        click.option("--val", metavar="SPEC", help='Validate the student while it trains and keep the best one: "heldout" (label-free: the '
+                                   "distillation loss on training images held out of training) or a test set (NAME, "
+                                   "NAME:PATH, pitts30k?split=val: R@1 of its degraded queries). Rhythm and choice: -s "
+                                   "distill.val_every=N or distill.val_parts=N, distill.val_database, distill.select."),
+        click.option("--seeds", metavar="S1,S2,...", help="Run the whole experiment once per training seed (comma-separated, e.g. 0,1,2) into "
+                                     "seed-<S>/ and report each seed beside the mean and spread; the test images are "
+                                     "degraded alike in every run, so the teacher's rows come from the cache."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -30,7 +38,22 @@ def _extra(kw: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {**eval_overrides(kw), "distill.train": kw.pop("train"), "eval.test": split_list(kw.pop("test")),
             "distill.max_steps": kw.pop("max_steps"), "distill.lr": kw.pop("lr"),
             "distill.view_size": kw.pop("view_size") or None, "distill.augment": False if kw.pop("no_augment") else None,
-            **more}  # fmt: skip
+            "distill.val": kw.pop("val"), **more}  # fmt: skip
+
+
+def parse_seeds(text: str | None, seed: int | None) -> list[int]:
+    """``--seeds "0,1,2"`` → [0, 1, 2] (unique, in order); not with --seed."""
+    if text is None:
+        return []
+    if seed is not None:
+        raise ConfigError("give --seed (one run) or --seeds (one run per seed), not both")
+    try:
+        seeds = [int(t) for t in split_list(text) or []]
+    except ValueError:
+        raise ConfigError(f'--seeds: expected seeds such as "0,1,2", got "{text}"') from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise ConfigError(f'--seeds: give distinct seeds of at least 0, e.g. "0,1,2" (got "{text}")')
+    return seeds
 
 
 @click.command("run")
@@ -66,16 +89,28 @@ def run_command(loss: str | None, baseline: str | None, **kw: Any) -> None:
     queries), activations/*.png (teacher vs student encoder activation maps on one colour scale, the paper's
     Fig. 4) and the training runs in distill/ and finetune/.
 
+    The table also holds "distilled queries vs pretrained database": the student's queries against the database
+    the teacher encodes (with --clean-database, the map a deployment indexed once with the teacher).
+    --val keeps the best validated student; --seeds runs the experiment once per training seed and reports each
+    seed beside the mean and the spread, with paired sign tests.
+
     \b
     Examples:
       loqi run --method lite0-gem --degrade jpeg10
+      loqi run --method lite0-gem --degrade jpeg10 --seeds 0,1,2 --clean-database
+      loqi run --method lite0-gem --degrade jpeg10 --val heldout -s distill.val_every=20 -s distill.max_steps=240
       loqi run --method mixvpr --degrade jpeg10 --train gsv-cities --test nordland,msls --baseline finetune
       loqi run --method salad --degrade qp40 --weights random --max-steps 5 --image-size 224 224
     """
     from loqi_core.experiments.runner import run_experiment
+    from loqi_core.experiments.seeds import over_seeds
 
+    seeds = parse_seeds(kw.pop("seeds"), kw.get("seed"))
     config = config_from_flags(kw, _extra(kw, **{"distill.loss": loss}))
-    run_experiment(config, baseline=baseline, echo=click.echo)
+    if seeds:
+        over_seeds(config, seeds, "run", lambda c: run_experiment(c, baseline=baseline, echo=click.echo), echo=click.echo)
+    else:
+        run_experiment(config, baseline=baseline, echo=click.echo)
 
 
 @click.command("sweep")
@@ -97,9 +132,15 @@ def sweep_command(losses: str, **kw: Any) -> None:
       loqi sweep --method lite0-gem --degrade jpeg10 --losses "ickd,mse,ickd+0.5*mse" --max-steps 100
     """
     from loqi_core.experiments.runner import expand_losses, run_sweep
+    from loqi_core.experiments.seeds import over_seeds
 
+    seeds = parse_seeds(kw.pop("seeds"), kw.get("seed"))
     config = config_from_flags(kw, _extra(kw))
-    run_sweep(config, expand_losses(losses), echo=click.echo)
+    expressions = expand_losses(losses)
+    if seeds:
+        over_seeds(config, seeds, "sweep", lambda c: run_sweep(c, expressions, echo=click.echo), echo=click.echo)
+    else:
+        run_sweep(config, expressions, echo=click.echo)
 
 
 from loqi_core.commands.reproduce import COMMANDS as REPRODUCE  # noqa: E402  (cli.py lists command modules)

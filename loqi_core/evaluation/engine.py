@@ -413,11 +413,13 @@ def evaluate(
     plugins: Plugins | None = None,
     untrained: bool | None = None,
     stats: dict[str, ExtractStats] | None = None,
+    database_model: "VPRModel | None" = None,
 ) -> EvalResult | None:
     """Recall@N of ``model`` on ``test`` with database and queries degraded (the paper's protocol).
 
-    Under torchrun every rank encodes its share of the images; rank 0 searches and returns the result, the
-    other ranks return None.
+    ``database_model``: encode the database with this model instead (asymmetric evaluation: a student's queries
+    against the map its teacher indexed). Under torchrun every rank encodes its share of the images; rank 0
+    searches and returns the result, the other ranks return None.
     """
     import torch
 
@@ -431,15 +433,18 @@ def evaluate(
     if config.sequence:
         traverses_of(test)  # a test set without capture order is refused before anything is encoded
     model = model.to(device).eval()
-    key = descriptor_key(model, config.precision, device, plugins)
+    db_model = model if database_model is None else database_model.to(device).eval()
+    keys = {m: descriptor_key(m, config.precision, device, plugins) for m in (model, db_model)}
     stats = stats if stats is not None else {}
-    common = dict(cache=cache, key=key, seed=seed, device=device, batch_size=config.batch_size,
+    common = dict(cache=cache, seed=seed, device=device, batch_size=config.batch_size,
                   num_workers=loader_workers(config.num_workers, device.type), precision=config.precision, cache_images=config.cache_images,
                   plugins=plugins)
     stats["database"], stats["queries"] = ExtractStats(), ExtractStats()
+    db_args = dict(label=f"{test.name} database", stats=stats["database"], key=keys[db_model], **common)
+    q_args = dict(label=f"{test.name} queries", stats=stats["queries"], key=keys[model], **common)
     try:
-        db = extract(model, test.database, db_deg, label=f"{test.name} database", stats=stats["database"], **common)
-        q = extract(model, test.queries, deg, label=f"{test.name} queries", stats=stats["queries"], **common)
+        db = extract(db_model, test.database, db_deg, **db_args)
+        q = extract(model, test.queries, deg, **q_args)
     except UnreadableImageError as exc:
         if not test.skip_bad:
             raise UnreadableImageError(f"{exc}; add ?skip_bad=true to the dataset to leave such files out", exc.path) from None
@@ -447,8 +452,8 @@ def evaluate(
 
         log.warning("%s; decoding every image of %s to leave out the unreadable ones (skip_bad)", exc, test.name)
         drop_unreadable(test)  # a second failure cannot come from an image: it is raised as it is
-        db = extract(model, test.database, db_deg, label=f"{test.name} database", stats=stats["database"], **common)
-        q = extract(model, test.queries, deg, label=f"{test.name} queries", stats=stats["queries"], **common)
+        db = extract(db_model, test.database, db_deg, **db_args)
+        q = extract(model, test.queries, deg, **q_args)
     if dist_rank_world()[0] != 0:
         return None
     backend = resolve_backend(config.index, str(device))
@@ -461,13 +466,15 @@ def evaluate(
     recalls = recall_at_n(idx, gt, config.recall) if gt is not None else {}
     sequence = match_sequences(test, db, q, gt, config) if config.sequence else None
     weights = str(model.info.get("weights"))
+    db_weights = str(db_model.info.get("weights"))
     explicit = test.positives is not None
     search_name = {"flat": "exact inner product, FAISS flat (CPU)", "torch": f"exact inner product, torch top-k ({device.type})",
                    "ivfpq": "approximate, FAISS IVF-PQ" + (f", top {config.ivf_refine}·k re-ranked exactly" if config.ivf_refine else "")}[backend]
     protocol = {
         "database": "clean" if clean_database or isinstance(deg, Identity) else f"degraded ({deg.spec})",
         "queries": "clean" if isinstance(deg, Identity) else f"degraded ({deg.spec})",
-        "encoder": "database and queries encoded by the model under test",
+        "encoder": "database and queries encoded by the model under test" if database_model is None
+        else f"queries encoded by the model under test, the database by {db_weights}",
         "degradation": deg.spec or "none",
         "clean_database": clean_database,
         "temporal": _temporal_both(test, db_deg, deg),
@@ -484,6 +491,7 @@ def evaluate(
         "ties": "equal scores ranked by the lower database index",
         "precision": "bf16 autocast" if use_bf16(config.precision, device) else "fp32",
         "weights": weights,
+        "database_weights": db_weights,
         "untrained": weights == "random" if untrained is None else untrained,
         "n_database": len(test.database),
         "n_queries": len(test.queries),

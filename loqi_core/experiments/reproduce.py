@@ -24,7 +24,6 @@ from typing import Any, Callable, Literal, Sequence
 from loqi_core.config import RunConfig, dump_config, resolve_run_config
 from loqi_core.errors import ConfigError, LoqiError
 from loqi_core.hooks.manager import Plugins, get_plugins
-from loqi_core.protocol import PAPER_VALIDATION
 from loqi_core.report.names import slug
 
 PAPER_FILE = Path(__file__).with_name("paper_results.json")
@@ -270,17 +269,12 @@ def recipe_lines(config: RunConfig, run: PlannedRun) -> list[str]:
         batch = f"{d.places_per_batch} places × {d.images_per_place} images = {anchors} images per step"
         mining = "mining: none"
     length = f"{d.max_steps} steps" if d.max_steps else f"{d.epochs} epoch(s)"
-    fields = d.model_dump()
-    if "val" not in fields:
-        val = (f"validation: NOT APPLIED, this loqi has no distill.val (the paper protocol asks for {PAPER_VALIDATION}); "
-               "selection: the last checkpoint")  # fmt: skip
-    elif not fields["val"]:
+    if not d.val:
         val = "validation: none; selection: the last checkpoint"
     else:
-        when = (f"after each of {fields['val_parts']} parts of the epoch" if fields.get("val_parts")
-                else f"every {fields.get('val_every')} steps")  # fmt: skip
-        val = (f"validation: {fields['val']} {when}, queries {config.degrade} through the student against the database "
-               f"encoded by the {fields.get('val_database')}; selection: the {fields.get('select')} checkpoint")  # fmt: skip
+        when = f"after each of {d.val_parts} parts of the epoch" if d.val_parts else f"every {d.val_every} steps"
+        val = (f"validation: {d.val} {when}, queries {config.degrade} through the student against the database "
+               f"encoded by the {d.val_database}; selection: the {d.select} checkpoint")  # fmt: skip
     bn = "frozen" if d.freeze_bn else "drifting in " + ("every layer" if d.bn_scope == "all" else "trainable layers")
     lines = [
         f"training images: {run.train or d.train}, {views}; the teacher sees the clean image, the student {config.degrade}",

@@ -37,6 +37,7 @@ from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.report.names import name_test_sets, slug
 from loqi_core.report.results import UNTRAINED, Report, results_markdown
 from loqi_core.report.tensorboard import log_recalls
+from loqi_core.report.validation import training_curves
 from loqi_core.util.fileio import located, write_text
 from loqi_core.util.logs import RunLog, log
 from loqi_core.util.rundir import locked
@@ -158,6 +159,11 @@ class Experiment:
         if self.env.is_main:
             self._lock.enter_context(locked(self.out))
         self._open(kind, echo)
+
+    @property
+    def eval_seed(self) -> int:
+        """The seed of the test images' degradation: ``eval.seed``, else the run's."""
+        return self.config.seed if self.config.eval.seed is None else self.config.eval.seed
 
     def __enter__(self) -> "Experiment":
         return self
@@ -289,13 +295,17 @@ class Experiment:
             protocol=self.config.protocol, seed=self.config.seed, plugins=self.plugins,
         )  # fmt: skip
 
-    def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:
-        """Evaluate ``model`` on every test set under ``degrade`` (default: the run's) and add the row."""
+    def evaluate(
+        self, row: str, model: "VPRModel", degrade: str | None = None, database_model: "VPRModel | None" = None, **meta: Any
+    ) -> dict[str, EvalResult]:
+        """Evaluate ``model`` on every test set under ``degrade`` (default: the run's) and add the row; the database
+        is encoded by ``database_model`` when given (asymmetric evaluation)."""
         deg = self.degradation if degrade is None else self.levels.get(degrade) or parse_degradation(degrade, self.plugins)
         out = {}
         for test in self.tests:
-            result = evaluate(model, test, deg, config=self.config.eval, seed=self.config.seed, device=self.device,
-                              cache=self.cache, plugins=self.plugins, untrained=self.untrained)  # fmt: skip
+            result = evaluate(model, test, deg, config=self.config.eval, seed=self.eval_seed, device=self.device,
+                              cache=self.cache, plugins=self.plugins, untrained=self.untrained,
+                              database_model=database_model)  # fmt: skip
             if result is None:  # another rank of a torchrun job: it only encoded its share
                 continue
             write_skipped(test, self.out)  # again: images that failed only when decoded are listed too
@@ -325,12 +335,26 @@ class Experiment:
             if spaced:
                 self.echo(f"note: {spaced} image name(s) of {result.dataset} hold whitespace; hloc splits pairs lines on it")
 
-    def evaluate_levels(self, row: str, model: "VPRModel", **meta: Any) -> None:
+    def evaluate_levels(self, row: str, model: "VPRModel", database_model: "VPRModel | None" = None, **meta: Any) -> None:
         """``row`` under the run's degradation, or ``row@LEVEL`` under each of ``eval.degrade`` (--eval-degrade)."""
         if not self.levels:
-            self.evaluate(row, model, **meta)
+            self.evaluate(row, model, database_model=database_model, **meta)
         for level in self.levels:
-            self.evaluate(f"{row}@{level}", model, level, **meta)
+            self.evaluate(f"{row}@{level}", model, level, database_model=database_model, **meta)
+
+    def database_model(self, teacher: "VPRModel") -> "VPRModel":
+        """The model that encodes the database of an asymmetric row: ``eval.database_weights``, else the teacher."""
+        weights = self.config.eval.database_weights
+        if weights is None:
+            return teacher
+        if getattr(self, "_database", None) is None:
+            self._database = self.build(weights)
+        return self._database
+
+    def evaluate_against_database(self, row: str, student: "VPRModel", database: "VPRModel", **meta: Any) -> None:
+        """``row``'s student encodes the queries, ``database`` the database: the map a deployment indexed once."""
+        self.evaluate_levels(row.replace("distilled", "distilled_queries", 1), student, database,
+                             database_weights=database.info["weights"], **meta)  # fmt: skip
 
     def print_protocols(self) -> None:
         for name, rows in self.report.results.items():
@@ -340,11 +364,17 @@ class Experiment:
     def train(self, folder: str, mode: str, config: RunConfig | None = None) -> Path:
         """Distil (or finetune) into ``out/<folder>``, resuming a run that a previous invocation left there."""
         from loqi_core.training.engine import distill
+        from loqi_core.training.validation import HELDOUT
 
         target = self.out / folder
         resume = _from_rank0((target / "config.json").exists())  # decided once: rank 0 may already be writing it
         self.echo(f"{'resuming' if resume else 'training'} {mode} in {target} ...")
         config = (config or self.config).model_copy(update={"threads": self.requested_threads})  # training fits its own
+        d = config.distill
+        if mode == "finetune" and d.val not in (None, HELDOUT) and d.val_database == "teacher":
+            # no teacher: the finetuned model encodes the validation database, as its row is tested
+            self.echo(f'{mode} validates on {d.val} against its own database (val_database="student"): it has no teacher')
+            config = config.model_copy(update={"distill": d.model_copy(update={"val_database": "student"})})
         return distill(config, target, mode=mode, resume=resume, plugins=self.plugins,  # type: ignore[arg-type]
                        train=self.train_set)
 
@@ -362,7 +392,7 @@ class Experiment:
             selection = figure_selection(self.report.results[test.name], row, ev.grid_select, ev.grid_queries)
             write_activation_maps(
                 self.out / "activations" / f"{name}.png", teacher, student, test.queries.paths, self.degradation,
-                selection, seed=self.config.seed, device=self.device, banner=UNTRAINED if self.untrained else None,
+                selection, seed=self.eval_seed, device=self.device, banner=UNTRAINED if self.untrained else None,
                 student_label=label,
             )  # fmt: skip
 
@@ -370,6 +400,7 @@ class Experiment:
         if not self.env.is_main:
             return self.out
         ev = self.config.eval
+        self.report.validation = training_curves(self.out)
         with self.runlog.stage("writing"):
             metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select,
                                         timings=lambda: self.runlog.timings(self.device))  # fmt: skip
@@ -454,6 +485,9 @@ def run_experiment(
             student = exp.build(str(exp.train("distill", "distill")))
         with exp.runlog.stage("student eval"):
             exp.evaluate_levels("distilled", student, loss=loss, weights=str(exp.out / "distill"))
+        with exp.runlog.stage("student vs pretrained database"):
+            exp.evaluate_against_database("distilled", student, exp.database_model(teacher), loss=loss,
+                                          weights=str(exp.out / "distill"))
         with exp.runlog.stage("activation maps"):
             exp.activations(teacher, student)
         if baseline == "finetune":
@@ -483,6 +517,10 @@ def run_sweep(config: RunConfig, losses: Sequence[str], *, plugins: Plugins | No
             student = exp.build(str(final))
             with exp.runlog.stage(f"student eval {expr}"):
                 exp.evaluate_levels(f"distilled:{expr}", student, loss=expr, weights=str(final))
+            if exp.config.eval.database_weights is not None:
+                with exp.runlog.stage(f"student vs database {expr}"):
+                    exp.evaluate_against_database(f"distilled:{expr}", student, exp.database_model(teacher), loss=expr,
+                                                  weights=str(final))
             with exp.runlog.stage(f"activation maps {expr}"):
                 exp.activations(teacher, student, row=f"distilled:{expr}", tag=expr, label=f"student {expr}")
         for test in exp.tests:
@@ -499,8 +537,10 @@ def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | No
             pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
             clean = exp.degradation.spec in ("", "none") and not exp.levels
             row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
+        database = None if config.eval.database_weights is None else exp.build(config.eval.database_weights)
+        meta = {} if database is None else {"database_weights": database.info["weights"]}
         with exp.runlog.stage("eval"):
-            exp.evaluate_levels(row, model, weights=model.info["weights"])
+            exp.evaluate_levels(row, model, database, weights=model.info["weights"], **meta)
         return exp.finish()
 
 

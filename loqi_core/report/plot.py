@@ -259,3 +259,61 @@ def beside(left: "PILImage.Image", right: "PILImage.Image", gap: int = 8) -> "PI
     sheet.paste(left, (0, 0))
     sheet.paste(right, (left.width + gap, 0))
     return sheet
+
+
+def curve_chart(curves: dict[str, dict], title: str = "", width: int = 560, height: int = 340) -> "PILImage.Image":
+    """Validation curves: value against training step, one line per training run, its best value ringed.
+
+    ``curves``: ``{label: {"metric": ..., "points": [[step, value], ...], "best_step": ..., "best": ...}}``.
+    """
+    from PIL import Image, ImageDraw
+
+    f, fs, ft = font(13), font(11), font(15)
+    labels = list(curves)
+    colors = {lbl: PALETTE[i % len(PALETTE)] for i, lbl in enumerate(labels)}
+    points = [(s, v) for c in curves.values() for s, v in c["points"]]
+    legend_h = 18 * len(labels) + 10
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max([_text_w(probe, title, ft)] + [_text_w(probe, lbl, f) + 60 for lbl in labels])
+    img = Image.new("RGB", (max(width, text_w + 20), 40 + height + legend_h), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 8), title, fill="black", font=ft)
+    x0, y0, x1, y1 = 70, 50, width - 20, 40 + height - 40
+    d.rectangle([x0, y0, x1, y1], outline="black")
+    if points:
+        steps, values = [s for s, _ in points], [v for _, v in points]
+        s_lo, s_hi = 0, max(steps)
+        v_lo, v_hi = min(values), max(values)
+        pad = (v_hi - v_lo) * 0.1 or abs(v_hi) * 0.1 or 1.0
+        v_lo, v_hi = v_lo - pad, v_hi + pad
+
+        def px(s: float) -> float:
+            return x0 + (s - s_lo) / max(1e-9, s_hi - s_lo) * (x1 - x0)
+
+        def py(v: float) -> float:
+            return y1 - (v - v_lo) / (v_hi - v_lo) * (y1 - y0)
+
+        for k in range(5):
+            v = v_lo + (v_hi - v_lo) * k / 4
+            d.line([(x0, py(v)), (x1, py(v))], fill=(225, 225, 225))
+            d.text((8, py(v) - 7), f"{v:.4g}", fill="black", font=fs)
+        for k in range(5):
+            s = s_lo + (s_hi - s_lo) * k / 4
+            d.text((px(s) - 8, y1 + 6), f"{s:.0f}", fill="black", font=fs)
+        d.text(((x0 + x1) / 2 - 14, y1 + 22), "step", fill="black", font=f)
+        metric = next(iter(curves.values()))["metric"]
+        d.text((x0, y0 - 16), metric, fill="black", font=fs)
+        for lbl, c in curves.items():
+            pts = [(px(s), py(v)) for s, v in c["points"]]
+            if len(pts) > 1:
+                d.line(pts, fill=colors[lbl], width=2)
+            for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[lbl])
+            if c.get("best_step") is not None:
+                x, y = px(c["best_step"]), py(c["best"])
+                d.ellipse([x - 7, y - 7, x + 7, y + 7], outline=colors[lbl], width=2)
+    for i, lbl in enumerate(labels):
+        y = 40 + height + 4 + 18 * i
+        d.line([(20, y + 8), (45, y + 8)], fill=colors[lbl], width=3)
+        d.text((52, y), lbl, fill="black", font=f)
+    return img

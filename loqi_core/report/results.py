@@ -12,8 +12,11 @@
                                 "rows": {"<row>": {"R@1": 57.8, "R@2": ..., ...}},
                                 "protocol": {...}, "protocols": {"<row>": {...}}, "notes": [...]}}}
 
-Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``; a sweep adds
-``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. With ``--eval-degrade`` every
+Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled``, ``distilled_queries`` (the
+student's queries against the database the teacher, or ``eval.database_weights``, encodes); a sweep adds
+``distilled:<loss expression>`` (and ``distilled_queries:<loss expression>`` with ``eval.database_weights``);
+``loqi eval`` of a checkpoint writes ``model``; rows meta give ``database_weights`` where another model encoded the
+database. With ``--eval-degrade`` every
 row but ``pretrained_clean`` is one row per level, ``<row>@<level>`` (``distilled@jpeg5``), and ``run`` gets
 ``eval_degrade``. Recall values are percentages; a label-free test set (no positions) has ``"labelled": false``,
 empty rows and ``queries_without_positives`` null. With ``eval.sequence`` a dataset adds ``"sequence": {"length",
@@ -33,6 +36,7 @@ import numpy as np
 
 from loqi_core.errors import DataError
 from loqi_core.report.names import slug
+from loqi_core.report.validation import curve_line, write_validation_plot
 from loqi_core.util.fileio import write_text
 from loqi_core.version import __version__
 
@@ -40,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.evaluation.results import EvalResult
 
 SCHEMA = "loqi.metrics/1"
-ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
+ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled", "distilled_queries")
 UNTRAINED = "UNTRAINED MODEL (--weights random): these numbers test the pipeline, not the method"
 
 
@@ -64,10 +68,13 @@ def row_label(row: str, degrade: str, untrained: bool = False) -> str:
         return f"Distilled, {degrade}"
     if row.startswith("distilled:"):
         return f"Distilled {row.split(':', 1)[1]}, {degrade}"
+    if row.split(":", 1)[0] == "distilled_queries":
+        loss = f" {row.split(':', 1)[1]}" if ":" in row else ""
+        return f"Distilled{loss} queries vs pretrained database, {degrade}"
     return f"{row}, {degrade}"
 
 
-def _row_order(row: str) -> tuple[Any, ...]:
+def row_order(row: str) -> tuple[Any, ...]:
     """Rows without a level first; then level by level (natural order: jpeg5 before jpeg10), pretrained first."""
     base, _, level = row.partition("@")
     kind = base.split(":", 1)[0]
@@ -75,7 +82,7 @@ def _row_order(row: str) -> tuple[Any, ...]:
     return (bool(level), natural, ROWS.index(kind) if kind in ROWS else len(ROWS), row)
 
 
-def _baseline(row: str) -> str:
+def baseline_row(row: str) -> str:
     """The row a Δ is taken against: the pretrained model under the same degradation."""
     return "pretrained_degraded" + row[row.index("@") :] if "@" in row else "pretrained_degraded"
 
@@ -89,6 +96,8 @@ class Report:
         self.rows: dict[str, dict[str, Any]] = {}
         self.results: dict[str, dict[str, EvalResult]] = {}
         self.notes: dict[str, list[str]] = {}
+        self.validation: dict[str, dict[str, Any]] = {}
+        """The validation curve of each validated training, by training folder (``distill.val``)."""
 
     @property
     def untrained(self) -> bool:
@@ -97,7 +106,10 @@ class Report:
     def add(self, row: str, result: "EvalResult", **meta: Any) -> None:
         if row in self.results.get(result.dataset, {}):
             raise ValueError(f'the report already holds row "{row}" of test set "{result.dataset}" (two test sets with one name?)')
-        self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", ""), self.untrained), **meta})
+        label = row_label(row, self.run.get("degrade", ""), self.untrained)
+        if meta.get("database_weights") not in (None, self.run.get("weights")):  # not the teacher's database
+            label = label.replace("pretrained database", f"database of {meta['database_weights']}")
+        self.rows.setdefault(row, {"label": label, **meta})
         self.results.setdefault(result.dataset, {})[row] = result
 
     def note(self, dataset: str, notes: Sequence[str]) -> None:
@@ -106,7 +118,7 @@ class Report:
     def metrics(self) -> dict[str, Any]:
         datasets = {}
         for name, rows in self.results.items():
-            ordered = sorted(rows, key=_row_order)
+            ordered = sorted(rows, key=row_order)
             main = rows.get("pretrained_degraded") or rows[ordered[-1]]
             datasets[name] = {
                 "n_database": len(main.database_paths),
@@ -128,8 +140,9 @@ class Report:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "run": self.run,
             "recall_at": self.recall_at,
-            "rows": {r: self.rows[r] for r in sorted(self.rows, key=_row_order)},
+            "rows": {r: self.rows[r] for r in sorted(self.rows, key=row_order)},
             "datasets": datasets,
+            **({"validation": self.validation} if self.validation else {}),
         }
 
     def write(
@@ -145,6 +158,8 @@ class Report:
         (run_dir / "results.md").write_text(results_markdown(metrics))
         if any(r for ds in metrics["datasets"].values() for r in ds["rows"].values()):  # label-free: no recall to plot
             write_recall_plot(run_dir / "recall.png", [metrics])
+        if self.validation:
+            write_validation_plot(run_dir, self.validation)
         for dataset, rows in self.results.items():
             for row, result in rows.items():
                 name = f"{slug(dataset)}__{slug(row)}"
@@ -184,7 +199,10 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
     if any("sequence" in ds for ds in metrics["datasets"].values()):
         lines += ["## Sequence matching", ""] + sequence_markdown(metrics) + [""]
     lines += ["Recall@N in percent of all queries (a query without a positive counts as a miss). Δ rows are relative to",
-              "the pretrained model on degraded images; the absolute value follows in parentheses.", "", "## Protocol", ""]
+              "the pretrained model on degraded images; the absolute value follows in parentheses.", ""]
+    if metrics.get("validation"):
+        lines += ["## Validation", ""] + [f"- {curve_line(n, c)}" for n, c in metrics["validation"].items()] + [""]
+    lines += ["## Protocol", ""]
     for name, ds in metrics["datasets"].items():
         p = ds["protocol"]
         where = f"database {p['database']}, queries {p['queries']}"
@@ -195,6 +213,9 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
                      f"{p['queries_without_positives']}; search: {p['search']}; {p['temporal']}; precision {p['precision']}.")
         if p.get("sequence"):
             lines.append(f"  - sequence matching: {p['sequence']}")
+        for row, q in ds.get("protocols", {}).items():
+            if q.get("database_weights") not in (None, q.get("weights")):
+                lines.append(f"  - {row}: {q['encoder']} (database {q['database']})")
         lines += [f"  - note: {n}" for n in ds.get("notes", [])]
         if ds.get("labelled") is False:
             lines.append(f"  - no recall: {p['positives'].removeprefix('unknown: ')}")
@@ -218,15 +239,15 @@ def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     names = list(metrics["datasets"])
     header = ["" if not prefix else "run"] + [f"{d} R@{n}" if i == 0 else f"R@{n}" for d in names for i, n in enumerate(ns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    all_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"]}, key=_row_order)
+    all_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"]}, key=row_order)
     for row in all_rows:
         label = metrics.get("rows", {}).get(row, {}).get("label", row)
-        has_base = any(metrics["datasets"][d]["rows"].get(_baseline(row)) for d in names)  # {}: label-free
-        delta = row.split("@", 1)[0].split(":", 1)[0] in ("finetuned", "distilled") and has_base
+        has_base = any(metrics["datasets"][d]["rows"].get(baseline_row(row)) for d in names)  # {}: label-free
+        delta = row.split("@", 1)[0].split(":", 1)[0] in ("finetuned", "distilled", "distilled_queries") and has_base
         cells = [f"{prefix}{label}" + (" Δ" if delta else "")]
         for d in names:
             rows = metrics["datasets"][d]["rows"]
-            base = rows.get(_baseline(row))
+            base = rows.get(baseline_row(row))
             for n in ns:
                 key = f"R@{n}"
                 if key not in rows.get(row, {}):  # not evaluated, or label-free
@@ -243,9 +264,9 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
     """One line per --eval-degrade level: each model's R@1 at that level side by side, Δ against the pretrained one."""
     first = f"R@{metrics['recall_at'][0]}"
     names = list(metrics["datasets"])
-    level_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"] if "@" in r}, key=_row_order)
+    level_rows = sorted({r for d in names for r in metrics["datasets"][d]["rows"] if "@" in r}, key=row_order)
     levels = list(dict.fromkeys(r.split("@", 1)[1] for r in level_rows))
-    bases = sorted({r.split("@", 1)[0] for r in level_rows}, key=_row_order)
+    bases = sorted({r.split("@", 1)[0] for r in level_rows}, key=row_order)
     header, align = ["level"], ["---"]
     for d in names:
         for b in bases:
@@ -278,7 +299,7 @@ def sequence_markdown(metrics: dict[str, Any]) -> list[str]:
     header = [""] + [f"{d} (L = {metrics['datasets'][d]['sequence']['length']}) R@{n}" if i == 0 else f"R@{n}"
                      for d in names for i, n in enumerate(ns)]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in sorted({r for d in names for r in metrics["datasets"][d]["sequence"]["rows"]}, key=_row_order):
+    for row in sorted({r for d in names for r in metrics["datasets"][d]["sequence"]["rows"]}, key=row_order):
         cells = [metrics.get("rows", {}).get(row, {}).get("label", row)]
         for d in names:
             frame = metrics["datasets"][d]["rows"].get(row, {})
@@ -370,7 +391,7 @@ def combined_table(all_metrics: Sequence[dict[str, Any]], labels: Sequence[str])
     header = ["run", "model"] + [f"{d} R@{n}" if i == 0 else f"R@{n}" for d in names for i, n in enumerate(ns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m, label in zip(all_metrics, labels):
-        for row in sorted({r for ds in m["datasets"].values() for r in ds["rows"]}, key=_row_order):
+        for row in sorted({r for ds in m["datasets"].values() for r in ds["rows"]}, key=row_order):
             cells = [label, m.get("rows", {}).get(row, {}).get("label", row)]
             for d in names:
                 values = m["datasets"].get(d, {}).get("rows", {}).get(row, {})

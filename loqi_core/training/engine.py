@@ -28,10 +28,12 @@ import torch
 from torch import nn
 
 from loqi_core.config import RunConfig, dump_config
+from loqi_core.data.datasets import load_dataset
 from loqi_core.data.sets import TrainSet, skipped_path, write_skipped
 from loqi_core.errors import ConfigError, LoqiError
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.losses.expression import CompositeLoss
+from loqi_core.models.checkpoint import save_checkpoint, verify, write_digests
 from loqi_core.models.model import VPRModel, build_model
 from loqi_core.training import state as ckpt
 from loqi_core.training.dist import DistEnv, setup
@@ -41,15 +43,25 @@ from loqi_core.training.recipe import (
     build_training_data,
     check_batch,
     encoder_spec,
+    make_scheduler,
     mines,
     preprocess_of,
     select_trainable,
     set_train_modes,
     training_loss,
 )
+from loqi_core.training.validation import (
+    HELDOUT,
+    Curve,
+    TestSetValidation,
+    build_validation,
+    check_validation,
+    split_heldout,
+    validation_steps,
+)
 from loqi_core.util.cpus import loader_workers, torch_threads
 from loqi_core.util.devices import tf32
-from loqi_core.util.fileio import located
+from loqi_core.util.fileio import located, write_text
 from loqi_core.util.logs import RunLog, command_of
 from loqi_core.util.progress import progress
 from loqi_core.util.rundir import locked
@@ -100,6 +112,29 @@ def distill(
     finally:
         torch.set_num_threads(previous)
         env.close()
+
+
+class _Ema:
+    """An exponential moving average of a model's floating-point weights (``distill.ema``), swapped in to be used."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def update(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if k in self.shadow:
+                    self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+
+    def swap(self, model: nn.Module) -> None:
+        """Exchange the model's weights and the average (twice: back as they were)."""
+        with torch.no_grad():
+            state = model.state_dict()
+            for k, avg in self.shadow.items():
+                current = state[k].detach().clone()
+                state[k].copy_(avg)
+                avg.copy_(current)
 
 
 class _CsvLog:
@@ -229,9 +264,19 @@ class _Trainer:
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
     def _build_data(self, loss: CompositeLoss, mined: Mined | None = None) -> None:
+        train = self.train or load_dataset(self.d.train, "train", root=self.config.data_root, plugins=self.plugins)
+        assert isinstance(train, TrainSet)
+        held: list = []
+        if mined is None:  # the first build; mining rebuilds the plan over the same (held-out-less) images
+            check_validation(self.d, self.mode, loss)
+            if self.d.val == HELDOUT:  # never trained on: out of the batch plan
+                train, held = split_heldout(train, self.d.heldout)
         train, self.plan, self.dataset = build_training_data(
-            self.config, loss, self.spec, self.plugins, self.env.world_size, self.env.rank, self.train, mined, self.mode
+            self.config, loss, self.spec, self.plugins, self.env.world_size, self.env.rank, train, mined, self.mode
         )
+        if mined is None:
+            self.validation = build_validation(self.config, held, self.dataset.views, self.dataset.degradation,
+                                               self.plugins, self.out / ".validation-scratch")  # fmt: skip
         if self.d.view_size is None:  # written resolved into config.json, so a resume checks it
             d = self.d.model_copy(update={"view_size": self.dataset.views.size})
             self.config, self.d = self.config.model_copy(update={"distill": d}), d
@@ -243,6 +288,7 @@ class _Trainer:
             )
         check_batch(self.dataset, preprocess_of(self.config, self.spec))
         self.total_steps = self.d.max_steps or self.d.epochs * self.plan.steps_per_epoch
+        self.val_steps = set(validation_steps(self.d, self.plan.steps_per_epoch, self.total_steps))
         self.train_name = train.name
         self.train_set = self.train = train
 
@@ -401,8 +447,10 @@ class _Trainer:
                 state = {
                     "step": done, "mode": self.mode, "total_steps": self.total_steps,
                     "world_size": self.env.world_size, "loss": self.loss.expression, "last_terms": self.last_terms,
+                    "validation": self.curve.to_json() if self.curve is not None else None,
                 }  # fmt: skip
-                ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state)
+                ema = self.ema.shadow if self.ema is not None else None
+                ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state, ema)
                 ckpt.prune(self.out, self.d.keep_checkpoints)
         except BaseException:  # a full disk or Ctrl-C mid-write: the half-written one goes, the last good one stays
             if self.env.is_main:
@@ -413,6 +461,108 @@ class _Trainer:
 
     def _latest(self) -> Path | None:
         return ckpt.latest_intact(self.out)  # damaged newer checkpoints are skipped with a warning
+
+    # ---- the run's student: validation, the best so far, the final one ---------------------------------------------
+    def _forward(self, model: VPRModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A model's (latent, descriptor) of uint8 images, as a training step computes them."""
+        with self._autocast():
+            return model(self._inputs(model, images))
+
+    def _validate(self, step: int) -> bool:
+        """Validate the run's student (the moving average with distill.ema) after ``step``; True when it is the best
+        so far. Torch's RNG is left as it was, so a validated run trains exactly as one that is not."""
+        assert self.validation is not None and self.curve is not None
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self.ema is not None:
+                self.ema.swap(self.student)
+            self.student.eval()
+            try:
+                if isinstance(self.validation, TestSetValidation):
+                    value = self.validation(self.student, self.teacher, self.device)
+                else:
+                    value = self.validation(self.student, self.teacher, self.loss, self._forward)
+            finally:
+                if self.ema is not None:
+                    self.ema.swap(self.student)
+                set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
+        if self.env.enabled:  # rank 0 searched (a test set); every rank takes its value
+            box = torch.tensor([value if value is not None else 0.0], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(box, 0)
+            value = float(box.item())
+        assert value is not None
+        best = self.curve.add(step, value)
+        note = "best so far" if best else f"best {self.curve.best:.4g} at step {self.curve.best_step}"
+        log.info(f"validation after step {step}: {self.curve.metric} {value:.4g} ({note})")
+        if self.env.is_main:
+            if self.tb is not None:
+                self.tb.add_scalar(f"val/{self.curve.metric}", value, step)
+            rows = [f"{s},{v:.8g},{int(s == self.curve.best_step)}" for s, v in self.curve.points]
+            write_text(self.out / "validation.csv", "\n".join(["step,value,best", *rows]) + "\n")
+        return best
+
+    def _write_student(self, target: Path, step: int, note: dict[str, Any]) -> Path:
+        """The run's student (the moving average with distill.ema) as a model checkpoint with digests, written under
+        a temporary name and renamed (rank 0; every rank waits)."""
+        if self.env.is_main:
+            tmp = ckpt.tmp_dir(target)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if self.ema is not None:
+                self.ema.swap(self.student)
+            try:
+                save_checkpoint(self.student, tmp, extra={"train_step": step, **note})
+            finally:
+                if self.ema is not None:
+                    self.ema.swap(self.student)
+            write_digests(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.replace(target)
+        self.env.barrier()
+        return target
+
+    def _write_best(self, step: int) -> None:
+        assert self.curve is not None
+        self._write_student(ckpt.best_dir(self.out), step, {"validation": {"metric": self.curve.metric, "value": self.curve.best}})
+
+    def _restore_best(self, start: int) -> None:
+        """On resume: the best student so far must be the one the checkpoint's curve names (written after it, it
+        may be missing when a run was killed in between: the checkpoint itself then holds it)."""
+        assert self.curve is not None
+        if self.curve.best_step is None:
+            return
+        best = ckpt.best_dir(self.out)
+        meta = best / "model.json"
+        if meta.exists() and json.loads(meta.read_text()).get("train_step") == self.curve.best_step and verify(best) is None:
+            return
+        if self.curve.best_step == start:
+            self._write_best(start)
+            return
+        warnings.warn(f"{best} does not hold the best student of the validations so far (step {self.curve.best_step}); "
+                      "the best is chosen again from the validations to come", stacklevel=2)  # fmt: skip
+        self.curve.best_step = self.curve.best = None
+
+    def _finish(self, trained: bool) -> Path:
+        """Write checkpoints/final: the last step's full state there, or, when the run's student is another (the best
+        validated one, the moving average), the last step's state in a step checkpoint and that student in final/."""
+        final = ckpt.final_dir(self.out)
+        if self.d.select == "last" and self.ema is None:
+            self._save(self.total_steps, final)
+        elif trained:
+            self._save(self.total_steps, ckpt.step_dir(self.out, self.total_steps))
+        if self.best_pending:
+            self._write_best(self.total_steps)
+        if self.d.select == "best":
+            assert self.curve is not None and self.curve.best_step is not None
+            if self.env.is_main:
+                tmp = ckpt.tmp_dir(final)
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(ckpt.best_dir(self.out), tmp)
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.replace(final)
+            self.env.barrier()
+        elif self.ema is not None:
+            self._write_student(final, self.total_steps, {"ema": self.d.ema})
+        return final
 
     # ---- the run -------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -453,16 +603,25 @@ class _Trainer:
             raise ConfigError(f"distill.trainable {self.prefixes} leaves no parameter to train")
         fused = self.device.type == "cuda"  # one kernel for all parameters on the GPU
         self.optimizer = torch.optim.Adam(self.params, lr=self.d.lr, weight_decay=self.d.weight_decay, fused=fused)
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.d.gamma)
+        self.scheduler = make_scheduler(self.optimizer, self.d, self.total_steps)
+        self.ema = _Ema(self.student, self.d.ema) if self.d.ema is not None else None
+        v = self.validation
+        self.curve = Curve(v.metric, v.higher_is_better) if v is not None else None
+        self.best_pending = False
         _seed_all(self.config.seed + self.env.rank)
 
         start = 0
         if latest is not None:
             saved = ckpt.read_checkpoint(latest, self.env.rank, self.student, self.optimizer, self.scheduler)
             start = int(saved["step"])
-        if start >= self.total_steps and latest is not None and latest.name == "final":
-            log.info(f"{latest} is final: nothing left to train")
-            return latest
+            if self.ema is not None:
+                self.ema.shadow = {k: t.to(self.device) for k, t in ckpt.read_ema(latest).items()}
+            if self.curve is not None and saved.get("validation"):
+                self.curve = Curve.from_json(saved["validation"])
+        final = ckpt.final_dir(self.out)
+        if start >= self.total_steps and latest is not None and (latest == final or verify(final) is None):
+            log.info(f"{final} is final: nothing left to train")
+            return final
         self.runlog.add("training setup", time.perf_counter() - started)
 
         self.ddp: nn.Module = self.student
@@ -474,6 +633,8 @@ class _Trainer:
         self.csv = _CsvLog(self.out / "train_log.csv", self.columns[1:], start if latest is not None else None) if self.env.is_main else None
         wanted = self.env.is_main and self.d.tensorboard is not False
         self.tb = summary_writer(self.out / "tensorboard", asked=self.d.tensorboard is True) if wanted else None
+        if self.curve is not None and latest is not None:
+            self._restore_best(start)
         self.t_first: float | None = None
         self.images = self.images_at_first = 0
         self.rate = float("nan")
@@ -489,19 +650,26 @@ class _Trainer:
                 if batch["skipped"]:
                     self._note_skipped(batch["skipped"])
                 step = int(batch["step"])
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step trains with
                 total, terms = self._step(batch)
+                if self.ema is not None:
+                    self.ema.update(self.student)
                 self.last_batch = batch
                 done = step + 1
                 self.images += len(batch["clean"]) * self.env.world_size
-                lr = self.scheduler.get_last_lr()[0]
                 buffer.append((done, int(batch["epoch"]), lr, torch.stack([total, *(terms[c] for c in self.columns[1:])])))
                 self.pbar.update(1)
-                if done % self.d.log_every == 0 or done % self.d.checkpoint_every == 0 or done == self.total_steps:
+                validate = done in self.val_steps
+                if done % self.d.log_every == 0 or done % self.d.checkpoint_every == 0 or done == self.total_steps or validate:
                     self._flush(buffer)
-                if done % self.d.checkpoint_every == 0 and done < self.total_steps:
-                    self._save(done, ckpt.step_dir(self.out, done))
+                best = self._validate(done) if validate else False
+                if (done % self.d.checkpoint_every == 0 or validate) and done < self.total_steps:
+                    self._save(done, ckpt.step_dir(self.out, done))  # a validation's checkpoint holds its curve
+                    if best:
+                        self._write_best(done)
+                self.best_pending = best and done == self.total_steps
             self._flush(buffer)
-            final = self._save(self.total_steps, ckpt.final_dir(self.out))
+            final = self._finish(trained=start < self.total_steps)
         finally:
             self.pbar.close()
             if self.csv is not None:
@@ -521,6 +689,8 @@ class _Trainer:
                 "trainable_parameters": sum(p.numel() for p in self.params),
                 "images_per_s": None if math.isnan(self.rate) else self.rate,
                 "wall_s": time.perf_counter() - t0, "final_terms": self.last_terms, "final_checkpoint": str(final),
+                "schedule": self.d.schedule, "warmup_steps": self.d.warmup_steps, "ema": self.d.ema, "select": self.d.select,
+                "validation": self.curve.to_json() if self.curve is not None else None,
             }  # fmt: skip
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
             self.runlog.add("training", summary["wall_s"])
@@ -532,4 +702,9 @@ def summary_line(s: dict[str, Any]) -> str:
     """One line of a training run's summary.json: steps, speed, precision, device and the last step's loss terms."""
     terms = ", ".join(f"{k} {v:.4g}" for k, v in s["final_terms"].items())
     rate = f"{s['images_per_s']:.1f} img/s" if s["images_per_s"] else "rate n/a"
-    return f"{s['steps']} steps ({rate}, {s['precision']}, {s['device']}); last step: {terms}"
+    line = f"{s['steps']} steps ({rate}, {s['precision']}, {s['device']}); last step: {terms}"
+    val = s.get("validation")
+    if val and val["best_step"] is not None:
+        chosen = "the run's student" if s.get("select") == "best" else "kept in checkpoints/best"
+        line += f"; best validation {val['metric']} {val['best']:.4g} at step {val['best_step']} ({chosen})"
+    return line

@@ -1,13 +1,16 @@
 """What a run's config makes of a training: the encoder spec, the loss, the trainable layers and their train
-modes, the training views, the step-indexed data, and the pre-flight check ``loqi run`` does before evaluating."""
+modes, the learning-rate schedule, the training views, the step-indexed data, and the pre-flight check ``loqi run``
+does before evaluating."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch import nn
 
-from loqi_core.config import RunConfig
+from loqi_core.config import DistillConfig, RunConfig
 from loqi_core.data.datasets import load_dataset
 from loqi_core.data.sets import TrainSet
 from loqi_core.degrade.grammar import parse_degradation
@@ -17,6 +20,9 @@ from loqi_core.hooks.specs import EncoderSpec, Preprocess
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
 from loqi_core.training.mining import Mined
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 Mode = Literal["distill", "finetune"]
 
@@ -95,6 +101,25 @@ def set_train_modes(
             module.training = dropout
 
 
+def lr_factor(step: int, d: DistillConfig, total_steps: int) -> float:
+    """The learning rate of ``step`` (0-based) as a share of ``distill.lr``: a linear warm-up over
+    ``warmup_steps``, then × gamma per step (exponential) or a half cosine that reaches 0 after the last step."""
+    warm = min(1.0, (step + 1) / (d.warmup_steps + 1))
+    if d.schedule == "exponential":
+        return warm * d.gamma**step
+    after = max(0, step - d.warmup_steps) / max(1, total_steps - d.warmup_steps)
+    return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, after)))
+
+
+def make_scheduler(optimizer: "torch.optim.Optimizer", d: DistillConfig, total_steps: int) -> Any:
+    """The reference's ExponentialLR, stepped every step; with a warm-up or the cosine schedule, ``lr_factor``."""
+    import torch
+
+    if d.schedule == "exponential" and d.warmup_steps == 0:
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=d.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, d, total_steps))
+
+
 def preprocess_of(config: RunConfig, spec: EncoderSpec) -> Preprocess:
     """The method's preprocessing as ``build_model`` sets it: its own or its protocol's, ``model.image_size``
     overriding the size."""
@@ -171,9 +196,14 @@ def check_batch(dataset: StepDataset, pp: Preprocess, step: int = 0) -> dict[str
 def preflight(config: RunConfig, mode: Mode = "distill", plugins: Plugins | None = None) -> ViewConfig:
     """What ``loqi run``/``sweep`` check before evaluating anything: the loss, the training set and one decoded
     batch (of anchors: the mined tuples come with the teacher). Returns the training views."""
+    from loqi_core.training.validation import HELDOUT, TestSetValidation, check_validation
+
     plugins = plugins or get_plugins()
     spec = encoder_spec(config, plugins)
     loss = training_loss(config, mode, spec, plugins)
+    check_validation(config.distill, mode, loss)
     _, _, dataset = build_training_data(config, loss, spec, plugins, mode=mode)
     check_batch(dataset, preprocess_of(config, spec))
+    if config.distill.val not in (None, HELDOUT):  # the validation set loads and has positions
+        TestSetValidation(config, dataset.degradation, plugins, scratch=Path("."))
     return dataset.views

@@ -5,7 +5,8 @@ A checkpoint is a directory ``checkpoints/step-00000500/`` (or ``final/``) holdi
 - ``model.safetensors`` + ``model.json``: the student, loadable by ``loqi_core.models.checkpoint.load_checkpoint``;
 - ``optimizer.safetensors``: every optimizer state tensor (``state.<param>.<name>``);
 - ``train_state.json``: step, optimizer param groups, scheduler state, Python/NumPy RNG states, loss terms;
-- ``rng-rank<R>.safetensors``: each rank's torch (and CUDA) RNG state.
+- ``rng-rank<R>.safetensors``: each rank's torch (and CUDA) RNG state;
+- ``ema.safetensors``: the moving average of the student's weights (``distill.ema``), when the run keeps one.
 
 - ``digests.json``: the sha256 and size of every other file, written last and checked on every load.
 
@@ -35,6 +36,7 @@ from loqi_core.models.model import VPRModel
 STATE_FILE = "train_state.json"
 REQUIRED = ("model.safetensors", "model.json", "optimizer.safetensors", STATE_FILE)
 STEP_PREFIX = "step-"
+EMA_FILE = "ema.safetensors"
 
 
 class CheckpointError(LoqiError):
@@ -47,6 +49,11 @@ def step_dir(root: Path, step: int) -> Path:
 
 def final_dir(root: Path) -> Path:
     return root / "checkpoints" / "final"
+
+
+def best_dir(root: Path) -> Path:
+    """The best validated student so far (``distill.val``): model files and digests, no training state."""
+    return root / "checkpoints" / "best"
 
 
 def tmp_dir(target: Path) -> Path:
@@ -131,9 +138,12 @@ def write_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Fill ``ckpt_tmp`` (rank RNG files already there) and rename it to ``target``; returns ``target``."""
     save_checkpoint(student, ckpt_tmp, extra={"train_step": state["step"]})
+    if ema is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, str(ckpt_tmp / EMA_FILE))
     opt = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, pstate in opt["state"].items():
@@ -190,6 +200,14 @@ def read_checkpoint(
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return state
+
+
+def read_ema(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The moving average a checkpoint holds (its digests were checked by ``read_checkpoint``)."""
+    path = ckpt / EMA_FILE
+    if not path.exists():
+        raise WeightsError(f"{ckpt} holds no {EMA_FILE}: it was not written by a run with distill.ema")
+    return load_file(str(path))
 
 
 def prune(root: Path, keep: int) -> None:

@@ -18,6 +18,9 @@ def index_group() -> None:
 @click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method).")
 @click.option("--aggregator", help="Mix and match: aggregator name.")
 @click.option("--weights", "-w", help='"default", a variant ("official"), "random", a file or a checkpoint folder (a student: RUN/distill).')
+@click.option("--database-weights", metavar="W",
+              help='Encode the database with these weights instead ("default": the method\'s pretrained ones, a run '
+                   "directory or a file), e.g. the teacher's map for its student's queries (--weights RUN/distill).")
 @click.option("--dataset", "-t", required=True, help="Whose database to index: NAME or NAME:PATH, e.g. demo, folder:/data/city.")
 @click.option("--degrade", "-d", default="none", show_default=True, help="Degrade the database before encoding (none: the images as they are).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="The index directory to write.")
@@ -59,7 +62,7 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
                     "the extraction batch, as in loqi eval")
     extra = {"model.image_size": list(kw["image_size"]) if kw.get("image_size") else None,
              "eval.batch_size": kw.get("eval_batch_size"), "eval.cache_dir": kw.get("cache_dir"),
-             "eval.cache": False if kw.get("no_cache") else None}  # fmt: skip
+             "eval.cache": False if kw.get("no_cache") else None, "eval.database_weights": kw.pop("database_weights")}  # fmt: skip
     config = config_from_flags(kw, extra)
     ev = config.eval
     ivf = IVFPQParams(nlist=ev.ivf_nlist, m=ev.ivf_m, nprobe=ev.ivf_nprobe, refine=ev.ivf_refine)

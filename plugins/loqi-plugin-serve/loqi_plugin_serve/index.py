@@ -190,14 +190,18 @@ def build_index(
     device = resolve_device(config.device)
     fingerprint = model_fingerprint(model)
     model = model.to(device).eval()
+    # --database-weights: the map is encoded by other weights (a teacher) than the queries at serve time (its student)
+    db_model = model if config.eval.database_weights is None else build_model_from(record, config.eval.database_weights, plugins)
+    db_fingerprint = fingerprint if db_model is model else model_fingerprint(db_model)
+    db_model = db_model.to(device).eval()
     bf16 = use_bf16(config.eval.precision, device)
-    key = {"model": fingerprint, "code": model_versions(model, plugins), "precision": bf16}  # as evaluate() keys it
+    key = {"model": db_fingerprint, "code": model_versions(db_model, plugins), "precision": bf16}  # as evaluate() keys it
     cache = EvalCache(config.eval.cache_dir, enabled=config.eval.cache)
-    echo(f"encoding {len(images)} database images of {test.name} with {model.info['method']} ({device}), "
-         f"degradation {degradation.spec or 'none'}")
+    echo(f"encoding {len(images)} database images of {test.name} with {db_model.info['method']} "
+         f"(weights {db_model.info['weights']}, {device}), degradation {degradation.spec or 'none'}")
     t0 = time.perf_counter()
     database = extract(
-        model, images, degradation, cache=cache, key=key, seed=config.seed, device=device,
+        db_model, images, degradation, cache=cache, key=key, seed=config.seed, device=device,
         batch_size=config.eval.batch_size, num_workers=loader_workers(config.eval.num_workers, device.type),
         precision=config.eval.precision,
         cache_images=config.eval.cache_images, label=f"{test.name} database", plugins=plugins,
@@ -237,9 +241,11 @@ def build_index(
                       "info": model.info, "preprocess": model.preprocess.model_dump(mode="json")},
             "dataset": dataset, "dataset_name": test.name, "database_images": n, "dim": dim,
             "degradation": degradation.spec or "none",
-            "protocol": (f"database images {degraded} "
-                         f"(seed {config.seed}) and encoded by the model above; queries are encoded by the same model at "
-                         "serve time; score = inner product of L2-normalised descriptors, distance = sqrt(2 - 2*score)"),
+            "protocol": (f"database images {degraded} (seed {config.seed}) and encoded by "
+                         + ("the model above" if db_model is model else "database_model (weights other than the model's)")
+                         + "; queries are encoded by the model above at serve time; score = inner product of "
+                         "L2-normalised descriptors, distance = sqrt(2 - 2*score)"),
+            **({} if db_model is model else {"database_model": {"weights": _weights_record(db_model), "fingerprint": db_fingerprint}}),
             "precision": "bf16 autocast" if bf16 else "fp32",
             "search": search,
             "versions": model_versions(model, plugins),

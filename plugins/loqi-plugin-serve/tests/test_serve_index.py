@@ -155,3 +155,33 @@ def test_a_random_weight_index_of_a_folder_dataset_is_served_by_its_own_seeded_m
     assert engine.index.names[5].startswith("@500500.00@4000000.00@")
     [results], _ = engine.locate([read_image(root / "images/test/database" / engine.index.names[5])], [3])
     assert results[0]["index"] == 5 and results[0]["utm_east"] == 500500.0 and results[0]["score"] > 0.9999
+
+
+def test_database_weights_encode_the_map_for_another_models_queries(tmp_path, kit):
+    """`--database-weights`: the teacher encodes the map, index.json names the student as the model that queries it."""
+    import torch
+
+    from loqi_core import build_model
+    from loqi_core.plugin import model_fingerprint, save_checkpoint
+    from loqi_core.testing.tiny import write_vpr_folder
+
+    root = write_vpr_folder(tmp_path / "data", places=6)
+    student = build_model("lite0-gem")
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    weights = save_checkpoint(student, tmp_path / "student")
+    cache = tmp_path / "cache"
+    plain = build_index(kit.index_config(cache), f"folder:{root}", tmp_path / "plain", echo=lambda _: None)
+    runner = CliRunner()
+    args = ["index", "build", "--method", "lite0-gem", "--weights", str(weights), "--database-weights", "default",
+            "--dataset", f"folder:{root}", "--out", str(tmp_path / "asym"), "--device", "cpu", "--cache-dir", str(cache),
+            "-s", "eval.num_workers=0", "--no-thumbnails"]  # fmt: skip
+    built = runner.invoke(_cli(), args)
+    assert built.exit_code == 0, built.output
+    np.testing.assert_array_equal(np.load(tmp_path / "asym" / "descriptors.npy"), np.load(plain / "descriptors.npy"))
+    meta = read_meta(tmp_path / "asym")
+    assert meta["database_model"]["fingerprint"] == read_meta(plain)["model"]["fingerprint"]
+    assert meta["model"]["fingerprint"] == model_fingerprint(build_model("lite0-gem", weights=str(weights)))
+    assert meta["model"]["fingerprint"] != meta["database_model"]["fingerprint"] and "database_model" in meta["protocol"]
+    assert "database_model" not in read_meta(plain)
