@@ -241,9 +241,10 @@ class _PendingBatch:
         import torch.nn.functional as F
 
         same = len({tuple(img.shape) for img in images}) == 1
-        batch = torch.stack(list(images)) if same else list(images)
-        if same and device.type == "cuda":
-            batch = batch.pin_memory()  # the copy to the device then runs asynchronously
+        batch: Any = list(images)
+        if same:  # on CUDA stacked straight into pinned memory, so the copy to the device runs asynchronously
+            pinned = device.type == "cuda"
+            batch = torch.stack(batch, out=torch.empty((len(batch), *batch[0].shape), dtype=batch[0].dtype, pin_memory=pinned))
         with torch.inference_mode():
             x = model.prepare(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
