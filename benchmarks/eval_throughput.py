@@ -12,7 +12,8 @@ Run by hand (never in unit tests)::
 1. ``extract`` (steady state): ``--images`` generated files per format in ``--formats`` (JPEG and PNG of
    ``--file-size``, written once into ``--data`` and reused), and three columns side by side in one process:
    *loader only* (extraction's own DataLoader: read and decode in the workers, no model), *bare forward*
-   (``model(x)`` on a prepared batch already on the device, same model, batch and precision) and *extraction*
+   (``model(x)`` on a prepared batch already on the device, same model, batch and precision; before and after the
+   extraction, averaged) and *extraction*
    (``loqi_core.evaluation.engine.extract`` itself, cache off: loader, size bucketing, preprocessing on the device,
    forward, descriptors streamed to a memory map). ``ratio`` = extraction / bare forward. With 0 workers (the CPU
    default on small machines) every stage runs in this process, so the ratio is also given in CPU seconds, which
@@ -181,12 +182,15 @@ def bench_extract(args, device, round_: int) -> list[dict]:
         cache = EvalCache(enabled=False)
         extract_rate(model, ImageList(paths[: 2 * args.batch]), Identity(), cache, args.batch, args.workers, device, "warm-up")
         loader = loader_rate(_ShardDataset(images, Identity(), 0, None), args.workers)
-        bare = bare_rate(model, size, args.batch, args.bare_images or args.images, device, bf16)
+        before = bare_rate(model, size, args.batch, args.bare_images or args.images, device, bf16)
         full = extract_rate(model, images, Identity(), cache, args.batch, args.workers, device, f"{fmt}-{round_}")
+        after = bare_rate(model, size, args.batch, args.bare_images or args.images, device, bf16)  # the load may change
+        bare = {k: statistics.mean([before[k], after[k]]) for k in ("img_s", "cpu_img_s", "images")}
         rows.append({"round": round_, "method": args.method, "format": fmt, "file_size": list(args.file_size),
                      "model_input": list(size), "images": args.images, "batch": args.batch, "workers": args.workers,
                      "device": str(device), "precision": "bf16" if bf16 else "fp32", "loader_img_s": loader["img_s"],
                      "loader_first_shard_s": loader["first_shard_s"], "bare_img_s": bare["img_s"], "bare_images": bare["images"],
+                     "bare_before_after_img_s": [before["img_s"], after["img_s"]],
                      "extract_img_s": full["img_s"], "ratio": full["img_s"] / bare["img_s"],
                      "cpu_ratio": full["cpu_img_s"] / bare["cpu_img_s"] if args.workers == 0 else None})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
@@ -293,20 +297,22 @@ def bench_cache(args, device, round_: int, work: Path) -> dict:
         raw.append(loader_rate(raw_ds, args.workers))
         png.append(loader_rate(png_ds, args.workers))
     ratios = [r["img_s"] / p["img_s"] for r, p in zip(raw, png)]
+    cpu_ratios = [p["cpu_ms_per_img"] / r["cpu_ms_per_img"] for r, p in zip(raw, png)]
     raw_bytes = sum(p.stat().st_size for p in folder.glob("shard_*.bin"))
     png_bytes = sum(p.stat().st_size for p in png_folder.glob("shard_*.bin"))
 
     model = build(args.method, args.model_size, device)
     bf16 = use_bf16(args.precision, device)
     miss_cache = EvalCache(work / f"cache-{round_}-first")
-    first_extract = extract_rate(model, images, degradation, miss_cache, args.batch, args.workers, device, f"first-{round_}")
-    hit = extract_rate(model, images, degradation, miss_cache, args.batch, args.workers, device, f"hit-{round_}")
-    bare = bare_rate(model, model_input(model, args.file_size), args.batch, args.bare_images or args.images, device, bf16)
+    subset = ImageList(images.paths[: args.cache_extract_images or len(images)])
+    first_extract = extract_rate(model, subset, degradation, miss_cache, args.batch, args.workers, device, f"first-{round_}")
+    hit = extract_rate(model, subset, degradation, miss_cache, args.batch, args.workers, device, f"hit-{round_}")
+    bare = bare_rate(model, model_input(model, args.file_size), args.batch, args.bare_images or len(subset), device, bf16)
     row = {"round": round_, "degrade": args.degrade, "format": fmt, "images": len(images), "workers": args.workers,
            "loader_clean_img_s": clean["img_s"], "loader_first_run_img_s": first["img_s"],
            "raw_hit_img_s": [r["img_s"] for r in raw], "png_hit_img_s": [p["img_s"] for p in png],
-           "raw_over_png": ratios, "raw_bytes_per_img": raw_bytes / len(images), "png_bytes_per_img": png_bytes / len(images),
-           "extract_first_run_img_s": first_extract["img_s"], "extract_hit_img_s": hit["img_s"], "hit_shards": hit["shards"],
+           "raw_over_png": ratios, "raw_over_png_cpu": cpu_ratios if args.workers == 0 else None, "raw_bytes_per_img": raw_bytes / len(images), "png_bytes_per_img": png_bytes / len(images),
+           "extract_images": len(subset), "extract_first_run_img_s": first_extract["img_s"], "extract_hit_img_s": hit["img_s"], "hit_shards": hit["shards"],
            "bare_img_s": bare["img_s"], "hit_ratio": hit["img_s"] / bare["img_s"],
            "degradation_share_of_first_run": 1 - first_extract["img_s"] / hit["img_s"],
            "cpu_hit_ratio": hit["cpu_img_s"] / bare["cpu_img_s"] if args.workers == 0 else None}  # fmt: skip
@@ -318,26 +324,29 @@ def bench_protocol(args, device) -> list[dict]:
     """Part 3: images/s under the upstream and paper protocols at a native test-image size, for each method: the
     model, batch size and precision as ``loqi eval --protocol P`` resolves them (random weights). With
     ``--protocol-step``, also the method's bare distillation step (``distill_throughput.py``) at its upstream
-    input size, side by side: the ratio that turns a documented step rate into an evaluation rate."""
+    input size: the ratio that turns a documented step rate into an evaluation rate. The timings alternate over
+    ``--protocol-rounds`` rounds (``--protocol-batches`` batches each), so every ratio is paired within a round."""
     import types
 
     import torch
 
-    from distill_throughput import bare_rate, input_size, run_config
+    from distill_throughput import bare_step, input_size, run_config
     from loqi_core.config import parse_override, resolve_run_config
     from loqi_core.evaluation.engine import encode_batch, use_bf16
     from loqi_core.hooks.manager import get_plugins
     from loqi_core.models.model import build_model
     from loqi_core.testing.helpers import random_images
 
+    clock = time.process_time if device.type == "cpu" else time.perf_counter  # on a shared CPU: this process's CPU seconds
     rows = []
     for method in args.protocol_methods:
         sets = [a.split(":", 1)[1] for a in args.protocol_set if a.split(":", 1)[0] == method]
         if method == "anyloc" and not any("vocabulary" in a for a in sets):
             sets.append("model.aggregator_params.vocabulary=random")  # offline: no vocabulary download
-        extra = dict(parse_override(a) for a in sets)
+        timed, info = {}, {}
         for protocol in ("upstream", "paper"):
-            config = resolve_run_config(None, {"model.method": method, "model.weights": "random", "protocol": protocol, **extra})
+            config = resolve_run_config(None, {"model.method": method, "model.weights": "random", "protocol": protocol,
+                                               **dict(parse_override(a) for a in sets)})  # fmt: skip
             m = config.model
             torch.manual_seed(0)
             model = build_model(m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
@@ -346,26 +355,38 @@ def bench_protocol(args, device) -> list[dict]:
             bf16 = use_bf16(config.eval.precision, device)
             batch = args.protocol_batch or config.eval.batch_size
             imgs = random_images(batch, *args.native_size, seed=1)
-            encode_batch(model, imgs, device, bf16)  # warm-up
-            steps = max(1, args.protocol_images // batch)
-            wall, cpu = _timed(lambda: [encode_batch(model, imgs, device, bf16) for _ in range(steps)])
-            seconds = cpu if device.type == "cpu" else wall  # on a shared CPU, this process's CPU seconds
-            x = model.prepare(imgs[:1], device)
-            row = {"method": method, "protocol": protocol, "native_size": list(args.native_size), "model_input": list(x.shape[-2:]),
-                   "precision": "bf16" if bf16 else "fp32", "batch": batch, "images": steps * batch, "img_s": steps * batch / seconds,
-                   "clock": "CPU seconds" if device.type == "cpu" else "wall", "device": str(device), "overrides": sets}  # fmt: skip
-            del model, x
+            timed[protocol] = (batch, lambda model=model, imgs=imgs, bf16=bf16: encode_batch(model, imgs, device, bf16))
+            info[protocol] = {"model_input": list(model.prepare(imgs[:1], device).shape[-2:]), "precision": "bf16" if bf16 else "fp32",
+                              "batch": batch}  # fmt: skip
             if args.protocol_step and protocol == "upstream":
                 size = input_size(method, get_plugins())
                 ns = types.SimpleNamespace(degrade="none", device=device.type, workers=0, precision=config.eval.precision, set=sets)
-                step_config = run_config(method, size, args.step_batch, 1, 1, ns, Path("unused"))
-                row["step_input"] = list(size)
-                clock = time.process_time if device.type == "cpu" else time.perf_counter
-                row["step_img_s"] = bare_rate(step_config, size, args.step_batch, args.step_steps, 1, device, bf16, clock)
+                step = bare_step(run_config(method, size, args.step_batch, 1, 1, ns, Path("unused")), size, args.step_batch, device, bf16)
+                timed["step"] = (args.step_batch, step)
+                info["step"] = {"model_input": list(size)}
+        rates: dict[str, list[float]] = {k: [] for k in timed}
+        for k, (_, fn) in timed.items():
+            fn()  # warm-up
+        for _ in range(args.protocol_rounds):
+            for k, (n, fn) in timed.items():
+                t0 = clock()
+                for _ in range(args.protocol_batches):
+                    fn()
+                _sync(device)
+                rates[k].append(n * args.protocol_batches / (clock() - t0))
+        for protocol in ("upstream", "paper"):
+            row = {"method": method, "protocol": protocol, "native_size": list(args.native_size), **info[protocol],
+                   "rounds": args.protocol_rounds, "img_s_rounds": rates[protocol], "img_s": statistics.median(rates[protocol]),
+                   "over_upstream_rounds": [p / u for p, u in zip(rates[protocol], rates["upstream"])],
+                   "clock": "CPU seconds" if device.type == "cpu" else "wall", "device": str(device), "overrides": sets}  # fmt: skip
+            if "step" in rates:
+                row.update(step_input=info["step"]["model_input"], step_img_s=statistics.median(rates["step"]),
+                           over_step_rounds=[p / s for p, s in zip(rates[protocol], rates["step"])])
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del timed
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -376,6 +397,10 @@ def _size(text: str) -> tuple[int, int]:
 
 def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def _median_spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def print_extract(rows: list[dict]) -> None:
@@ -398,16 +423,17 @@ def print_extract(rows: list[dict]) -> None:
 
 def print_cache(rows: list[dict]) -> None:
     print("| round | loader img/s: clean | first run (degrade + write) | raw shards (hit) | PNG shards (before) | raw / PNG "
-          "| bytes/img raw, PNG | extraction img/s: first run, hit | bare | hit / bare |")
+          "| bytes/img raw, PNG | extraction img/s (images): first run, hit | bare | hit / bare |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['round']} | {r['loader_clean_img_s']:.0f} | {r['loader_first_run_img_s']:.0f} | {_spread(r['raw_hit_img_s'])} "
               f"| {_spread(r['png_hit_img_s'])} | {_spread(r['raw_over_png'])} | {r['raw_bytes_per_img']:.0f}, {r['png_bytes_per_img']:.0f} "
-              f"| {r['extract_first_run_img_s']:.1f}, {r['extract_hit_img_s']:.1f} | {r['bare_img_s']:.1f} | {r['hit_ratio']:.3f} |")
+              f"| ({r['extract_images']}) {r['extract_first_run_img_s']:.1f}, {r['extract_hit_img_s']:.1f} | {r['bare_img_s']:.1f} | {r['hit_ratio']:.3f} |")
     ratios = [x for r in rows for x in r["raw_over_png"]]
+    cpu = [x for r in rows for x in r["raw_over_png_cpu"] or []]
     share = [r["degradation_share_of_first_run"] for r in rows]
-    print(f"\nraw / PNG shard reads, all {len(ratios)} pairs: mean (min-max) {_spread(ratios)}; degradation's share of a "
-          f"first extraction: {_spread(share)}\n")
+    print(f"\nraw / PNG shard reads, all {len(ratios)} pairs: mean (min-max) {_spread(ratios)}"
+          + (f"; in CPU seconds {_spread(cpu)}" if cpu else "") + f"; degradation's share of a first extraction: {_spread(share)}\n")
 
 
 def main() -> None:
@@ -431,15 +457,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--degrade", default="jpeg10", help="the cache part's degradation")
     ap.add_argument("--cache-repeats", type=int, default=3, help="raw/PNG read pairs per round")
+    ap.add_argument("--cache-extract-images", type=int, default=None, help="images of the cache part's extractions (default all)")
     ap.add_argument("--protocol-methods", default="mixvpr,cricavpr,salad,netvlad,anyloc")
     ap.add_argument("--native-size", type=_size, default=(480, 640), help="HxW of the protocol part's images")
-    ap.add_argument("--protocol-images", type=int, default=256)
+    ap.add_argument("--protocol-rounds", type=int, default=5, help="alternating timings per method")
+    ap.add_argument("--protocol-batches", type=int, default=1, help="batches per timing")
     ap.add_argument("--protocol-batch", type=int, default=None, help="default: eval.batch_size as the protocol resolves it")
     ap.add_argument("--protocol-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                     help="config override for one method, e.g. anyloc:model.encoder_params.depth=4")
     ap.add_argument("--protocol-step", action="store_true", help="also time each method's bare distillation step")
     ap.add_argument("--step-batch", type=int, default=2)
-    ap.add_argument("--step-steps", type=int, default=2)
     ap.add_argument("--search-scale", type=float, default=1.0, help="fraction of 11 084 queries and 18 871 database")
     ap.add_argument("--dim", type=int, default=8448)
     ap.add_argument("--repeats", type=int, default=1)
@@ -479,14 +506,13 @@ def main() -> None:
             print_cache(out["cache"])
     if "protocol" not in skip:
         rows = out["protocol"] = bench_protocol(args, device)
-        print("| method | protocol | native image | model input | precision | batch | images | img/s | paper / upstream "
-              "| bare distill step img/s (input) |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| method | protocol | native image | model input | precision | batch | img/s (median of rounds) | ÷ upstream, median (min-max) "
+              "| ÷ bare distill step (its input) |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            up = next(u for u in rows if u["method"] == r["method"] and u["protocol"] == "upstream")
-            step = f"{r['step_img_s']:.3f} ({r['step_input'][0]}×{r['step_input'][1]})" if "step_img_s" in r else ""
+            step = f"{_median_spread(r['over_step_rounds'])} ({r['step_input'][0]}×{r['step_input'][1]})" if "over_step_rounds" in r else ""
             print(f"| {r['method']} | {r['protocol']} | {r['native_size'][0]}×{r['native_size'][1]} | {r['model_input'][0]}×{r['model_input'][1]} "
-                  f"| {r['precision']} | {r['batch']} | {r['images']} | {r['img_s']:.3f} | {r['img_s'] / up['img_s']:.2f} | {step} |")
+                  f"| {r['precision']} | {r['batch']} | {r['img_s']:.3f} | {_median_spread(r['over_upstream_rounds'])} | {step} |")
         print()
     if "search" not in skip:
         rows = out["search"] = bench_search(args.search_scale, args.dim, args.search_backends.split(","), args.repeats)

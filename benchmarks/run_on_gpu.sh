@@ -27,12 +27,12 @@ fi
 python3 -c "import torch, torchvision, loqi_core; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cpus', $CPUS)" | tee -a "$OUT/machine.txt"
 # sizes: the measurement, or toy ones for SMOKE=1
 if [ -n "${SMOKE:-}" ]; then
-    IMAGES=32 CACHE_IMAGES=32 BATCH=8 FILE=96x128 PIMAGES=2 LIMIT=3 LITE=64x64 MODELS="lite0-gem:64x64 mixvpr:"
+    IMAGES=32 CACHE_IMAGES=32 BATCH=8 FILE=96x128 PROUNDS=(--protocol-rounds 2) LIMIT=3 LITE=64x64 MODELS="lite0-gem:64x64 mixvpr:"
     PROTOCOL=(--protocol-methods mixvpr,netvlad --protocol-batch 2 --native-size 96x128) THREADS=(--threads 1)
     PROFILE=(--batch 2 --size 56x56 --steps 1 --set model.encoder_params.depth=2)
     SERVE=(--clients 1,2 --requests 6 --seconds 5 --batch-sizes 2 --threads 1) SEARCH=(--search-scale 0.01)
 else
-    IMAGES=8192 CACHE_IMAGES=2048 BATCH=128 FILE=480x640 PIMAGES=128 LIMIT=1 LITE=224x224 MODELS="lite0-gem:224x224 mixvpr: salad:"
+    IMAGES=8192 CACHE_IMAGES=2048 BATCH=128 FILE=480x640 PROUNDS=(--protocol-rounds 5 --protocol-batches 4) LIMIT=1 LITE=224x224 MODELS="lite0-gem:224x224 mixvpr: salad:"
     PROTOCOL=(--protocol-methods mixvpr,cricavpr,salad,netvlad,anyloc --native-size 480x640)
     PROFILE=(--batch 48 --steps 5) SERVE=(--clients 1,8,64 --requests 400 --seconds 15 --threads 8) SEARCH=() THREADS=()
 fi
@@ -54,7 +54,7 @@ if part cache; then
 fi
 if part protocol; then
     # img/s under upstream and paper (input size, precision, batch) at a 480x640 image, every Table II method
-    timeout $((200 * LIMIT)) "${EVAL[@]}" --skip decode,extract,cache,search,ivfpq "${PROTOCOL[@]}" --protocol-images "$PIMAGES" \
+    timeout $((200 * LIMIT)) "${EVAL[@]}" --skip decode,extract,cache,search,ivfpq "${PROTOCOL[@]}" "${PROUNDS[@]}" \
         --json "$OUT/protocol.json" 2>&1 | grep -v Warning | tee "$OUT/protocol.md"
 fi
 if part profile; then

@@ -30,8 +30,8 @@ from loqi_core.degrade.base import Degradation, Identity, degradation_units, sam
 from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError
 from loqi_core.evaluation.cache import (
-    DescriptorWriter,
     SHARD_FORMAT,
+    DescriptorWriter,
     EvalCache,
     image_list_fingerprint,
     load_descriptors,
