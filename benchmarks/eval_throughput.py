@@ -8,7 +8,8 @@ Run by hand (never in unit tests)::
     python benchmarks/eval_throughput.py --skip extract,cache,ivfpq --search-scale 0.25
     python benchmarks/eval_throughput.py --skip extract,cache,search,ivfpq --protocol-methods mixvpr,salad
 
-0. ``decode``: ``read_image`` against the Pillow decoding it replaced, on the same files (CPU seconds per image).
+0. ``decode``: ``read_image`` against the decoding it replaced and torchvision.io's JPEG decoder, on the same files
+   (CPU seconds per image).
 1. ``extract`` (steady state): ``--images`` generated files per format in ``--formats`` (JPEG and PNG of
    ``--file-size``, written once into ``--data`` and reused), and three columns side by side in one process:
    *loader only* (extraction's own DataLoader: read and decode in the workers, no model), *bare forward*
@@ -198,7 +199,7 @@ def bench_extract(args, device, round_: int) -> list[dict]:
 
 
 def pillow_read(path: Path):
-    """How ``read_image`` decoded every file before (Pillow, ``convert("RGB")``): the baseline of part ``decode``."""
+    """How ``read_image`` decoded a file before (Pillow, ``convert("RGB")``, three copies): part ``decode``'s baseline."""
     import torch
     from PIL import Image
 
@@ -207,22 +208,38 @@ def pillow_read(path: Path):
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+def torchvision_read(path: Path):
+    """torchvision.io's libjpeg-turbo decoder, brought to the same contiguous 3×H×W tensor with one copy."""
+    import warnings
+
+    import torch
+    import torchvision.io as tio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        hwc = tio.decode_jpeg(tio.read_file(str(path)), mode=tio.ImageReadMode.RGB).permute(1, 2, 0)
+    return torch.from_numpy(np.array(hwc.numpy().transpose(2, 0, 1), order="C"))
+
+
 def bench_decode(args, round_: int) -> list[dict]:
-    """Part 0: ``read_image`` against the Pillow decoding it replaced, on the same files, in CPU seconds per image."""
+    """Part 0: ``read_image`` against the decoding it replaced and against torchvision.io's JPEG decoder, on the
+    same files, interleaved, in CPU seconds per image."""
     from loqi_core.data.images import read_image
 
+    readers = {"read_image": read_image, "pillow_before": pillow_read, "torchvision": torchvision_read}
     rows = []
     for fmt in args.formats:
         paths = write_images(args.data, args.images, args.file_size, fmt)[: args.decode_images]
-        now, before = [], []
-        read_image(paths[0]), pillow_read(paths[0])  # imports
-        for _ in range(args.cache_repeats):  # interleaved
-            now.append(_timed(lambda: [read_image(p) for p in paths])[1] / len(paths))
-            before.append(_timed(lambda: [pillow_read(p) for p in paths])[1] / len(paths))
-        same = all(bool((read_image(p) == pillow_read(p)).all()) for p in paths[:32])
-        rows.append({"round": round_, "format": fmt, "file_size": list(args.file_size), "images": len(paths),
-                     "read_image_ms": [1e3 * t for t in now], "pillow_ms": [1e3 * t for t in before],
-                     "speedup": [b / n for n, b in zip(now, before)], "identical_pixels_first_32": same})  # fmt: skip
+        mine = {k: v for k, v in readers.items() if k != "torchvision" or fmt == "jpeg"}
+        ms: dict[str, list[float]] = {k: [] for k in mine}
+        for read in mine.values():
+            read(paths[0])  # imports
+        for _ in range(args.cache_repeats):
+            for name, read in mine.items():
+                ms[name].append(1e3 * _timed(lambda: [read(p) for p in paths])[1] / len(paths))
+        same = {name: all(bool((read(p) == read_image(p)).all()) for p in paths[:32]) for name, read in mine.items()}
+        rows.append({"round": round_, "format": fmt, "file_size": list(args.file_size), "images": len(paths), "ms": ms,
+                     "same_pixels_first_32": same})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -493,10 +510,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if "decode" not in skip:
             out["decode"] = [r for k in range(args.rounds) for r in bench_decode(args, k)]
-            print("| files | images | read_image ms/img (CPU) | Pillow ms/img (CPU, before) | speed-up | same pixels |\n|---|---|---|---|---|---|")
+            print("| files | images | read_image ms/img | before ms/img | torchvision.io ms/img | before ÷ read_image | same pixels |")
+            print("|---|---|---|---|---|---|---|")
             for r in out["decode"]:
-                print(f"| {r['format'].upper()} {r['file_size'][0]}×{r['file_size'][1]} | {r['images']} | {_spread(r['read_image_ms'])} "
-                      f"| {_spread(r['pillow_ms'])} | {_spread(r['speedup'])} | {r['identical_pixels_first_32']} |")
+                tv = _spread(r["ms"]["torchvision"]) if "torchvision" in r["ms"] else "—"
+                gain = [b / n for b, n in zip(r["ms"]["pillow_before"], r["ms"]["read_image"])]
+                print(f"| {r['format'].upper()} {r['file_size'][0]}×{r['file_size'][1]} | {r['images']} | {_spread(r['ms']['read_image'])} "
+                      f"| {_spread(r['ms']['pillow_before'])} | {tv} | {_spread(gain)} | {all(r['same_pixels_first_32'].values())} |")
             print()
         if "extract" not in skip:
             out["extract"] = [r for k in range(args.rounds) for r in bench_extract(args, device, k)]

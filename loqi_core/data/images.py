@@ -3,7 +3,6 @@ names the file when it cannot."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,12 +11,9 @@ import numpy as np
 from loqi_core.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import PIL.Image
     import torch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-EXIF_ORIENTATION = 0x0112
 
 
 class UnreadableImageError(DataError):
@@ -62,46 +58,15 @@ def read_image(path: str | Path) -> "torch.Tensor":
 
     path = Path(path)
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            fast = decode_jpeg_exactly(img, data)
-            if fast is not None:
-                return fast
+        with Image.open(path) as img:
             if img.mode in ("I", "F") or img.mode.startswith("I;16"):
                 arr = to_uint8(np.asarray(img), img.mode, path)
             else:
-                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+                arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except Image.DecompressionBombError as exc:
         raise UnreadableImageError(f"cannot read image {path}: {exc} (a decompression bomb?)", path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImageError(f"cannot read image {path}: {exc} (corrupt or truncated?)", path) from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def decode_jpeg_exactly(img: "PIL.Image.Image", data: bytes) -> "torch.Tensor | None":
-    """``data`` decoded by torchvision's libjpeg-turbo, 2-3× faster than Pillow and the same pixels, for the JPEGs
-    where that holds (tested: grey or colour, baseline or progressive, any chroma subsampling, no EXIF rotation);
-    None for any other file (``img``, opened by Pillow on the same bytes, tells which) and for any JPEG that
-    libjpeg-turbo refuses, so Pillow decides. PNG stays with Pillow: torchvision's libpng crashes the process on
-    some corrupt files."""
-    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
-        return None
-    try:
-        if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
-            return None
-    except Exception:  # a malformed EXIF block: Pillow's path handles the file as it always has
-        return None
-    import warnings
-
-    import torch
-    import torchvision.io as tio
-
-    try:
-        with warnings.catch_warnings():  # torchvision >= 0.29 flags its decoders as deprecated in favour of torchcodec
-            warnings.simplefilter("ignore", DeprecationWarning)
-            decoded = tio.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=tio.ImageReadMode.RGB)
-    except RuntimeError:
-        return None
-    return decoded.contiguous()  # libjpeg-turbo writes H×W×3: the same layout as Pillow's path from here on
+    return torch.from_numpy(np.array(arr.transpose(2, 0, 1), order="C"))  # H×W×3 → 3×H×W, writable: the one copy
