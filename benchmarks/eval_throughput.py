@@ -10,6 +10,8 @@ Run by hand (never in unit tests)::
 
 0. ``decode``: ``read_image`` against the decoding it replaced and torchvision.io's JPEG decoder, on the same files
    (CPU seconds per image).
+   ``handover``: the main process's CPU time per image to receive 64-image shards from a DataLoader worker, one
+   shared-memory block per image (before) against one per shard (now).
 1. ``extract`` (steady state): ``--images`` generated files per format in ``--formats`` (JPEG and PNG of
    ``--file-size``, written once into ``--data`` and reused), and three columns side by side in one process:
    *loader only* (extraction's own DataLoader: read and decode in the workers, no model), *bare forward*
@@ -241,6 +243,38 @@ def bench_decode(args, round_: int) -> list[dict]:
         rows.append({"round": round_, "format": fmt, "file_size": list(args.file_size), "images": len(paths), "ms": ms,
                      "same_pixels_first_32": same})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+class _SyntheticShards:
+    """Shards of ``per_shard`` uint8 3×H×W images made in the worker, as separate tensors or as views of one buffer
+    (what ``_ShardDataset`` hands over now, through ``_one_buffer``)."""
+
+    def __init__(self, shards: int, per_shard: int, size: tuple[int, int], one_buffer: bool) -> None:
+        self.shards, self.per_shard, self.size, self.one_buffer = shards, per_shard, size, one_buffer
+
+    def __len__(self) -> int:
+        return self.shards
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from loqi_core.evaluation.engine import _one_buffer
+
+        images = [torch.full((3, *self.size), i % 256, dtype=torch.uint8) for _ in range(self.per_shard)]
+        return list(range(self.per_shard)), _one_buffer(images) if self.one_buffer else images, "uncached"
+
+
+def bench_handover(args) -> list[dict]:
+    """Part ``handover``: the main process's CPU time per image to receive shards from one DataLoader worker, images
+    as separate tensors (one shared-memory block each, as before) or as views of one buffer (now)."""
+    rows = []
+    for round_ in range(args.rounds):
+        for one in (False, True):
+            rate = loader_rate(_SyntheticShards(args.handover_shards, 64, args.file_size, one), 1)
+            rows.append({"round": round_, "one_buffer": one, "size": list(args.file_size), "main_cpu_us_per_img": 1e3 * rate["cpu_ms_per_img"],
+                         "img_s": rate["img_s"]})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -496,7 +530,8 @@ def main() -> None:
     ap.add_argument("--search-backends", default="flat,torch-cpu,torch-cuda",
                     help="comma list, first = reference: flat, torch-cpu, torch-cuda (skipped without CUDA)")
     ap.add_argument("--decode-images", type=int, default=512, help="files per format of the decode part")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: decode, extract, cache, protocol, search, ivfpq")
+    ap.add_argument("--handover-shards", type=int, default=64, help="shards of 64 images in the handover part")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: decode, handover, extract, cache, protocol, search, ivfpq")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     args.formats = args.formats.split(",")
@@ -517,6 +552,13 @@ def main() -> None:
                 gain = [b / n for b, n in zip(r["ms"]["pillow_before"], r["ms"]["read_image"])]
                 print(f"| {r['format'].upper()} {r['file_size'][0]}×{r['file_size'][1]} | {r['images']} | {_spread(r['ms']['read_image'])} "
                       f"| {_spread(r['ms']['pillow_before'])} | {tv} | {_spread(gain)} | {all(r['same_pixels_first_32'].values())} |")
+            print()
+        if "handover" not in skip:
+            out["handover"] = bench_handover(args)
+            print("| shard hand-over from 1 worker | image | main-process CPU µs per image | img/s |\n|---|---|---|---|")
+            for r in out["handover"]:
+                print(f"| {'one buffer per shard (now)' if r['one_buffer'] else 'one block per image (before)'} "
+                      f"| {r['size'][0]}×{r['size'][1]} | {r['main_cpu_us_per_img']:.0f} | {r['img_s']:.0f} |")
             print()
         if "extract" not in skip:
             out["extract"] = [r for k in range(args.rounds) for r in bench_extract(args, device, k)]
