@@ -366,6 +366,7 @@ def bench_cache(args, device, round_: int, work: Path) -> dict:
            "extract_images": len(subset), "extract_first_run_img_s": first_extract["img_s"], "extract_hit_img_s": hit["img_s"], "hit_shards": hit["shards"],
            "bare_img_s": bare["img_s"], "hit_ratio": hit["img_s"] / bare["img_s"],
            "degradation_share_of_first_run": 1 - first_extract["img_s"] / hit["img_s"],
+           "degradation_share_of_first_run_cpu": 1 - first_extract["cpu_img_s"] / hit["cpu_img_s"] if args.workers == 0 else None,
            "cpu_hit_ratio": hit["cpu_img_s"] / bare["cpu_img_s"] if args.workers == 0 else None}  # fmt: skip
     print(json.dumps(row), flush=True)
     return row
@@ -483,8 +484,12 @@ def print_cache(rows: list[dict]) -> None:
     ratios = [x for r in rows for x in r["raw_over_png"]]
     cpu = [x for r in rows for x in r["raw_over_png_cpu"] or []]
     share = [r["degradation_share_of_first_run"] for r in rows]
+    cpu_share = [r["degradation_share_of_first_run_cpu"] for r in rows if r["degradation_share_of_first_run_cpu"] is not None]
+    hit = [r["cpu_hit_ratio"] for r in rows if r["cpu_hit_ratio"] is not None]
     print(f"\nraw / PNG shard reads, all {len(ratios)} pairs: mean (min-max) {_spread(ratios)}"
-          + (f"; in CPU seconds {_spread(cpu)}" if cpu else "") + f"; degradation's share of a first extraction: {_spread(share)}\n")
+          + (f"; in CPU seconds {_spread(cpu)}" if cpu else "") + f"\ndegradation's share of a first extraction: {_spread(share)}"
+          + (f"; in CPU seconds {_spread(cpu_share)}; extraction on a hit / bare forward in CPU seconds {_spread(hit)}" if cpu_share else "")
+          + "\n")
 
 
 def main() -> None:
