@@ -492,6 +492,70 @@ def print_cache(rows: list[dict]) -> None:
           + "\n")
 
 
+def bench_search(scale: float, dim: int, backends_wanted: list[str], repeats: int) -> list[dict]:
+    """Seconds per exact search of Q×N×D random unit descriptors, top-10, for each backend (the first is the
+    reference the others' top-1 is compared with)."""
+    import torch
+
+    from loqi_core.evaluation.search import search
+
+    nq, nd = max(1, int(11084 * scale)), max(10, int(18871 * scale))
+    rng = np.random.default_rng(0)
+    db = _unit(rng.standard_normal((nd, dim), dtype=np.float32))
+    q = _unit(rng.standard_normal((nq, dim), dtype=np.float32))
+    rows = []
+    known = {"flat": ("flat", "cpu", "FAISS flat, CPU"), "torch-cpu": ("torch", "cpu", "torch top-k, CPU")}
+    if torch.cuda.is_available():
+        known["torch-cuda"] = ("torch", "cuda", f"torch top-k, {torch.cuda.get_device_name(0)}")
+    backends = [known[b] for b in backends_wanted if b in known]
+    reference = None
+    for backend, dev, label in backends:
+        search(db[:100], q[:10], 10, backend, device=dev)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            idx, _ = search(db, q, 10, backend, device=dev)
+            times.append(time.perf_counter() - t0)
+        reference = idx if reference is None else reference
+        rows.append({"backend": label, "queries": nq, "database": nd, "dim": dim, "seconds": min(times),
+                     "agrees_with_first": float((idx[:, 0] == reference[:, 0]).mean())})  # fmt: skip
+    return rows
+
+
+def bench_ivfpq(n: int, dim: int, nq: int, nlist: int, m: int, nprobe: int) -> dict:
+    """IVF-PQ against exact search on clustered synthetic descriptors."""
+    from loqi_core.evaluation.search import IVFPQParams, build_ivfpq, refine, search
+
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((4096, dim), dtype=np.float32)
+    db = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        db[s:e] = centers[rng.integers(0, len(centers), e - s)] + 0.5 * rng.standard_normal((e - s, dim), dtype=np.float32)
+    db = _unit(db)
+    q = _unit(db[rng.choice(n, nq, replace=False)] + 0.1 * rng.standard_normal((nq, dim), dtype=np.float32))
+    t0 = time.perf_counter()
+    exact, _ = search(db, q, 1, "flat")
+    exact_s = time.perf_counter() - t0
+    params = IVFPQParams(nlist=nlist, m=m, nprobe=nprobe)
+    t0 = time.perf_counter()
+    index = build_ivfpq(db, params)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, idx = index.search(q, 10)
+    search_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, wide = index.search(q, 100)
+    _, refined = refine(db, q, wide.astype(np.int64), 10)
+    refine_s = time.perf_counter() - t0
+    true = exact[:, 0]
+    return {"database": n, "dim": dim, "queries": nq, "nlist": nlist, "m": m, "nprobe": nprobe,
+            "build_s": build_s, "search_s": search_s, "exact_flat_s": exact_s,
+            "true_nn_at_1": float((idx[:, 0] == true).mean()), "true_nn_in_top10": float((idx == true[:, None]).any(1).mean()),
+            "refined_search_s": refine_s, "refined_true_nn_at_1": float((refined[:, 0] == true).mean()),
+            "refined_true_nn_in_top10": float((refined == true[:, None]).any(1).mean()), "index_bytes_per_vector": m}  # fmt: skip
+
+
 def main() -> None:
     import torch
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from distill_throughput import bare_step, input_size, run_config
@@ -104,7 +103,7 @@ def main() -> None:
     print("| module class (forward, teacher + student) | calls per step | ms per step | share of the step |\n|---|---|---|---|")
     for name, t, calls in modules:
         print(f"| {name} | {calls} | {per_step(t):.2f} | {t / total:.1%} |")
-    print(f"\n| operator (self time, forward + backward) | calls per step | ms per step | share of the step |\n|---|---|---|---|")
+    print("\n| operator (self time, forward + backward) | calls per step | ms per step | share of the step |\n|---|---|---|---|")
     for name, t, calls in ops:
         print(f"| {name[:90]} | {calls} | {per_step(t):.2f} | {t / total:.1%} |")
     if args.json:

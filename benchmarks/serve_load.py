@@ -1,11 +1,22 @@
 """Load test of `loqi serve`: throughput and p50/p95/p99 latency for 1, 8 and 64 concurrent clients, with and
-without dynamic micro-batching, side by side in one run.
+without dynamic micro-batching, side by side in one run; with ``--attacks``, good clients' latency and errors while
+the server is attacked.
 
 Run by hand (never in unit tests)::
 
     python benchmarks/serve_load.py                              # demo index (built if needed), CPU, defaults
     python benchmarks/serve_load.py --device cuda --threads 8    # the same on a GPU machine
     python benchmarks/serve_load.py --index indexes/city --requests 500 --json out.json
+    python benchmarks/serve_load.py --attacks                    # good requests under attack (issue 22)
+
+``--attacks`` starts one server (the defaults: micro-batching 8 on a CPU) and measures ``--attack-clients`` good
+clients, each row side by side with the same server: with no attack; while ``--attackers`` connections post a
+60 kB PNG of 20000×1 pixels over and over (which preprocessing would upscale to 128×2,560,000); and while
+``--slow-connections`` connections each send a request header a byte every second and never finish it
+(slowloris), reopened as the server closes them. Each row gives the good requests' p50/p95 and errors, what the
+attack got back, and the server's peak resident memory. ``--server-nofile N`` limits the server's file
+descriptors and ``--server-args`` passes it more flags (``"--header-timeout 100000 --max-idle-connections
+100000"`` lifts the bounds on slow clients), to see what the bounds are for.
 
 Several servers (`loqi serve` subprocesses, 127.0.0.1 only, port 0) share the index: one with ``--max-batch 1``
 (batching off: every request is its own model call) and one per ``--max-batch B`` in ``--batch-sizes`` (with
@@ -66,16 +77,25 @@ def query_bodies(n: int, quality: int) -> list[bytes]:
 class ServerProcess:
     """`loqi serve INDEX --port 0` in a subprocess; the URL it prints tells the port."""
 
-    def __init__(self, index: Path, args: list[str]) -> None:
+    def __init__(self, index: Path, args: list[str], nofile: int | None = None) -> None:
         loqi = Path(sys.executable).with_name("loqi")
         cmd = [str(loqi), "serve", str(index), "--host", HOST, "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.log = tempfile.TemporaryFile()  # not a pipe: a server that logs much would block on a full one
+
+        def limit() -> None:  # the server's own file-descriptor limit (ulimit -n), when asked for
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     preexec_fn=limit if nofile else None)  # fmt: skip
         for line in self.proc.stdout:  # type: ignore[union-attr]
             if " on http://" in line:
                 self.port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
                 break
         else:
-            raise RuntimeError(f"loqi serve did not start: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+            self.log.seek(0)
+            raise RuntimeError(f"loqi serve did not start: {self.log.read().decode()}")
 
     def metric(self, name: str) -> float:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=30)
@@ -95,6 +115,7 @@ def load_point(port: int, bodies: list[bytes], clients: int, max_requests: int, 
     issued = [0]
     latencies: list[float] = []
     errors = [0]
+    kinds: dict[str, int] = {}
     deadline = time.perf_counter() + max_seconds
     barrier = threading.Barrier(clients + 1)
 
@@ -108,11 +129,19 @@ def load_point(port: int, bodies: list[bytes], clients: int, max_requests: int, 
                 n = issued[0]
                 issued[0] += 1
             t0 = time.perf_counter()
-            conn.request("POST", "/v1/locate?k=5", body=bodies[n % len(bodies)], headers={"Content-Type": "image/jpeg"})
-            response = conn.getresponse()
-            response.read()
+            try:
+                conn.request("POST", "/v1/locate?k=5", body=bodies[n % len(bodies)], headers={"Content-Type": "image/jpeg"})
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+                if not ok:
+                    kinds[f"HTTP {response.status}"] = kinds.get(f"HTTP {response.status}", 0) + 1
+            except (OSError, http.client.HTTPException) as exc:  # counted, and the client connects again
+                ok = False
+                conn.close()
+                kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
             with lock:
-                if response.status == 200:
+                if ok:
                     latencies.append((time.perf_counter() - t0) * 1000)
                 else:
                     errors[0] += 1
@@ -126,12 +155,130 @@ def load_point(port: int, bodies: list[bytes], clients: int, max_requests: int, 
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    lat = np.asarray(latencies)
+    lat = np.asarray(latencies) if latencies else np.asarray([np.nan])
     return {
-        "clients": clients, "requests": len(lat), "errors": errors[0], "seconds": wall,
+        "clients": clients, "requests": len(lat), "errors": errors[0], "error_kinds": kinds, "seconds": wall,
         "throughput": len(lat) / wall, "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
         "p99": float(np.percentile(lat, 99)),
     }  # fmt: skip
+
+
+def strip_png(width: int = 20000) -> bytes:
+    """The hostile image of issue 22: a PNG of ``width``×1 pixels (about 60 kB)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1, width, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Attack:
+    """An attack on a running server, in threads, from ``start()`` to ``stop()``; ``outcome()`` says what it got."""
+
+    def __init__(self, kind: str, port: int, attackers: int, slow: int) -> None:
+        self.kind, self.port, self.attackers, self.slow = kind, port, attackers, slow
+        self.halt = threading.Event()
+        self.statuses: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.statuses[what] = self.statuses.get(what, 0) + 1
+
+    def start(self) -> None:
+        if self.kind == "strip":
+            body = strip_png()
+            self.threads = [threading.Thread(target=self._post_strips, args=(body,)) for _ in range(self.attackers)]
+        elif self.kind == "slowloris":
+            self.threads = [threading.Thread(target=self._hold_headers)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self.halt.set()
+        for t in self.threads:
+            t.join()
+
+    def outcome(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())) or "-"
+
+    def _post_strips(self, body: bytes) -> None:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=120)
+        while not self.halt.is_set():
+            try:
+                conn.request("POST", "/v1/locate", body=body, headers={"Content-Type": "image/png"})
+                response = conn.getresponse()
+                response.read()
+                self.count(f"HTTP {response.status}")
+            except (OSError, http.client.HTTPException):
+                self.count("connection error")
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=120)
+        conn.close()
+
+    def _hold_headers(self) -> None:
+        """``slow`` connections, each sending one more header byte every second; a closed one is opened again."""
+        import socket
+
+        def opened() -> socket.socket:
+            sock = socket.create_connection((HOST, self.port), timeout=5)
+            sock.sendall(b"POST /v1/locate HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            return sock
+
+        socks = [opened() for _ in range(self.slow)]
+        while not self.halt.wait(1.0):
+            for i, sock in enumerate(socks):
+                try:
+                    sock.sendall(b"a")
+                except OSError:
+                    self.count("closed by the server")
+                    sock.close()
+                    socks[i] = opened()
+        for sock in socks:
+            sock.close()
+
+
+def attack_rows(index: Path, bodies: list[bytes], args: argparse.Namespace) -> list[dict]:
+    """Good clients against one server, with no attack, a flood of 20000×1 strips, and slowloris."""
+    extra = args.server_args.split() if args.server_args else []
+    server = ServerProcess(index, ["--device", args.device, "--threads", str(args.threads), "--max-k", "5", *extra],
+                           nofile=args.server_nofile)
+    rows = []
+    try:
+        load_point(server.port, bodies, 1, 5, 30)  # warm-up
+        for kind in args.attack_kinds.split(","):
+            attack = Attack(kind, server.port, args.attackers, args.slow_connections)
+            attack.start()
+            peak = [rss_mb(server.proc.pid)]
+            watching = threading.Event()
+
+            def watch() -> None:
+                while not watching.wait(0.2):
+                    peak.append(rss_mb(server.proc.pid))
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            time.sleep(2 if kind != "none" else 0)  # the attack in full swing before the good clients start
+            row = load_point(server.port, bodies, args.attack_clients, args.requests, args.seconds)
+            watching.set()
+            watcher.join()
+            attack.stop()
+            row |= {"attack": kind, "attack_outcome": attack.outcome(), "peak_rss_mb": max(peak)}
+            rows.append(row)
+            print(f"attack {kind:9s}  {row['requests']:4d} good requests  p50 {row['p50']:7.1f}  p95 {row['p95']:7.1f} ms  "
+                  f"errors {row['errors']}  attack got: {row['attack_outcome']}  peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)  # fmt: skip
+    finally:
+        server.stop()
+    return rows
 
 
 def main() -> None:
@@ -146,10 +293,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each server.")
     parser.add_argument("--quality", type=int, default=30, help="JPEG quality of the query frames.")
     parser.add_argument("--json", type=Path, help="Also write the results as JSON.")
+    parser.add_argument("--attacks", action="store_true", help="Measure good requests under attack instead (see above).")
+    parser.add_argument("--attack-clients", type=int, default=8, help="Good clients in the attack rows.")
+    parser.add_argument("--attackers", type=int, default=4, help="Connections posting 20000×1 strips.")
+    parser.add_argument("--slow-connections", type=int, default=200, help="Slowloris connections.")
+    parser.add_argument("--attack-kinds", default="none,strip,slowloris", help="Attack rows, comma-separated.")
+    parser.add_argument("--server-args", help='More `loqi serve` flags for the attacked server, e.g. "--header-timeout 600".')
+    parser.add_argument("--server-nofile", type=int, help="The attacked server's file-descriptor limit (ulimit -n).")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import torch
+
+    if args.attacks:
+        with tempfile.TemporaryDirectory() as tmp:
+            index = args.index or demo_index(Path(tmp), args.device)
+            rows = attack_rows(index, query_bodies(300, args.quality), args)
+        lines = [f"{platform.machine()}, {os.cpu_count()} CPU threads visible, torch {torch.__version__}, {args.threads} "
+                 f"torch thread(s); {args.attack_clients} good clients, {args.requests} requests or {args.seconds:g} s per row; "
+                 f"server flags: {args.server_args or 'defaults'}"
+                 + (f", ulimit -n {args.server_nofile}" if args.server_nofile else ""),
+                 "", "| attack | good requests | p50 (ms) | p95 (ms) | errors | what the attack got | server peak RSS (MB) |",
+                 "|---|---|---|---|---|---|---|"]  # fmt: skip
+        names = {"none": "none", "strip": f"{args.attackers} connections posting a 20000×1 PNG",
+                 "slowloris": f"{args.slow_connections} slowloris connections"}  # fmt: skip
+        for r in rows:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["error_kinds"].items()))
+            lines.append(f"| {names[r['attack']]} | {r['requests']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['errors']}"
+                         f"{f' ({kinds})' if kinds else ''} | {r['attack_outcome']} | {r['peak_rss_mb']:.0f} |")  # fmt: skip
+        print("\n" + "\n".join(lines))
+        if args.json:
+            args.json.write_text(json.dumps({"setup": lines[0], "rows": rows}, indent=2))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         index = args.index or demo_index(Path(tmp), args.device)

@@ -54,13 +54,22 @@ def _model(model: "VPRModel | str", plugins: Plugins) -> "VPRModel":
     return model
 
 
-def _eval_config(settings: dict[str, Any], cache: bool | None, model: "VPRModel") -> EvalConfig:
-    """``settings`` (EvalConfig fields; None = its default) validated as ``loqi eval`` validates them; ``cache=None``
-    caches every model but a wrapped one, whose code (not only its weights) may change between two calls."""
+def _eval_config(settings: dict[str, Any], cache: bool | None, model: "VPRModel", seed: int) -> EvalConfig:
+    """``settings`` (EvalConfig fields; None = its default) and ``seed`` validated as ``loqi eval`` validates them;
+    ``cache=None`` caches every model but a wrapped one, whose code (not only its weights) may change between two
+    calls."""
     if cache is None:
         cache = not model.info.get("wrapped", False)
     given = {key: value for key, value in settings.items() if value is not None}
-    return validate({"eval": {**given, "cache": cache}}).eval
+    return validate({"eval": {**given, "cache": cache}, "seed": seed}).eval
+
+
+def _degradation(degrade: "str | Degradation", plugins: Plugins) -> "Degradation":
+    """A spec string parsed as ``--degrade`` is (anything else refused by the parser), or a ``Degradation`` as it is."""
+    from loqi_core.degrade.base import Degradation
+    from loqi_core.degrade.grammar import parse_degradation
+
+    return degrade if isinstance(degrade, Degradation) else parse_degradation(degrade, plugins)
 
 
 @contextlib.contextmanager
@@ -94,6 +103,11 @@ def _image_paths(images: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
         if path.is_file():
             return [path]
         return list_images(path)
+    if not isinstance(images, Sequence):
+        raise ConfigError(f"images: give a folder, an image file or a list of image files, not {type(images).__name__}")
+    wrong = next((p for p in images if not isinstance(p, (str, os.PathLike))), None)
+    if wrong is not None:
+        raise ConfigError(f"images: every item must be an image file's path, not {type(wrong).__name__} ({wrong!r})")
     paths = [Path(p).expanduser() for p in images]
     if not paths:
         raise DataError("encode: the list of images is empty")
@@ -122,15 +136,14 @@ def encode(
     ``evaluate``. The model is moved to ``device`` and put in eval mode.
     """
     from loqi_core.data.sets import ImageList
-    from loqi_core.degrade.grammar import parse_degradation
     from loqi_core.evaluation.engine import descriptor_key, extract
     from loqi_core.util.cpus import loader_workers
 
     plugins = plugins or get_plugins()
     model = _model(model, plugins)
     paths = _image_paths(images)
-    config = _eval_config({"batch_size": batch_size, "num_workers": num_workers, **settings}, cache, model)
-    deg = parse_degradation(degrade, plugins) if isinstance(degrade, str) else degrade
+    config = _eval_config({"batch_size": batch_size, "num_workers": num_workers, **settings}, cache, model, seed)
+    deg = _degradation(degrade, plugins)
     dev = _device(device)
     model = model.to(dev).eval()
     with _cache_for(config) as store:
@@ -148,6 +161,9 @@ def _test_set(dataset: "str | os.PathLike | TestSet", data_root: str | os.PathLi
 
     if isinstance(dataset, TestSet):
         return dataset
+    if not isinstance(dataset, (str, os.PathLike)):
+        raise ConfigError(f'dataset: give a name such as "demo" or "folder:PATH", a pathlib.Path to a folder or a '
+                          f"TestSet, not {type(dataset).__name__}")  # fmt: skip
     text = dataset if isinstance(dataset, str) else f'folder:"{Path(dataset)}"'
     return load_dataset(text, "test", root=data_root, plugins=plugins)  # type: ignore[return-value]
 
@@ -179,10 +195,11 @@ def evaluate(
 
     plugins = plugins or get_plugins()
     model = _model(model, plugins)
-    config = _eval_config({"batch_size": batch_size, "num_workers": num_workers, **settings}, cache, model)
+    config = _eval_config({"batch_size": batch_size, "num_workers": num_workers, **settings}, cache, model, seed)
+    deg = _degradation(degrade, plugins)
     test = _test_set(dataset, data_root, plugins)
     with _cache_for(config) as store:
-        result = evaluate_test_set(model, test, degrade, config=config, seed=seed, device=_device(device), cache=store,
+        result = evaluate_test_set(model, test, deg, config=config, seed=seed, device=_device(device), cache=store,
                                    plugins=plugins)  # fmt: skip
     assert result is not None  # None only on the ranks other than 0 of a torchrun job
     return result
@@ -242,6 +259,8 @@ def distill(
     given = {"degrade": degrade, "distill.train": train, loss_field: loss, "seed": seed, "device": device,
              "data_root": str(data_root) if data_root is not None else None,
              **{f"distill.{key}": value for key, value in settings.items()}}  # fmt: skip
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"out: give the run directory's path, not {type(out).__name__}")
     overrides = {**_model_overrides(model), **{k: v for k, v in given.items() if v is not None}}
     run_config = resolve_run_config(config, overrides, plugins)
     out = Path(out) if out is not None else default_run_dir(mode, run_config)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loqi_core.errors import ConfigError
+from loqi_core.hooks.specs import check_image_size
 from loqi_core.util.devices import check_device_name
 
 if sys.version_info >= (3, 11):
@@ -22,8 +23,6 @@ else:  # Python 3.10 (Ubuntu 22.04, ROS 2 Humble): the same parser from PyPI
     import tomli as tomllib
 
 
-IMAGE_SIDE = (8, 8192)
-"""Bounds of ``model.image_size`` (pixels per side): beyond them a run fails late or tries to allocate terabytes."""
 SEED_MAX = 2**63 - 1
 LR_MAX = 1e10
 """Larger learning rates overflow float32 inside the optimizer (a smaller absurd one is caught as a non-finite loss)."""
@@ -36,6 +35,21 @@ def check_recall(values: list[int]) -> list[int]:
     if min(values) < 1:
         raise ValueError(f"every N must be at least 1, got {list(values)}")
     return sorted(set(values))
+
+
+def check_levels(levels: list[str]) -> list[str]:
+    """Degradation levels, each a spec: an empty one would be evaluated clean and reported as degraded."""
+    for i, level in enumerate(levels, 1):
+        if not level.strip():
+            raise ValueError(f"level {i} of {levels} is empty: give one spec per level, e.g. jpeg10,qp40 (none for clean)")
+    return levels
+
+
+def check_spec(spec: str) -> str:
+    """A degradation spec that is not blank (``none`` names the images as they are)."""
+    if not spec.strip():
+        raise ValueError('the degradation is empty: write "none" for the images as they are, or a spec such as jpeg10')
+    return spec
 
 
 class Section(BaseModel):
@@ -52,14 +66,15 @@ class ModelConfig(Section):
     aggregator_params: dict[str, Any] = Field(default_factory=dict)
     weights: str = Field("default", description='"default", a variant ("official"), "random", or a file/run dir')
     image_size: tuple[int, int] | None = Field(None, description="(height, width) overriding the method's input size")
+    preprocess: dict[str, Any] | None = Field(
+        None, description="the model's input preprocessing as resolved from the method, the protocol and image_size "
+        "(written by every run, so config.json shows what the model was fed; not a setting: a value that differs is refused)"
+    )
 
     @field_validator("image_size")
     @classmethod
     def _bounded_size(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
-        lo, hi = IMAGE_SIDE
-        if size is not None and not all(lo <= side <= hi for side in size):
-            raise ValueError(f"each side must be between {lo} and {hi} pixels, got {list(size)}")
-        return size
+        return check_image_size(size)
 
 
 class DistillConfig(Section):
@@ -78,16 +93,33 @@ class DistillConfig(Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="train exactly this many steps (cycling epochs); None = epochs")
     trainable: list[str] | None = Field(None, description="parameter-name prefixes to train; None = the method's")
-    view_size: tuple[int, int] | None = Field(
+    view_size: tuple[int, int] | Literal["native"] | None = Field(
         None, description="(height, width) of every training view, the scale at which the student meets the degradation; "
+        '"native" = each image as it is, no crop or resize (the authors\' 300x400 GSV-Cities files; needs augment off); '
         "None = the test sets' typical image size (loqi run), else the method's input size or the training images' typical size"
     )
     augment: bool = Field(True, description="random resized crop and flip, identical for the teacher's and the student's view")
     min_crop: float = Field(0.7, gt=0, le=1, description="augmentation: smallest crop side, as a share of the largest crop")
+    mine: bool = Field(
+        False, description="the authors' mined step (distillation only): each anchor of a place batch brings the image "
+        "within 20 m its pretrained teacher finds most similar and 5 random images beyond 30 m of its group (city), "
+        "mined once before training and cached; 6 places x 4 anchors x 7 = 168 images per step"
+    )
     freeze_bn: bool = Field(True, description="keep batch-norm statistics of the student frozen (the reference lets them drift)")
+    bn_scope: Literal["trainable", "all"] = Field(
+        "trainable", description="with freeze_bn off, where batch-norm statistics drift: in trainable layers only, or in "
+        "every layer, frozen ones included (the authors' model.train())"
+    )
     dropout: bool = Field(False, description="keep dropout / drop-path active in the student (the reference does)")
+    tf32: bool = Field(
+        False, description="TF32 matrix products and convolutions on CUDA while training (the authors' setting)"
+    )
     finetune_loss: str = Field(
         "multisimilarity", description="loss of `loqi finetune` (the no-teacher baseline): a metric-learning loss"
+    )
+    finetune_loss_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="params of the finetune loss's terms, over distill.loss_params (e.g. NetVLAD's "
+        "own triplet margin √0.1 under --protocol paper)"
     )
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="step checkpoints kept on disk (the final one is always kept)")
@@ -95,7 +127,15 @@ class DistillConfig(Section):
     num_workers: int | None = Field(None, ge=0, description="loader processes; None = fit the CPUs the process may use")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 on CPU")
     channels_last: Literal["auto", "on", "off"] = Field("auto", description="auto = on for CNN encoders on CUDA")
-    tensorboard: bool = Field(True, description="also log to TensorBoard when the tensorboard package is installed")
+    tensorboard: bool | None = Field(None, description="log to TensorBoard: unset = when the tensorboard package is "
+                                     "installed, silently; true = also warn (once) when it is not; false = never")
+
+    @model_validator(mode="after")
+    def _native_views(self) -> "DistillConfig":
+        """Native views are the images as they are: a random crop and flip would change them."""
+        if self.view_size == "native" and self.augment:
+            raise ValueError('view_size "native" keeps every image as it is: set augment to false (--no-augment)')
+        return self
 
 
 class EvalConfig(Section):
@@ -137,11 +177,34 @@ class EvalConfig(Section):
         False, description="write database and query descriptors (.npy, float32, image names beside) per test set and row"
     )
     pairs: int = Field(0, ge=0, description="write hloc-style retrieval pairs, the K best database images per query; 0 = none")
+    sequence: int = Field(
+        0, ge=0, le=10_000, description="also score each query by sequence matching (SeqSLAM) over the L frames ending "
+        "at it, the paper's d_s; 0 = off; test sets with capture order only (docs/evaluation.md#sequence-matching)",
+    )  # fmt: skip
+    sequence_window: int = Field(10, ge=2, description="SeqSLAM's R_window: database frames of the contrast enhancement")
+    sequence_v_min: float = Field(0.8, gt=0, description="SeqSLAM's V_min: slowest line, in database frames per query frame")
+    sequence_v_max: float = Field(1.2, gt=0, description="SeqSLAM's V_max: fastest line")
+    sequence_v_step: float = Field(0.1, gt=0, description="SeqSLAM's V_step: step between the velocities searched")
+    sequence_rate: float | None = Field(
+        None, gt=0, description="nominal database frames per query frame; None = database size / number of queries "
+        "(two traverses of one route)",
+    )  # fmt: skip
 
     @field_validator("recall")
     @classmethod
     def _recall(cls, values: list[int]) -> list[int]:
         return check_recall(values)
+
+    @field_validator("degrade")
+    @classmethod
+    def _levels(cls, levels: list[str]) -> list[str]:
+        return check_levels(levels)
+
+    @model_validator(mode="after")
+    def _velocities(self) -> "EvalConfig":
+        if self.sequence_v_max < self.sequence_v_min:
+            raise ValueError(f"sequence_v_max ({self.sequence_v_max}) is below sequence_v_min ({self.sequence_v_min})")
+        return self
 
     @model_validator(mode="after")
     def _test_sets(self) -> "EvalConfig":
@@ -181,6 +244,11 @@ class RunConfig(Section):
     @classmethod
     def _device(cls, name: str) -> str:
         return check_device_name(name)
+
+    @field_validator("degrade")
+    @classmethod
+    def _degrade(cls, spec: str) -> str:
+        return check_spec(spec)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -303,5 +371,28 @@ def resolve_run_config(file: str | Path | None = None, overrides: dict[str, Any]
         return first
     plugins = plugins or get_plugins()
     spec = None if name is None else plugins.encoder(name) if name in plugins.encoders else plugins.method(name)[0]
-    config = resolve_config(file, overrides, {**(spec.run_defaults if spec else {}), **protocol_defaults(first.protocol, spec)})
-    return config.model_copy(update={"degrade": protocol_degrade(config.degrade, config.protocol, plugins)})
+    validation = "val" in DistillConfig.model_fields  # the paper's validation needs the validation-chosen checkpoints
+    defaults = protocol_defaults(first.protocol, spec, validation)
+    config = resolve_config(file, overrides, {**(spec.run_defaults if spec else {}), **defaults})
+    levels = [protocol_degrade(level, config.protocol, plugins) for level in config.eval.degrade]
+    update: dict[str, Any] = {"degrade": protocol_degrade(config.degrade, config.protocol, plugins),
+                              "eval": config.eval.model_copy(update={"degrade": levels})}  # fmt: skip
+    if spec is not None:  # recorded resolved: config.json shows what the model is fed
+        preprocess = resolved_preprocess(spec, config)
+        if config.model.preprocess not in (None, preprocess):
+            raise ConfigError(
+                f"model.preprocess is recorded, not set: {config.model.preprocess} differs from what {name} is fed under "
+                f"protocol {config.protocol} ({preprocess}); leave it out (model.image_size sets the input size)"
+            )
+        update["model"] = config.model.model_copy(update={"preprocess": preprocess})
+    return config.model_copy(update=update)
+
+
+def resolved_preprocess(spec: Any, config: RunConfig) -> dict[str, Any]:
+    """The input preprocessing ``build_model`` gives the method: its own, its protocol's, ``model.image_size``."""
+    pp = spec.preprocess
+    if config.protocol in spec.protocols and spec.protocols[config.protocol].preprocess is not None:
+        pp = spec.protocols[config.protocol].preprocess
+    if config.model.image_size is not None:
+        pp = pp.model_copy(update={"size": tuple(config.model.image_size)})
+    return pp.model_dump(mode="json")

@@ -47,6 +47,10 @@ class WeightsError(LoqiError):
     """Weights that cannot be found, downloaded, verified or loaded."""
 
 
+class ModelOutputError(LoqiError):
+    """A model whose output breaks the contract: descriptors that are not one finite row per image."""
+
+
 def one_line(exc: BaseException) -> str | None:
     """The one line a user sees for a loqi error or an OS error (permission, full disk, missing file), with the
     traceback a DataLoader worker puts in the text stripped; None for any other exception (a bug: keep its traceback)."""

@@ -35,7 +35,8 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "datasets: image and dataset types, decoding, and the folder readers behind every built-in dataset": {
         "loqi_core.data.sets": ("ImageList", "TestSet", "TrainSet"),
-        "loqi_core.data.images": ("IMAGE_SUFFIXES", "read_image", "UnreadableImageError"),
+        "loqi_core.data.images": ("IMAGE_SUFFIXES", "read_image", "decode_image", "probe_image", "ImageHeader",
+                                  "UnreadableImageError", "ImageTooLargeError"),
         "loqi_core.data.folder_dataset": ("FolderTestParams",),
         "loqi_core.data.folders": (
             "read_protocol_test_set", "read_test_folder", "read_train_folder", "read_image_list", "group_places",
@@ -45,13 +46,14 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "models: the composed model, preprocessing, checkpoints, pretrained weights, shared layers": {
         "loqi_core.models.model": ("VPRModel",),
-        "loqi_core.models.preprocess": ("preprocess_images",),
+        "loqi_core.models.preprocess": ("preprocess_images", "preprocess_sizes"),
         "loqi_core.models.checkpoint": ("save_checkpoint", "load_checkpoint"),
         "loqi_core.models.weights": ("fetch_weights", "load_state_dict", "unwrap_state_dict", "sha256_of"),
         "loqi_core.models.layers": ("GeM",),
     },
-    "services: progress bars, devices, loader workers": {
+    "services: progress bars, devices, loader workers, leftovers of killed writers": {
         "loqi_core.util.progress": ("progress",),
+        "loqi_core.util.rundir": ("writer_tag", "remove_abandoned"),
         "loqi_core.util.devices": ("resolve_device",),
         "loqi_core.util.cpus": ("loader_workers",),
     },
@@ -82,7 +84,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
         read_train_folder,
         validate_files,
     )
-    from loqi_core.data.images import IMAGE_SUFFIXES, UnreadableImageError, read_image
+    from loqi_core.data.images import (
+        IMAGE_SUFFIXES,
+        ImageHeader,
+        ImageTooLargeError,
+        UnreadableImageError,
+        decode_image,
+        probe_image,
+        read_image,
+    )
     from loqi_core.data.sets import ImageList, TestSet, TrainSet
     from loqi_core.degrade.base import Degradation, Degraded, Identity, sample_seed
     from loqi_core.errors import ConfigError, DataError, LoqiError, PluginLoadError, UnknownNameError, WeightsError
@@ -109,11 +119,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
     from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint
     from loqi_core.models.layers import GeM
     from loqi_core.models.model import VPRModel
-    from loqi_core.models.preprocess import preprocess_images
+    from loqi_core.models.preprocess import preprocess_images, preprocess_sizes
     from loqi_core.models.weights import fetch_weights, load_state_dict, sha256_of, unwrap_state_dict
     from loqi_core.protocol import protocol_degrade
     from loqi_core.util.cpus import loader_workers
     from loqi_core.util.devices import resolve_device
     from loqi_core.util.progress import progress
+    from loqi_core.util.rundir import remove_abandoned, writer_tag
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -186,6 +186,31 @@ def test_own_module_is_evaluated_through_wrap_model(tiny, tmp_path):
         loqi_core.distill(model)
 
 
+def test_random_init_is_seeded_so_python_and_the_cli_give_the_same_numbers(tiny, tmp_path):
+    """docs/python-api.md: a number from Python equals the CLI's for the same inputs, random weights included."""
+    from click.testing import CliRunner
+
+    from loqi_core import build_model, evaluate
+    from loqi_core.cli import cli
+
+    root = write_vpr_folder(tmp_path / "data", places=8)
+    torch.manual_seed(12345)  # whatever a notebook did before: build_model seeds its own initialisation
+    model = build_model("tiny", weights="random")
+    before = torch.get_rng_state()
+    assert torch.equal(build_model("tiny", weights="random").encoder[0].weight, model.encoder[0].weight)
+    assert torch.equal(torch.get_rng_state(), before), "build_model must leave torch's global generator alone"
+    other = build_model("tiny", weights="random", seed=1)
+    assert not torch.equal(other.encoder[0].weight, model.encoder[0].weight)
+    python = evaluate(model, f"folder:{root}", "blur3", device="cpu", cache=False, **FAST)
+    result = CliRunner().invoke(cli, ["eval", "--method", "tiny", "--weights", "random", "--dataset", f"folder:{root}",
+                                      "--degrade", "blur3", "--device", "cpu", "--no-cache", "-s", "eval.batch_size=4",
+                                      "-s", "eval.num_workers=0", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cli_rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["datasets"]
+    (rows,) = [ds["rows"] for ds in cli_rows.values()]
+    assert {k: round(v, 4) for k, v in python.recalls.items()} == rows["pretrained_degraded"]
+
+
 def test_build_model_takes_every_kind_of_run_directory(tiny, tmp_path):
     from loqi_core import build_model
     from loqi_core.models.checkpoint import save_checkpoint

@@ -1,6 +1,6 @@
 """Bad inputs and faults, one table row each: the command, its exit code, the one line it must print, and that no
 traceback reaches the user, no run directory is left by an early error, no partial file is left by a failed write,
-and a late error is also in run.log (issue 12, items 11, 12, 14, 15, 16)."""
+and a late error is also in run.log (issue 12, items 11, 12, 14, 15, 16; issue 22, items 4, 6 and 12)."""
 
 from __future__ import annotations
 
@@ -164,6 +164,16 @@ def _evaluated(tmp: Path) -> None:
     assert [set(d["rows"]["pretrained_degraded"]) for d in datasets.values()] == [{"R@1", "R@2", "R@5", "R@10"}]
 
 
+def _rename_database_image(label: str) -> Callable[[Any, Path], None]:
+    """The first database image of the test set gets ``label`` in its name (a line break, bytes that are not UTF-8)."""
+
+    def setup(monkeypatch, tmp: Path) -> None:
+        first = sorted((tmp / "data/images/test/database").iterdir())[0]
+        first.rename(first.with_name(first.name.replace("@.png", f"{label}@.png")))
+
+    return setup
+
+
 CUDA = torch.cuda.is_available()
 
 CASES = [
@@ -232,6 +242,33 @@ CASES = [
     Case("unknown-loss-plural", DISTILL + " --loss bogus", 1, "Installed losses: ", absent=("losss",)),
     Case("unsafe-pickle", EVAL + " --weights {tmp}/evil.pth", 1, "holds the Python object",
          absent=("weights_only=False", "weights_only` set to `False")),
+    # issue 22, item 6: an empty degradation level is refused, never evaluated clean under a degraded name
+    Case("eval-degrade-empty-level", EVAL + " --weights random --eval-degrade blur3,,blur5", 1,
+         "--eval-degrade \"blur3,,blur5\": level 2 of ['blur3', '', 'blur5'] is empty"),
+    Case("eval-degrade-trailing-comma", EVAL + " --weights random --eval-degrade blur3,", 1, "level 2 of ['blur3', ''] is empty"),
+    Case("eval-degrade-empty-in-config", EVAL + " --weights random -s 'eval.degrade=[blur3, \" \"]'", 1,
+         "eval.degrade: level 2 of ['blur3', ' '] is empty"),
+    Case("degrade-empty", EVAL.replace("--degrade blur3", "--degrade ''") + " --weights random", 1,
+         'degrade: the degradation is empty: write "none" for the images as they are'),
+    # issue 22, item 12: specs bounded in length and nesting, weights and range ends finite, all before any work
+    Case("degrade-300-nested-choices", EVAL.replace("--degrade blur3", "--degrade '" + "any(" * 300 + "blur3" + ")" * 300 + "'")
+         + " --weights random", 1, "characters, more than the 1000 a spec may have"),
+    Case("degrade-20-nested-choices", EVAL.replace("--degrade blur3", "--degrade '" + "any(" * 20 + "blur3" + ")" * 20 + "'")
+         + " --weights random", 1, "choices and ranges nested 20 deep, more than the 8 a spec may have"),
+    Case("degrade-weight-1e400", EVAL.replace("--degrade blur3", "--degrade 'any(1" + "0" * 400 + "*blur3,1*blur5)'")
+         + " --weights random", 1, "the weights of a choice must be finite numbers (their sum is inf)"),
+    Case("degrade-range-end-1e400", EVAL.replace("--degrade blur3", "--degrade 'blur[3:1" + "0" * 400 + "]'")
+         + " --weights random", 1, "an end is too large to be a number"),
+    # issue 22, item 4: name lists (descriptors, pairs) hold one name per line: a name that breaks a line is refused
+    Case("save-descriptors-name-with-newline", EVAL + " --weights random --save-descriptors", 1,
+         "holds a line break ('\\n'); name lists (descriptors/*.txt, pairs) hold one name per line",
+         setup=_rename_database_image("line\nbreak")),
+    Case("pairs-name-with-u2028", EVAL + " --weights random --pairs 2", 1, "holds a line break ('\\u2028')",
+         setup=_rename_database_image("para\u2028graph")),
+    Case("save-descriptors-name-not-utf8", EVAL + " --weights random --save-descriptors", 1, "is not UTF-8",
+         setup=_rename_database_image(os.fsdecode(b"caf\xe9"))),
+    Case("eval-name-not-utf8-without-name-lists", EVAL + " --weights random", 0, "R@1", check=_evaluated,
+         setup=_rename_database_image(os.fsdecode(b"caf\xe9"))),
     # item 15: missing official weights found before any work; the thread count is recorded
     Case("eval-missing-official-weights", EVAL.replace("--method tiny", "--method tinyw"), 1, "are not in the cache",
          check=_no_eval_work),

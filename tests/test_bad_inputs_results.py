@@ -1,4 +1,5 @@
-"""Fail loud, lose nothing: one row per bad input or fault (issue 12, items 1-10 and 13).
+"""Fail loud, lose nothing: one row per bad input or fault (issue 12, items 1-10 and 13; issue 22, items 7, 8, 13 and
+the killed writers' leftovers).
 
 Each row runs a command (through the CLI, or a child ``loqi`` process where plugins must load as installed)
 or an API call, and states the exit code, a fragment of the message, and what else must hold: nothing
@@ -26,10 +27,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from loqi_core.plugin import hookimpl
+from loqi_core import build_model, encode, evaluate, load_dataset, parse_degradation, wrap_model
 from loqi_core.cli import cli
 from loqi_core.errors import LoqiError
 from loqi_core.hooks.specs import DegradationSpec, LossSpec
+from loqi_core.plugin import hookimpl
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 
@@ -410,7 +412,7 @@ def _nan_checkpoint(tmp: Path) -> Path:
     return tmp / "nan"
 
 
-@case("nonfinite/eval-refuses-nan-descriptors", 1, "descriptors: 8 of 8 hold NaN or Inf")
+@case("nonfinite/eval-refuses-nan-descriptors", 1, "returned NaN or Inf descriptors for 8 of 8 images")
 def _(tmp):
     args = eval_args(tmp, f"folder:{vpr(tmp)}")
     args[args.index("--weights") + 1] = _nan_checkpoint(tmp)
@@ -466,6 +468,26 @@ def _(tmp):
 @case("digest/garbled-train-state", 0, "train_state.json has", _same_final)
 def _(tmp):
     (_trained(tmp) / "final/train_state.json").write_text("{not json")
+    return _resume(tmp)
+
+
+def _edit_digests(folder: Path, change: Callable[[dict], None]) -> None:
+    record = json.loads((folder / "digests.json").read_text())
+    change(record)
+    (folder / "digests.json").write_text(json.dumps(record))
+
+
+@case("digest/record-names-a-file-outside-the-checkpoint", 0, "lists '../../secret.txt', which is not a file of the checkpoint", _same_final)
+def _(tmp):
+    (tmp / "secret.txt").write_text("not the checkpoint's")
+    secret = {"size": 20, "sha256": "0" * 64}
+    _edit_digests(_trained(tmp) / "final", lambda r: r["files"].__setitem__("../../secret.txt", secret))
+    return _resume(tmp)
+
+
+@case("digest/record-files-a-list", 0, "digests.json is unreadable (its files are not a mapping", _same_final)
+def _(tmp):
+    _edit_digests(_trained(tmp) / "final", lambda r: r.__setitem__("files", ["model.safetensors"]))
     return _resume(tmp)
 
 
@@ -728,6 +750,124 @@ def _(tmp):
     code_help, out_help = run_loqi(["--help"], tmp / "site")
     assert code_help == 0 and "Commands:" in out_help
     return code, out
+
+
+# 14. issue 22: the Python API checks its arguments as the CLI does -------------------------------------------------
+def _tiny(tmp: Path):
+    import torch
+
+    torch.manual_seed(0)
+    return build_model("tiny", weights="random")
+
+
+class _Returns:
+    """A module whose output breaks the wrapped-module interface in one way."""
+
+    def __new__(cls, kind: str):
+        import torch
+
+        class Module(torch.nn.Module):
+            def forward(self, x):
+                b = x.shape[0]
+                return {"3d": torch.ones(b, 8, 2), "short": torch.ones(b - 1, 8), "list": [torch.ones(b, 8), torch.ones(b, 8)],
+                        "nan": torch.full((b, 8), float("nan"))}[kind]  # fmt: skip
+
+        return Module()
+
+
+def _api(call: Callable[[Path], object]) -> Callable[[Path], tuple[int, str]]:
+    def run(tmp: Path) -> tuple[int, str]:
+        with isolated_plugins(("tiny", tiny_plugin), entry_points=False):
+            return run_api(lambda: call(tmp))
+
+    return run
+
+
+def _quick(**kw):
+    return {"num_workers": 0, "device": "cpu", "cache": False, **kw}
+
+
+for _id, _fragment, _call in [
+    ("evaluate-degrade-an-int", 'degradation: give a spec such as "jpeg10"',
+     lambda tmp: evaluate(_tiny(tmp), f"folder:{vpr(tmp)}", 5, **_quick())),
+    ("evaluate-dataset-an-int", 'dataset: give a name such as "demo" or "folder:PATH", a pathlib.Path',
+     lambda tmp: evaluate(_tiny(tmp), 5, **_quick())),
+    ("evaluate-seed-negative", "seed: Input should be greater than or equal to 0",
+     lambda tmp: evaluate(_tiny(tmp), f"folder:{vpr(tmp)}", "none", seed=-1, **_quick())),
+    ("parse_degradation-None", "degradation: give a spec such as", lambda tmp: parse_degradation(None)),
+    ("load_dataset-None", 'dataset: give a name such as "demo" or "folder:PATH", not NoneType',
+     lambda tmp: load_dataset(None)),
+    ("encode-images-an-int", "images: give a folder, an image file or a list of image files, not int",
+     lambda tmp: encode(_tiny(tmp), 5, **_quick())),
+    ("wrap_model-returns-B-by-8-by-2", "returned descriptors of shape (4, 8, 2) for 4 images: expected a tensor 4×D",
+     lambda tmp: encode(wrap_model(_Returns("3d"), size=(16, 16)), vpr(tmp, places=4) / "images/test/database", **_quick())),
+    ("wrap_model-returns-one-row-too-few", "returned descriptors of shape (3, 8) for 4 images",
+     lambda tmp: encode(wrap_model(_Returns("short"), size=(16, 16)), vpr(tmp, places=4) / "images/test/database", **_quick())),
+    ("wrap_model-returns-a-list", "returned descriptors of a list for 4 images",
+     lambda tmp: encode(wrap_model(_Returns("list"), size=(16, 16)), vpr(tmp, places=4) / "images/test/database", **_quick())),
+    ("encode-refuses-nan-as-evaluate-does", "returned NaN or Inf descriptors for 4 of 4 images",
+     lambda tmp: encode(wrap_model(_Returns("nan"), size=(16, 16)), vpr(tmp, places=4) / "images/test/database", **_quick())),
+    ("build_model-image-size-0-by-0", "image_size (0, 0): each side must be between 8 and 8192 pixels",
+     lambda tmp: build_model("tiny", weights="random", image_size=(0, 0))),
+    ("build_model-unknown-protocol", 'protocol: "papr" is not one of upstream, paper',
+     lambda tmp: build_model("tiny", weights="random", protocol="papr")),
+]:  # fmt: skip
+    case(f"api/{_id}", 1, _fragment)(_api(_call))
+
+
+# 15. issue 22: --protocol paper rewrites every form of the last stage, and every --eval-degrade level -----------------
+def _resolved_degrade(expected_run: str, expected_levels: list[str]) -> Callable[[Path], None]:
+    def check(tmp: Path) -> None:
+        config = json.loads((tmp / "ev" / "config.json").read_text())
+        assert (config["degrade"], config["eval"]["degrade"]) == (expected_run, expected_levels)
+
+    return check
+
+
+@case("protocol/paper-range-gets-q95-like-its-values", 0, "res[18:22]p-q95",
+      _resolved_degrade("res[18:22]p-q95", ["res20p-q95", "any(res[18:22]p-q95,jpeg10)", "res270p+qp40"]))
+def _(tmp):
+    args = eval_args(tmp, f"folder:{vpr(tmp, places=4)}")
+    args[args.index("--degrade") + 1] = "res[18:22]p"
+    return run_cli([*args, "--protocol", "paper", "--eval-degrade", "res20p,any(res[18:22]p,jpeg10),res270p+qp40"])
+
+
+# 16. issue 22 (also): what a killed extraction left in the cache is removed by the next one; a live writer's stays ---
+def _dead_and_live(tmp: Path) -> tuple[str, str, subprocess.Popen]:
+    from loqi_core.util.rundir import writer_tag
+
+    host = writer_tag().split("@")[1]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    return f"{gone.pid}@{host}", f"{sleeper.pid}@{host}", sleeper
+
+
+def _leftovers(tmp: Path) -> None:
+    entry = next((tmp / "cache/eval/descriptors").iterdir())
+    assert json.loads((tmp / "left.json").read_text())["left"] == sorted(
+        p.name for p in entry.iterdir() if p.name.endswith((".partial.npy", ".tmp"))
+    )
+
+
+@case("leftovers/a-killed-extraction-in-the-cache", 0, "R@1", _leftovers)
+def _(tmp):
+    root = vpr(tmp, places=4)
+    args = eval_args(tmp, f"folder:{root}")
+    args[args.index("--degrade") + 1] = "none"
+    code, out = run_cli(args)
+    assert code == 0, out
+    dead, live, sleeper = _dead_and_live(tmp)
+    try:
+        for entry in (tmp / "cache/eval/descriptors").iterdir():
+            for name in (f"descriptors.{dead}.partial.npy", f"shard_00000.bin.{dead}.tmp", f"descriptors.{live}.partial.npy"):
+                (entry / name).write_bytes(b"half a file")
+        (tmp / "left.json").write_text(json.dumps({"left": [f"descriptors.{live}.partial.npy"]}))
+        shutil.rmtree(tmp / "ev")
+        return run_cli(args)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

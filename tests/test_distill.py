@@ -42,11 +42,8 @@ def tiny():
 
 
 def teacher_for(config: RunConfig):
-    """The engine's teacher: the same seeded random init (the engine seeds before building)."""
-    from loqi_core.training.engine import _seed_all
-
-    _seed_all(config.seed)
-    return build_model("tiny", weights="random").eval()
+    """The engine's teacher: the same seeded random init (the engine builds with the config's seed)."""
+    return build_model("tiny", weights="random", seed=config.seed).eval()
 
 
 def descriptor_gap(student, teacher, images, blur) -> float:

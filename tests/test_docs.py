@@ -47,3 +47,48 @@ def test_readme_from_python_example_uses_the_exported_names():
     imported = [a.name for node in ast.walk(ast.parse(code)) if isinstance(node, ast.ImportFrom) and node.module == "loqi_core"
                 for a in node.names]  # fmt: skip
     assert {"build_model", "encode", "evaluate", "distill"} <= set(imported) <= set(loqi_core.__all__)
+
+
+def _table_first_column(text: str, title: str) -> list[str]:
+    """The first cells of the Markdown table that follows ``title``."""
+    rows: list[str] = []
+    for line in text.split(title, 1)[1].split("\n")[1:]:
+        if line.startswith("|"):
+            rows.append(line.split("|")[1])
+        elif rows:
+            break
+    return rows[2:]  # past the header and its rule
+
+
+def test_every_spec_field_is_documented_in_the_hook_reference():
+    import dataclasses
+
+    from loqi_core.hooks import specs
+
+    text = DOCS.read_text()
+    classes = [specs.EncoderSpec, specs.AggregatorSpec, specs.DegradationSpec, specs.LossSpec, specs.DatasetSpec,
+               specs.WeightsSpec, specs.MethodProtocol, specs.Preprocess]  # fmt: skip
+    for cls in classes:
+        title = f"`{cls.__name__}` fields"
+        assert title in text, f"docs/hooks.md has no table of {title}"
+        documented = " ".join(_table_first_column(text, title))
+        fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else list(cls.model_fields)
+        for name in fields:
+            assert f"`{name}`" in documented, f"{cls.__name__}.{name} is missing from its table in docs/hooks.md"
+
+
+def test_every_kit_option_and_check_is_documented_in_the_plugin_guide():
+    from loqi_core.testing import kit
+
+    guide = (DOCS.parent / "plugin-guide.md").read_text()
+    section = guide.split("## The conformance kit", 1)[1].split("\n## ", 1)[0]
+    assert "`test_plugin_module_imports_no_heavy_library`" in section
+    for cls in (kit.MethodTests, kit.AggregatorTests, kit.DegradationTests, kit.LossTests, kit.DatasetTests):
+        title = f"### `{cls.__name__}`"
+        assert title in section, f"the plugin guide's kit section has no {title}"
+        part = section.split(title, 1)[1].split("\n### ", 1)[0]
+        options = [n for n in vars(cls).get("__annotations__", {}) if not n.startswith("_")]
+        checks = [n for n in dir(cls) if n.startswith("test_") and n != "test_plugin_module_imports_no_heavy_library"]
+        assert options and checks
+        for name in options + checks:
+            assert f"| `{name}` |" in part, f"{cls.__name__}.{name} is missing from the plugin guide's kit section"

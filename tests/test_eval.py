@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from loqi_core.degrade.base import Degradation, Degraded, Identity, degradation_
 from loqi_core.evaluation.cache import EvalCache, check, sidecar_of
 from loqi_core.evaluation.engine import describe_protocol, evaluate, extract
 from loqi_core.evaluation.search import recall_at_n
+from loqi_core.hooks.manager import Plugins
 from loqi_core.models.model import build_model
 from loqi_core.testing import isolated_plugins
 from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
@@ -113,6 +115,74 @@ def test_key_changes_with_weights_and_degradation(tiny):
     assert again.cache["image_shards"]["database"] == {"hit": 1}  # degraded images reused across models
     other = evaluate(model, test, "blur5", config=CFG, cache=cache, device="cpu")
     assert other.cache["image_shards"]["database"] == {"miss": 1}
+
+
+EDITABLE_PLUGIN = """
+from loqi_core.plugin import AggregatorSpec, EncoderSpec, Preprocess, hookimpl
+
+
+def _encoder(params):
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
+    net.out_channels = 8
+    return net
+
+
+def _aggregator(params, in_channels):
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Pool(nn.Module):
+        def forward(self, x):
+            return F.normalize(x.mean(dim=(2, 3)), dim=1)
+
+    return Pool()
+
+
+@hookimpl
+def loqi_register_encoders(register):
+    register(EncoderSpec("edited", _encoder, preprocess=Preprocess(size=(32, 32))))
+
+
+@hookimpl
+def loqi_register_aggregators(register):
+    register(AggregatorSpec("edited", _aggregator))
+"""
+
+
+def test_key_follows_an_edit_of_the_plugin_code_at_the_same_version(tmp_path, monkeypatch):
+    """Issue #27: a plugin's forward edited without a version bump must not be served from the cache."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("sys.dont_write_bytecode", True)
+    source = tmp_path / "loqi_edited_plugin.py"
+    source.write_text(EDITABLE_PLUGIN)
+    module = importlib.import_module("loqi_edited_plugin")
+    cache = EvalCache(tmp_path / "cache")
+    test = load_dataset(f"folder:{write_vpr_folder(tmp_path / 'data', places=8)}", "test")
+
+    def run(use_cache=True):
+        plugins = Plugins()
+        plugins.load_defaults()
+        plugins.add(module, name="edited", dist="loqi-plugin-edited", version="0.1.0")
+        model = build_model("edited", weights="random", plugins=plugins)
+        return evaluate(model, test, "none", config=CFG, cache=cache if use_cache else EvalCache(enabled=False),
+                        device="cpu", plugins=plugins)
+
+    try:
+        first = run()
+        assert run().cache["descriptors_cached"] == [True, True]  # unchanged code: the cache serves it
+        source.write_text(EDITABLE_PLUGIN.replace("x.mean(dim=(2, 3))", "x.amax(dim=(2, 3))"))
+        module = importlib.reload(module)
+        edited = run()
+        assert edited.cache["descriptors_cached"] == [False, False], "descriptors of the old code served from cache"
+        assert not np.allclose(edited.scores, first.scores), "the edit changes the descriptors"
+        fresh = run(use_cache=False)
+        assert edited.recalls == fresh.recalls and np.array_equal(edited.predictions, fresh.predictions)
+    finally:
+        sys.modules.pop("loqi_edited_plugin", None)
 
 
 def test_clean_database_protocol(tiny):

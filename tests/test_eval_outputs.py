@@ -198,7 +198,7 @@ def test_label_free_eval_writes_predictions_grids_pairs_and_descriptors_but_no_r
     assert ds["labelled"] is False and ds["rows"] == {"pretrained_degraded": {}} and ds["queries_without_positives"] is None
     assert ds["protocol"]["positives"].startswith("unknown") and ds["protocol"]["positive_radius_m"] is None
     md = (out / "results.md").read_text()
-    assert "| Pretrained, blur3 | – | – | – | – |" in md and "no recall:" in md
+    assert "| Random init, blur3 | – | – | – | – |" in md and "no recall:" in md
     assert not (out / "recall.png").exists()  # nothing to plot, rather than an empty chart
     with open(out / "predictions" / "plain__pretrained_degraded.csv") as f:
         rows = list(csv.DictReader(line for line in f if not line.startswith("#")))

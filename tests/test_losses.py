@@ -134,3 +134,10 @@ class TestMSEConformance(LossTests):
 class TestTripletConformance(LossTests):
     loss = "triplet"
     zero_when_equal = False
+    uses_teacher = False
+
+
+class TestMultiSimilarityConformance(LossTests):
+    loss = "multisimilarity"
+    zero_when_equal = False
+    uses_teacher = False

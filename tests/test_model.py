@@ -132,6 +132,30 @@ def test_fetch_weights_prefers_package_files(tmp_path):
     assert fetch_weights(WeightsSpec("imagenet", "w.bin", locate=lambda: target)) == target
 
 
+def test_scope_encoder_weights_take_the_encoder_s_own_keys_and_a_mismatch_says_so_briefly(tmp_path):
+    """docs/hooks.md: WeightsSpec(scope="encoder") loads into the encoder, so convert returns keys without "encoder."
+    (issue #27: the guide said otherwise and the error was 2,000 characters of key names)."""
+    path = tmp_path / "backbone.pth"
+    scoped = type("Scoped", (), {
+        "loqi_register_encoders": hookimpl(lambda register: register(EncoderSpec(
+            "scoped", _encoder, TinyEncoderParams, preprocess=Preprocess(size=(32, 32)),
+            weights=(WeightsSpec("official", "backbone.pth", scope="encoder", locate=lambda: path),)))),
+        "loqi_register_aggregators": hookimpl(lambda register: register(AggregatorSpec("scoped", _gem, GeMParams))),
+    })  # fmt: skip
+    with isolated_plugins(("scoped", scoped), entry_points=False):
+        encoder = build_model("scoped", weights="random", seed=1).encoder
+        torch.save({f"encoder.{k}": v for k, v in encoder.state_dict().items()}, path)  # the prefix the guide once taught
+        with pytest.raises(WeightsError) as info:
+            build_model("scoped", weights="official")
+        message = str(info.value)
+        assert len(message) < 600
+        assert "14 missing (first: 0.bias, 0.weight, 1.bias, 1.running_mean, ...); 16 unexpected (first: encoder.0" in message
+        assert 'unexpected keys start with "encoder.": WeightsSpec(scope="encoder") loads into the encoder itself' in message
+        torch.save(encoder.state_dict(), path)  # the encoder's own keys
+        loaded = build_model("scoped", weights="official")
+        assert torch.equal(loaded.encoder[0].weight, encoder[0].weight) and loaded.info["weights"] == "official"
+
+
 def test_mixed_parts_that_do_not_fit_fail_at_build_time_in_one_line():
     """An aggregator of another method that cannot read the encoder's output is refused when the model is built
     (before any run directory or evaluation), naming both parts; parts that fit build as before."""

@@ -134,15 +134,43 @@ def test_one_bound_per_distribution_across_packages():
 
 
 def _site_without_loqi(tmp: Path) -> Path:
-    """A folder of links to this environment's packages minus every loqi distribution: torch etc. without re-install."""
+    """A folder of links to this environment's packages minus every loqi distribution: torch etc. without re-install.
+    Every package folder on ``sys.path`` counts (site-packages and folders a ``.pth`` adds), the first one winning."""
     farm = tmp / "deps"
     farm.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        name = entry.name.lower()
-        if "loqi" in name or name.endswith(".pth") or name.startswith("__editable__"):
+    stdlib = {Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib")}
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()  # may lie inside the checkout (.venv) and below platstdlib
+    folders = [site] + [Path(p).resolve() for p in sys.path if p and Path(p).is_dir()]
+    for folder in dict.fromkeys(folders):
+        if folder != site and (folder in stdlib or folder.parent in stdlib or folder == ROOT or ROOT in folder.parents):
             continue
-        (farm / entry.name).symlink_to(entry)
+        for entry in folder.iterdir():
+            name = entry.name.lower()
+            if "loqi" in name or name.endswith(".pth") or name.startswith("__editable__") or (farm / entry.name).exists():
+                continue
+            (farm / entry.name).symlink_to(entry)
     return farm
+
+
+def _fresh_venv(tmp: Path) -> tuple[Path, Path]:
+    """A virtual environment without loqi whose dependencies come from this one: (its python, its site-packages)."""
+    env_dir = tmp / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "deps.pth").write_text(str(_site_without_loqi(tmp)) + "\n")
+    return python, site
+
+
+def _build_outputs(*trees: Path) -> dict[str, int]:
+    """``build/`` and ``*.egg-info`` folders under ``trees`` (not in virtual environments), with their mtimes."""
+    found = {}
+    for tree in trees:
+        for path in tree.rglob("*"):
+            if path.is_dir() and (path.name == "build" or path.name.endswith(".egg-info")) and ".venv" not in path.parts:
+                found[str(path)] = path.stat().st_mtime_ns
+    return found
 
 
 def copy_template(dest: Path, name: str) -> Path:
@@ -160,24 +188,25 @@ def copy_template(dest: Path, name: str) -> Path:
     return target
 
 
+def build_wheels(out: Path, *packages: Path) -> str:
+    """``scripts/build_wheels.sh OUT PACKAGE...`` with this interpreter, offline (no build isolation, no index)."""
+    env = {**os.environ, "PYTHON": sys.executable, "PIP_NO_BUILD_ISOLATION": "0", "PIP_NO_INDEX": "1"}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "build_wheels.sh"), str(out), *map(str, packages)],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 @pytest.mark.slow
 def test_every_package_builds_a_wheel_and_installs_into_a_fresh_venv(tmp_path):
     wheels = tmp_path / "wheels"
     template = copy_template(tmp_path, "example")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT),
-         str(template), *map(str, PLUGINS)],
-        check=True, capture_output=True, text=True,
-    )
+    build_wheels(wheels, *PLUGINS, template)
     built = {w.name.split("-")[0] for w in wheels.glob("*.whl")}
     assert built == {"loqi_core", "loqi_plugin_example"} | {p.name.replace("-", "_") for p in PLUGINS}
 
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=False).create(env_dir)
-    python = env_dir / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-    (site / "deps.pth").write_text(str(_site_without_loqi(tmp_path)) + "\n")
+    python, site = _fresh_venv(tmp_path)
+    env_dir = python.parents[1]
     # install the core and one plugin exactly as `pip install loqi-plugin-<name>` would, from wheels, no index
     plugin = next((p for p in PLUGINS if p.name == "loqi-plugin-jpeg"), PLUGINS[0] if PLUGINS else None)
     chosen = [next(wheels.glob("loqi_core-*.whl")), next(wheels.glob("loqi_plugin_example-*.whl"))]
@@ -200,3 +229,74 @@ def test_every_package_builds_a_wheel_and_installs_into_a_fresh_venv(tmp_path):
     where = subprocess.run([str(python), "-c", "import loqi_core; print(loqi_core.__file__)"], check=True,
                            capture_output=True, text=True, cwd=tmp_path, env=env).stdout
     assert str(site) in where, "loqi_core must come from the wheel, not the source tree"
+
+
+GUIDE = ROOT / "docs" / "plugin-guide.md"
+OUTSIDE = "loqi-plugin-convap"
+"""The standalone plugin docs/plugin-guide.md builds, file by file."""
+
+
+def guide_files(name: str) -> dict[str, str]:
+    """The files of the guide's standalone plugin: every fenced block whose first line names ``<name>/<path>``."""
+    import re
+
+    files = {}
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", GUIDE.read_text(), flags=re.S | re.M):
+        first = block.split("\n", 1)[0].strip()
+        found = re.fullmatch(rf"(?:#|<!--) {re.escape(name)}/(\S+?)(?: -->)?", first)
+        if found:
+            files[found.group(1)] = block
+    return files
+
+
+@pytest.mark.slow
+def test_an_outside_plugin_built_from_the_guide_installs_passes_the_kit_and_evaluates(tmp_path):
+    """Issue #27: the guide alone, in a fresh folder outside the repository: wheels (scripts/build_wheels.sh, which
+    leaves every source tree as it was), a fresh environment, `loqi plugins`, the conformance kit and `loqi eval`."""
+    from loqi_core.testing.tiny import write_vpr_folder
+
+    files = guide_files(OUTSIDE)
+    assert set(files) == {"pyproject.toml", "README.md", "loqi_plugin_convap/__init__.py", "loqi_plugin_convap/model.py",
+                          "tests/test_convap.py"}, sorted(files)  # fmt: skip
+    plugin = tmp_path / OUTSIDE
+    assert ROOT not in plugin.parents
+    for name, text in files.items():
+        (plugin / name).parent.mkdir(parents=True, exist_ok=True)
+        (plugin / name).write_text(text)
+    before = _build_outputs(ROOT, plugin)
+    out = build_wheels(tmp_path / "wheels", ROOT / "plugins" / "loqi-plugin-jpeg", plugin)
+    assert out.strip().endswith(f"3 wheels in {tmp_path / 'wheels'}")
+    assert _build_outputs(ROOT, plugin) == before, "building wheels wrote build/ or *.egg-info into a source tree"
+
+    python, _ = _fresh_venv(tmp_path)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-index", "--no-deps",
+                    *map(str, (tmp_path / "wheels").glob("*.whl"))], check=True, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(LOQI_STRICT_PLUGINS="1", LOQI_OFFLINE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               LOQI_CACHE=str(tmp_path / "cache"))  # fmt: skip
+    loqi = python.parent / "loqi"
+
+    def run(*args: str, cwd: Path = tmp_path) -> str:
+        done = subprocess.run([*args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    listed = {p["name"]: p for p in json.loads(run(str(loqi), "plugins", "--json"))}
+    convap = listed["convap"]
+    assert convap["dist"] == OUTSIDE and convap["version"] == "0.1.0" and convap["error"] is None
+    assert convap["registered"] == {"encoder": ["convap"], "aggregator": ["convap"]} and convap["heavy_imports"] == []
+    assert "Deep Residual Learning" in convap["citations"]["encoder"]["convap"]
+    assert "GSV-Cities" in convap["citations"]["aggregator"]["convap"]
+
+    kit = run(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=plugin)
+    assert " passed" in kit and "failed" not in kit and "error" not in kit.lower(), kit
+    assert "10 passed" in kit, kit  # every MethodTests check ran: none skipped
+
+    data = write_vpr_folder(tmp_path / "data", places=8)
+    run(str(loqi), "eval", "--method", "convap", "--weights", "random", "--dataset", f"folder:{data}",
+        "--degrade", "jpeg10", "--device", "cpu", "--out", str(tmp_path / "run"), "-s", "eval.num_workers=0")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (rows,) = [ds["rows"] for ds in metrics["datasets"].values()]
+    assert set(rows["pretrained_degraded"]) == {"R@1", "R@2", "R@5", "R@10"}
+    assert metrics["run"]["citations"]["aggregator"] == {"convap": convap["citations"]["aggregator"]["convap"]}
+    assert "| Random init, jpeg10 |" in (tmp_path / "run" / "results.md").read_text()

@@ -19,13 +19,21 @@ from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
 from loqi_core.util import tensorboard as summary
 
 
-def test_missing_tensorboard_is_said_once(monkeypatch, tmp_path):
+def test_missing_tensorboard_is_said_once_and_only_when_asked_for(monkeypatch, tmp_path):
+    from loqi_core.config import RunConfig
+
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
     monkeypatch.setattr(summary, "_said_missing", False)
+    assert RunConfig().distill.tensorboard is None  # the default: log when installed, say nothing when not
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert summary.summary_writer(tmp_path / "a") is None
         assert tensorboard_log.log_recalls(tmp_path / "b", {"datasets": {}}) is False
+    assert not caught, "a run that did not ask for TensorBoard is not warned about it (issue #27)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert summary.summary_writer(tmp_path / "a", asked=True) is None
+        assert tensorboard_log.log_recalls(tmp_path / "b", {"datasets": {}}, asked=True) is False
     said = [str(w.message) for w in caught]
     assert len(said) == 1 and "tensorboard package is not installed" in said[0] and "distill.tensorboard" in said[0]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

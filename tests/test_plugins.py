@@ -1,5 +1,6 @@
 """The plugin system as a third-party author meets it: entry points, failures, clashes, unknown names."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -13,12 +14,14 @@ from loqi_core.hooks.manager import Plugins, reset_plugins
 from loqi_core.plugin import hookimpl
 
 
-def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, version: str = "0.1.0") -> None:
+def make_dist(site: Path, dist: str, module: str, source: str, entry_name: str, version: str = "0.1.0",
+              requires: tuple[str, ...] = ()) -> None:
     """Write an importable module plus a dist-info with a ``loqi`` entry point: what pip would install."""
     (site / f"{module}.py").write_text(textwrap.dedent(source))
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    required = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{required}")
     (info / "entry_points.txt").write_text(f"[loqi]\n{entry_name} = {module}\n")
 
 
@@ -100,6 +103,62 @@ def test_third_party_plugin_registers_loss_and_aggregator_and_is_listed(site):
     assert model(model.prepare(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)))[1].shape == (2, 16)
 
 
+def test_code_version_follows_the_source_of_a_plugin_and_of_the_plugins_it_requires(site):
+    """The cache key's code versions: an edit at the same version number changes them (issue #27)."""
+    loss = """
+        from loqi_core.plugin import LossSpec, hookimpl
+        SHARED = 1
+        @hookimpl
+        def loqi_register_losses(register):
+            register(LossSpec("{name}", lambda p: None))
+    """
+    make_dist(site, "loqi-plugin-base", "thirdparty_base", loss.format(name="base-loss"), "base")
+    make_dist(site, "loqi-plugin-derived", "thirdparty_derived", loss.format(name="derived-loss"), "derived",
+              requires=("loqi-core>=0.1", "Loqi_Plugin.Base>=0.1"))  # any spelling of the name
+    make_dist(site, "loqi-plugin-other", "thirdparty_other", loss.format(name="other-loss"), "other")
+    plugins = fresh()
+    providers = {n: plugins.losses.provider(f"{n}-loss") for n in ("base", "derived", "other")}
+    before = {n: plugins.code_version(p) for n, p in providers.items()}
+    assert all(v.startswith("0.1.0+src.") for v in before.values()) and len(set(before.values())) == 3
+    edited = textwrap.dedent(loss.format(name="base-loss")).replace("SHARED = 1", "SHARED = 2")
+    (site / "thirdparty_base.py").write_text(edited)
+    after = {n: plugins.code_version(p) for n, p in providers.items()}
+    assert after["base"] != before["base"] and after["derived"] != before["derived"]  # derived builds on base
+    assert after["other"] == before["other"]
+
+
+def test_loqi_plugins_flags_a_plugin_whose_import_is_slow_or_heavy(site, monkeypatch):
+    """Issue #27: a plugin importing torch at module level made `loqi --help` 10x slower and nothing said so."""
+    import loqi_core.hooks.manager as manager
+    from loqi_core.cli import cli
+
+    (site / "thirdparty_weighty.py").write_text("import time\ntime.sleep(0.6)\n")  # stands in for torch, not yet imported
+    monkeypatch.setattr(manager, "HEAVY_MODULES", (*manager.HEAVY_MODULES, "thirdparty_weighty"))
+    source = """
+        import thirdparty_weighty
+        from loqi_core.plugin import LossSpec, hookimpl
+        @hookimpl
+        def loqi_register_losses(register):
+            register(LossSpec("weighty", lambda p: None))
+    """
+    make_dist(site, "loqi-plugin-weighty", "thirdparty_heavyplugin", source, "weighty")
+    make_dist(site, "loqi-plugin-light", "thirdparty_light", source.replace("import thirdparty_weighty", "")
+              .replace('"weighty"', '"light"'), "light")  # fmt: skip
+    try:
+        fresh()
+        text = CliRunner().invoke(cli, ["plugins"]).output
+        listed = {p["name"]: p for p in json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)}
+    finally:
+        sys.modules.pop("thirdparty_weighty", None)
+    flagged = text.split("slow to import", 1)[1].split("\n\n", 1)[0]
+    assert "import heavy libraries inside the factories" in flagged
+    assert "weighty (dist loqi-plugin-weighty 0.1.0): 0.6" in flagged and "imports thirdparty_weighty at module level" in flagged
+    assert "light (dist" not in flagged
+    assert listed["weighty"]["heavy_imports"] == ["thirdparty_weighty"] and listed["weighty"]["import_seconds"] >= 0.6
+    assert listed["light"]["heavy_imports"] == [] and listed["light"]["import_seconds"] < 0.5
+    assert listed["weighty"]["source"] == "thirdparty_heavyplugin" and listed["weighty"]["citations"] == {}
+
+
 def test_broken_plugin_is_isolated_then_named_when_needed(site):
     from loqi_core.cli import cli
 
@@ -139,6 +198,25 @@ def test_clashing_plugins_name_both_distributions(site):
     assert "loqi-plugin-one" in errors[0] and "loqi-plugin-two" in errors[0] and 'loss "cosine" is registered twice' in errors[0]
     with pytest.raises(PluginLoadError, match="registered twice"):
         fresh(strict=True)
+
+
+def test_a_clash_with_loqi_core_advises_renaming_not_uninstalling(site):
+    """Issue #27: loqi-core cannot be uninstalled, so the advice is to rename the plugin's name."""
+    source = """
+        from loqi_core.plugin import LossSpec, hookimpl
+        @hookimpl
+        def loqi_register_losses(register):
+            register(LossSpec("mse", lambda p: None))
+    """
+    make_dist(site, "loqi-plugin-mymse", "thirdparty_mymse", source, "mymse")
+    (error,) = [p.error for p in fresh().info.values() if p.error]
+    assert 'loss "mse" is registered twice: by plugin "losses" (dist loqi-core' in error
+    assert error.endswith("loqi-core's built-in loss keeps the name: rename the one of dist loqi-plugin-mymse.")
+    assert "Uninstall" not in error
+    make_dist(site, "loqi-plugin-named-losses", "thirdparty_named", source.replace('"mse"', '"other"'), "losses")
+    (named,) = [p.error for p in fresh().info.values() if p.error and "entry-point" in p.error]
+    assert named.endswith('"losses" is loqi-core\'s own: rename the entry point in dist loqi-plugin-named-losses\'s '
+                          "[project.entry-points.loqi].")  # fmt: skip
 
 
 def test_failed_plugin_leaves_nothing_half_registered():

@@ -57,6 +57,7 @@ def test_run_writes_the_whole_report(env):
     assert "loqi-core" in json.loads((out / "plugins.json").read_text())
     md = (out / "results.md").read_text()
     assert "UNTRAINED" in md and "Distilled, blur3 Δ" in md and "Finetuned, blur3 Δ" in md
+    assert "| Random init, clean images |" in md and "Pretrained" not in md  # a random-init model is not pretrained
     for name in ("recall.png", "activations/data.png", "grids/data__distilled.png", "grids/data__pretrained_clean.png"):
         with Image.open(out / name) as img:
             assert img.width > 100 and img.height > 100
@@ -92,6 +93,30 @@ def test_eval_of_the_run_and_report(env):
     assert [r["dir"] for r in combined["runs"]] == [str(tmp_path / "run"), str(tmp_path / "ev")]
 
 
+def test_each_part_s_citation_is_in_metrics_json_and_results_md(env):
+    from types import SimpleNamespace
+
+    from loqi_core.plugin import AggregatorSpec, EncoderSpec, Preprocess, hookimpl
+    from loqi_core.testing.tiny import GeMParams, TinyEncoderParams, _encoder, _gem
+
+    tmp_path, root = env
+    cited = SimpleNamespace(
+        loqi_register_encoders=hookimpl(lambda register: register(EncoderSpec(
+            "cited", _encoder, TinyEncoderParams, preprocess=Preprocess(size=(32, 32)), citation="A. Encoder. 2024."))),
+        loqi_register_aggregators=hookimpl(lambda register: register(
+            AggregatorSpec("cited", _gem, GeMParams, citation="B. Pooling. 2023."))),
+    )  # fmt: skip
+    with isolated_plugins(("cited", cited), entry_points=False):
+        invoke(["eval", "--method", "cited", "--weights", "random", "--dataset", f"folder:{root}", "--degrade", "none", "--out",
+                str(tmp_path / "ev"), "--cache-dir", str(tmp_path / "cache"), *QUICK[-10:]])  # fmt: skip
+        listing = invoke(["plugins"]).output
+    run = json.loads((tmp_path / "ev" / "metrics.json").read_text())["run"]
+    assert run["citations"] == {"encoder": {"cited": "A. Encoder. 2024."}, "aggregator": {"cited": "B. Pooling. 2023."}}
+    cite = (tmp_path / "ev" / "results.md").read_text().split("## Cite\n", 1)[1]
+    assert cite.strip().splitlines() == ["- encoder `cited`: A. Encoder. 2024.", "- aggregator `cited`: B. Pooling. 2023."]
+    assert "  cited (encoder): A. Encoder. 2024." in listing and "  cited (aggregator): B. Pooling. 2023." in listing
+
+
 def test_sweep_shares_the_teacher_and_reports_every_loss(env):
     tmp_path, root = env
     res = invoke(["sweep", *common(tmp_path, root, "sweep"), "--losses", "mse,ickd+0.5*mse,triplet"])
@@ -102,7 +127,7 @@ def test_sweep_shares_the_teacher_and_reports_every_loss(env):
         assert (tmp_path / "sweep" / f"distill-{expr}" / "checkpoints" / "final").is_dir()
     md = (tmp_path / "sweep" / "results.md").read_text()
     assert "Distilled ickd+0.5*mse, blur3 Δ" in md
-    assert res.output.count("Pretrained, blur3") >= 1
+    assert res.output.count("Random init, blur3") >= 1 and "Pretrained" not in res.output  # --weights random
     r = CliRunner().invoke(cli, ["eval", "--method", "tiny", "--weights", str(tmp_path / "sweep"), "--dataset", f"folder:{root}",
                                  "--out", str(tmp_path / "bad")])  # fmt: skip
     assert r.exit_code != 0 and "one student per loss" in r.output and "distill-mse" in r.output

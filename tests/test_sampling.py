@@ -279,10 +279,10 @@ def test_run_with_eval_degrade_reports_each_level_beside_the_pretrained_model(tm
         assert protocols["distilled@blur5"]["queries"] == "degraded (blur5)" and protocols["distilled@none"]["queries"] == "clean"
         assert rows["pretrained_degraded@none"] == rows["pretrained_clean"]
         md = (tmp_path / "run" / "results.md").read_text()
-        assert "| Distilled on blur[1:7], blur5 Δ |" in md and "| Pretrained, blur5 |" in md
+        assert "| Distilled on blur[1:7], blur5 Δ |" in md and "| Random init, blur5 |" in md
         assert "| Distilled on blur[1:7], clean images Δ |" in md
         level_table = md.split("## Per degradation level", 1)[1].split("\n\n", 2)[1].splitlines()
-        assert level_table[0].startswith("| level | data pretrained R@1 | data distilled R@1 (Δ) |")
+        assert level_table[0].startswith("| level | data random init R@1 | data distilled R@1 (Δ) |")
         assert [line.split(" | ")[0] for line in level_table[2:]] == ["| `blur2`", "| `blur5`", "| `none`"]
         for level in ("blur2", "blur5", "none"):
             line = next(x for x in level_table if x.startswith(f"| `{level}`"))

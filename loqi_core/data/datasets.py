@@ -34,6 +34,14 @@ def load_dataset(
     (values parse as YAML scalars); ``params`` override them. A path holding ``?``, ``,`` or ``=`` goes in double
     quotes: ``folder:"/data/what?x=1"?skip_bad=true``.
     """
+    if not isinstance(text, str):
+        raise ConfigError(f'dataset: give a name such as "demo" or "folder:PATH", not {type(text).__name__}')
+    if kind not in ("test", "train"):
+        raise ConfigError(f'dataset kind: "test" or "train", not {kind!r}')
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ConfigError(f"root: give a folder path, not {type(root).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"params: give a dict of dataset options, not {type(params).__name__}")
     plugins = plugins or get_plugins()
     text, options = split_options(text)
     name, _, path = text.partition(":")

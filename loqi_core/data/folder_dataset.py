@@ -36,6 +36,11 @@ class FolderTestParams(Params):
     check: Literal["quick", "full", "none"] = Field(
         "quick", description="at load: quick = signature and end-marker check per file, full = decode all, none"
     )
+    shuffle_seed: int | None = Field(
+        None, ge=0, description="list database and queries in this seed's random order, not by name: it changes which "
+        "images share an extraction batch, which only batch-dependent methods notice (CricaVPR's cross-image attention; "
+        "the LoQI-VPR authors' batches came from Python's hash-randomised set() order)"
+    )
 
 
 class FolderParams(FolderTestParams):
@@ -56,7 +61,7 @@ def _test(params: FolderParams):
 
     return read_test_folder(
         params.root, split=params.split, labels=params.labels, skip_bad=params.skip_bad, validate=params.check,
-        order=params.order,
+        order=params.order, shuffle_seed=params.shuffle_seed,
     )
 
 

@@ -238,8 +238,10 @@ def read_test_folder(
     validate: Validate = "quick",
     order: Order = "none",
     expected: dict[str, int] | None = None,
+    shuffle_seed: int | None = None,
 ) -> TestSet:
-    """A gmberton-layout test set; ``expected`` are the published counts of this split, checked by the caller."""
+    """A gmberton-layout test set; ``expected`` are the published counts of this split, checked by the caller;
+    ``shuffle_seed``: database and queries in that seed's random order (``shuffled``)."""
     if root is None:
         raise DataError("this dataset needs a path: give it as NAME:PATH, or set --data-root / $LOQI_DATA")
     root = Path(root)
@@ -247,6 +249,30 @@ def read_test_folder(
     test = read_folder_pair(db_dir, q_dir, name=name or root.name or "folder", labels=labels, skip_bad=skip_bad,
                             validate=validate, order=order)  # fmt: skip
     test.expected_counts = expected
+    return test if shuffle_seed is None else shuffled(test, shuffle_seed)
+
+
+def _permuted(images: ImageList, order: np.ndarray) -> ImageList:
+    new_index = {int(old): new for new, old in enumerate(order)}
+    sequences = None if images.sequences is None else [[new_index[i] for i in s] for s in images.sequences]
+    positions = None if images.positions is None else images.positions[order]
+    return ImageList([images.paths[i] for i in order], positions, sequences)
+
+
+def shuffled(test: TestSet, seed: int) -> TestSet:
+    """``test`` with its database and queries each in a seeded random order (ground truth and groups follow): the
+    images that share an extraction batch change, the recall of a batch-independent model does not."""
+    rng = np.random.default_rng([seed, 1])
+    db_order, q_order = rng.permutation(len(test.database)), rng.permutation(len(test.queries))
+    test.database, test.queries = _permuted(test.database, db_order), _permuted(test.queries, q_order)
+    if test.positives is not None:
+        db_new = np.argsort(db_order)
+        test.positives = [db_new[np.asarray(test.positives[q], dtype=np.int64)] for q in q_order]
+    if test.database_groups is not None:
+        test.database_groups = test.database_groups[db_order]
+    if test.query_groups is not None:
+        test.query_groups = test.query_groups[q_order]
+    test.notes.append(f"database and queries in the random order of seed {seed} (shuffle_seed)")
     return test
 
 
@@ -391,4 +417,5 @@ def read_protocol_test_set(
         validate=params.check,
         order=order,
         expected=expected_by_split.get(params.split, {}),
+        shuffle_seed=params.shuffle_seed,
     )

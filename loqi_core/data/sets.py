@@ -117,6 +117,9 @@ class TrainSet:
     """``"path: reason"`` for every file left out with ``skip_bad``; a run writes them to its directory."""
     skip_bad: bool = False
     """Leave out (and list) an image that turns out unreadable only when training decodes it."""
+    groups: np.ndarray | None = None
+    """Optional group label per image (GSV-Cities: its city); mining (``distill.mine``) draws an anchor's negatives
+    from its own group, as the paper's authors mined city by city. None: one group."""
 
     def places(self) -> dict[int, list[int]]:
         if self.place_ids is None:

@@ -1,15 +1,20 @@
 """The degradation types: the ``Degradation`` base class, its output, the identity and chains of stages.
 
 A degradation turns clean uint8 RGB images into degraded ones, deterministically given a seed. This is where one
-is applied: ``degradation(images, seed=...)``; ``loqi_core.degrade.grammar.parse_degradation`` builds one from a spec.
+is applied: ``degradation(images, seed=...)``; ``loqi_core.degrade.grammar.parse_degradation`` builds one from a spec,
+whose surface syntax (choices, weights, ranges, splitting at the top level) is here, below the protocols that
+rewrite specs.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
+
+from loqi_core.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -68,11 +73,30 @@ class Chain(Degradation):
 
 
 CLEAN_SPECS = ("", "none", "clean")
+CHOICE = re.compile(r"any\((.*)\)", re.S)
+WEIGHTED = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*\*(.*)", re.S)
+BRACKET = re.compile(r"\[([^\[\]]*)\]")
+"""The surface of a spec's sampled forms: a choice ``any(...)``, a weighted option ``0.7*A``, a range ``[LOW:HIGH]``."""
+
+
+def split_top(text: str, sep: str, spec: str) -> list[str]:
+    """``text`` split at ``sep`` outside parentheses and brackets; unbalanced ones are an error naming ``spec``."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += (c in "([") - (c in ")]")
+        if depth < 0:
+            break
+        if c == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    if depth != 0:
+        raise ConfigError(f'degradation "{spec}": unbalanced brackets or parentheses in "{text}"')
+    return parts + [text[start:].strip()]
 
 
 def sample_seed(base_seed: int, key: str | int) -> int:
     """A stable per-sample seed from a run seed and a sample key (an index or a file path)."""
-    return (base_seed * 1_000_003 + zlib.crc32(str(key).encode())) & 0x7FFFFFFF
+    return (base_seed * 1_000_003 + zlib.crc32(str(key).encode(errors="surrogateescape"))) & 0x7FFFFFFF
 
 
 def degradation_units(images: ImageList, degradation: Degradation) -> list[list[int]]:

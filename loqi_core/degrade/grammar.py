@@ -8,12 +8,13 @@ knowing. Fixed specs become a ``Degradation`` (or a ``Chain``); sampled ones a `
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Sequence
 
 from pydantic import ValidationError
 
-from loqi_core.degrade.base import CLEAN_SPECS, Chain, Degradation, Identity
+from loqi_core.degrade.base import BRACKET, CHOICE, CLEAN_SPECS, WEIGHTED, Chain, Degradation, Identity, split_top
 from loqi_core.degrade.sampled import Axis, ChainNode, Choice, Fixed, Node, Range, Sampled
 from loqi_core.errors import ConfigError, LoqiError, UnknownNameError
 from loqi_core.hooks.manager import Plugins, get_plugins
@@ -21,15 +22,35 @@ from loqi_core.hooks.manager import Plugins, get_plugins
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.hooks.specs import DegradationSpec
 
-BRACKET = re.compile(r"\[([^\[\]]*)\]")
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
-WEIGHTED = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*\*(.*)", re.S)
-CHOICE = re.compile(r"any\((.*)\)", re.S)
 GRAMMAR = "a range NAME[LOW:HIGH] (jpeg[5:50], res[270:720]p) or a choice any(A,B,...) / any(0.7*A,0.3*B)"
+MAX_SPEC_CHARS = 1000
+"""The longest spec read: the longest sensible one (a choice among a dozen chains) is far shorter."""
+MAX_NESTING = 8
+"""The deepest nesting of choices and ranges read (any(any(jpeg[5:50])) is 3)."""
+
+
+def _nesting(spec: str) -> int:
+    depth = deepest = 0
+    for c in spec:
+        depth += (c in "([") - (c in ")]")
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def parse_degradation(spec: str, plugins: "Plugins | None" = None) -> Degradation:
     """Build the degradation a spec string names; every token must match exactly one registered grammar."""
+    if not isinstance(spec, str):
+        raise ConfigError(f'degradation: give a spec such as "jpeg10", "res360p+qp40" or "none", not {type(spec).__name__}')
     plugins = plugins or get_plugins()
     spec = spec.strip()
+    if not spec:
+        raise ConfigError('degradation: the spec is empty; write "none" for the images as they are, or a spec such as jpeg10')
+    if len(spec) > MAX_SPEC_CHARS:
+        raise ConfigError(f'degradation "{spec[:40]}...": {len(spec)} characters, more than the {MAX_SPEC_CHARS} a spec may have')
+    if _nesting(spec) > MAX_NESTING:
+        raise ConfigError(f'degradation "{spec[:40]}...": choices and ranges nested {_nesting(spec)} deep, more than the '
+                          f"{MAX_NESTING} a spec may have")  # fmt: skip
     if spec.lower() in CLEAN_SPECS:
         return Identity()
     tokens = [token.strip() for token in spec.split("+")]
@@ -83,21 +104,6 @@ def build_token(dspec: "DegradationSpec", values: dict[str, str], name: str) -> 
     return degradation
 
 
-def split_top(text: str, sep: str, spec: str) -> list[str]:
-    """``text`` split at ``sep`` outside parentheses and brackets; unbalanced ones are an error naming ``spec``."""
-    parts, depth, start = [], 0, 0
-    for i, c in enumerate(text):
-        depth += (c in "([") - (c in ")]")
-        if depth < 0:
-            break
-        if c == sep and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    if depth != 0:
-        raise ConfigError(f'degradation "{spec}": unbalanced brackets or parentheses in "{text}"')
-    return parts + [text[start:].strip()]
-
-
 class Parser:
     """Turns a sampled spec into a tree of nodes, checking every fixed token and both ends of every range."""
 
@@ -132,6 +138,8 @@ class Parser:
         if any(weighted) and not all(weighted):
             raise ConfigError(f'degradation "{self.spec}": weigh every option of "{text}" or none (any(0.7*jpeg10,0.3*qp40))')
         weights = [float(w.group(1)) if w else 1.0 for w in weighted]
+        if not math.isfinite(sum(weights)):
+            raise ConfigError(f'degradation "{self.spec[:60]}...": the weights of a choice must be finite numbers (their sum is {sum(weights)})')
         if not sum(weights) > 0:
             raise ConfigError(f'degradation "{self.spec}": the weights of "{text}" must not all be 0')
         options = [w.group(2).strip() if w else item for w, item in zip(weighted, items)]
@@ -149,6 +157,8 @@ class Parser:
             ends = [e.strip() for e in b.group(1).split(":")]
             if len(ends) != 2 or not all(NUMBER.fullmatch(e) for e in ends):
                 raise ConfigError(f'bad degradation range "{token}": write [LOW:HIGH] with two numbers, e.g. jpeg[5:50]')
+            if not all(math.isfinite(float(e)) for e in ends):
+                raise ConfigError(f'bad degradation range "{token[:60]}": an end is too large to be a number')
             if float(ends[0]) > float(ends[1]):
                 raise ConfigError(
                     f'bad degradation range "{token}": the low end {ends[0]} is above the high end {ends[1]} '

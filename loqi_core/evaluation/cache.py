@@ -31,6 +31,7 @@ import numpy as np
 from loqi_core.errors import ConfigError, describe_os_error
 from loqi_core.models.weights import cache_dir, sha256_of
 from loqi_core.util.fileio import write_bytes, write_text
+from loqi_core.util.rundir import remove_abandoned, writer_tag
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -39,8 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("loqi.cache")
 
-EVAL_CACHE_VERSION = 1
-"""Bump when the cached formats or the extraction pipeline change meaning."""
+EVAL_CACHE_VERSION = 2
+"""Bump when the cached formats or the extraction pipeline change meaning (2: images decode with their EXIF
+orientation applied, ``loqi_core.data.images``)."""
 
 
 def digest(obj: Any, length: int = 24) -> str:
@@ -55,9 +57,9 @@ def image_list_fingerprint(images: "ImageList") -> str:
     for path in images.paths:
         try:
             st = os.stat(path)
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
         except OSError:
-            h.update(f"{path}\0missing\n".encode())
+            h.update(f"{path}\0missing\n".encode(errors="surrogateescape"))
     h.update(json.dumps(images.sequences).encode())
     return h.hexdigest()[:24]
 
@@ -137,9 +139,12 @@ class EvalCache:
             ) from None
 
     def entry(self, kind: str, key: dict[str, Any]) -> Path:
-        """The folder for one cached item (created, with its key written as ``key.json`` for humans)."""
+        """The folder for one cached item (created, with its key written as ``key.json`` for humans); what a killed
+        writer left there (``*.partial.npy``, ``*.tmp``) is removed."""
         folder = self.root / "eval" / kind / digest({**key, "cache_version": EVAL_CACHE_VERSION})
         folder.mkdir(parents=True, exist_ok=True)
+        for gone in remove_abandoned([*folder.glob("*.partial.npy"), *folder.glob("*.tmp")]):
+            log.info("removed %s, left by a writer that was killed", gone)
         if not (folder / "key.json").exists():
             write_text(folder / "key.json", json.dumps(key, indent=2, default=str))
         return folder
@@ -165,7 +170,7 @@ class DescriptorWriter:
 
     def __init__(self, path: Path, n: int, dim: int) -> None:
         self.path = path
-        self.tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial.npy")
+        self.tmp = path.with_name(f"{path.stem}.{writer_tag()}.partial.npy")
         try:
             self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n, dim))
             _reserve(self.tmp)

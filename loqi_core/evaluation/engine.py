@@ -28,7 +28,7 @@ from loqi_core.data.images import UnreadableImageError, read_image
 from loqi_core.data.sets import ImageList, TestSet
 from loqi_core.degrade.base import Degradation, Identity, degradation_units, sample_seed, temporal_note
 from loqi_core.degrade.grammar import parse_degradation
-from loqi_core.errors import ConfigError
+from loqi_core.errors import ConfigError, ModelOutputError
 from loqi_core.evaluation.cache import (
     SHARD_FORMAT,
     DescriptorWriter,
@@ -41,10 +41,12 @@ from loqi_core.evaluation.cache import (
     write_shard,
 )
 from loqi_core.evaluation.results import EvalResult
-from loqi_core.evaluation.search import IVFPQParams, recall_at_n, resolve_backend, search
+from loqi_core.evaluation.search import IVFPQParams, NonFiniteDescriptorsError, recall_at_n, resolve_backend, search
+from loqi_core.evaluation.sequence import match_sequences, traverses_of
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.util.cpus import loader_workers
 from loqi_core.util.devices import resolve_device
+from loqi_core.util.sources import code_version
 from loqi_core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -228,7 +230,8 @@ def _fixed_size(model: "VPRModel") -> bool:
 
 
 def encode_batch(model: "VPRModel", images: Sequence["torch.Tensor"], device: "torch.device", bf16: bool) -> np.ndarray:
-    """uint8 images (one shape, or any shapes with a fixed input size) → float32 L2-normalised descriptors."""
+    """uint8 images (one shape, or any shapes with a fixed input size) → float32 L2-normalised descriptors, one
+    finite row per image (every path that encodes comes here: evaluate, encode, index build, serve)."""
     return _PendingBatch(model, images, device, bf16).result()
 
 
@@ -245,10 +248,16 @@ class _PendingBatch:
         if same:  # on CUDA stacked straight into pinned memory, so the copy to the device runs asynchronously
             pinned = device.type == "cuda"
             batch = torch.stack(batch, out=torch.empty((len(batch), *batch[0].shape), dtype=batch[0].dtype, pin_memory=pinned))
+        self.name, self.n = model.info.get("method", type(model).__name__), len(images)
         with torch.inference_mode():
             x = model.prepare(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 _, desc = model(x)
+            if not isinstance(desc, torch.Tensor) or desc.dim() != 2 or len(desc) != self.n:
+                got = f"a {type(desc).__name__}" if not isinstance(desc, torch.Tensor) else f"shape {tuple(desc.shape)}"
+                raise ModelOutputError(f'model "{self.name}" returned descriptors of {got} for {self.n} images: expected '
+                                       f"a tensor {self.n}×D (one row per image; a wrapped module returns B×D or a "
+                                       "(latent, descriptor) tuple)")  # fmt: skip
             desc = F.normalize(desc.float(), dim=1)
             self.done = None
             if device.type == "cuda":
@@ -260,9 +269,16 @@ class _PendingBatch:
                 self.host = desc.cpu()
 
     def result(self) -> np.ndarray:
+        """The descriptors on the host, refused when a row is not finite."""
         if self.done is not None:
             self.done.synchronize()
-        return self.host.numpy()
+        out = self.host.numpy()
+        bad = ~np.isfinite(out).all(1)
+        if bad.any():
+            raise NonFiniteDescriptorsError(f'model "{self.name}" returned NaN or Inf descriptors for {int(bad.sum())} of '
+                                            f"{self.n} images of a batch: its weights or inputs are not finite "
+                                            "(a diverged checkpoint?)")  # fmt: skip
+        return out
 
 
 def extract(
@@ -388,12 +404,12 @@ def extract(
 
 
 def model_versions(model: "VPRModel", plugins: Plugins) -> dict[str, str]:
-    """Versions of loqi-core and of the plugins that provide the model's encoder and aggregator."""
-    out = {"loqi-core": __version__}
+    """Code versions (version + source digest) of loqi-core and of the plugins that provide the model's parts."""
+    out = {"loqi-core": code_version(__version__, ["loqi_core"])}
     for registry, name in ((plugins.encoders, model.info.get("encoder")), (plugins.aggregators, model.info.get("aggregator"))):
         if name in registry:
             p = registry.provider(name)
-            out[p.dist] = p.version
+            out[p.dist] = plugins.code_version(p)
     return out
 
 
@@ -404,12 +420,12 @@ def descriptor_key(model: "VPRModel", precision: str, device: "torch.device", pl
 
 
 def degradation_versions(degradation: Degradation, plugins: Plugins) -> dict[str, str]:
-    """Versions of loqi-core and of the plugins whose grammars the degradation's spec tokens match."""
-    out = {"loqi-core": __version__}
+    """Code versions (version + source digest) of loqi-core and of the plugins whose grammars the spec's tokens match."""
+    out = {"loqi-core": code_version(__version__, ["loqi_core"])}
     for token in (degradation.spec or "").split("+"):
         for _, dspec, provider in plugins.degradations.items():
             if token and re.fullmatch(dspec.pattern, token):
-                out[provider.dist] = provider.version
+                out[provider.dist] = plugins.code_version(provider)
     return out
 
 
@@ -423,6 +439,8 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
         f"degradation: {protocol['degradation']} (seed {protocol['seed']}); {protocol['temporal']}",
         f"weights: {protocol['weights']}; precision: {protocol['precision']}",
     ]
+    if protocol.get("sequence"):
+        lines.append(f"sequence matching: {protocol['sequence']}")
     if protocol.get("untrained"):
         lines.insert(0, "UNTRAINED MODEL (--weights random): these numbers measure nothing but the pipeline")
     return "\n".join(lines)
@@ -456,6 +474,8 @@ def evaluate(
     deg = parse_degradation(degradation, plugins) if isinstance(degradation, str) else degradation
     db_deg: Degradation = Identity() if clean_database else deg
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    if config.sequence:
+        traverses_of(test)  # a test set without capture order is refused before anything is encoded
     model = model.to(device).eval()
     key = descriptor_key(model, config.precision, device, plugins)
     stats = stats if stats is not None else {}
@@ -485,6 +505,7 @@ def evaluate(
     search_s = time.perf_counter() - t0
     gt = test.ground_truth(config.positive_radius) if test.labelled else None
     recalls = recall_at_n(idx, gt, config.recall) if gt is not None else {}
+    sequence = match_sequences(test, db, q, gt, config) if config.sequence else None
     weights = str(model.info.get("weights"))
     explicit = test.positives is not None
     search_name = {"flat": "exact inner product, FAISS flat (CPU)", "torch": f"exact inner product, torch top-k ({device.type})",
@@ -513,6 +534,8 @@ def evaluate(
         "n_database": len(test.database),
         "n_queries": len(test.queries),
     }
+    if sequence is not None:
+        protocol["sequence"] = sequence.protocol
     return EvalResult(
         dataset=test.name,
         recalls=recalls,
@@ -530,4 +553,5 @@ def evaluate(
         query_positions=test.queries.positions,
         database_descriptors=db,
         query_descriptors=q,
+        sequence=sequence,
     )

@@ -6,7 +6,9 @@
     pairs/<set>__<row>.txt                               hloc's format: "query_name db_name", K lines per query, best first
 
 Names are paths relative to the common folder of the database and the queries (``database/@...@.jpg``,
-``queries/@...@.jpg`` in gmberton's layout), as hloc names images relative to its image directory.
+``queries/@...@.jpg`` in gmberton's layout), as hloc names images relative to its image directory. A name one line
+cannot hold (a line break for any reader, ``\n`` to U+2028, or bytes that are not UTF-8) is refused, naming the
+file, before anything is evaluated (``check_line_names``): the lists stay aligned with the rows.
 Every file is written atomically: a killed run leaves the old file or the whole new one.
 """
 
@@ -14,15 +16,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from loqi_core.errors import DataError
 from loqi_core.util.fileio import located, partial_file, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.evaluation.results import EvalResult
+
+
+LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+"""Every character ``str.splitlines`` breaks a line at: a name holding one would read back as two."""
+
+
+def check_line_names(paths: Sequence[Path], dataset: str) -> None:
+    """Refuse, naming it, an image of ``dataset`` whose name cannot be one line of a UTF-8 name list."""
+    for path in paths:
+        name = str(path)
+        found = LINE_BREAKS.search(name)
+        if found:
+            raise DataError(f"{dataset}: the image name {name!r} holds a line break ({found.group()!r}); name lists "
+                            "(descriptors/*.txt, pairs) hold one name per line: rename the file")  # fmt: skip
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{dataset}: the image name {os.fsencode(name)!r} is not UTF-8, which name lists "
+                            "(descriptors/*.txt, pairs) are: rename the file") from None  # fmt: skip
 
 
 def image_names(database: Sequence[Path], queries: Sequence[Path]) -> tuple[Path, list[str], list[str]]:
@@ -46,6 +69,7 @@ def write_descriptors(folder: Path, result: "EvalResult") -> Path:
     """The database and query descriptors of ``result`` with their image names, into ``folder``."""
     if result.database_descriptors is None or result.query_descriptors is None:
         raise ValueError(f"the evaluation of {result.dataset} kept no descriptors")
+    check_line_names([*result.database_paths, *result.query_paths], result.dataset)
     root, db_names, q_names = image_names(result.database_paths, result.query_paths)
     folder.mkdir(parents=True, exist_ok=True)
     for part, array, names in (("database", result.database_descriptors, db_names),
@@ -65,6 +89,7 @@ def write_descriptors(folder: Path, result: "EvalResult") -> Path:
 def write_pairs(path: Path, result: "EvalResult", k: int) -> int:
     """hloc's retrieval pairs: ``query_name db_name``, the ``k`` best database images per query (fewer when the
     database is smaller), best first. Returns how many names hold whitespace (hloc splits lines on it)."""
+    check_line_names([*result.database_paths, *result.query_paths], result.dataset)
     _, db_names, q_names = image_names(result.database_paths, result.query_paths)
     lines = []
     for q, row in enumerate(result.predictions[:, :k]):

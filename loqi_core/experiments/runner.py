@@ -30,7 +30,9 @@ from loqi_core.degrade.grammar import parse_degradation
 from loqi_core.errors import ConfigError
 from loqi_core.evaluation.cache import EvalCache
 from loqi_core.evaluation.engine import LABEL_FREE, apply_threads, describe_protocol, evaluate
+from loqi_core.evaluation.outputs import check_line_names
 from loqi_core.evaluation.results import EvalResult
+from loqi_core.evaluation.sequence import traverses_of
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.report.names import name_test_sets, slug
 from loqi_core.report.results import UNTRAINED, Report, results_markdown
@@ -131,6 +133,12 @@ class Experiment:
             self.tests.append(read_folder_pair(ev.database, ev.queries))
             texts.append(f"--database {ev.database} --queries {ev.queries}")
         name_test_sets(self.tests, texts)  # two test sets called "good" get two keys, not one overwritten
+        if ev.save_descriptors or ev.pairs:  # name lists must stay aligned with the rows: refused before any work
+            for test in self.tests:
+                check_line_names([*test.database.paths, *test.queries.paths], test.name)
+        if ev.sequence:
+            for test in self.tests:
+                traverses_of(test)  # a test set without capture order is refused before any work
         self.train_set = self._check_training(config, losses) if losses else None
         if kind != "eval":
             _check_rerun(self.out, config)
@@ -179,8 +187,11 @@ class Experiment:
             echo(f"== loqi {kind} {time.strftime('%Y-%m-%d %H:%M:%S')}")  # run.log has its own header (loqi_core.util.logs)
             log.info(f"device: {self.device}")
         if self.views is not None:
-            (h, w), augment = self.views.size, "on" if self.views.augment else "off"
-            self.echo(f"training views {h}x{w} ({self.view_note}), augment {augment}; inputs checked")
+            if self.views.size is None:
+                self.echo("training views at their native size, no augmentation (distill.view_size native); inputs checked")
+            else:
+                (h, w), augment = self.views.size, "on" if self.views.augment else "off"
+                self.echo(f"training views {h}x{w} ({self.view_note}), augment {augment}; inputs checked")
         if self.env.is_main:
             with self.logged():
                 write_text(self.out / "config.json", dump_config(self.config))
@@ -192,7 +203,9 @@ class Experiment:
         run = {"kind": kind, "method": config.model.method or f"{config.model.encoder}+{config.model.aggregator}",
                "degrade": config.degrade, "protocol": config.protocol, "weights": config.model.weights, "untrained": self.untrained,
                "seed": config.seed, "train": config.distill.train if kind != "eval" else None,
-               "max_steps": config.distill.max_steps if kind != "eval" else None}  # fmt: skip
+               "max_steps": config.distill.max_steps if kind != "eval" else None,
+               "citations": self.plugins.citations({"encoder": [self.model.info["encoder"]],
+                                                    "aggregator": [self.model.info["aggregator"]]})}  # fmt: skip
         if self.levels:
             run["eval_degrade"] = list(self.levels)
             if kind == "eval":  # nothing is evaluated at --degrade then
@@ -200,6 +213,13 @@ class Experiment:
         self.report = Report(run, config.eval.recall)
         if self.untrained:
             self.echo(f"!! {UNTRAINED}")
+        if config.protocol != "upstream":  # what the protocol changes, and a method the paper never ran says so
+            from loqi_core.protocol import protocol_notes
+            from loqi_core.training.recipe import encoder_spec
+
+            run["protocol_notes"] = protocol_notes(config.protocol, encoder_spec(config, self.plugins))
+            for note in run["protocol_notes"]:
+                self.echo(note)
 
     def _check_training(self, config: RunConfig, losses: Sequence[tuple[str, str]]) -> TrainSet:
         """Load the training set and check each ``(mode, loss)``: ``run`` builds it (params, places needed);
@@ -260,16 +280,13 @@ class Experiment:
 
     def build(self, weights: str | None = None) -> "VPRModel":
         """The configured model; random initialisation is seeded as in the distillation engine (same teacher)."""
-        import torch
-
         from loqi_core.models.model import build_model
 
         m = self.config.model
-        torch.manual_seed(self.config.seed)
         return build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
             aggregator_params=m.aggregator_params, weights=weights or m.weights, image_size=m.image_size,
-            protocol=self.config.protocol, plugins=self.plugins,
+            protocol=self.config.protocol, seed=self.config.seed, plugins=self.plugins,
         )  # fmt: skip
 
     def evaluate(self, row: str, model: "VPRModel", degrade: str | None = None, **meta: Any) -> dict[str, EvalResult]:
@@ -289,6 +306,9 @@ class Experiment:
             if result.ground_truth is None:
                 recalls = f"no recall: {LABEL_FREE}"
             self.echo(f"{test.name:<16} {self.report.rows[row]['label']:<36} {recalls}{cached}")
+            if result.sequence is not None and result.ground_truth is not None:
+                recalls = "  ".join(f"{k} {v:6.2f}" for k, v in result.sequence.recalls.items())
+                self.echo(f"{'':<16} {'  sequence L=' + str(result.sequence.params.length):<36} {recalls}")
             self.write_outputs(row, result)
             out[test.name] = result
         return out
@@ -353,7 +373,8 @@ class Experiment:
         with self.runlog.stage("writing"):
             metrics = self.report.write(self.out, grid_queries=ev.grid_queries, grid_k=ev.grid_k, grid_select=ev.grid_select,
                                         timings=lambda: self.runlog.timings(self.device))  # fmt: skip
-        if self.kind != "eval" and self.config.distill.tensorboard and log_recalls(self.out / "tensorboard", metrics):
+        tensorboard = self.config.distill.tensorboard
+        if self.kind != "eval" and tensorboard is not False and log_recalls(self.out / "tensorboard", metrics, tensorboard is True):
             self.echo(f"recalls logged to TensorBoard: {self.out / 'tensorboard'}")
         self.print_protocols()
         self.echo("\n" + results_markdown(metrics, f"{self.kind}: {self.report.run['method']} / {self.report.run['degrade']}"))

@@ -12,6 +12,9 @@ import importlib
 import importlib.metadata as md
 import os
 import re
+import sys
+import time
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +24,7 @@ from loqi_core.errors import ConfigError, LoqiError, PluginLoadError, UnknownNam
 from loqi_core.hooks import hookspecs
 from loqi_core.hooks.registry import Provider, Registry, unknown_message
 from loqi_core.hooks.specs import AggregatorSpec, DatasetSpec, DegradationSpec, EncoderSpec, LossSpec
+from loqi_core.util.sources import code_version
 from loqi_core.version import __version__
 
 ENTRY_POINT_GROUP = "loqi"
@@ -36,6 +40,13 @@ FIRST_PARTY = frozenset(
 """The plugins shipped with loqi: loaded before any third-party one, so a clash always keeps the built-in."""
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+HEAVY_MODULES = (
+    "torch", "torchvision", "timm", "faiss", "av", "cv2", "transformers", "tensorflow", "jax", "scipy", "sklearn",
+    "pandas", "matplotlib",
+)  # fmt: skip
+"""Libraries a plugin module must not import at import time: every ``loqi`` command imports every plugin."""
+SLOW_IMPORT_S = 0.5
+"""An entry point that takes longer than this to import is flagged by ``loqi plugins``."""
 
 # hook name -> (registry attribute, spec class, singular kind used in messages)
 REGISTER_HOOKS: dict[str, tuple[str, type, str]] = {
@@ -57,6 +68,12 @@ class PluginInfo:
     module: str
     error: str | None = None
     registered: dict[str, list[str]] = field(default_factory=dict)
+    source: str | None = None
+    """The module its hooks live in: the one the conformance kit imports, whose package the cache key digests."""
+    import_seconds: float | None = None
+    """How long importing its entry point took (None: added in-process, not imported from an entry point)."""
+    heavy_imports: list[str] = field(default_factory=list)
+    """``HEAVY_MODULES`` that importing its entry point pulled in (those not imported before it)."""
 
     @property
     def provider(self) -> Provider:
@@ -81,6 +98,29 @@ class GuardedFactory:
             raise PluginLoadError(
                 f'{self.kind} "{self.name}" of {self.provider} failed to build: {type(exc).__name__}: {exc}'
             ) from None
+
+
+def source_module(plugin: Any) -> str | None:
+    """The module a plugin's hooks are defined in: the module itself, else that of its first ``loqi_`` hook."""
+    if isinstance(plugin, types.ModuleType):
+        return plugin.__name__
+    hooks = [getattr(plugin, n) for n in sorted(dir(plugin)) if n.startswith("loqi_") and callable(getattr(plugin, n))]
+    return next((h.__module__ for h in hooks if getattr(h, "__module__", None)), None)
+
+
+def required_distributions(dist: str) -> set[str]:
+    """Names (normalised: lower case, ``-``) of the distributions ``dist`` requires; empty when it is not installed."""
+    try:
+        requires = md.distribution(dist).requires or []
+    except md.PackageNotFoundError:
+        return set()
+    names = (re.match(r"[A-Za-z0-9._-]+", r) for r in requires)
+    return {normalise_dist(m.group(0)) for m in names if m}
+
+
+def normalise_dist(name: str) -> str:
+    """A distribution name as packaging compares them (PEP 503): lower case, runs of ``-_.`` as one ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def first_party(dist: str) -> bool:
@@ -119,8 +159,12 @@ class Plugins:
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
             try:
+                before, start = set(sys.modules), time.perf_counter()
                 module = ep.load()
-                self.add(module, name=ep.name, dist=dist, version=version)
+                seconds = time.perf_counter() - start
+                info = self.add(module, name=ep.name, dist=dist, version=version)
+                info.import_seconds = round(seconds, 3)
+                info.heavy_imports = [m for m in HEAVY_MODULES if m in sys.modules and m not in before]
             except (Exception, SystemExit) as exc:  # a broken plugin (even one calling sys.exit) must not take the CLI down
                 info = self.info.get(ep.name)
                 if info is None or info.dist != dist:  # a clash: keep the plugin that holds the name, list this one too
@@ -134,11 +178,16 @@ class Plugins:
         """Register one plugin object or module and collect what its hooks register."""
         if name in self.info:
             other = self.info[name]
+            advice = "Uninstall one of them, or rename the entry point in one's [project.entry-points.loqi]."
+            if "loqi-core" in (other.dist, dist):  # loqi-core's own names ("losses", "folder") cannot be uninstalled
+                mine = dist if other.dist == "loqi-core" else other.dist
+                advice = f'"{name}" is loqi-core\'s own: rename the entry point in dist {mine}\'s [project.entry-points.loqi].'
             raise PluginLoadError(
                 f'Two plugins use the entry-point name "{name}": dist {other.dist} and dist {dist}; '
-                f"kept the one from {other.dist}. Uninstall one of them."
+                f"kept the one from {other.dist}. {advice}"
             )
-        info = PluginInfo(name, dist, version, getattr(plugin, "__name__", type(plugin).__name__))
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        info = PluginInfo(name, dist, version, module, source=source_module(plugin))
         self.info[name] = info
         self.pm.register(plugin, name=name)
         try:
@@ -263,6 +312,26 @@ class Plugins:
     def methods(self) -> list[str]:
         """Encoder names that pair with an aggregator: what ``--method`` accepts."""
         return [n for n, spec, _ in self.encoders.items() if (spec.default_aggregator or n) in self.aggregators]
+
+    def code_version(self, provider: Provider) -> str:
+        """``provider``'s version plus a digest of the source files of its plugin's package and of the loaded plugins
+        its distribution requires (salad builds on loqi-plugin-dinov2's ViT): what cached results are keyed by."""
+        info = self.info.get(provider.plugin)
+        if info is None or info.source is None:
+            return provider.version
+        required = required_distributions(provider.dist)
+        modules = [info.source] + [p.source for p in self.info.values()
+                                   if normalise_dist(p.dist) in required and p.source and not p.error]  # fmt: skip
+        return code_version(provider.version, modules)
+
+    def citations(self, parts: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+        """``{"encoder": {name: citation}, "aggregator": {...}}`` of the named parts that give a citation."""
+        out: dict[str, dict[str, str]] = {}
+        for kind, registry in (("encoder", self.encoders), ("aggregator", self.aggregators)):
+            for name in parts.get(kind, []):
+                if name in registry and registry.get(name).citation:
+                    out.setdefault(kind, {})[name] = registry.get(name).citation
+        return out
 
     def versions(self) -> dict[str, str]:
         """Distribution name → version of every loaded plugin (written into each run directory)."""

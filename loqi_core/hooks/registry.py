@@ -42,10 +42,12 @@ class Registry(Generic[T]):
     def add(self, name: str, spec: T, provider: Provider) -> None:
         if name in self._entries:
             other = self._entries[name][1]
-            raise DuplicateNameError(
-                f'{self.kind} "{name}" is registered twice: by {other} and by {provider}. '
-                f"Uninstall one of the two distributions."
-            )
+            if "loqi-core" in (other.dist, provider.dist):  # a built-in cannot be uninstalled: the other one renames
+                mine = provider if other.dist == "loqi-core" else other
+                advice = f'loqi-core\'s built-in {self.kind} keeps the name: rename the one of dist {mine.dist}.'
+            else:
+                advice = f"Uninstall one of the two distributions, or rename the {self.kind} in one of them."
+            raise DuplicateNameError(f'{self.kind} "{name}" is registered twice: by {other} and by {provider}. {advice}')
         self._entries[name] = (spec, provider)
 
     def remove(self, name: str) -> None:

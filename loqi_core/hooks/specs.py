@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.data.sets import TestSet, TrainSet
@@ -18,6 +18,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIDE = (8, 8192)
+"""Bounds of an input size (pixels per side): beyond them a run fails late or tries to allocate terabytes."""
+
+
+def check_image_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """An input size (height, width) within ``IMAGE_SIDE``: the one rule for presets, ``--image-size`` and the API."""
+    lo, hi = IMAGE_SIDE
+    if size is not None and not all(lo <= side <= hi for side in size):
+        raise ValueError(f"each side must be between {lo} and {hi} pixels, got {list(size)}")
+    return size
 
 
 class Params(BaseModel):
@@ -37,11 +47,11 @@ class Preprocess(Params):
     """(height, width) fed to the model; None keeps the image's own size."""
     mode: Literal["resize", "center_crop"] = "resize"
     """resize: scale to ``size``; center_crop: crop the largest centred square or ``size`` window."""
-    multiple_of: int = 1
+    multiple_of: int = Field(1, ge=1, le=IMAGE_SIDE[1])
     """Crop height and width down to a multiple of this (14 for DINOv2 patches)."""
-    max_side: int | None = None
+    max_side: int | None = Field(None, ge=IMAGE_SIDE[0], le=IMAGE_SIDE[1])
     """Downscale, keeping the aspect ratio, when the longer side exceeds this."""
-    min_side: int | None = None
+    min_side: int | None = Field(None, ge=1, le=IMAGE_SIDE[1])
     """Upscale, keeping the aspect ratio, when the shorter side is below this (tiny frames, stride-32 CNNs)."""
     interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
     antialias: bool = True
@@ -51,6 +61,11 @@ class Preprocess(Params):
     max_side sizes truncated, offsets round((H−h)/2), and a centre square cut at once to a multiple of ``multiple_of``."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        return check_image_size(size)
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,10 @@ class WeightsSpec:
     """How to get the file by hand when there is no direct URL (e.g. a Google Drive id)."""
 
 
+PROTOCOLS = ("upstream", "paper")
+"""upstream: each method as its own release runs it; paper: as the LoQI-VPR authors ran it."""
+
+
 @dataclass(frozen=True)
 class MethodProtocol:
     """A method under a named protocol: its preprocessing and the config defaults that differ from upstream."""
@@ -87,6 +106,8 @@ class MethodProtocol:
     """Config defaults by dotted path, layered over the method's ``run_defaults`` (files and flags still override)."""
     notes: tuple[str, ...] = ()
     """One line per difference from upstream, with where the fact comes from (shown in reports and docs)."""
+    files: tuple["WeightsSpec", ...] = ()
+    """Other files the method reads under this protocol (AnyLoc: the indoor vocabulary); plans say where to get them."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +131,7 @@ class EncoderSpec:
     default_aggregator: str | None = None
     """Aggregator used with ``--method NAME``; None means the aggregator registered under the same name."""
     citation: str = ""
+    """The paper to cite for this encoder (shown by ``loqi plugins`` and in every run's results)."""
     run_defaults: dict[str, Any] = field(default_factory=dict)
     """Config defaults this method sets, by dotted path (``{"distill.lr": 5e-5}``); files and flags override them."""
     protocols: dict[str, MethodProtocol] = field(default_factory=dict)
@@ -125,6 +147,8 @@ class AggregatorSpec:
     """``factory(params, in_channels) -> nn.Module``."""
     params: type[Params] = NoParams
     description: str = ""
+    citation: str = ""
+    """The paper to cite for this aggregator (shown by ``loqi plugins`` and in every run's results)."""
 
 
 @dataclass(frozen=True)

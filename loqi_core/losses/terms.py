@@ -21,6 +21,8 @@ class DistillBatch:
     teacher_desc: torch.Tensor
     place_ids: torch.Tensor | None = None
     positions: torch.Tensor | None = None
+    triplets: torch.Tensor | None = None
+    """Mined tuples (``distill.mine``): A×(2+N) batch positions of each anchor, its positive and its N negatives."""
 
 
 def channel_gram(latent: torch.Tensor, normalize_channels: bool = True) -> torch.Tensor:
@@ -47,7 +49,7 @@ class ICKDLoss:
         self.params = params
 
     def __call__(self, batch: DistillBatch) -> torch.Tensor:
-        s, t = batch.student_latent, batch.teacher_latent
+        s, t = batch.student_latent, batch.teacher_latent.detach()  # the teacher is a fixed target
         if s.shape[1] != t.shape[1]:
             raise ValueError(f"ICKD needs equal channel counts, got student {s.shape[1]} and teacher {t.shape[1]}")
         diff = channel_gram(s, self.params.normalize_channels) - channel_gram(t, self.params.normalize_channels)
@@ -66,7 +68,7 @@ class MSELoss:
 
     def __call__(self, batch: DistillBatch) -> torch.Tensor:
         s = F.normalize(batch.student_desc.float(), dim=1)
-        t = F.normalize(batch.teacher_desc.float(), dim=1)
+        t = F.normalize(batch.teacher_desc.detach().float(), dim=1)
         return self.params.scale * F.mse_loss(s, t)
 
 
@@ -85,13 +87,16 @@ class TripletLoss:
     """Per anchor: the student's most similar positive (same place) against N negatives (other places).
 
     Vectorised over anchors (no host sync per anchor). Negatives are the N most similar (``hardest``) or a
-    uniformly random N of the anchor's negatives; an anchor with fewer than N uses all it has.
+    uniformly random N of the anchor's negatives; an anchor with fewer than N uses all it has. A batch of mined
+    tuples (``batch.triplets``) brings each anchor's positive and negatives: those are used, as the authors do.
     """
 
     def __init__(self, params: TripletParams) -> None:
         self.params = params
 
     def __call__(self, batch: DistillBatch) -> torch.Tensor:
+        if batch.triplets is not None:
+            return self._mined(batch)
         p = self.params
         desc, pos_mask, neg_mask = place_pairs(batch, "triplet")
         if batch.positions is not None:
@@ -113,3 +118,14 @@ class TripletLoss:
         per_anchor = hinge.sum(1) / chosen.sum(1).clamp(min=1)
         valid = pos_mask.any(1) & neg_mask.any(1)
         return p.scale * (per_anchor * valid).sum()
+
+    def _mined(self, batch: DistillBatch) -> torch.Tensor:
+        """trainer_gsv-cities.py: per anchor, the hinge over (anchor, its positive, each of its negatives), the mean
+        over its negatives, summed over anchors."""
+        p = self.params
+        desc = F.normalize(batch.student_desc.float(), dim=1)
+        t = batch.triplets.to(desc.device)  # type: ignore[union-attr]
+        anchor, positive, negatives = desc[t[:, 0]], desc[t[:, 1]], desc[t[:, 2:]]
+        d_pos = (anchor - positive).norm(dim=1, keepdim=True)
+        d_neg = (anchor[:, None, :] - negatives).norm(dim=2)
+        return p.scale * F.relu(d_pos - d_neg + p.margin).mean(dim=1).sum()

@@ -98,13 +98,17 @@ def verify(ckpt: Path, required: tuple[str, ...] = ()) -> str | None:
         return f"no {DIGEST_FILE} (cut short, or written by a loqi older than digests)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{DIGEST_FILE} is unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(files, dict) or not all(isinstance(r, dict) for r in files.values()):
+        return f"{DIGEST_FILE} is unreadable (its files are not a mapping of name to size and sha256)"
     for name in required:
         if name not in files:
             return f"{name} is not listed in {DIGEST_FILE}"
     for name, record in files.items():
         path = ckpt / name
-        if not path.is_file():
-            return f"{name} is missing"
+        if name in ("", ".", "..") or "/" in name or "\\" in name:  # a record never points outside its folder
+            return f"{DIGEST_FILE} lists {name!r}, which is not a file of the checkpoint"
+        if not path.is_file() or path.is_symlink():
+            return f"{name} is missing (or not a regular file)"
         if path.stat().st_size != record.get("size"):
             return f"{name} has {path.stat().st_size} bytes, {record.get('size')} were written (truncated?)"
         if sha256_of(path) != record.get("sha256"):

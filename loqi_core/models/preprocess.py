@@ -35,29 +35,44 @@ def _fit_long_side(h: int, w: int, side: int, rounding: str) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def _geometry(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    aa, rnd = pp.antialias, pp.rounding
+def _steps(h: int, w: int, pp: Preprocess) -> list[tuple[str, int, int]]:
+    """The geometry of ``pp`` for an h×w image, as sizes only: each step is ("resize" or "crop", height, width)."""
+    steps: list[tuple[str, int, int]] = []
+    rnd, m = pp.rounding, pp.multiple_of
     if pp.max_side and max(h, w) > pp.max_side:
-        x = _resize(x, _fit_long_side(h, w, pp.max_side, rnd), pp.interpolation, aa)
+        h, w = _fit_long_side(h, w, pp.max_side, rnd)
+        steps.append(("resize", h, w))
     elif pp.min_side and min(h, w) < pp.min_side:
         s = pp.min_side / min(h, w)
-        x = _resize(x, (round(h * s), round(w * s)), pp.interpolation, aa)
-    m = pp.multiple_of
+        h, w = round(h * s), round(w * s)
+        steps.append(("resize", h, w))
     if pp.size is not None and pp.mode == "resize":
-        x = _resize(x, pp.size, pp.interpolation, aa)
+        h, w = pp.size
+        steps.append(("resize", h, w))
     elif pp.mode == "center_crop":
-        h, w = x.shape[-2:]
         if pp.size is None:
-            side = max(m, min(h, w) // m * m) if rnd == "torchvision" else min(h, w)
-            x = _center_crop(x, side, side, rnd)
+            h = w = max(m, min(h, w) // m * m) if rnd == "torchvision" else min(h, w)
         else:
             s = max(pp.size[0] / h, pp.size[1] / w)
-            x = _resize(x, (max(pp.size[0], round(h * s)), max(pp.size[1], round(w * s))), pp.interpolation, aa)
-            x = _center_crop(x, *pp.size, rnd)
+            steps.append(("resize", max(pp.size[0], round(h * s)), max(pp.size[1], round(w * s))))
+            h, w = pp.size
+        steps.append(("crop", h, w))
     if m > 1:
-        h, w = x.shape[-2:]
-        x = _center_crop(x, max(m, h // m * m), max(m, w // m * m), rnd)
+        h, w = max(m, h // m * m), max(m, w // m * m)
+        steps.append(("crop", h, w))
+    return steps
+
+
+def preprocess_sizes(height: int, width: int, pp: Preprocess) -> list[tuple[int, int]]:
+    """The sizes an image of ``height``×``width`` takes through ``pp``'s geometry: its own, then one per step, the
+    last being what the model sees. Computed without touching pixels, so a server can refuse an image whose
+    preprocessing would allocate too much (a 20000×1 strip upscaled to a short side of 128) before decoding it."""
+    return [(height, width)] + [(h, w) for _, h, w in _steps(height, width, pp)]
+
+
+def _geometry(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    for op, h, w in _steps(*x.shape[-2:], pp):
+        x = _resize(x, (h, w), pp.interpolation, pp.antialias) if op == "resize" else _center_crop(x, h, w, pp.rounding)
     return x
 
 

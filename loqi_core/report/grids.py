@@ -140,10 +140,12 @@ def thumb(image: "PILImage.Image", height: int = THUMB_H, pixelated: bool = Fals
 
 
 def open_image(path: Path) -> "PILImage.Image":
+    """The image as the model saw it before degradation (``read_image``: upright, 16-bit scaled), for drawing."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    from loqi_core.data.images import read_image
+
+    return Image.fromarray(read_image(path).permute(1, 2, 0).numpy())
 
 
 def degraded_query(result: "EvalResult", q: int) -> "PILImage.Image | None":

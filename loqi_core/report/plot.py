@@ -1,4 +1,4 @@
-"""Small Pillow drawings for reports (matplotlib is not a dependency): recall@N line charts and image tiles."""
+"""Small Pillow drawings for reports (matplotlib is not a dependency): recall@N and line charts, image tiles."""
 
 from __future__ import annotations
 
@@ -78,6 +78,64 @@ def recall_chart(
             if len(pts) > 1:
                 d.line(pts, fill=colors[lbl], width=2)
             for x, y in pts:
+                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[lbl])
+    for i, lbl in enumerate(labels):
+        y = top + ph + 4 + 18 * i
+        d.line([(20, y + 8), (45, y + 8)], fill=colors[lbl], width=3)
+        d.text((52, y), lbl, fill="black", font=f)
+    return img
+
+
+def line_chart(
+    panels: dict[str, dict[str, dict[float, float]]], title: str = "", xlabel: str = "", ylabel: str = "R@1 (%)",
+    banner: str | None = None, width: int = 460,
+) -> "PILImage.Image":
+    """One panel per key, one line per label: y (0-100) against a linear x axis (the paper's Fig. 5: R@1 against QP).
+
+    ``panels``: ``{panel: {line label: {x: y}}}``.
+    """
+    from PIL import Image, ImageDraw
+
+    f, fs, ft = font(13), font(11), font(15)
+    labels = list(dict.fromkeys(lbl for lines in panels.values() for lbl in lines))
+    colors = {lbl: PALETTE[i % len(PALETTE)] for i, lbl in enumerate(labels)}
+    ph, top = 340, 40 + (24 if banner else 0)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max([_text_w(probe, t, ft) for t in (title, banner or "")] + [_text_w(probe, lbl, f) + 60 for lbl in labels])
+    img = Image.new("RGB", (max(max(1, len(panels)) * width, text_w + 20), top + ph + 18 * len(labels) + 10), "white")
+    d = ImageDraw.Draw(img)
+    if title:
+        d.text((10, 8), title, fill="black", font=ft)
+    if banner:
+        d.text((10, 30), banner, fill=WARN, font=f)
+    for p, (name, lines) in enumerate(panels.items()):
+        x0, y0, x1, y1 = p * width + 60, top + 25, p * width + width - 20, top + ph - 40
+        xs = sorted({x for pts in lines.values() for x in pts})
+        if not xs:
+            continue
+        lo, hi = xs[0], xs[-1] if xs[-1] > xs[0] else xs[0] + 1
+
+        def px(x: float, x0: float = x0, x1: float = x1, lo: float = lo, hi: float = hi) -> float:
+            return x0 + (x - lo) / (hi - lo) * (x1 - x0)
+
+        def py(v: float, y0: float = y0, y1: float = y1) -> float:
+            return y1 - v / 100.0 * (y1 - y0)
+
+        d.text(((x0 + x1) / 2 - _text_w(d, name, f) / 2, top + 5), name, fill="black", font=f)
+        d.text((p * width + 8, top + 5), ylabel, fill="black", font=fs)
+        for v in range(0, 101, 20):
+            d.line([(x0, py(v)), (x1, py(v))], fill=(225, 225, 225))
+            d.text((x0 - 30, py(v) - 7), f"{v:3d}", fill="black", font=fs)
+        for x in xs:
+            d.line([(px(x), y1), (px(x), y1 + 4)], fill="black")
+            d.text((px(x) - 6, y1 + 6), f"{x:g}", fill="black", font=fs)
+        d.rectangle([x0, y0, x1, y1], outline="black")
+        d.text(((x0 + x1) / 2 - _text_w(d, xlabel, f) / 2, y1 + 22), xlabel, fill="black", font=f)
+        for lbl, pts in lines.items():
+            xy = [(px(x), py(v)) for x, v in sorted(pts.items())]
+            if len(xy) > 1:
+                d.line(xy, fill=colors[lbl], width=2)
+            for x, y in xy:
                 d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[lbl])
     for i, lbl in enumerate(labels):
         y = top + ph + 4 + 18 * i

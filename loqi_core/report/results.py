@@ -4,7 +4,8 @@
 
     {"schema": "loqi.metrics/1", "loqi_version": "0.1.0", "created": "...",
      "run": {"kind": "run"|"sweep"|"eval", "method": ..., "degrade": ..., "protocol": "upstream"|"paper",
-             "weights": ..., "untrained": bool, "seed": 0},
+             "weights": ..., "untrained": bool, "seed": 0, "protocol_notes": [...] (not upstream),
+             "citations": {"encoder": {"<name>": "<paper>"}, "aggregator": {"<name>": "<paper>"}}},
      "recall_at": [1, 2, 5, 10],
      "rows": {"<row>": {"label": "...", "weights": "...", "loss": "..."}},
      "datasets": {"<dataset>": {"n_database": ..., "n_queries": ..., "queries_without_positives": ..., "labelled": ...,
@@ -15,7 +16,8 @@ Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled`
 ``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. With ``--eval-degrade`` every
 row but ``pretrained_clean`` is one row per level, ``<row>@<level>`` (``distilled@jpeg5``), and ``run`` gets
 ``eval_degrade``. Recall values are percentages; a label-free test set (no positions) has ``"labelled": false``,
-empty rows and ``queries_without_positives`` null.
+empty rows and ``queries_without_positives`` null. With ``eval.sequence`` a dataset adds ``"sequence": {"length",
+"window", "v_min", "v_max", "v_step", "rate", "rows": {"<row>": {"R@1": ...}}}``: sequence matching's recall per row.
 """
 
 from __future__ import annotations
@@ -42,18 +44,20 @@ ROWS = ("pretrained_clean", "pretrained_degraded", "finetuned", "distilled")
 UNTRAINED = "UNTRAINED MODEL (--weights random): these numbers test the pipeline, not the method"
 
 
-def row_label(row: str, degrade: str) -> str:
-    """Human label of a row, as in the paper's Table II."""
+def row_label(row: str, degrade: str, untrained: bool = False) -> str:
+    """Human label of a row, as in the paper's Table II; the teacher rows of an untrained model (``--weights
+    random``) say "Random init", not "Pretrained"."""
+    teacher = "Random init" if untrained else "Pretrained"
     base, at, level = row.partition("@")
     if at:  # one level of --eval-degrade: a trained model says what it was trained on
         level = "clean images" if level.lower() in ("none", "clean") else level
         if base in ("pretrained_degraded", "model"):
-            return f"{'Pretrained' if base != 'model' else 'model'}, {level}"
+            return f"{teacher if base != 'model' else 'model'}, {level}"
         return f"{row_label(base, '').rstrip(', ')} on {degrade}, {level}"
     if row == "pretrained_clean":
-        return "Pretrained, clean images"
+        return f"{teacher}, clean images"
     if row == "pretrained_degraded":
-        return f"Pretrained, {degrade}"
+        return f"{teacher}, {degrade}"
     if row == "finetuned":
         return f"Finetuned, {degrade}"
     if row == "distilled":
@@ -93,7 +97,7 @@ class Report:
     def add(self, row: str, result: "EvalResult", **meta: Any) -> None:
         if row in self.results.get(result.dataset, {}):
             raise ValueError(f'the report already holds row "{row}" of test set "{result.dataset}" (two test sets with one name?)')
-        self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", "")), **meta})
+        self.rows.setdefault(row, {"label": row_label(row, self.run.get("degrade", ""), self.untrained), **meta})
         self.results.setdefault(result.dataset, {})[row] = result
 
     def note(self, dataset: str, notes: Sequence[str]) -> None:
@@ -114,6 +118,10 @@ class Report:
                 "protocols": {r: rows[r].protocol for r in ordered},
                 "notes": self.notes.get(name, []),
             }
+            matched = {r: s for r, s in ((r, rows[r].sequence) for r in ordered) if s is not None}
+            if matched:  # eval.sequence: sequence recall beside the rows' single-frame recall
+                recalls = {r: {k: round(v, 4) for k, v in s.recalls.items()} for r, s in matched.items()}
+                datasets[name]["sequence"] = {**next(iter(matched.values())).settings(), "rows": recalls}
         return {
             "schema": SCHEMA,
             "loqi_version": __version__,
@@ -168,9 +176,13 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
     facts = [f"{k}: `{run[k]}`" for k in ("method", "degrade", "protocol", "loss", "weights", "seed") if run.get(k) is not None]
     if facts:
         lines += ["; ".join(facts), ""]
+    if run.get("protocol_notes"):
+        lines += [f"- {note}" for note in run["protocol_notes"]] + [""]
     lines += table_markdown(metrics) + [""]
     if any("@" in r for ds in metrics["datasets"].values() for r in ds["rows"]):
         lines += ["## Per degradation level", ""] + levels_markdown(metrics) + [""]
+    if any("sequence" in ds for ds in metrics["datasets"].values()):
+        lines += ["## Sequence matching", ""] + sequence_markdown(metrics) + [""]
     lines += ["Recall@N in percent of all queries (a query without a positive counts as a miss). Δ rows are relative to",
               "the pretrained model on degraded images; the absolute value follows in parentheses.", "", "## Protocol", ""]
     for name, ds in metrics["datasets"].items():
@@ -181,10 +193,23 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
         lines.append(f"- **{name}** ({ds['n_database']} database, {ds['n_queries']} queries): {where}, "
                      f"{p['encoder']}; positives: {p['positives']}; queries without a positive: "
                      f"{p['queries_without_positives']}; search: {p['search']}; {p['temporal']}; precision {p['precision']}.")
+        if p.get("sequence"):
+            lines.append(f"  - sequence matching: {p['sequence']}")
         lines += [f"  - note: {n}" for n in ds.get("notes", [])]
         if ds.get("labelled") is False:
             lines.append(f"  - no recall: {p['positives'].removeprefix('unknown: ')}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + citations_markdown(run.get("citations") or {})) + "\n"
+
+
+def citations_markdown(citations: dict[str, dict[str, str]]) -> list[str]:
+    """A "Cite" section: each paper once, after the parts (``salad`` encoder and aggregator) it is cited for."""
+    papers: dict[str, list[str]] = {}
+    for kind, parts in citations.items():
+        for name, citation in parts.items():
+            papers.setdefault(citation, []).append(f"{kind} `{name}`")
+    if not papers:
+        return []
+    return ["", "## Cite", ""] + [f"- {' and '.join(parts)}: {citation}" for citation, parts in papers.items()]
 
 
 def table_markdown(metrics: dict[str, Any], prefix: str = "") -> list[str]:
@@ -224,7 +249,8 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
     header, align = ["level"], ["---"]
     for d in names:
         for b in bases:
-            label = {"pretrained_degraded": "pretrained"}.get(b, b.replace("distilled:", "distilled "))
+            teacher = "random init" if metrics.get("run", {}).get("untrained") else "pretrained"
+            label = {"pretrained_degraded": teacher}.get(b, b.replace("distilled:", "distilled "))
             header.append(f"{d} {label} {first}" + (" (Δ)" if b not in ("pretrained_degraded", "model") else ""))
             align.append("---:")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
@@ -245,6 +271,26 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sequence_markdown(metrics: dict[str, Any]) -> list[str]:
+    """Per row and test set, each recall@N of the single-frame search → the same of sequence matching (eval.sequence)."""
+    ns = metrics["recall_at"]
+    names = [d for d, ds in metrics["datasets"].items() if "sequence" in ds]
+    header = [""] + [f"{d} (L = {metrics['datasets'][d]['sequence']['length']}) R@{n}" if i == 0 else f"R@{n}"
+                     for d in names for i, n in enumerate(ns)]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted({r for d in names for r in metrics["datasets"][d]["sequence"]["rows"]}, key=_row_order):
+        cells = [metrics.get("rows", {}).get(row, {}).get("label", row)]
+        for d in names:
+            frame = metrics["datasets"][d]["rows"].get(row, {})
+            sequence = metrics["datasets"][d]["sequence"]["rows"].get(row, {})
+            for n in ns:
+                key = f"R@{n}"
+                cells.append(f"{_fmt(frame[key])} → {_fmt(sequence[key])}" if key in frame and key in sequence else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "Each cell: recall of the single-frame search → recall of sequence matching (SeqSLAM) over the "
+                    "same descriptors; its settings are in the protocol below."]  # fmt: skip
+
+
 # ---- plots, predictions --------------------------------------------------------------------------
 
 
@@ -262,6 +308,11 @@ def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels:
                 if not rec:  # label-free: no recall
                     continue
                 panels.setdefault(d, {})[prefix + m.get("rows", {}).get(row, {}).get("label", row)] = rec
+            sequence = ds.get("sequence", {})
+            for row, rec in sequence.get("rows", {}).items():
+                if rec:
+                    label = m.get("rows", {}).get(row, {}).get("label", row)
+                    panels.setdefault(d, {})[f"{prefix}{label}, sequence L={sequence['length']}"] = rec
     run = all_metrics[0].get("run", {}) if all_metrics else {}
     title = "recall@N" + (f" - {run.get('method')} / {run.get('degrade')}" if len(all_metrics) == 1 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,7 +322,7 @@ def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels:
 def write_predictions(path: Path, result: "EvalResult", untrained: bool = False) -> None:
     """One line per query: its positives, the rank of the first one, and the top-k database indices and scores."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # paths keep their own bytes
         if untrained:
             f.write(f"# {UNTRAINED}\n")
         w = csv.writer(f)

@@ -25,10 +25,11 @@ def trained_steps(weights: str | None) -> int:
     return 0
 
 
-def log_recalls(folder: Path, metrics: Mapping[str, Any]) -> bool:
+def log_recalls(folder: Path, metrics: Mapping[str, Any], asked: bool = False) -> bool:
     """Every recall of a run's ``metrics.json`` as scalars ``recall/<dataset>/<row>/R@N``, at step 0 for the
-    pretrained model and at its training step for a trained one. Returns whether anything was written."""
-    writer = summary_writer(folder)
+    pretrained model and at its training step for a trained one. Returns whether anything was written; ``asked``:
+    as for ``summary_writer``."""
+    writer = summary_writer(folder, asked)
     if writer is None:
         return False
     try:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from loqi_core.degrade.base import Degradation
+    from loqi_core.training.mining import Mined
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,23 @@ class PlanConfig:
 
 
 class BatchPlan:
-    """Per-epoch, seeded order of batches; each batch is a list of (image index, place id)."""
+    """Per-epoch, seeded order of batches; each batch is a list of (image index, place id).
 
-    def __init__(self, train: TrainSet, cfg: PlanConfig) -> None:
+    With ``mined`` tuples (``loqi_core.training.mining``), the place batches pick anchors among the images that have
+    a full tuple, and each anchor is followed in its batch by its mined positive and negatives (the authors' step:
+    ``tuple_size`` = 7 images per anchor)."""
+
+    def __init__(self, train: TrainSet, cfg: PlanConfig, mined: "Mined | None" = None) -> None:
         self.cfg = cfg
         self.n_images = len(train.images)
+        self.mined = mined
+        self.tuple_size = 1 if mined is None else 2 + mined.negatives.shape[1]
+        self.place_ids = train.place_ids
         if cfg.by_places:
             places = train.places()
+            if mined is not None:  # an image whose group has too few far images is no anchor (the authors drop it)
+                usable = mined.usable
+                places = {pid: [i for i in idx if usable[i]] for pid, idx in places.items()}
             self.places = [(pid, idx) for pid, idx in sorted(places.items()) if len(idx) >= 2]
             if len(self.places) < 2:
                 raise DataError(
@@ -67,6 +78,13 @@ class BatchPlan:
                 f"{cfg.world_size} processes; use a smaller batch or more images"
             )
         self._cache: dict[int, list[list[tuple[int, int]]]] = {}
+
+    @property
+    def images_per_step(self) -> int:
+        """Images of one step on one rank (at most: a place with fewer images gives fewer anchors)."""
+        if self.cfg.by_places:
+            return self._per_batch * self.cfg.images_per_place * self.tuple_size
+        return self.cfg.batch_size
 
     def epoch(self, epoch: int) -> list[list[tuple[int, int]]]:
         """All batches of one epoch, in training order (cached: a worker reuses it for every step)."""
@@ -91,18 +109,29 @@ class BatchPlan:
 
     def batch(self, step: int) -> tuple[int, list[tuple[int, int]]]:
         """(epoch, batch) this rank trains on at global ``step`` (batches are strided over ranks, like a
-        DistributedSampler; the tail of an epoch that does not fill every rank is skipped)."""
+        DistributedSampler; the tail of an epoch that does not fill every rank is skipped). With mined tuples, each
+        anchor is followed by its positive and negatives, ``tuple_size`` images per anchor."""
         epoch, within = divmod(step, self.steps_per_epoch)
-        return epoch, self.epoch(epoch)[within * self.cfg.world_size + self.cfg.rank]
+        anchors = self.epoch(epoch)[within * self.cfg.world_size + self.cfg.rank]
+        if self.mined is None:
+            return epoch, anchors
+        assert self.place_ids is not None  # mined plans are place plans
+        return epoch, [(i, int(self.place_ids[i])) for index, _ in anchors for i in self.mined.tuple_of(index)]
 
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """The training view rule: every image becomes a ``size`` (height, width) view, optionally augmented."""
+    """The training view rule: every image becomes a ``size`` (height, width) view, optionally augmented; size None:
+    every image as it is (native size, no crop, resize or flip)."""
 
-    size: tuple[int, int]
+    size: tuple[int, int] | None
     augment: bool = True
     min_crop: float = 0.7
+
+    def describe(self) -> str:
+        if self.size is None:
+            return "native size (each image as it is)"
+        return f"{self.size[0]}x{self.size[1]}, augment {'on' if self.augment else 'off'}"
 
 
 def _resize_uint8(img: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
@@ -117,6 +146,7 @@ def _resize_uint8(img: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
 def crop_window(h: int, w: int, views: ViewConfig, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the crop: the largest window of the view's aspect ratio, centred; with
     ``augment``, each side scaled by a random factor in [min_crop, 1] and placed at random."""
+    assert views.size is not None, "native views are not cropped"
     vh, vw = views.size
     if w * vh > h * vw:  # the image is wider than the view
         ch, cw = h, max(1, min(w, round(h * vw / vh)))
@@ -131,7 +161,10 @@ def crop_window(h: int, w: int, views: ViewConfig, rng: np.random.Generator) -> 
 
 def clean_view(img: "torch.Tensor", views: ViewConfig, rng: np.random.Generator) -> "torch.Tensor":
     """The teacher's view: a crop of the view's aspect ratio resized to ``views.size`` (up or down), flipped at
-    random with ``augment``. The student's view is its degradation, so both see the same crop and flip."""
+    random with ``augment``. The student's view is its degradation, so both see the same crop and flip. Native
+    views (size None) are the decoded file itself."""
+    if views.size is None:
+        return img.contiguous()
     top, left, ch, cw = crop_window(*img.shape[-2:], views, rng)
     img = _resize_uint8(img[:, top : top + ch, left : left + cw], views.size)
     if views.augment and rng.random() < 0.5:
@@ -184,12 +217,15 @@ def _stack(images: list["torch.Tensor"], what: str) -> "torch.Tensor":
 
     shapes = sorted({tuple(i.shape) for i in images})
     if len(shapes) > 1:  # every clean view has the view size; a degradation must not change it within a batch
-        raise DataError(f"the {what} views of a training batch have different sizes {shapes[:4]}")
+        hint = " (native views: every image of a batch must have one size, as GSV-Cities' 300x400 cities do; or " \
+               "give distill.view_size H W)" if what == "clean" else ""
+        raise DataError(f"the {what} views of a training batch have different sizes {shapes[:4]}{hint}")
     return torch.stack(images)
 
 
 class StepDataset:
-    """``dataset[step]`` → {"clean", "degraded" (uint8 B×3×H×W), "place_ids", "positions", "step"}."""
+    """``dataset[step]`` → {"clean", "degraded" (uint8 B×3×H×W), "place_ids", "positions", "step"}, and with mined
+    tuples "triplets": A×7 positions in the batch of each anchor, its positive and its negatives."""
 
     def __init__(self, train: TrainSet, plan: BatchPlan, degradation: "Degradation", views: ViewConfig, seed: int) -> None:
         self.paths = [str(p) for p in train.images.paths]
@@ -207,21 +243,27 @@ class StepDataset:
 
         epoch, batch = self.plan.batch(step)
         clean, degraded, skipped, kept = [], [], [], []
-        for index, pid in batch:
-            key = f"{epoch}:{index}"
-            rng = np.random.default_rng(sample_seed(self.seed, "view:" + key))
-            try:
-                image = load_image(self.paths[index])
-            except UnreadableImageError as exc:
-                if not self.skip_bad:
-                    hint = f"{exc}; add ?skip_bad=true to the training set to leave such files out"
-                    return {"error": UnreadableImageError(hint, exc.path), "step": step}
-                skipped.append(f"{self.paths[index]}: {str(exc).removeprefix(f'cannot read image {self.paths[index]}: ')}")
-                continue
-            view = clean_view(image, self.views, rng)
-            clean.append(view)
-            degraded.append(self.degradation([view], seed=sample_seed(self.seed, key)).images[0])
-            kept.append((index, pid))
+        size = self.plan.tuple_size  # an anchor's tuple stays whole: one unreadable image leaves out the tuple
+        for start in range(0, len(batch), size):
+            views = []
+            for index, pid in batch[start : start + size]:
+                key = f"{epoch}:{index}"
+                rng = np.random.default_rng(sample_seed(self.seed, "view:" + key))
+                try:
+                    image = load_image(self.paths[index])
+                except UnreadableImageError as exc:
+                    if not self.skip_bad:
+                        hint = f"{exc}; add ?skip_bad=true to the training set to leave such files out"
+                        return {"error": UnreadableImageError(hint, exc.path), "step": step}
+                    skipped.append(f"{self.paths[index]}: {str(exc).removeprefix(f'cannot read image {self.paths[index]}: ')}")
+                    break
+                view = clean_view(image, self.views, rng)
+                views.append((view, self.degradation([view], seed=sample_seed(self.seed, key)).images[0], (index, pid)))
+            else:
+                for view, low, item in views:
+                    clean.append(view)
+                    degraded.append(low)
+                    kept.append(item)
         if not clean:
             return {"error": DataError(f"step {step}: every image of the batch is unreadable ({'; '.join(skipped)})"), "step": step}
         batch = kept
@@ -230,6 +272,8 @@ class StepDataset:
             out["place_ids"] = torch.tensor([pid for _, pid in batch], dtype=torch.long)
             if self.positions is not None:
                 out["positions"] = torch.from_numpy(self.positions[[i for i, _ in batch]].astype(np.float64))
+        if self.plan.mined is not None:
+            out["triplets"] = torch.arange(len(batch), dtype=torch.long).view(-1, size)
         return out
 
     def __len__(self) -> int:  # only for DataLoader's bookkeeping; items are addressed by step

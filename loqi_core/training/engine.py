@@ -35,17 +35,20 @@ from loqi_core.losses.expression import CompositeLoss
 from loqi_core.models.model import VPRModel, build_model
 from loqi_core.training import state as ckpt
 from loqi_core.training.dist import DistEnv, setup
+from loqi_core.training.mining import Mined, describe, mine
 from loqi_core.training.recipe import (
     Mode,
     build_training_data,
     check_batch,
     encoder_spec,
+    mines,
     preprocess_of,
     select_trainable,
     set_train_modes,
     training_loss,
 )
 from loqi_core.util.cpus import loader_workers, torch_threads
+from loqi_core.util.devices import tf32
 from loqi_core.util.fileio import located
 from loqi_core.util.logs import RunLog, command_of
 from loqi_core.util.progress import progress
@@ -89,7 +92,7 @@ def distill(
     previous = torch.get_num_threads()
     torch.set_num_threads(trainer.threads)  # workers + threads fit the CPUs (loqi_core/util/cpus.py)
     try:
-        with trainer.runlog, locked(Path(out_dir), enabled=env.is_main):  # one writer per run directory (rank 0 writes)
+        with trainer.runlog, locked(Path(out_dir), enabled=env.is_main), tf32(config.distill.tf32):  # one writer per run directory (rank 0 writes)
             try:
                 return trainer.run()
             except OSError as exc:  # a failed write that names no file (a full disk): reported against the run directory
@@ -203,7 +206,7 @@ class _Trainer:
         built = build_model(
             m.method, encoder=m.encoder, aggregator=m.aggregator, encoder_params=m.encoder_params,
             aggregator_params=m.aggregator_params, weights=m.weights, image_size=m.image_size,
-            protocol=self.config.protocol, plugins=self.plugins,
+            protocol=self.config.protocol, seed=self.config.seed, plugins=self.plugins,
         )  # fmt: skip
         self.student: VPRModel = built
         self.teacher: VPRModel | None = None
@@ -211,7 +214,7 @@ class _Trainer:
             self.teacher = copy.deepcopy(built).eval().requires_grad_(False)
         self.prefixes = list(self.d.trainable if self.d.trainable is not None else self.spec.trainable)
         select_trainable(self.student, self.prefixes, built.info["method"])
-        set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
+        set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout, self.d.bn_scope)
         self.student.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
@@ -225,9 +228,9 @@ class _Trainer:
         bf16 = self.d.precision == "bf16" or (self.d.precision == "auto" and cuda)
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
-    def _build_data(self, loss: CompositeLoss) -> None:
+    def _build_data(self, loss: CompositeLoss, mined: Mined | None = None) -> None:
         train, self.plan, self.dataset = build_training_data(
-            self.config, loss, self.spec, self.plugins, self.env.world_size, self.env.rank, self.train
+            self.config, loss, self.spec, self.plugins, self.env.world_size, self.env.rank, self.train, mined, self.mode
         )
         if self.d.view_size is None:  # written resolved into config.json, so a resume checks it
             d = self.d.model_copy(update={"view_size": self.dataset.views.size})
@@ -241,7 +244,22 @@ class _Trainer:
         check_batch(self.dataset, preprocess_of(self.config, self.spec))
         self.total_steps = self.d.max_steps or self.d.epochs * self.plan.steps_per_epoch
         self.train_name = train.name
-        self.train_set = train
+        self.train_set = self.train = train
+
+    def _mine(self) -> None:
+        """The authors' tuples, mined once with the pretrained teacher (cached), then the plan of mined steps."""
+        from loqi_core.evaluation.cache import EvalCache
+
+        assert self.teacher is not None
+        started, ev = time.perf_counter(), self.config.eval
+        mined = mine(
+            self.teacher, self.train_set, cache=EvalCache(ev.cache_dir, enabled=ev.cache), plugins=self.plugins,
+            device=self.device, seed=self.config.seed, batch_size=ev.batch_size,
+            num_workers=loader_workers(ev.num_workers, self.device.type), precision=self.d.precision,
+        )  # fmt: skip
+        log.info(describe(mined, self.train_set))
+        self._build_data(self.loss, mined)
+        self.runlog.add("mining", time.perf_counter() - started)
 
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
         workers = self.workers
@@ -274,12 +292,12 @@ class _Trainer:
             t_lat, t_desc = t_lat.clone(), t_desc.clone()  # inference tensors → ordinary ones the loss may save
         with self._autocast():
             s_lat, s_desc = self.ddp(self._inputs(self.student, batch["degraded"]))
-        ids = batch.get("place_ids")
-        pos = batch.get("positions")
+        ids, pos, tuples = batch.get("place_ids"), batch.get("positions"), batch.get("triplets")
         db = DistillBatch(
             s_lat, t_lat, s_desc, t_desc,  # type: ignore[arg-type]
             ids.to(self.device, non_blocking=True) if ids is not None else None,
             pos.to(self.device, non_blocking=True) if pos is not None else None,
+            tuples.to(self.device, non_blocking=True) if tuples is not None else None,
         )  # fmt: skip
         try:
             total, terms = self.loss(db)
@@ -354,7 +372,7 @@ class _Trainer:
         with torch.inference_mode(), self._autocast():
             self.student.eval()
             _, desc = self.student(self._inputs(self.student, self.last_batch["degraded"]))
-            set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout)
+            set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout, self.d.bn_scope)
             bad = (~torch.isfinite(desc)).any().float().reshape(1)
         if self.env.enabled:
             torch.distributed.all_reduce(bad)
@@ -405,6 +423,8 @@ class _Trainer:
         self._build_data(self.loss)
         self._check_run_dir()
         self._build_models()
+        if mines(self.config, self.mode):
+            self._mine()
         latest = self._latest() if self.resume else None
         if latest is not None:  # checked before the run's files are rewritten
             peek = json.loads((latest / ckpt.STATE_FILE).read_text())  # every rank reads it: all stop together
@@ -452,7 +472,8 @@ class _Trainer:
 
         self.columns = ["loss", *[n for _, n, _ in self.loss.terms]]
         self.csv = _CsvLog(self.out / "train_log.csv", self.columns[1:], start if latest is not None else None) if self.env.is_main else None
-        self.tb = summary_writer(self.out / "tensorboard") if self.env.is_main and self.d.tensorboard else None
+        wanted = self.env.is_main and self.d.tensorboard is not False
+        self.tb = summary_writer(self.out / "tensorboard", asked=self.d.tensorboard is True) if wanted else None
         self.t_first: float | None = None
         self.images = self.images_at_first = 0
         self.rate = float("nan")
@@ -493,7 +514,9 @@ class _Trainer:
                 "loss": self.loss.expression, "train": self.d.train, "steps": self.total_steps, "resumed_from": start,
                 "world_size": self.env.world_size, "device": str(self.device),
                 "precision": "bf16" if self.autocast_dtype is not None else "fp32", "channels_last": self.channels_last,
-                "view_size": list(self.dataset.views.size), "augment": self.dataset.views.augment,
+                "view_size": list(self.dataset.views.size) if self.dataset.views.size else "native",
+                "augment": self.dataset.views.augment, "images_per_step": self.plan.images_per_step,
+                "mined": self.plan.mined is not None, "bn_scope": self.d.bn_scope, "tf32": self.d.tf32,
                 "loader_workers": self.workers, "torch_threads": self.threads,
                 "trainable_parameters": sum(p.numel() for p in self.params),
                 "images_per_s": None if math.isnan(self.rate) else self.rate,

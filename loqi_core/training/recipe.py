@@ -16,6 +16,7 @@ from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.hooks.specs import EncoderSpec, Preprocess
 from loqi_core.losses.expression import CompositeLoss, build_loss, parse_loss_expression
 from loqi_core.training.data import BatchPlan, PlanConfig, StepDataset, ViewConfig, typical_size
+from loqi_core.training.mining import Mined
 
 Mode = Literal["distill", "finetune"]
 
@@ -42,7 +43,7 @@ def training_loss(config: RunConfig, mode: Mode, spec: EncoderSpec, plugins: Plu
     names = {n for _, n in parse_loss_expression(expr)}
     params = config.distill.loss_params
     if mode == "finetune":
-        params = {k: v for k, v in params.items() if k in names}
+        params = {k: v for k, v in {**params, **config.distill.finetune_loss_params}.items() if k in names}
     elif config.protocol == "paper":  # the authors' effective weights (loqi_core.losses.paper)
         from loqi_core.losses.paper import paper_weighting
 
@@ -76,49 +77,75 @@ def select_trainable(model: nn.Module, prefixes: list[str] | tuple[str, ...], me
     return [n for n in names if matches(n)]
 
 
-def set_train_modes(model: nn.Module, prefixes: list[str] | tuple[str, ...], freeze_bn: bool, dropout: bool) -> None:
-    """Per-module train/eval flags: normalisation statistics update only in trainable layers and only when
-    ``freeze_bn`` is off; dropout, drop-path and attention dropout run only when ``dropout`` is on."""
+def set_train_modes(
+    model: nn.Module, prefixes: list[str] | tuple[str, ...], freeze_bn: bool, dropout: bool,
+    bn_scope: Literal["trainable", "all"] = "trainable",
+) -> None:  # fmt: skip
+    """Per-module train/eval flags: normalisation statistics update only when ``freeze_bn`` is off, and then in
+    trainable layers only (``bn_scope="trainable"``) or in every layer (``"all"``: the authors' ``model.train()``);
+    dropout, drop-path and attention dropout run only when ``dropout`` is on."""
     from torch.nn.modules.batchnorm import _NormBase
 
     for name, module in model.named_modules():
         if isinstance(module, _NormBase):
             full = name + ".weight"
-            trainable = not prefixes or any(full.startswith(p + ".") or name == p for p in prefixes)
+            trainable = bn_scope == "all" or not prefixes or any(full.startswith(p + ".") or name == p for p in prefixes)
             module.training = trainable and not freeze_bn
         else:
             module.training = dropout
 
 
 def preprocess_of(config: RunConfig, spec: EncoderSpec) -> Preprocess:
-    """The method's preprocessing as ``build_model`` sets it (``model.image_size`` overrides the size)."""
+    """The method's preprocessing as ``build_model`` sets it: its own or its protocol's, ``model.image_size``
+    overriding the size."""
+    pp = spec.preprocess
+    if config.protocol in spec.protocols and spec.protocols[config.protocol].preprocess is not None:
+        pp = spec.protocols[config.protocol].preprocess
     size = config.model.image_size
-    return spec.preprocess if size is None else spec.preprocess.model_copy(update={"size": tuple(size)})
+    return pp if size is None else pp.model_copy(update={"size": tuple(size)})
 
 
 def training_views(config: RunConfig, spec: EncoderSpec, train: TrainSet) -> ViewConfig:
-    """The view rule of a run: ``distill.view_size``, else the method's fixed input size, else the training
-    images' typical size (``loqi run`` sets ``view_size`` from its test sets before it gets here)."""
+    """The view rule of a run: ``distill.view_size`` ("native": each image as it is), else the method's fixed input
+    size, else the training images' typical size (``loqi run`` sets ``view_size`` from its test sets first)."""
     d = config.distill
+    if d.view_size == "native":
+        return ViewConfig(None, False, d.min_crop)
     size = d.view_size or preprocess_of(config, spec).size or typical_size(list(train.images.paths))
     return ViewConfig(tuple(size), d.augment, d.min_crop)  # type: ignore[arg-type]
 
 
+def mines(config: RunConfig, mode: Mode) -> bool:
+    """Whether the run trains on mined tuples: ``distill.mine``, for distillation (finetune trains on place batches)."""
+    return config.distill.mine and mode == "distill"
+
+
+def check_mining(train: TrainSet, train_name: str) -> None:
+    """Mined tuples need places (the anchors' batches) and positions (the radii)."""
+    if train.place_ids is None or train.images.positions is None:
+        raise ConfigError(
+            f'distill.mine: the training set "{train_name}" has no places and positions (a label-free folder); the '
+            "mined step needs both (@east@north@ file names, GSV-Cities, Pitts250k), or set distill.mine=false"
+        )
+
+
 def build_training_data(
     config: RunConfig, loss: CompositeLoss, spec: EncoderSpec, plugins: Plugins, world_size: int = 1, rank: int = 0,
-    train: TrainSet | None = None,
+    train: TrainSet | None = None, mined: Mined | None = None, mode: Mode = "distill",
 ) -> tuple[TrainSet, BatchPlan, StepDataset]:
-    """The training set (``train`` when the caller has loaded it), its batch plan and the dataset of (clean view,
-    degraded view) batches by step."""
+    """The training set (``train`` when the caller has loaded it), its batch plan (of ``mined`` tuples when given)
+    and the dataset of (clean view, degraded view) batches by step."""
     d = config.distill
     train = train or load_dataset(d.train, "train", root=config.data_root, plugins=plugins)  # type: ignore[assignment]
     assert isinstance(train, TrainSet)
     check_places(loss, train, d.train, plugins)
+    if mines(config, mode):
+        check_mining(train, d.train)
     plan_cfg = PlanConfig(
-        by_places=loss.needs_places, places_per_batch=d.places_per_batch, images_per_place=d.images_per_place,
-        batch_size=d.batch_size, seed=config.seed, world_size=world_size, rank=rank,
+        by_places=loss.needs_places or mines(config, mode), places_per_batch=d.places_per_batch,
+        images_per_place=d.images_per_place, batch_size=d.batch_size, seed=config.seed, world_size=world_size, rank=rank,
     )  # fmt: skip
-    plan = BatchPlan(train, plan_cfg)
+    plan = BatchPlan(train, plan_cfg, mined)
     degradation = parse_degradation(config.degrade, plugins)
     return train, plan, StepDataset(train, plan, degradation, training_views(config, spec, train), config.seed)
 
@@ -143,10 +170,10 @@ def check_batch(dataset: StepDataset, pp: Preprocess, step: int = 0) -> dict[str
 
 def preflight(config: RunConfig, mode: Mode = "distill", plugins: Plugins | None = None) -> ViewConfig:
     """What ``loqi run``/``sweep`` check before evaluating anything: the loss, the training set and one decoded
-    batch. Returns the training views."""
+    batch (of anchors: the mined tuples come with the teacher). Returns the training views."""
     plugins = plugins or get_plugins()
     spec = encoder_spec(config, plugins)
     loss = training_loss(config, mode, spec, plugins)
-    _, _, dataset = build_training_data(config, loss, spec, plugins)
+    _, _, dataset = build_training_data(config, loss, spec, plugins, mode=mode)
     check_batch(dataset, preprocess_of(config, spec))
     return dataset.views

@@ -1,2 +1,2 @@
 """Small services every wing uses: atomic file writes, devices, CPU budgets, run-directory locks, run.log,
-progress bars, optional TensorBoard. Imports nothing of loqi but ``errors``."""
+progress bars, optional TensorBoard, source digests. Imports nothing of loqi but ``errors``."""

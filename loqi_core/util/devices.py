@@ -1,10 +1,11 @@
 """Device names: the one place that checks a name's syntax (config files and flags) and turns it into a
-``torch.device`` this machine has, with one clear error line when it lacks it."""
+``torch.device`` this machine has, with one clear error line when it lacks it; and the TF32 switch of CUDA math."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 from loqi_core.errors import ConfigError
 
@@ -44,3 +45,18 @@ def resolve_device(name: "str | torch.device | None" = "auto") -> "torch.device"
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f'device: "{name}" asked for, but MPS is not available here; use --device cpu or auto')
     return device
+
+
+@contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """Inside, with ``enabled``: TF32 matrix products and cuDNN convolutions on CUDA (the LoQI-VPR authors' trainer
+    sets both); the previous flags come back on exit. Off: the flags are left as they are."""
+    import torch
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

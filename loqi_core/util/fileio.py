@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from loqi_core.errors import as_os_error
+from loqi_core.util.rundir import writer_tag
 
 
 @contextmanager
 def partial_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; on success it replaces ``path``, on any failure it is removed."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{suffix}")
+    """Yield a temporary sibling of ``path`` (named after its writer: a killed one's is removed by
+    ``rundir.remove_abandoned``); on success it replaces ``path``, on any failure it is removed."""
+    tmp = path.with_name(f"{path.name}.{writer_tag()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -48,7 +50,7 @@ def located(exc: OSError, path: str | Path) -> OSError:
 
 
 def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
+    write_bytes(path, text.encode(errors="surrogateescape"))  # a file name that is not UTF-8 keeps its bytes
 
 
 def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:

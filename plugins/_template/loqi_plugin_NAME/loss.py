@@ -8,4 +8,5 @@ class ExampleLoss:
         self.params = params
 
     def __call__(self, batch):
-        return self.params.scale * (1 - F.cosine_similarity(batch.student_desc, batch.teacher_desc, dim=1)).mean()
+        teacher = batch.teacher_desc.detach()  # the teacher is a fixed target: no gradient flows into it
+        return self.params.scale * (1 - F.cosine_similarity(batch.student_desc, teacher, dim=1)).mean()

@@ -24,17 +24,6 @@ CITATION = (
 )
 DOMAINS = ("indoor", "urban", "aerial", "structured", "unstructured", "global")
 VOCAB_BASE_URL = "https://github.com/AnyLoc/DINO/releases/download/v1"
-PAPER = MethodProtocol(
-    preprocess=Preprocess(max_side=1024, multiple_of=14, interpolation="bicubic", antialias=False, rounding="torchvision"),
-    run_defaults={"model.aggregator_params.vocabulary": "indoor"},
-    notes=(
-        "anyloc: bicubic downscale without antialiasing above 1024 px, centre crop to multiples of 14 "
-        "(jamesjin0516/AnyLoc feature_extract.py); upstream antialiases",
-        "anyloc: the indoor vocabulary on every test set, as the authors' test config (upstream: urban)",
-    ),
-)
-
-
 class AnyLocEncoderParams(ArchParams):
     """The backbone, the block and the facet AnyLoc reads (ViT-g/14, block 31, value in the paper)."""
 
@@ -66,6 +55,18 @@ def vocabulary_weights(domain: str) -> WeightsSpec:
         url=f"{VOCAB_BASE_URL}/{filename}",
         license="BSD-3-Clause (AnyLoc/DINO release)",
     )
+
+
+PAPER = MethodProtocol(
+    preprocess=Preprocess(max_side=1024, multiple_of=14, interpolation="bicubic", antialias=False, rounding="torchvision"),
+    run_defaults={"model.aggregator_params.vocabulary": "indoor"},
+    notes=(
+        "anyloc: bicubic downscale without antialiasing above 1024 px, centre crop to multiples of 14 "
+        "(jamesjin0516/AnyLoc feature_extract.py); upstream antialiases",
+        "anyloc: the indoor vocabulary on every test set, as the authors' test config (upstream: urban)",
+    ),
+    files=(vocabulary_weights("indoor"),),
+)
 
 
 def _convert_hub(state):
@@ -122,6 +123,7 @@ def loqi_register_aggregators(register):
             factory=_aggregator,
             params=VLADParams,
             description="hard-assignment VLAD (cosine nearest centre, residual sums, intra-norm + L2), clusters·C dims",
+            citation=CITATION,
         )
     )
 

@@ -105,5 +105,6 @@ def loqi_register_encoders(register):
 
 @hookimpl
 def loqi_register_aggregators(register):
-    register(AggregatorSpec("boq", _aggregator, BoQParams, "Bag-of-Queries: 2 blocks × 64 learned queries, 384·32 = 12288-d, L2"))
-    register(AggregatorSpec("boq-r50", _aggregator, BoQR50Params, "Bag-of-Queries: 2 blocks × 64 learned queries, 512·32 = 16384-d, L2"))
+    queries = "Bag-of-Queries: 2 blocks × 64 learned queries"
+    register(AggregatorSpec("boq", _aggregator, BoQParams, f"{queries}, 384·32 = 12288-d, L2", CITATION))
+    register(AggregatorSpec("boq-r50", _aggregator, BoQR50Params, f"{queries}, 512·32 = 16384-d, L2", CITATION))

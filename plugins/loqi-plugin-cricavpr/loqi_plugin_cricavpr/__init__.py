@@ -120,5 +120,6 @@ def loqi_register_aggregators(register):
             factory=_aggregator,
             params=CricaParams,
             description="CLS + GeM of 2×2 and 3×3 regions (14 tokens) → cross-image transformer over groups → 14·C, L2",
+            citation=CITATION,
         )
     )

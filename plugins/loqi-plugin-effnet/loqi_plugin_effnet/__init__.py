@@ -29,6 +29,11 @@ CITATION = (
     "M. Tan, Q. V. Le. EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks. ICML 2019 "
     "(EfficientNet-Lite: TensorFlow TPU models, 2020). GeM: F. Radenović, G. Tolias, O. Chum, TPAMI 2019."
 )
+GEM_CITATION = "F. Radenović, G. Tolias, O. Chum. Fine-tuning CNN Image Retrieval with No Human Annotation. TPAMI 2019."
+NETVLAD_CITATION = (
+    "R. Arandjelović, P. Gronat, A. Torii, T. Pajdla, J. Sivic. NetVLAD: CNN architecture for weakly "
+    "supervised place recognition. CVPR 2016."
+)
 
 # What makes distillation show its effect in a few CPU minutes on a few hundred real images (DESIGN §8;
 # lr chosen by benchmarks/distill_gain.py --ablation, see docs/distillation.md). Views and augmentation: core defaults.
@@ -128,6 +133,6 @@ def loqi_register_encoders(register):
 
 @hookimpl
 def loqi_register_aggregators(register):
-    register(AggregatorSpec("lite0-gem", _gem, GeMParams, "GeM pooling (learnable p, 3 at start) + L2"))
+    register(AggregatorSpec("lite0-gem", _gem, GeMParams, "GeM pooling (learnable p, 3 at start) + L2", GEM_CITATION))
     register(AggregatorSpec("lite0-netvlad", _netvlad, Lite0NetVLADParams,
-                            "NetVLAD (loqi-plugin-netvlad's layer): K·C dims, intra-normalised then L2"))
+                            "NetVLAD (loqi-plugin-netvlad's layer): K·C dims, intra-normalised then L2", NETVLAD_CITATION))

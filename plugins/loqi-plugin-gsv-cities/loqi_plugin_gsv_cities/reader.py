@@ -95,12 +95,14 @@ def read_gsv_cities(params: GSVCitiesParams) -> TrainSet:
     skipped: list[str] = []
     paths: list[Path] = []
     place_ids: list[int] = []
+    cities: list[int] = []
     lats: list[float] = []
     lons: list[float] = []
     for index, city in enumerate(select_cities(root, params.cities)):
         p, pl, la, lo = _read_city(root, city, params.skip_bad, skipped)
         paths += p
         place_ids += [index * PLACE_STRIDE + x for x in pl]
+        cities += [index] * len(p)
         lats += la
         lons += lo
     good = set(validate_files(paths, params.check, params.skip_bad, skipped))
@@ -115,6 +117,7 @@ def read_gsv_cities(params: GSVCitiesParams) -> TrainSet:
         raise DataError(f"{root}: no place has {params.min_images_per_place} or more readable images")
     positions = to_positions(np.asarray(lats)[keep][mask], np.asarray(lons)[keep][mask])
     train = TrainSet("gsv-cities", ImageList(kept_paths, positions), ids[mask])
+    train.groups = np.asarray(cities, dtype=np.int64)[keep][mask]  # the authors mine each city on its own
     train.skipped = skipped
     dropped = len(unique) - len(keep_places)
     if dropped:

@@ -143,5 +143,6 @@ def loqi_register_aggregators(register):
                 factory=_aggregator,
                 params=params,
                 description=f"MixVPR feature mixing → {dim}-d (4 mixers over H·W, channel and row projections, L2)",
+                citation=CITATION,
             )
         )

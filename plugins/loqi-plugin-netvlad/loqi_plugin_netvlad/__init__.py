@@ -24,7 +24,22 @@ CITATION = (
     "supervised place recognition. CVPR 2016."
 )
 GDRIVE_ID = "17luTjZFCX639guSVy00OUtzfTQo4AMF2"
-PAPER = MethodProtocol(notes=("netvlad: native image size, as upstream (LoQI-VPR Feature_Extractor.py): nothing differs",))
+PAPER = MethodProtocol(
+    # the finetune baseline trains with NetVLAD's own loss (pytorch-NetVlad main.py: TripletMarginLoss with margin
+    # √0.1, p=2; the 10 hardest negatives beyond 25 m; the best positive by the model being trained)
+    run_defaults={
+        "distill.finetune_loss": "triplet",
+        "distill.finetune_loss_params": {
+            "triplet": {"margin": 0.1**0.5, "negatives": 10, "negative_mining": "hardest", "negative_min_distance_m": 25.0}
+        },
+    },
+    notes=(
+        "netvlad: native image size, as upstream (LoQI-VPR Feature_Extractor.py): nothing differs",
+        "netvlad: finetune baseline with NetVLAD's own training loss (pytorch-NetVlad): triplet, margin √0.1, the 10 "
+        "hardest negatives beyond 25 m within each 6 places × 4 images batch (pytorch-NetVlad mines them among 1000 "
+        "random database images)",
+    ),
+)
 
 
 class NetVLADParams(Params):
@@ -106,6 +121,7 @@ def loqi_register_aggregators(register):
             factory=_aggregator,
             params=NetVLADParams,
             description="NetVLAD: soft-assigned residuals to K centroids, intra-normalised then L2 (K·C dims)",
+            citation=CITATION,
         )
     )
 

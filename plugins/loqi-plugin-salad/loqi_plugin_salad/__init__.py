@@ -95,5 +95,6 @@ def loqi_register_aggregators(register):
             factory=_aggregator,
             params=SaladParams,
             description="SALAD: Sinkhorn (dust bin) soft assignment of patch features to m clusters + global token, L2",
+            citation=CITATION,
         )
     )

@@ -1,6 +1,6 @@
 """The ASGI application (Starlette): locate an image or a video segment, a page, health and metrics.
 
-    POST /v1/locate?k=5          raw JPEG/PNG/WebP bytes → {"results": [...], "timing_ms": {...}}
+    POST /v1/locate?k=5          raw JPEG/PNG/WebP/BMP/TIFF bytes → {"results": [...], "timing_ms": {...}}
     POST /v1/locate/stream?k=5   an H.264/HEVC segment   → {"frames": [{"frame": i, "results": [...]}], ...}
     GET  /                       upload or drop an image, see the top-k database thumbnails
     GET  /v1/info                the index and model being served
@@ -21,7 +21,15 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from loqi_plugin_serve.batcher import MicroBatcher
-from loqi_plugin_serve.decode import IMAGE_TYPES, VIDEO_TYPES, BadInput, check_content_type, decode_image, decode_video
+from loqi_plugin_serve.decode import (
+    IMAGE_TYPES,
+    VIDEO_TYPES,
+    BadInput,
+    Bounds,
+    check_content_type,
+    decode_image,
+    decode_video,
+)
 from loqi_plugin_serve.metrics import Metrics
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,14 +44,18 @@ log = logging.getLogger("loqi.serve")
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for, and how requests are batched."""
+    """What one request may ask for, how long a client may take to send it, and how requests are batched."""
 
     max_body_bytes: int = 32 * 2**20
     max_pixels: int = 25_000_000
+    max_aspect: float = 20.0
+    max_model_pixels: int = 16_777_216
     max_frames: int = 120
     max_segment_pixels: int = 100_000_000
     max_k: int = 100
     timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    max_idle_connections: int = 100
     max_batch: int = 32
     max_wait_ms: float = 5.0
 
@@ -91,6 +103,7 @@ def create_app(engine: "Engine", limits: Limits = Limits()) -> "Starlette":
     from starlette.routing import Route
 
     metrics = Metrics()
+    bounds = Bounds(limits.max_pixels, limits.max_aspect, limits.max_model_pixels, engine.model.preprocess)
     batcher = MicroBatcher(engine.locate, limits.max_batch, limits.max_wait_ms, on_batch=metrics.batch)
     page = resources.files("loqi_plugin_serve").joinpath("page.html").read_text()
     meta = engine.index.meta
@@ -142,7 +155,7 @@ def create_app(engine: "Engine", limits: Limits = Limits()) -> "Starlette":
         data = await _body(request, limits)
         progress["body_read"] = True
         read = time.perf_counter()
-        image = await run_in_threadpool(decode_image, data, limits.max_pixels)
+        image = await run_in_threadpool(decode_image, data, bounds)
         decoded = time.perf_counter()
         [(results, batch_timing)] = await batcher.submit([image], k)
         return JSONResponse({"results": results, "timing_ms": timing(start, read, decoded, batch_timing)})
@@ -153,8 +166,7 @@ def create_app(engine: "Engine", limits: Limits = Limits()) -> "Starlette":
         data = await _body(request, limits)
         progress["body_read"] = True
         read = time.perf_counter()
-        frames = await run_in_threadpool(decode_video, data, kind, limits.max_pixels, limits.max_frames,
-                                         limits.max_segment_pixels)  # fmt: skip
+        frames = await run_in_threadpool(decode_video, data, kind, bounds, limits.max_frames, limits.max_segment_pixels)
         decoded = time.perf_counter()
         answers = await batcher.submit(frames, k)
         out = [{"frame": i, "results": results} for i, (results, _) in enumerate(answers)]
@@ -205,5 +217,5 @@ def create_app(engine: "Engine", limits: Limits = Limits()) -> "Starlette":
                              "status": exc.status_code}, exc.status_code, headers=exc.headers)  # fmt: skip
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
-    app.state.metrics = metrics
+    app.state.metrics, app.state.limits = metrics, limits
     return app

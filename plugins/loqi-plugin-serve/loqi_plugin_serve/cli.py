@@ -52,7 +52,8 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
       loqi index build --method salad --dataset msls:/data/msls --index ivfpq -s eval.ivf_nlist=4096 --out indexes/msls
     """
     from loqi_core.plugin import IVFPQParams, config_from_flags, take_deprecated
-    from loqi_plugin_serve.index import build_index, describe, read_meta
+    from loqi_plugin_serve.index import build_index
+    from loqi_plugin_serve.record import describe, read_meta
 
     take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in index build",
                     "the extraction batch, as in loqi eval")
@@ -69,21 +70,26 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
 
 @index_group.command("info")
 @click.argument("index", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--verify", is_flag=True, help="Also check every file's sha256 against index.json.")
+@click.option("--verify", is_flag=True,
+              help="Also check every file's sha256 against index.json, and open the index as `loqi serve` would.")
 @click.option("--json", "as_json", is_flag=True, help="Print index.json as it is.")
 def info_command(index: Path, verify: bool, as_json: bool) -> None:
     """What an index holds: database, model identity, search settings, files (checked by size, or sha256)."""
     import json
 
-    from loqi_plugin_serve.index import IndexDirError, describe, read_meta, verify_files
+    from loqi_plugin_serve.index import open_index
+    from loqi_plugin_serve.record import IndexDirError, describe, read_meta, verify_files
 
     meta = read_meta(index)
     click.echo(json.dumps(meta, indent=2) if as_json else describe(meta, index))
     problems = verify_files(index, meta, full=verify)
     if problems:
         raise IndexDirError(f"{index} is incomplete or corrupt: {'; '.join(problems)}")
+    if verify:
+        open_index(index)  # shapes, offsets, and the FAISS index against the descriptors it claims to hold
     if not as_json:
-        click.echo(f"files: {len(meta['files'])} intact ({'sha256' if verify else 'sizes'} checked)")
+        checked = "sha256, shapes and the FAISS index checked" if verify else "sizes checked"
+        click.echo(f"files: {len(meta['files'])} intact ({checked})")
 
 
 @click.command("serve")
@@ -99,30 +105,42 @@ def info_command(index: Path, verify: bool, as_json: bool) -> None:
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0), help="How long the first image of a batch waits for others.")
 @click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Largest request body.")
 @click.option("--max-pixels", default=25_000_000, show_default=True, type=click.IntRange(1), help="Largest image or video frame (width × height).")
+@click.option("--max-aspect", default=20.0, show_default=True, type=click.FloatRange(1),
+              help="Largest aspect ratio (long side / short side) of an image or frame.")
+@click.option("--max-model-pixels", default=16_777_216, show_default=True, type=click.IntRange(1),
+              help="Most pixels an image may reach in the model's preprocessing (a thin strip is upscaled), judged before decoding.")
 @click.option("--max-frames", default=120, show_default=True, type=click.IntRange(1), help="Most frames per video segment.")
 @click.option("--max-segment-pixels", default=100_000_000, show_default=True, type=click.IntRange(1),
               help="Most pixels a video segment may decode to, all frames together (bounds its memory).")
 @click.option("--max-k", default=100, show_default=True, type=click.IntRange(1), help="Largest k a client may ask for.")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Seconds per request, body included.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds per request once its headers are in: the body, then the work.")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds a connection may take to send a request's headers (then 408 and closed): slow clients.")
+@click.option("--max-idle-connections", default=100, show_default=True, type=click.IntRange(1),
+              help="Connections that may wait for a request's headers at once; beyond, the longest waiting is closed.")
 @click.option("--graceful-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM or Ctrl-C, seconds the requests in flight get to finish.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (torch.set_num_threads).")
 def serve_command(index: Path, host: str, port: int, device: str, weights: str | None, precision: str, max_batch: int | None,
-                  max_wait_ms: float, max_body_mb: float, max_pixels: int, max_frames: int, max_segment_pixels: int, max_k: int,
-                  timeout: float, graceful_timeout: float, threads: int | None) -> None:  # fmt: skip
+                  max_wait_ms: float, max_body_mb: float, max_pixels: int, max_aspect: float, max_model_pixels: int,
+                  max_frames: int, max_segment_pixels: int, max_k: int, timeout: float, header_timeout: float,
+                  max_idle_connections: int, graceful_timeout: float, threads: int | None) -> None:  # fmt: skip
     """Serve place recognition over HTTP for frames a robot or a phone sends: images or video segments.
 
     Loads the index and its model once (refusing a --weights that is not the model the index was built with),
     then answers:
 
     \b
-      POST /v1/locate?k=5          raw JPEG, PNG or WebP bytes -> the top-k database places (JSON)
+      POST /v1/locate?k=5          raw JPEG, PNG, WebP, BMP or TIFF bytes -> the top-k database places (JSON)
       POST /v1/locate/stream?k=5   an H.264/HEVC segment (raw, MP4, MPEG-TS, Matroska) -> top-k per frame
       GET  /                       a page: upload or drop an image, see the top-k thumbnails
       GET  /healthz, /metrics      liveness; Prometheus metrics (requests, errors, latency, batch sizes)
 
     Concurrent requests share model calls (dynamic micro-batching: --max-batch, --max-wait-ms). Bad input gets
-    a 4xx JSON with the reason. SIGTERM lets the requests in flight finish, then exits.
+    a 4xx JSON with the reason; an image is judged from its header (pixels, aspect ratio, size in the model's
+    preprocessing) before it is decoded, and slow clients are held to --header-timeout and --timeout. SIGTERM lets
+    the requests in flight finish, then exits.
 
     \b
     Example:
@@ -140,9 +158,10 @@ def serve_command(index: Path, host: str, port: int, device: str, weights: str |
 
     engine = load_engine(index, weights, device, precision)
     max_batch = max_batch or (32 if engine.device.type == "cuda" else 8)
-    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_frames=max_frames,
-                    max_segment_pixels=max_segment_pixels, max_k=max_k, timeout_s=timeout, max_batch=max_batch,
-                    max_wait_ms=max_wait_ms)  # fmt: skip
+    limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_aspect=max_aspect,
+                    max_model_pixels=max_model_pixels, max_frames=max_frames, max_segment_pixels=max_segment_pixels,
+                    max_k=max_k, timeout_s=timeout, header_timeout_s=header_timeout,
+                    max_idle_connections=max_idle_connections, max_batch=max_batch, max_wait_ms=max_wait_ms)  # fmt: skip
     app = create_app(engine, limits)
     try:
         sock = bind(host, port)
@@ -152,4 +171,4 @@ def serve_command(index: Path, host: str, port: int, device: str, weights: str |
     click.echo(f"serving {index} ({engine.index.size} images, {meta['model']['info']['method']}, {engine.device}, "
                f"micro-batching {max_batch} / {max_wait_ms:g} ms) on {url_of(sock)}")  # fmt: skip
     click.echo("SIGTERM or Ctrl-C stops it after the requests in flight")
-    make_server(app, graceful_timeout).run(sockets=[sock])
+    make_server(app, limits, graceful_timeout).run(sockets=[sock])

@@ -1,21 +1,25 @@
-"""Request bodies → uint8 RGB tensors: images with Pillow, H.264/HEVC segments with PyAV, all in memory.
+"""Request bodies → uint8 RGB tensors: images by loqi's one decoding rule (``loqi_core.data.images``, as the index
+decoded its database), H.264/HEVC segments with PyAV, all in memory.
 
 Everything a client can get wrong becomes a ``BadInput`` (an HTTP 4xx status, a short code, one clear line):
-the server never answers bad bytes with a 5xx. Sizes are checked from the headers before any pixel is decoded,
-so a decompression bomb costs nothing.
+the server never answers bad bytes with a 5xx. What an image may cost (``Bounds``) is judged from its header before
+any pixel is decoded: its pixels, its aspect ratio, and its size at every step of the model's preprocessing (a
+20000×1 strip would be upscaled to 128×2,560,000), so a decompression bomb or a hostile shape costs nothing.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-IMAGE_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+    from loqi_core.plugin import Preprocess
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/bmp", "image/tiff")
+"""The formats ``loqi_core.data.images`` decodes, the database's own among them."""
 VIDEO_TYPES = {"video/h264": "h264", "video/h265": "hevc", "video/hevc": "hevc", "video/mp4": "mp4",
                "video/mp2t": "mpegts", "video/x-matroska": "matroska", "video/webm": "matroska"}  # fmt: skip
 """Content type → FFmpeg demuxer. Only these demuxers are ever opened (never probed: some read other files)."""
@@ -36,7 +40,7 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";")[0].strip().lower()
 
 
-def check_content_type(header: str | None, accepted: dict[str, str]) -> str:
+def check_content_type(header: str | None, accepted: "tuple[str, ...] | dict[str, str]") -> str:
     """The request's media type when it is one of ``accepted`` or application/octet-stream, else a 415."""
     kind = media_type(header)
     if kind in accepted or kind == ANY:
@@ -45,33 +49,51 @@ def check_content_type(header: str | None, accepted: dict[str, str]) -> str:
                    f"as one of {', '.join(accepted)} or {ANY}")  # fmt: skip
 
 
-def _pixels_check(width: int, height: int, max_pixels: int, what: str) -> None:
-    if width * height > max_pixels:
-        raise BadInput(413, "too_many_pixels", f"{what} is {width}×{height} = {width * height} pixels, more than the "
-                       f"limit of {max_pixels} (a decompression bomb, or too large: downscale it)")  # fmt: skip
+@dataclass(frozen=True)
+class Bounds:
+    """What one image or video frame may cost before it is decoded: its pixels, its aspect ratio (long side over
+    short side), and its pixels at every step of the model's ``preprocess``."""
+
+    max_pixels: int
+    max_aspect: float
+    max_model_pixels: int
+    preprocess: "Preprocess"
+
+    def check(self, width: int, height: int, what: str) -> None:
+        from loqi_core.plugin import preprocess_sizes
+
+        if width * height > self.max_pixels:
+            raise BadInput(413, "too_many_pixels", f"{what} is {width}×{height} = {width * height} pixels, more than "
+                           f"the limit of {self.max_pixels} (a decompression bomb, or too large: downscale it)")  # fmt: skip
+        if max(width, height) > self.max_aspect * max(1, min(width, height)):
+            raise BadInput(413, "aspect_ratio", f"{what} is {width}×{height}, an aspect ratio over the limit of "
+                           f"{self.max_aspect:g}:1: crop it to the scene")  # fmt: skip
+        sizes = [*preprocess_sizes(height, width, self.preprocess), *preprocess_sizes(width, height, self.preprocess)]
+        peak_h, peak_w = max(sizes, key=lambda s: s[0] * s[1])  # either way up: a PNG's EXIF may turn it once decoded
+        if peak_h * peak_w > self.max_model_pixels:
+            raise BadInput(413, "too_many_pixels", f"{what} is {width}×{height}; the model's preprocessing would make it "
+                           f"{peak_w}×{peak_h} = {peak_w * peak_h} pixels, more than the limit of {self.max_model_pixels}: "
+                           "downscale it")  # fmt: skip
 
 
-def decode_image(data: bytes, max_pixels: int) -> "torch.Tensor":
-    """JPEG, PNG or WebP bytes → uint8 RGB 3×H×W (EXIF orientation applied; the first frame of an animation)."""
-    import torch
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def decode_image(data: bytes, bounds: Bounds) -> "torch.Tensor":
+    """The image in ``data`` as uint8 RGB 3×H×W, decoded as the index decoded its database, once ``bounds`` allow it."""
+    from loqi_core.plugin import ImageTooLargeError, UnreadableImageError, decode_image as decode, probe_image
 
     if not data:
         raise BadInput(400, "empty_body", "the request body is empty: send the image bytes")
+    name = f"the body ({len(data)} bytes, starting {data[:8].hex()})"
     try:
-        with Image.open(io.BytesIO(data), formats=list(IMAGE_TYPES.values())) as img:
-            _pixels_check(img.width, img.height, max_pixels, f"the {img.format} image")
-            img.load()
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-    except UnidentifiedImageError:
-        raise BadInput(400, "not_an_image", f"the body ({len(data)} bytes, starting {data[:8].hex()}) is not a JPEG, "
-                       "PNG or WebP image") from None  # fmt: skip
-    except Image.DecompressionBombError as exc:
-        raise BadInput(413, "too_many_pixels", f"decompression bomb refused: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadInput(400, "corrupt_image", f"the image cannot be decoded: {exc} (truncated or corrupt?)") from None
-    arr = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        header = probe_image(data, name)
+    except ImageTooLargeError as exc:
+        raise BadInput(413, "too_many_pixels", str(exc)) from None
+    except UnreadableImageError as exc:
+        raise BadInput(400, "not_an_image", str(exc)) from None
+    bounds.check(header.width, header.height, f"the {header.format} image")
+    try:
+        return decode(data, "the body")
+    except UnreadableImageError as exc:
+        raise BadInput(400, "corrupt_image", str(exc)) from None
 
 
 def sniff_container(data: bytes) -> str | None:
@@ -90,11 +112,11 @@ def sniff_container(data: bytes) -> str | None:
     return None
 
 
-def decode_video(data: bytes, kind: str, max_pixels: int, max_frames: int, max_total_pixels: int) -> list["torch.Tensor"]:
+def decode_video(data: bytes, kind: str, bounds: Bounds, max_frames: int, max_total_pixels: int) -> list["torch.Tensor"]:
     """An H.264 or HEVC segment (raw Annex B, MP4, MPEG-TS or Matroska) → its frames, uint8 RGB, in display order.
 
-    ``max_total_pixels`` bounds the memory of the decoded segment: a few bytes of a static scene can decode to
-    many large frames (a video decompression bomb).
+    Each frame is held to ``bounds``; ``max_total_pixels`` bounds the memory of the decoded segment: a few bytes of a
+    static scene can decode to many large frames (a video decompression bomb).
     """
     import av
     import torch
@@ -115,10 +137,10 @@ def decode_video(data: bytes, kind: str, max_pixels: int, max_frames: int, max_t
             if codec not in VIDEO_CODECS:
                 raise BadInput(415, "video_codec", f'video codec "{codec}" is not served; send H.264 or HEVC')
             if stream.codec_context.width and stream.codec_context.height:
-                _pixels_check(stream.codec_context.width, stream.codec_context.height, max_pixels, "each frame")
+                bounds.check(stream.codec_context.width, stream.codec_context.height, "each frame")
             stream.thread_count = 1
             for frame in container.decode(stream):
-                _pixels_check(frame.width, frame.height, max_pixels, f"frame {len(frames)}")
+                bounds.check(frame.width, frame.height, f"frame {len(frames)}")
                 if len(frames) == max_frames:
                     raise BadInput(413, "too_many_frames", f"the segment has more than {max_frames} frames (the limit "
                                    "per request): send shorter segments")  # fmt: skip

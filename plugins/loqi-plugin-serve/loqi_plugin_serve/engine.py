@@ -17,6 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.plugin import VPRModel
 
 
+def printable(name: str) -> str:
+    """A file name as text a JSON answer can carry: bytes of the name that were not UTF-8 shown as \\xNN."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Engine:
     """Encodes images with the index's model (same preprocessing, same weights) and searches the index."""
 
@@ -51,7 +59,7 @@ class Engine:
                 break
             east, north = (float(v) for v in self.index.utm[i])
             out.append({
-                "rank": rank, "index": i, "name": self.index.names[i],
+                "rank": rank, "index": i, "name": printable(self.index.names[i]),
                 "utm_east": None if math.isnan(east) else east, "utm_north": None if math.isnan(north) else north,
                 "score": s, "distance": math.sqrt(max(0.0, 2.0 - 2.0 * s)),
             })  # fmt: skip

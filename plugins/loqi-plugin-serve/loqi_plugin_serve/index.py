@@ -1,19 +1,17 @@
-"""A self-describing index directory: a database encoded once, searchable by a server that checks the model.
+"""An index directory: a database encoded once, searchable by a server that checks the model (its format, and
+``index.json``, in ``loqi_plugin_serve.record``).
 
-Layout of ``INDEX/``::
-
-    index.json        format, model identity (method, parts, params, preprocessing, weights, fingerprint), dataset,
-                      degradation, protocol, search settings, code versions, size and sha256 of every file below
-    descriptors.npy   float32 N×D, L2-normalised (the eval engine's extraction; exact re-ranking reads it)
-    faiss.index       FAISS inner-product index: flat (exact) or IVF-PQ (approximate, re-ranked exactly)
-    names.txt         one database image name per line (its path under the dataset's common folder)
-    utm.npy           float64 N×2 UTM east/north in metres (NaN where the dataset has no positions)
-    thumbnails.bin    small JPEGs of the database images, concatenated (optional)
-    thumbnails.npy    int64 N+1 byte offsets into thumbnails.bin
+``build_index`` writes it whole into a hidden sibling and renames it into place, replacing only an index (never a
+folder that is not one, never the dataset it reads). ``open_index`` refuses, in one line naming the file, anything
+that does not hold what ``index.json`` says: every file's size; the sha256 of every file it reads whole (FAISS
+index, names, positions, thumbnail offsets); the shape of every array; and, sampled, that the FAISS index holds the
+very vectors of ``descriptors.npy``.
 """
 
 from __future__ import annotations
 
+import glob
+import io
 import json
 import os
 import shutil
@@ -24,21 +22,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from loqi_core.plugin import LoqiError
+from loqi_plugin_serve.record import FORMAT, FORMAT_VERSION, RECORD, IndexDirError, expected_files, read_meta, verify_files
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loqi_core.plugin import IVFPQParams, Plugins, RunConfig, VPRModel
+    from loqi_core.plugin import IVFPQParams, Plugins, RunConfig, TestSet, VPRModel
 
-FORMAT = "loqi-index"
-FORMAT_VERSION = 1
 THUMBNAIL_SIDE = 160
 """Longer side of the stored thumbnails, in pixels."""
 ADD_CHUNK = 65536
 """Database rows added to a flat FAISS index at a time (the memory-mapped descriptors never load whole)."""
-
-
-class IndexDirError(LoqiError):
-    """An index directory that is missing, incomplete, corrupt, or built with another model."""
+SAMPLE_ROWS = 64
+"""Rows of descriptors.npy checked against the FAISS index when an index is opened."""
 
 
 def _relative_names(paths: list[Path]) -> list[str]:
@@ -108,6 +102,37 @@ def _faiss_index(database: np.ndarray, backend: str, ivf: "IVFPQParams", seed: i
     return index
 
 
+def _check_out(out: Path, force: bool) -> None:
+    """``out`` may be written: new, or (with ``force``) an index and nothing else, which will be replaced."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise IndexDirError(f"{out} already exists: choose another --out or pass --force to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise IndexDirError(f"{out} is not an index directory: --force replaces only an index; choose another --out")
+    try:
+        meta = read_meta(out)
+    except IndexDirError as exc:
+        raise IndexDirError(f"--force replaces only a loqi index, and {out} is not one ({exc}); choose another --out") from None
+    own = {RECORD, *expected_files(meta["thumbnails"])}
+    others = sorted(p.name for p in out.iterdir() if p.name not in own)
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise IndexDirError(f"--force replaces only a loqi index, and {out} also holds {listed}: move them away, "
+                            "or choose another --out")  # fmt: skip
+
+
+def _check_not_the_input(out: Path, test: "TestSet") -> None:
+    """``out`` neither is nor lies inside nor holds the folder of the dataset's images."""
+    paths = [*test.database.paths, *test.queries.paths]
+    for resolve in (os.path.abspath, os.path.realpath):
+        root = Path(os.path.commonpath([resolve(p.parent) for p in paths]))
+        target = Path(resolve(out))
+        if target == root or root in target.parents or target in root.parents:
+            raise IndexDirError(f"--out {out} {'is' if target == root else 'lies inside' if root in target.parents else 'holds'} "
+                                f"the dataset's images ({root}): the index goes elsewhere, the dataset is never written")  # fmt: skip
+
+
 def build_index(
     config: "RunConfig",
     dataset: str,
@@ -120,7 +145,11 @@ def build_index(
     plugins: "Plugins | None" = None,
     echo: Callable[[str], None] = print,
 ) -> Path:
-    """Encode the database of ``dataset`` with the configured model (via the eval cache) and write ``out``."""
+    """Encode the database of ``dataset`` with the configured model (via the eval cache) and write ``out``.
+
+    ``force`` replaces an index already at ``out``, and only an index (recognised by its record, holding nothing
+    else); what a killed build left beside ``out`` is removed first.
+    """
     import faiss
 
     from loqi_core import load_dataset, parse_degradation
@@ -133,21 +162,24 @@ def build_index(
         loader_workers,
         model_fingerprint,
         model_versions,
+        remove_abandoned,
         resolve_device,
         sha256_of,
         use_bf16,
+        writer_tag,
     )
 
     out = Path(out)
-    if out.exists() and not force:
-        raise IndexDirError(f"{out} already exists: choose another --out or pass --force to replace it")
     if backend not in ("flat", "ivfpq"):
         raise IndexDirError(f'--index: unknown index type "{backend}" (flat, ivfpq)')
+    _check_out(out, force)
     plugins = plugins or get_plugins()
     ivf = ivf or IVFPQParams()
     degradation = parse_degradation(config.degrade, plugins)
     test = load_dataset(dataset, "test", root=config.data_root, plugins=plugins)
+    _check_not_the_input(out, test)
     images = test.database
+    names = _relative_names(images.paths)
     m = config.model
     record: dict[str, Any] = {
         "method": m.method, "encoder": m.encoder, "aggregator": m.aggregator, "encoder_params": m.encoder_params,
@@ -174,7 +206,10 @@ def build_index(
     n, dim = database.shape
     degraded = f"degraded with {degradation.spec}" if degradation.spec not in ("", "none") else "clean"
 
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    leftovers = glob.escape(f".{out.name}")
+    for gone in remove_abandoned([*out.parent.glob(f"{leftovers}.partial-*"), *out.parent.glob(f"{leftovers}.replaced-*")]):
+        echo(f"removed {gone}, left by a build that was killed")
+    tmp = out.parent / f".{out.name}.partial-{writer_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -182,7 +217,7 @@ def build_index(
         t0 = time.perf_counter()
         faiss.write_index(_faiss_index(database, backend, ivf, config.seed), str(tmp / "faiss.index"))
         index_s = time.perf_counter() - t0
-        (tmp / "names.txt").write_text("".join(name + "\n" for name in _relative_names(images.paths)))
+        (tmp / "names.json").write_text(json.dumps(names))
         positions = images.positions if images.positions is not None else np.full((n, 2), np.nan)
         np.save(tmp / "utm.npy", np.asarray(positions, dtype=np.float64))
         if thumbnails:
@@ -210,12 +245,18 @@ def build_index(
             "versions": model_versions(model, plugins),
             "thumbnails": thumbnails,
             "timings_s": {"encode": round(encode_s, 3), "index": round(index_s, 3)},
-            "files": {p.name: {"size": p.stat().st_size, "sha256": sha256_of(p)} for p in sorted(tmp.iterdir())},
+            "files": {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)}
+                      for name in expected_files(thumbnails)},
         }  # fmt: skip
-        (tmp / "index.json").write_text(json.dumps(meta, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        (tmp / RECORD).write_text(json.dumps(meta, indent=2, default=str))
+        if out.exists() or out.is_symlink():
+            _check_out(out, force)  # again: it may have changed during the encoding
+            old = out.parent / f".{out.name}.replaced-{writer_tag()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -260,57 +301,108 @@ class Index:
             return f.read(end - start)
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """``index.json`` of an index directory, checked to be one."""
-    path = Path(path)
-    meta_file = path / "index.json"
-    if not meta_file.exists():
-        raise IndexDirError(f"{path} is not a loqi index (no index.json): build one with `loqi index build`")
+def _whole(path: Path, meta: dict[str, Any], name: str) -> bytes:
+    """A file read whole, checked against its sha256 in index.json."""
+    import hashlib
+
+    data = (path / name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta["files"][name]["sha256"]:
+        raise IndexDirError(f"{path / name}: sha256 differs from index.json (changed or damaged since the build): rebuild the index")
+    return data
+
+
+def _array(file: Path, data: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     try:
-        meta = json.loads(meta_file.read_text())
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexDirError(f"{file}: not a .npy array ({exc})") from None
+    if array.dtype != np.dtype(dtype) or array.shape != shape:
+        raise IndexDirError(f"{file}: a {array.dtype} array of shape {array.shape}, expected {dtype} {shape}")
+    return array
+
+
+def _names(file: Path, data: bytes, n: int) -> list[str]:
+    try:
+        names = json.loads(data)
     except ValueError as exc:
-        raise IndexDirError(f"{meta_file}: not valid JSON ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise IndexDirError(f"{meta_file}: format {meta.get('format')} v{meta.get('format_version')}, "
-                          f"this loqi reads {FORMAT} v{FORMAT_VERSION}: rebuild the index")  # fmt: skip
-    return meta
+        raise IndexDirError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(names, list) or len(names) != n or not all(isinstance(name, str) for name in names):
+        raise IndexDirError(f"{file}: expected a list of {n} names (index.json: {n} database images)")
+    return names
 
 
-def verify_files(path: Path, meta: dict[str, Any], full: bool = False) -> list[str]:
-    """Problems with the index's files: missing or of the wrong size (and, with ``full``, the wrong sha256)."""
+def _descriptors(file: Path, n: int, dim: int) -> np.ndarray:
+    try:
+        descriptors = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexDirError(f"{file}: not a readable .npy array ({exc})") from None
+    if descriptors.dtype != np.float32 or descriptors.shape != (n, dim) or not descriptors.flags.c_contiguous:
+        raise IndexDirError(f"{file}: a {descriptors.dtype} array of shape {descriptors.shape}, expected float32 ({n}, {dim})")
+    return descriptors
+
+
+def _faiss(file: Path, meta: dict[str, Any]) -> Any:
+    import faiss
+
     from loqi_core.plugin import sha256_of
 
-    problems = []
-    for name, expected in meta["files"].items():
-        file = Path(path) / name
-        if not file.exists():
-            problems.append(f"{name}: missing")
-        elif file.stat().st_size != expected["size"]:
-            problems.append(f"{name}: {file.stat().st_size} bytes, expected {expected['size']}")
-        elif full and sha256_of(file) != expected["sha256"]:
-            problems.append(f"{name}: sha256 differs from index.json")
-    return problems
+    if sha256_of(file) != meta["files"][file.name]["sha256"]:
+        raise IndexDirError(f"{file}: sha256 differs from index.json (changed or damaged since the build): rebuild the index")
+    try:
+        index = faiss.read_index(str(file))
+    except RuntimeError as exc:
+        raise IndexDirError(f"{file}: not a FAISS index ({str(exc).strip().splitlines()[-1]})") from None
+    kind = faiss.IndexIVFPQ if meta["search"]["backend"] == "ivfpq" else faiss.IndexFlatIP
+    n, dim = meta["database_images"], meta["dim"]
+    if not isinstance(index, kind) or index.ntotal != n or index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexDirError(f"{file}: a {type(index).__name__} of {index.ntotal} {index.d}-d vectors, expected an "
+                            f"inner-product {kind.__name__} of {n} {dim}-d vectors (index.json)")  # fmt: skip
+    return index
+
+
+def _check_holds(file: Path, index: Any, descriptors: np.ndarray) -> None:
+    """Sampled rows: unit-length finite descriptors, held by the FAISS index as they are (flat) or as their codes
+    (IVF-PQ: the stored code of row i is the code of descriptors[i])."""
+    import faiss
+
+    rows = np.unique(np.linspace(0, len(descriptors) - 1, min(len(descriptors), SAMPLE_ROWS)).round().astype(np.int64))
+    want = np.ascontiguousarray(descriptors[rows], dtype=np.float32)
+    norms = np.linalg.norm(want, axis=1)
+    if not np.isfinite(want).all() or not np.allclose(norms, 1, atol=1e-3):
+        bad = rows[int(np.argmax(~np.isfinite(norms) | (np.abs(norms - 1) > 1e-3)))]
+        raise IndexDirError(f"{file.with_name('descriptors.npy')}: row {bad} is not a finite L2-normalised descriptor")
+    if isinstance(index, faiss.IndexIVFPQ):
+        index.make_direct_map()
+        want = index.sa_decode(index.sa_encode(want))
+    held = np.stack([index.reconstruct(int(r)) for r in rows])
+    differs = ~np.isclose(held, want, atol=1e-5).all(1)
+    if differs.any():
+        raise IndexDirError(f"{file}: does not hold the vectors of descriptors.npy ({int(differs.sum())} of {len(rows)} "
+                            f"sampled rows differ, first row {rows[int(np.argmax(differs))]}): the two files come from "
+                            "different builds; rebuild the index")  # fmt: skip
 
 
 def open_index(path: Path) -> Index:
-    """Open an index directory for searching; a missing or truncated file is an error naming it."""
-    import faiss
-
+    """Open an index directory for searching; anything that is not what index.json says is an error naming the file."""
     path = Path(path)
     meta = read_meta(path)
     problems = verify_files(path, meta)
     if problems:
         raise IndexDirError(f"{path} is incomplete or corrupt: {'; '.join(problems)}")
-    descriptors = np.load(path / "descriptors.npy", mmap_mode="r")
-    index = faiss.read_index(str(path / "faiss.index"))
-    if hasattr(index, "nprobe") and "nprobe" in meta["search"]:
+    n, dim = meta["database_images"], meta["dim"]
+    names = _names(path / "names.json", _whole(path, meta, "names.json"), n)
+    utm = _array(path / "utm.npy", _whole(path, meta, "utm.npy"), "float64", (n, 2))
+    offsets = None
+    if meta["thumbnails"]:
+        offsets = _array(path / "thumbnails.npy", _whole(path, meta, "thumbnails.npy"), "int64", (n + 1,))
+        if offsets[0] != 0 or (np.diff(offsets) < 0).any() or offsets[-1] != meta["files"]["thumbnails.bin"]["size"]:
+            raise IndexDirError(f"{path / 'thumbnails.npy'}: the offsets do not cut thumbnails.bin "
+                                f"({meta['files']['thumbnails.bin']['size']} bytes) into {n} thumbnails")  # fmt: skip
+    descriptors = _descriptors(path / "descriptors.npy", n, dim)
+    index = _faiss(path / "faiss.index", meta)
+    _check_holds(path / "faiss.index", index, descriptors)
+    if meta["search"]["backend"] == "ivfpq":
         index.nprobe = meta["search"]["nprobe"]
-    names = (path / "names.txt").read_text().splitlines()
-    utm = np.load(path / "utm.npy")
-    n = meta["database_images"]
-    if not (len(descriptors) == len(names) == len(utm) == index.ntotal == n):
-        raise IndexDirError(f"{path}: the files disagree on the database size (index.json says {n})")
-    offsets = np.load(path / "thumbnails.npy") if meta.get("thumbnails") else None
     return Index(path, meta, descriptors, index, names, utm, offsets)
 
 
@@ -328,22 +420,3 @@ def check_model(meta: dict[str, Any], model: "VPRModel", index_path: Path) -> No
             f"loqi index build --method {built['info']['method']} --weights {model.info['weights']} --dataset "
             f"{meta['dataset']} --out NEW_INDEX"
         )
-
-
-def describe(meta: dict[str, Any], path: Path) -> str:
-    """``loqi index info``: what the index holds and how it was made, a few lines."""
-    model, search = meta["model"], meta["search"]
-    size = sum(f["size"] for f in meta["files"].values())
-    lines = [
-        f"index: {path} ({size / 1e6:.1f} MB, created {meta['created']})",
-        f"database: {meta['database_images']} images of {meta['dataset']}, degradation {meta['degradation']}",
-        f"model: {model['info']['method']} (encoder {model['info']['encoder']}, aggregator {model['info']['aggregator']}), "
-        f"{meta['dim']}-d, weights {model['weights']}, fingerprint {model['fingerprint']}",
-        f"preprocessing: {json.dumps(model['preprocess'])}",
-        f"search: {search['backend']}" + "".join(f", {k} {search[k]}" for k in ("nlist", "m", "nprobe", "refine") if k in search)
-        + f" ({search['note']})",
-        f"protocol: {meta['protocol']}; precision {meta['precision']}",
-        f"versions: {', '.join(f'{k} {v}' for k, v in sorted(meta['versions'].items()))}",
-        f"thumbnails: {'yes' if meta['thumbnails'] else 'no'}",
-    ]  # fmt: skip
-    return "\n".join(lines)

@@ -48,6 +48,7 @@ class Metrics:
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.errors: dict[tuple[str, str], int] = defaultdict(int)
+        self.drops: dict[str, int] = defaultdict(int)
         self.images = 0
         self.in_flight = 0
         self.latency = Histogram(LATENCY_BUCKETS)
@@ -66,6 +67,11 @@ class Metrics:
             if error is not None:
                 self.errors[(endpoint, error)] += 1
 
+    def dropped(self, reason: str) -> None:
+        """A connection closed before its request's headers arrived (too slow, or too many waiting)."""
+        with self.lock:
+            self.drops[reason] += 1
+
     def batch(self, size: int) -> None:
         with self.lock:
             self.batch_sizes.observe("", size)
@@ -79,6 +85,9 @@ class Metrics:
             lines += ["# HELP loqi_request_errors_total Rejected or failed requests by endpoint and reason.",
                       "# TYPE loqi_request_errors_total counter"]
             lines += [f'loqi_request_errors_total{{endpoint="{e}",reason="{r}"}} {n}' for (e, r), n in sorted(self.errors.items())]
+            lines += ["# HELP loqi_connections_dropped_total Connections closed before their request's headers arrived, by reason.",
+                      "# TYPE loqi_connections_dropped_total counter"]
+            lines += [f'loqi_connections_dropped_total{{reason="{r}"}} {n}' for r, n in sorted(self.drops.items())]
             lines += ["# HELP loqi_request_duration_seconds Time from request start to response, by endpoint.",
                       "# TYPE loqi_request_duration_seconds histogram"]
             lines += self.latency.lines("loqi_request_duration_seconds", "endpoint")

@@ -17,9 +17,10 @@ from loqi_plugin_serve.app import Limits
 from loqi_plugin_serve.server import bind, make_server
 
 HOST = "127.0.0.1"
-LIMITS = Limits(max_body_bytes=1 << 20, max_pixels=4_000_000, max_frames=16, max_segment_pixels=16 * 64 * 32, max_k=50,
-                timeout_s=60.0, max_batch=16, max_wait_ms=20.0)  # fmt: skip
-"""The test server's limits: 16 demo frames (64×32) per segment at most."""
+LIMITS = Limits(max_body_bytes=1 << 20, max_pixels=4_000_000, max_model_pixels=200_000, max_frames=16,
+                max_segment_pixels=16 * 64 * 32, max_k=50, timeout_s=60.0, max_batch=16, max_wait_ms=20.0)  # fmt: skip
+"""The test server's limits: 16 demo frames (64×32) per segment at most; 200 000 pixels in the model's preprocessing
+(a demo frame, upscaled to a short side of 128, is 256×128)."""
 
 
 def index_config(cache_dir: Path, **overrides):
@@ -36,7 +37,7 @@ class Server:
         self.app = app
         sock = bind(HOST, 0)
         self.port = sock.getsockname()[1]
-        self.server = make_server(app, graceful_s)
+        self.server = make_server(app, app.state.limits, graceful_s)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 60
@@ -120,7 +121,7 @@ def decoded_video(data: bytes, fmt: str):
 
 
 def database_files(index) -> list[Path]:
-    """The image files behind an index's database entries, in index order (checked against names.txt)."""
+    """The image files behind an index's database entries, in index order (checked against names.json)."""
     from loqi_core import load_dataset
 
     paths = load_dataset(index.meta["dataset"], "test").database.paths

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from loqi_plugin_serve.index import IndexDirError, build_index, open_index, read_meta
+from loqi_plugin_serve.index import build_index, open_index
+from loqi_plugin_serve.record import IndexDirError, read_meta
 
 
 def _cli():
@@ -39,7 +40,7 @@ def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_
     assert meta["model"]["weights"] == "imagenet" and meta["model"]["info"]["method"] == "lite0-gem"
     assert meta["model"]["preprocess"]["min_side"] == 128 and meta["dim"] == 192 and meta["database_images"] == 300
     assert meta["degradation"] == "none" and meta["search"]["backend"] == "flat" and "clean" in meta["protocol"]
-    assert set(meta["files"]) == {"descriptors.npy", "faiss.index", "names.txt", "utm.npy", "thumbnails.bin", "thumbnails.npy"}
+    assert set(meta["files"]) == {"descriptors.npy", "faiss.index", "names.json", "utm.npy", "thumbnails.bin", "thumbnails.npy"}
 
     index = open_index(demo_index)
     test = load_dataset("demo", "test")
@@ -100,19 +101,19 @@ def test_a_damaged_index_is_detected(demo_index, tmp_path):
     shutil.copytree(demo_index, copy)
     runner = CliRunner()
     assert runner.invoke(_cli(), ["index", "info", str(copy), "--verify"]).exit_code == 0
-    data = bytearray((copy / "names.txt").read_bytes())
+    data = bytearray((copy / "thumbnails.bin").read_bytes())
     data[5] ^= 1  # same size, other content: only the sha256 check sees it
-    (copy / "names.txt").write_bytes(bytes(data))
+    (copy / "thumbnails.bin").write_bytes(bytes(data))
     assert runner.invoke(_cli(), ["index", "info", str(copy)]).exit_code == 0
     failed = runner.invoke(_cli(), ["index", "info", str(copy), "--verify"])
-    assert failed.exit_code == 1 and "names.txt: sha256 differs" in failed.output
+    assert failed.exit_code == 1 and "thumbnails.bin: sha256 differs" in failed.output
     with open(copy / "descriptors.npy", "r+b") as f:
         f.truncate(1000)
     with pytest.raises(IndexDirError, match="descriptors.npy: 1000 bytes, expected"):
         open_index(copy)
     with pytest.raises(IndexDirError, match="is not a loqi index"):
         open_index(tmp_path)
-    (copy / "index.json").write_text(json.dumps({"format": "loqi-index", "format_version": 99}))
+    (copy / "index.json").write_text(json.dumps({"format": "loqi-index", "format_version": 1}))
     with pytest.raises(IndexDirError, match="rebuild the index"):
         read_meta(copy)
 
