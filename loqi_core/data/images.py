@@ -99,7 +99,7 @@ def _rgb(img: "PILImage", name: str | Path) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         return to_uint8(np.asarray(img), img.mode, name)
-    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch shares its memory
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # no copy here: _tensor makes the one copy
 
 
 def _opened(source: "str | Path | io.BytesIO", name: str | Path, header_only: bool) -> "ImageHeader | np.ndarray":
@@ -126,7 +126,7 @@ def _opened(source: "str | Path | io.BytesIO", name: str | Path, header_only: bo
 def _tensor(pixels: np.ndarray) -> "torch.Tensor":
     import torch
 
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(pixels.transpose(2, 0, 1), order="C"))  # H×W×3 → 3×H×W, writable: the one copy
 
 
 def probe_image(data: bytes, name: str) -> ImageHeader:

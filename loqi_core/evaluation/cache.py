@@ -2,7 +2,7 @@
 
 Layout under the cache root (``--cache-dir``, default ``$LOQI_CACHE`` or ``~/.cache/loqi``)::
 
-    eval/images/<key>/shard_00000.bin (+ .json)   degraded images of one image list, one spec, one seed
+    eval/images/<key>/shard_00000.bin (+ .json)   degraded images of one image list, one spec, one seed (raw uint8)
     eval/descriptors/<key>/descriptors.npy (+ .json)   float32 N×D, written as a memory map
 
 ``<key>`` is a digest of everything the content depends on: the image files (paths, sizes, modification
@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -103,9 +104,7 @@ def check(path: Path) -> dict[str, Any] | None:
     if ok:
         return record
     log.warning("cache file %s is incomplete or corrupt (size/sha256 mismatch); rebuilding it", path)
-    for p in (path, side):
-        p.unlink(missing_ok=True)
-    return None
+    return _discard(path)
 
 
 @dataclass
@@ -218,39 +217,50 @@ def load_descriptors(path: Path) -> np.ndarray:
 
 # ---- degraded images -----------------------------------------------------------------------------
 
-
-def _png(img: "torch.Tensor") -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _unpng(blob: bytes) -> "torch.Tensor":
-    import io
-
-    import torch
-    from PIL import Image
-
-    with Image.open(io.BytesIO(blob)) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+SHARD_FORMAT = "uint8-chw"
+"""How a shard stores degraded images: each image's uint8 C×H×W bytes, concatenated, with the shapes in the sealed
+sidecar, so a cache hit is a read and a hash, no decoding. Part of the images' cache key: a cache written in
+another format (loqi ≤ 0.x wrote lossless PNGs) is never read as this one."""
 
 
 def write_shard(path: Path, images: list["torch.Tensor"], nbytes: list[int] | None, indices: list[int]) -> None:
-    """Degraded uint8 images as lossless PNGs concatenated in one file, with offsets and indices in the sidecar."""
-    blobs = [_png(img) for img in images]
-    write_bytes(path, b"".join(blobs))
-    offsets = np.cumsum([0] + [len(b) for b in blobs]).tolist()
-    seal(path, {"offsets": offsets, "indices": indices, "nbytes": nbytes})
+    """Degraded uint8 images, raw and concatenated in one file; shapes, indices and codec bytes in the sidecar."""
+    write_bytes(path, b"".join(memoryview(img.contiguous().numpy()).cast("B") for img in images))
+    seal(path, {"format": SHARD_FORMAT, "shapes": [list(img.shape) for img in images], "indices": indices, "nbytes": nbytes})
 
 
-def read_shard(path: Path, record: dict[str, Any]) -> tuple[list[int], list["torch.Tensor"], list[int] | None]:
-    """(indices, images, codec bytes) of a shard whose sidecar ``record`` was checked."""
-    data = path.read_bytes()
-    offs = record["offsets"]
-    images = [_unpng(data[offs[i] : offs[i + 1]]) for i in range(len(offs) - 1)]
+def read_shard(path: Path) -> tuple[list[int], list["torch.Tensor"], list[int] | None] | None:
+    """(indices, images, codec bytes) of an intact shard, read in one pass and checked against its sidecar (size,
+    sha256, format); None when there is none, and None after deleting one that is incomplete, corrupt or of
+    another format. The images are views into one buffer (a DataLoader worker hands it over in one piece)."""
+    import torch
+
+    side = sidecar_of(path)
+    if not path.exists() and not side.exists():
+        return None
+    try:
+        record = json.loads(side.read_text())
+        if record.get("format") != SHARD_FORMAT:
+            log.warning("cache file %s was written in another format (%s); rebuilding it", path, record.get("format", "PNG"))
+            return _discard(path)
+        shapes = [tuple(int(d) for d in shape) for shape in record["shapes"]]
+        sizes = [math.prod(shape) for shape in shapes]
+        if sum(sizes) != record["size"] or path.stat().st_size != record["size"]:
+            raise ValueError("size mismatch")
+        buffer = torch.empty(record["size"], dtype=torch.uint8)
+        with open(path, "rb") as f:
+            ok = f.readinto(memoryview(buffer.numpy())) == record["size"] and f.read(1) == b""
+        ok = ok and hashlib.sha256(buffer.numpy()).hexdigest() == record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError):
+        ok = False
+    if not ok:
+        log.warning("cache file %s is incomplete or corrupt (size/sha256 mismatch); rebuilding it", path)
+        return _discard(path)
+    offsets = np.cumsum([0, *sizes]).tolist()
+    images = [buffer[offsets[k] : offsets[k + 1]].view(shape) for k, shape in enumerate(shapes)]
     return list(record["indices"]), images, record.get("nbytes")
+
+
+def _discard(path: Path) -> None:
+    for p in (path, sidecar_of(path)):
+        p.unlink(missing_ok=True)
