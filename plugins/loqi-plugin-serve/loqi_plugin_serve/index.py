@@ -279,16 +279,18 @@ class Index:
         return len(self.names)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` database indices and scores per query, re-ranked exactly (ties by the lower index)."""
-        from loqi_core.plugin import refine
+        """Top-``k`` database indices and scores per query: a flat index as ``loqi eval`` searches (the same exact
+        scores, ties by the lower index); an IVF-PQ index's top refine·k re-ranked with those scores."""
+        from loqi_core.plugin import refine, search_flat_index
 
         q = np.ascontiguousarray(queries, dtype=np.float32)
         search = self.meta["search"]
-        if search["backend"] == "ivfpq" and not search["refine"]:
+        if search["backend"] == "flat":
+            return search_flat_index(self.faiss_index, self.descriptors, q, k)
+        if not search["refine"]:
             s, i = self.faiss_index.search(q, k)
             return i.astype(np.int64), np.where(i < 0, -np.inf, s).astype(np.float32)
-        wide = k * search["refine"] if search["backend"] == "ivfpq" else k + 1
-        _, candidates = self.faiss_index.search(q, max(k, min(self.size, wide)))
+        _, candidates = self.faiss_index.search(q, max(k, min(self.size, k * search["refine"])))
         s, i = refine(self.descriptors, q, candidates.astype(np.int64), k)
         return i, s
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from loqi_plugin_serve.index import build_index, open_index
+from loqi_plugin_serve.index import Index, build_index, open_index
 from loqi_plugin_serve.record import IndexDirError, read_meta
 
 
@@ -65,6 +65,31 @@ def test_flat_search_equals_the_eval_engines_search(demo_index):
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_allclose(got_s, want_s, atol=1e-5)
     assert index.search(queries[:2], 400)[0][:, 300:].tolist() == [[-1] * 100] * 2  # k beyond the database
+
+
+def test_near_ties_rank_as_loqi_eval_ranks_them(demo_index):
+    """Clusters of near-copies (scores an ulp apart): one query at a time, as the server asks, the flat index gives
+    loqi eval's ranking and scores exactly, rank k cutting through near-ties included."""
+    import faiss
+
+    from loqi_core.plugin import search
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(40, 96))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    db = np.repeat(base, 5, 0) + 3e-7 * rng.normal(size=(200, 96))
+    db = (db / np.linalg.norm(db, axis=1, keepdims=True)).astype(np.float32)
+    q = base[rng.integers(0, 40, 60)] + 0.3 * rng.normal(size=(60, 96))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    flat = faiss.IndexFlatIP(96)
+    flat.add(db)
+    meta = {**open_index(demo_index).meta, "search": {"backend": "flat", "note": ""}}
+    index = Index(demo_index, meta, db, flat, [str(i) for i in range(200)], np.full((200, 2), np.nan), None)
+    want_i, want_s = search(db, q, 5, "flat")
+    for j in range(len(q)):
+        got_i, got_s = index.search(q[j : j + 1], 5)
+        np.testing.assert_array_equal(got_i[0], want_i[j])
+        np.testing.assert_array_equal(got_s[0], want_s[j])
 
 
 def test_ivfpq_index_is_reranked_exactly(demo_index, cache_dir, tmp_path, kit):
