@@ -47,7 +47,7 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "models: the composed model, preprocessing, checkpoints, pretrained weights, shared layers": {
         "loqi_core.models.model": ("VPRModel",),
         "loqi_core.models.preprocess": ("preprocess_images", "preprocess_sizes"),
-        "loqi_core.models.checkpoint": ("save_checkpoint", "load_checkpoint"),
+        "loqi_core.models.checkpoint": ("save_checkpoint", "load_checkpoint", "checkpoint_lineage"),
         "loqi_core.models.weights": ("fetch_weights", "load_state_dict", "unwrap_state_dict", "sha256_of"),
         "loqi_core.models.layers": ("GeM",),
     },
@@ -116,7 +116,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
         WeightsSpec,
     )
     from loqi_core.losses.terms import DistillBatch
-    from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint
+    from loqi_core.models.checkpoint import checkpoint_lineage, load_checkpoint, save_checkpoint
     from loqi_core.models.layers import GeM
     from loqi_core.models.model import VPRModel
     from loqi_core.models.preprocess import preprocess_images, preprocess_sizes

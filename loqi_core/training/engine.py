@@ -30,6 +30,7 @@ from torch import nn
 from loqi_core.config import RunConfig, dump_config
 from loqi_core.data.sets import TrainSet, skipped_path, write_skipped
 from loqi_core.errors import ConfigError, LoqiError
+from loqi_core.evaluation.cache import model_fingerprint
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.losses.expression import CompositeLoss
 from loqi_core.models.model import VPRModel, build_model
@@ -210,8 +211,11 @@ class _Trainer:
         )  # fmt: skip
         self.student: VPRModel = built
         self.teacher: VPRModel | None = None
+        self.lineage: dict[str, Any] | None = None
         if self.mode == "distill":
             self.teacher = copy.deepcopy(built).eval().requires_grad_(False)
+            self.lineage = {"fingerprint": model_fingerprint(built), "method": built.info["method"],
+                            "weights": str(built.info["weights"])}  # fmt: skip
         self.prefixes = list(self.d.trainable if self.d.trainable is not None else self.spec.trainable)
         select_trainable(self.student, self.prefixes, built.info["method"])
         set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout, self.d.bn_scope)
@@ -402,7 +406,7 @@ class _Trainer:
                     "step": done, "mode": self.mode, "total_steps": self.total_steps,
                     "world_size": self.env.world_size, "loss": self.loss.expression, "last_terms": self.last_terms,
                 }  # fmt: skip
-                ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state)
+                ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state, self.lineage)
                 ckpt.prune(self.out, self.d.keep_checkpoints)
         except BaseException:  # a full disk or Ctrl-C mid-write: the half-written one goes, the last good one stays
             if self.env.is_main:

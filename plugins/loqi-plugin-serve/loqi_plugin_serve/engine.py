@@ -26,10 +26,13 @@ def printable(name: str) -> str:
 
 
 class Engine:
-    """Encodes images with the index's model (same preprocessing, same weights) and searches the index."""
+    """Encodes images with the index's model, or with a student distilled from it (``lineage``: the teacher it
+    records), and searches the index."""
 
-    def __init__(self, index: Index, model: "VPRModel", device: "torch.device", bf16: bool) -> None:
+    def __init__(self, index: Index, model: "VPRModel", device: "torch.device", bf16: bool,
+                 lineage: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.index, self.model, self.device, self.bf16 = index, model.to(device).eval(), device, bf16
+        self.lineage = lineage
 
     def locate(self, images: list["torch.Tensor"], ks: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, float]]:
         """One result list per image (best first, its own k), and the batch's model and search time in ms."""
@@ -67,12 +70,13 @@ class Engine:
 
 
 def load_engine(index_path: Path, weights: str | None = None, device: str = "auto", precision: str = "auto") -> Engine:
-    """Open the index, rebuild its model (or load ``weights`` into it) and refuse a model that does not match."""
+    """Open the index, rebuild its model (or load ``weights`` into it: the index's own, or a student distilled
+    from the index's model) and refuse a model whose descriptors are not comparable."""
     from loqi_core.plugin import get_plugins, resolve_device, use_bf16
 
     index = open_index(index_path)
     record = index.meta["model"]
     model = build_model_from(record, weights or record["weights"], get_plugins())
-    check_model(index.meta, model, index_path)
+    lineage = check_model(index.meta, model, index_path)
     dev = resolve_device(device)
-    return Engine(index, model, dev, use_bf16(precision, dev))
+    return Engine(index, model, dev, use_bf16(precision, dev), lineage)

@@ -408,17 +408,26 @@ def open_index(path: Path) -> Index:
     return Index(path, meta, descriptors, index, names, utm, offsets)
 
 
-def check_model(meta: dict[str, Any], model: "VPRModel", index_path: Path) -> None:
-    """Refuse a model whose weights or architecture differ from the one that encoded the index."""
-    from loqi_core.plugin import model_fingerprint
+def check_model(meta: dict[str, Any], model: "VPRModel", index_path: Path) -> dict[str, Any] | None:
+    """Refuse a model whose descriptors are not comparable with the index's: it must be the model that encoded the
+    database, or a student whose checkpoint records that it was distilled from exactly that model (its lineage:
+    the teacher's fingerprint), which then encodes the queries against its teacher's map. Returns that lineage
+    (None for the index's own model)."""
+    from loqi_core.plugin import checkpoint_lineage, model_fingerprint
 
     built = meta["model"]
     fingerprint = model_fingerprint(model)
-    if fingerprint != built["fingerprint"]:
-        raise IndexDirError(
-            f"{index_path} was built with {built['info']['method']} weights \"{built['weights']}\" (model fingerprint "
-            f"{built['fingerprint']}), but the model to serve has weights \"{model.info['weights']}\" (fingerprint "
-            f"{fingerprint}): its descriptors would not be comparable. Build an index with the same model: "
-            f"loqi index build --method {built['info']['method']} --weights {model.info['weights']} --dataset "
-            f"{meta['dataset']} --out NEW_INDEX"
-        )
+    if fingerprint == built["fingerprint"]:
+        return None
+    lineage = checkpoint_lineage(str(model.info["weights"]))
+    if lineage is not None and lineage["fingerprint"] == built["fingerprint"]:
+        return lineage
+    teacher = ("its checkpoint records no teacher" if lineage is None
+               else f"it was distilled from another model (fingerprint {lineage['fingerprint']})")  # fmt: skip
+    raise IndexDirError(
+        f"{index_path} was built with {built['info']['method']} weights \"{built['weights']}\" (model fingerprint "
+        f"{built['fingerprint']}), but the model to serve has weights \"{model.info['weights']}\" (fingerprint "
+        f"{fingerprint}) and {teacher}: its descriptors would not be comparable. Serve the index's own model, a "
+        f"student distilled from it, or build an index with this model: loqi index build --method "
+        f"{built['info']['method']} --weights {model.info['weights']} --dataset {meta['dataset']} --out NEW_INDEX"
+    )

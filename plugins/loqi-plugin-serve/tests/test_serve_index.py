@@ -180,3 +180,39 @@ def test_a_random_weight_index_of_a_folder_dataset_is_served_by_its_own_seeded_m
     assert engine.index.names[5].startswith("@500500.00@4000000.00@")
     [results], _ = engine.locate([read_image(root / "images/test/database" / engine.index.names[5])], [3])
     assert results[0]["index"] == 5 and results[0]["utm_east"] == 500500.0 and results[0]["score"] > 0.9999
+
+
+def test_a_student_serves_queries_against_its_teachers_index_and_another_is_refused(demo_index, tmp_path, kit):
+    """`loqi distill` records the teacher's fingerprint in the student's checkpoint: that student encodes the queries
+    against the index its teacher built (answers: the student's encode_batch + loqi eval's flat search of the
+    teacher's database); a checkpoint without that lineage is refused, naming why."""
+    import torch
+
+    from loqi_core import build_model, distill
+    from loqi_core.plugin import encode_batch, model_fingerprint, save_checkpoint, search
+    from loqi_core.testing.tiny import write_vpr_folder
+    from loqi_plugin_serve.engine import load_engine
+
+    train = write_vpr_folder(tmp_path / "data", places=8) / "images/test/database"  # a folder of 8 images
+    torch.set_num_threads(1)
+    distill("lite0-gem", "jpeg10", train=f"folder:{train}", loss="mse", out=tmp_path / "run", device="cpu",
+            max_steps=2, batch_size=4, lr=1e-3, num_workers=0, tensorboard=False)  # fmt: skip
+    engine = load_engine(demo_index, weights=str(tmp_path / "run"), device="cpu")
+    teacher = read_meta(demo_index)["model"]["fingerprint"]
+    assert engine.lineage is not None and engine.lineage["fingerprint"] == teacher
+    assert model_fingerprint(engine.model) != teacher  # the student's own weights encode the queries
+    frames = [kit.decoded(p.read_bytes()) for p in kit.database_files(engine.index)[10:13]]
+    answers, _ = engine.locate(frames, [5, 5, 5])
+    desc = encode_batch(engine.model, frames, engine.device, False)
+    want_i, want_s = search(np.asarray(engine.index.descriptors), desc, 5, "flat")
+    for got, i, s in zip(answers, want_i, want_s):
+        assert [r["index"] for r in got] == i.tolist() and [r["score"] for r in got] == s.tolist()
+
+    torch.manual_seed(0)
+    other = build_model("lite0-gem", weights="random")
+    save_checkpoint(other, tmp_path / "other", extra={"distilled_from": {"fingerprint": "0" * 24, "method": "lite0-gem"}})
+    with pytest.raises(IndexDirError, match="it was distilled from another model \\(fingerprint 0{24}\\)"):
+        load_engine(demo_index, weights=str(tmp_path / "other"), device="cpu")
+    save_checkpoint(other, tmp_path / "plain")
+    with pytest.raises(IndexDirError, match="its checkpoint records no teacher"):
+        load_engine(demo_index, weights=str(tmp_path / "plain"), device="cpu")
