@@ -18,7 +18,14 @@ def index_group() -> None:
 @click.option("--encoder", help="Mix and match: encoder name (instead of, or overriding, --method).")
 @click.option("--aggregator", help="Mix and match: aggregator name.")
 @click.option("--weights", "-w", help='"default", a variant ("official"), "random", a file or a checkpoint folder (a student: RUN/distill).')
-@click.option("--dataset", "-t", required=True, help="Whose database to index: NAME or NAME:PATH, e.g. demo, folder:/data/city.")
+@click.option("--dataset", "-t", help="A test set whose database to index: NAME or NAME:PATH, e.g. demo, nordland:/data/nordland.")
+@click.option("--database", type=click.Path(file_okay=False, path_type=Path),
+              help="Or any folder of images to index (a map): every image under it, named by its path there.")
+@click.option("--order", type=click.Choice(["none", "name", "frame", "timestamp"]), default="none", show_default=True,
+              help="With --database: the images' capture order (one traverse per sub-folder), by name, by gmberton's "
+                   "frame-index or timestamp field; sessions (sequence matching) need one.")
+@click.option("--utm-zone", help="UTM zone (e.g. 33T) of names that carry UTM east/north but no zone: answers then "
+                                 "also give latitude and longitude.")
 @click.option("--degrade", "-d", default="none", show_default=True, help="Degrade the database before encoding (none: the images as they are).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="The index directory to write.")
 @click.option("--index", "backend", type=click.Choice(["flat", "ivfpq"]), default="flat", show_default=True,
@@ -36,24 +43,35 @@ def index_group() -> None:
 @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="TOML or YAML config file (any RunConfig field).")
 @click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any config field, e.g. -s eval.ivf_nlist=1024 -s eval.ivf_refine=20 -s eval.num_workers=0.")
-def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, force: bool, **kw: Any) -> None:
-    """Encode a dataset's database once and write a self-describing index directory.
+def build_command(dataset: str | None, database: Path | None, order: str, utm_zone: str | None, out: Path,
+                  backend: str, no_thumbnails: bool, force: bool, **kw: Any) -> None:  # fmt: skip
+    """Encode a database once and write a self-describing index directory: a test set's database (--dataset), or
+    any folder of images (--database), a map.
 
-    The database goes through the evaluation engine (same extraction, same descriptor cache as `loqi eval`),
-    then INDEX/ gets descriptors.npy, a FAISS index (flat by default; ivfpq trains IVF-PQ and the server re-ranks
-    its top refine·k candidates exactly from the descriptors), names.txt, utm.npy, thumbnails, and index.json with
-    the model's identity (method, parts, preprocessing, weights and their fingerprint). `loqi serve` refuses to
-    serve the index with any other model.
+    The images go through the evaluation engine (same extraction, same descriptor cache as `loqi eval`), then
+    INDEX/ gets descriptors.npy, a FAISS index (flat by default; ivfpq trains IVF-PQ and the server re-ranks its
+    top refine·k candidates exactly from the descriptors), the names, positions (UTM east/north from gmberton's
+    @east@north@ names; latitude, longitude and zone where the names or --utm-zone give them), the capture order,
+    thumbnails, and index.json with the model's identity (method, parts, preprocessing, weights and their
+    fingerprint). `loqi serve` refuses to serve the index with a model that is not it or its distilled student.
+    A folder whose names carry no position indexes too: answers then give names and scores only.
 
     \b
     Examples:
       loqi index build --method lite0-gem --dataset demo --out indexes/demo
-      loqi index build --method mixvpr --weights runs/run-mixvpr-jpeg10-.../distill --dataset folder:/data/city --out indexes/city
+      loqi index build --method mixvpr --database /data/city-map --order name --out indexes/city
+      loqi index build --method lite0-gem --database /data/route --utm-zone 33W --out indexes/route
       loqi index build --method salad --dataset msls:/data/msls --index ivfpq -s eval.ivf_nlist=4096 --out indexes/msls
     """
-    from loqi_core.plugin import IVFPQParams, config_from_flags, take_deprecated
+    from loqi_core.plugin import ConfigError, IVFPQParams, config_from_flags, take_deprecated
+    from loqi_plugin_serve.geo import parse_zone
     from loqi_plugin_serve.index import build_index
     from loqi_plugin_serve.record import describe, read_meta
+
+    if (dataset is None) == (database is None):
+        raise ConfigError("give the images to index: --dataset NAME (a test set's database) or --database FOLDER, not both")
+    if order != "none" and database is None:
+        raise ConfigError("--order applies to --database (a test set has its own capture order)")
 
     take_deprecated(kw, "old_batch_size", "eval_batch_size", "--batch-size", "--eval-batch-size", "in index build",
                     "the extraction batch, as in loqi eval")
@@ -63,9 +81,51 @@ def build_command(dataset: str, out: Path, backend: str, no_thumbnails: bool, fo
     config = config_from_flags(kw, extra)
     ev = config.eval
     ivf = IVFPQParams(nlist=ev.ivf_nlist, m=ev.ivf_m, nprobe=ev.ivf_nprobe, refine=ev.ivf_refine)
-    path = build_index(config, dataset, out, backend=backend, ivf=ivf, thumbnails=not no_thumbnails, force=force,
-                       echo=click.echo)  # fmt: skip
+    path = build_index(config, dataset, out, database=database, order=order,
+                       utm_zone=parse_zone(utm_zone) if utm_zone else None, backend=backend, ivf=ivf,
+                       thumbnails=not no_thumbnails, force=force, echo=click.echo)  # fmt: skip
     click.echo(describe(read_meta(path), path))
+
+
+@index_group.command("add")
+@click.argument("index", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--order", type=click.Choice(["none", "name", "frame", "timestamp"]), default="none", show_default=True,
+              help="The new images' capture order (new traverses, one per sub-folder), as in index build.")
+@click.option("--utm-zone", help="UTM zone (e.g. 33T) of new names that carry UTM east/north but no zone.")
+@click.option("--device", help='"auto" (CUDA when available), "cpu", "cuda".')
+@click.option("--eval-batch-size", type=int, help="Images per extraction batch (default 32).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Evaluation cache (default $LOQI_CACHE or ~/.cache/loqi).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write cached degraded images and descriptors.")
+@click.option("--set", "-s", "sets", multiple=True, metavar="KEY=VALUE", help="Any eval config field, e.g. -s eval.num_workers=0.")
+def add_command(index: Path, folder: Path, order: str, utm_zone: str | None, device: str | None,
+                eval_batch_size: int | None, cache_dir: str | None, no_cache: bool, sets: tuple[str, ...]) -> None:  # fmt: skip
+    """Add every image under FOLDER to INDEX without encoding again what it holds.
+
+    The index is verified first (every file's sha256, then opened as `loqi serve` opens it). The new images are
+    encoded with the index's own model, weights, degradation, seed and precision (through the evaluation cache),
+    named by their path under FOLDER (a name the index already holds is refused: added twice?), and appended:
+    descriptors, positions, capture order, thumbnails. A flat FAISS index gets the new vectors; an IVF-PQ index
+    gets their codes, or is trained again when the database has more than doubled since it was trained. The new
+    index is written beside the old one, opened and checked like a build, and only then takes its place: a kill at
+    any moment leaves the old index or the new one, whole.
+
+    \b
+    Example:
+      loqi index add indexes/city /data/city-map-2025-06 --order name
+    """
+    from loqi_core.plugin import config_from_flags
+    from loqi_plugin_serve.geo import parse_zone
+    from loqi_plugin_serve.index import add_to_index
+    from loqi_plugin_serve.record import describe, read_meta
+
+    record = read_meta(index)["model"]  # the index's method: its run defaults (batch size ...) apply
+    flags = {"method": record["method"], "encoder": record["encoder"], "aggregator": record["aggregator"],
+             "device": device, "sets": sets}  # fmt: skip
+    config = config_from_flags(flags, {"eval.batch_size": eval_batch_size, "eval.cache_dir": cache_dir,
+                                       "eval.cache": False if no_cache else None})  # fmt: skip
+    add_to_index(index, folder, config, order=order, utm_zone=parse_zone(utm_zone) if utm_zone else None, echo=click.echo)
+    click.echo(describe(read_meta(index), index))
 
 
 @index_group.command("info")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from loqi_plugin_serve.geo import zone_label
 from loqi_plugin_serve.index import Index, build_model_from, check_model, open_index
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,17 +56,24 @@ class Engine:
         t2 = time.perf_counter()
         return results, {"model_ms": (t1 - t0) * 1000, "search_ms": (t2 - t1) * 1000}
 
+    def place(self, i: int) -> dict[str, Any]:
+        """Database image ``i``: its name and position (UTM east/north, latitude/longitude, UTM zone; None where
+        unknown)."""
+        east, north = (float(v) for v in self.index.utm[i])
+        lat, lon, zone = (float(v) for v in self.index.geo[i])
+        return {
+            "index": i, "name": printable(self.index.names[i]),
+            "utm_east": None if math.isnan(east) else east, "utm_north": None if math.isnan(north) else north,
+            "utm_zone": zone_label(lat, zone), "lat": None if math.isnan(lat) else lat,
+            "lon": None if math.isnan(lon) else lon,
+        }  # fmt: skip
+
     def rows(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         out = []
         for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist()), 1):
             if i < 0:  # the database has fewer than k images
                 break
-            east, north = (float(v) for v in self.index.utm[i])
-            out.append({
-                "rank": rank, "index": i, "name": printable(self.index.names[i]),
-                "utm_east": None if math.isnan(east) else east, "utm_north": None if math.isnan(north) else north,
-                "score": s, "distance": math.sqrt(max(0.0, 2.0 - 2.0 * s)),
-            })  # fmt: skip
+            out.append({"rank": rank, **self.place(i), "score": s, "distance": math.sqrt(max(0.0, 2.0 - 2.0 * s))})
         return out
 
 

@@ -137,7 +137,7 @@ def _(ctx):
     return command(*build_args(ctx, root, root, "--force"))
 
 
-@row("build/out-inside-the-dataset", 1, "lies inside the dataset's images", dataset_untouched)
+@row("build/out-inside-the-dataset", 1, "lies inside the images it reads", dataset_untouched)
 def _(ctx):
     root = small_dataset(ctx)
     return command(*build_args(ctx, root, root / "images/test/database/index"))
@@ -360,7 +360,7 @@ def _(ctx):
     return code, out
 
 
-@row("info/an-older-format", 1, "this loqi reads loqi-index v2: rebuild the index", demo_untouched_but())
+@row("info/an-older-format", 1, "this loqi reads loqi-index v3: rebuild the index", demo_untouched_but())
 def _(ctx):
     index = damaged_copy(ctx)
     edit_record(index, lambda m: m.__setitem__("format_version", 1))
@@ -482,6 +482,127 @@ def _(ctx):
     np.save(index / "descriptors.npy", np.load(index / "descriptors.npy") * 2)
     record_file(index, "descriptors.npy")
     return serve(index)
+
+
+# ---- issue 23: maps from folders, index add, positions; issue 21: a student's lineage ---------------------------------
+def map_folder(ctx: Ctx, name: str = "map", count: int = 4, prefix: str = "m") -> Path:
+    from PIL import Image
+
+    folder = ctx.tmp / name
+    folder.mkdir()
+    rng = np.random.default_rng(len(name))
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3)).astype(np.uint8)).save(folder / f"{prefix}{i}.png")
+    return folder
+
+
+def folder_index(ctx: Ctx, folder: Path, *extra: Any) -> Path:
+    code, out = command("index", "build", "--method", "lite0-gem", "--weights", "random", "--seed", 3, "--database",
+                        folder, "--out", ctx.tmp / "idx", "--device", "cpu", "--cache-dir", ctx.cache_dir, "-s",
+                        "eval.num_workers=0", "--no-thumbnails", *extra)  # fmt: skip
+    assert code == 0, out
+    ctx.state["index"] = files(ctx.tmp / "idx")
+    return ctx.tmp / "idx"
+
+
+def index_kept(ctx: Ctx) -> None:
+    assert files(ctx.tmp / "idx") == ctx.state["index"]
+    assert not [p.name for p in ctx.tmp.iterdir() if p.name.startswith(".")], "a hidden partial folder was left"
+
+
+def add(ctx: Ctx, index: Path, folder: Path) -> tuple[int, str]:
+    return command("index", "add", index, folder, "--device", "cpu", "--cache-dir", ctx.cache_dir, "-s", "eval.num_workers=0")
+
+
+@row("build/database-folder-missing", 1, "folder not found")
+def _(ctx):
+    return command("index", "build", "--method", "lite0-gem", "--database", ctx.tmp / "nowhere", "--out", ctx.tmp / "idx")
+
+
+@row("build/database-names-some-with-positions", 1, "file name has no UTM coordinates, but other images")
+def _(ctx):
+    folder = map_folder(ctx)
+    (folder / "m0.png").rename(folder / "@500000.00@4000000.00@33@T@@@@@@@@@@.png")
+    return command("index", "build", "--method", "lite0-gem", "--database", folder, "--out", ctx.tmp / "idx")
+
+
+@row("build/database-and-dataset", 1, "--dataset NAME (a test set's database) or --database FOLDER, not both")
+def _(ctx):
+    return command("index", "build", "--method", "lite0-gem", "--dataset", "demo", "--database", map_folder(ctx),
+                   "--out", ctx.tmp / "idx")  # fmt: skip
+
+
+@row("build/utm-zone-not-a-zone", 1, '--utm-zone: "61X" is not a UTM zone')
+def _(ctx):
+    return command("index", "build", "--method", "lite0-gem", "--database", map_folder(ctx), "--utm-zone", "61X",
+                   "--out", ctx.tmp / "idx")  # fmt: skip
+
+
+@row("add/the-same-folder-twice", 1, "the index already holds an image named 'm0.png' (added twice?)", index_kept)
+def _(ctx):
+    folder = map_folder(ctx)
+    return add(ctx, folder_index(ctx, folder), folder)
+
+
+@row("add/to-a-damaged-index", 1, "descriptors.npy: sha256 differs from index.json", index_kept)
+def _(ctx):
+    index = folder_index(ctx, map_folder(ctx))
+    data = bytearray((index / "descriptors.npy").read_bytes())
+    data[-1] ^= 1
+    (index / "descriptors.npy").write_bytes(bytes(data))
+    ctx.state["index"] = files(index)
+    return add(ctx, index, map_folder(ctx, "more", prefix="n"))
+
+
+@row("add/to-an-index-that-holds-more", 1, "also holds notes.txt: move them away", index_kept)
+def _(ctx):
+    index = folder_index(ctx, map_folder(ctx))
+    (index / "notes.txt").write_text("mine")
+    ctx.state["index"] = files(index)
+    return add(ctx, index, map_folder(ctx, "more", prefix="n"))
+
+
+@row("add/a-folder-that-holds-the-index", 1, "idx lies inside the images it reads", index_kept)
+def _(ctx):
+    index = folder_index(ctx, map_folder(ctx))
+    return add(ctx, index, ctx.tmp)
+
+
+@row("add/not-an-index", 1, "is not a loqi index (no index.json)")
+def _(ctx):
+    return add(ctx, map_folder(ctx, "plain"), map_folder(ctx, "more", prefix="n"))
+
+
+@row("serve/geo-of-shape-n-by-2", 1, "geo.npy: a float64 array of shape (300, 2), expected float64 (300, 3)",
+     demo_untouched_but("geo.npy"))
+def _(ctx):
+    index = damaged_copy(ctx)
+    np.save(index / "geo.npy", np.load(index / "geo.npy")[:, :2])
+    record_file(index, "geo.npy")
+    return serve(index)
+
+
+@row("serve/order-with-a-position-twice", 1, "order.npy: the positions of a traverse are not 0, 1, 2, ...",
+     demo_untouched_but("order.npy"))
+def _(ctx):
+    index = damaged_copy(ctx)
+    order = np.load(index / "order.npy")
+    order[1] = order[0]
+    np.save(index / "order.npy", order)
+    record_file(index, "order.npy")
+    return serve(index)
+
+
+@row("serve/a-student-of-another-model", 1, "and its checkpoint records no teacher: its descriptors would not be comparable")
+def _(ctx):
+    import torch
+
+    from loqi_core import build_model
+    from loqi_core.plugin import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(build_model("lite0-gem", weights="random"), ctx.tmp / "student")
+    return command("serve", ctx.demo_index, "--device", "cpu", "--port", 0, "--weights", ctx.tmp / "student")
 
 
 # ---- 9: denial of service by shape: refused from the header, and the next request is answered at once -------------

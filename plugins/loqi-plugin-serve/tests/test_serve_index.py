@@ -40,7 +40,8 @@ def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_
     assert meta["model"]["weights"] == "imagenet" and meta["model"]["info"]["method"] == "lite0-gem"
     assert meta["model"]["preprocess"]["min_side"] == 128 and meta["dim"] == 192 and meta["database_images"] == 300
     assert meta["degradation"] == "none" and meta["search"]["backend"] == "flat" and "clean" in meta["protocol"]
-    assert set(meta["files"]) == {"descriptors.npy", "faiss.index", "names.json", "utm.npy", "thumbnails.bin", "thumbnails.npy"}
+    assert set(meta["files"]) == {"descriptors.npy", "faiss.index", "names.json", "utm.npy", "geo.npy", "order.npy",
+                                 "thumbnails.bin", "thumbnails.npy"}
 
     index = open_index(demo_index)
     test = load_dataset("demo", "test")
@@ -84,7 +85,8 @@ def test_near_ties_rank_as_loqi_eval_ranks_them(demo_index):
     flat = faiss.IndexFlatIP(96)
     flat.add(db)
     meta = {**open_index(demo_index).meta, "search": {"backend": "flat", "note": ""}}
-    index = Index(demo_index, meta, db, flat, [str(i) for i in range(200)], np.full((200, 2), np.nan), None)
+    index = Index(demo_index, meta, db, flat, [str(i) for i in range(200)], np.full((200, 2), np.nan), None,
+                  np.full((200, 3), np.nan), np.full((200, 2), -1))
     want_i, want_s = search(db, q, 5, "flat")
     for j in range(len(q)):
         got_i, got_s = index.search(q[j : j + 1], 5)
@@ -158,7 +160,7 @@ def test_index_build_and_info_on_the_command_line(demo_index, cache_dir, tmp_pat
     assert forced.exit_code == 0 and "--batch-size is deprecated in index build: write --eval-batch-size" in forced.output
     info = runner.invoke(_cli(), ["index", "info", str(out)])
     assert info.exit_code == 0 and "lite0-gem" in info.output
-    assert "files: 4 intact (sizes checked)" in info.output
+    assert "files: 6 intact (sizes checked)" in info.output
     as_json = runner.invoke(_cli(), ["index", "info", str(out), "--json"])
     assert json.loads(as_json.output)["model"]["fingerprint"] == read_meta(demo_index)["model"]["fingerprint"]
     bad = runner.invoke(_cli(), ["index", "build", "--method", "lite0-gem", "--dataset", "nope", "--out", str(tmp_path / "x")])
