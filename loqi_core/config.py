@@ -177,6 +177,18 @@ class EvalConfig(Section):
         False, description="write database and query descriptors (.npy, float32, image names beside) per test set and row"
     )
     pairs: int = Field(0, ge=0, description="write hloc-style retrieval pairs, the K best database images per query; 0 = none")
+    sequence: int = Field(
+        0, ge=0, le=10_000, description="also score each query by sequence matching (SeqSLAM) over the L frames ending "
+        "at it, the paper's d_s; 0 = off; test sets with capture order only (docs/evaluation.md#sequence-matching)",
+    )  # fmt: skip
+    sequence_window: int = Field(10, ge=2, description="SeqSLAM's R_window: database frames of the contrast enhancement")
+    sequence_v_min: float = Field(0.8, gt=0, description="SeqSLAM's V_min: slowest line, in database frames per query frame")
+    sequence_v_max: float = Field(1.2, gt=0, description="SeqSLAM's V_max: fastest line")
+    sequence_v_step: float = Field(0.1, gt=0, description="SeqSLAM's V_step: step between the velocities searched")
+    sequence_rate: float | None = Field(
+        None, gt=0, description="nominal database frames per query frame; None = database size / number of queries "
+        "(two traverses of one route)",
+    )  # fmt: skip
 
     @field_validator("recall")
     @classmethod
@@ -187,6 +199,12 @@ class EvalConfig(Section):
     @classmethod
     def _levels(cls, levels: list[str]) -> list[str]:
         return check_levels(levels)
+
+    @model_validator(mode="after")
+    def _velocities(self) -> "EvalConfig":
+        if self.sequence_v_max < self.sequence_v_min:
+            raise ValueError(f"sequence_v_max ({self.sequence_v_max}) is below sequence_v_min ({self.sequence_v_min})")
+        return self
 
     @model_validator(mode="after")
     def _test_sets(self) -> "EvalConfig":

@@ -64,6 +64,11 @@ def eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Write database and query descriptors (.npy float32, image names beside) to descriptors/<set>__<row>/."),
         click.option("--pairs", type=click.IntRange(min=1), metavar="K",
                      help="Write hloc retrieval pairs to pairs/<set>__<row>.txt: the K best database images per query."),
+        click.option("--sequence", type=click.IntRange(min=1), metavar="L",
+                     help="Also score each query by sequence matching (SeqSLAM) over the L frames ending at it, from the "
+                          "same descriptors: recall beside the single-frame one. Test sets with capture order only "
+                          "(nordland, demo, video360, folder:ROOT?order=frame). -s eval.sequence_window, "
+                          "eval.sequence_v_min/v_max/v_step and eval.sequence_rate tune it (docs/evaluation.md)."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
@@ -83,6 +88,7 @@ def eval_overrides(kw: dict[str, Any]) -> dict[str, Any]:
         "eval.degrade": eval_levels(kw.get("eval_degrade")),
         "eval.database": kw.get("database"), "eval.queries": kw.get("queries"),
         "eval.save_descriptors": kw.get("save_descriptors"), "eval.pairs": kw.get("pairs"),
+        "eval.sequence": kw.get("sequence"),
     }  # fmt: skip
 
 
@@ -107,7 +113,8 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
     The run directory gets config.json, plugins.json, run.log, metrics.json, results.md, recall.png,
     predictions/*.csv and grids/*.png; with --save-descriptors, descriptors/<set>__<row>/ (database.npy,
     queries.npy, their image names in database.txt and queries.txt); with --pairs K, pairs/<set>__<row>.txt
-    (hloc's "query db" lines, K per query, best first).
+    (hloc's "query db" lines, K per query, best first). With --sequence L, each query is also scored by the L
+    frames ending at it (SeqSLAM over the same descriptors) and the report gives both recalls side by side.
 
     \b
     Examples:
@@ -115,6 +122,7 @@ def eval_command(dataset: str | None, **kw: Any) -> None:
       loqi eval --method mixvpr --weights runs/run-mixvpr-jpeg10-.../ --dataset nordland --degrade jpeg10
       loqi eval --method salad --dataset msls:/data/msls --degrade none --index ivfpq
       loqi eval --method lite0-gem --database map/ --queries frames/ --degrade none --pairs 20 --save-descriptors
+      loqi eval --method lite0-gem --dataset nordland --degrade jpeg10 --sequence 10
     """
     from loqi_core.experiments.runner import run_eval
 

@@ -42,6 +42,7 @@ from loqi_core.evaluation.cache import (
 )
 from loqi_core.evaluation.results import EvalResult
 from loqi_core.evaluation.search import IVFPQParams, NonFiniteDescriptorsError, recall_at_n, resolve_backend, search
+from loqi_core.evaluation.sequence import match_sequences, traverses_of
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.util.cpus import loader_workers
 from loqi_core.util.devices import resolve_device
@@ -392,6 +393,8 @@ def describe_protocol(protocol: dict[str, Any]) -> str:
         f"degradation: {protocol['degradation']} (seed {protocol['seed']}); {protocol['temporal']}",
         f"weights: {protocol['weights']}; precision: {protocol['precision']}",
     ]
+    if protocol.get("sequence"):
+        lines.append(f"sequence matching: {protocol['sequence']}")
     if protocol.get("untrained"):
         lines.insert(0, "UNTRAINED MODEL (--weights random): these numbers measure nothing but the pipeline")
     return "\n".join(lines)
@@ -425,6 +428,8 @@ def evaluate(
     deg = parse_degradation(degradation, plugins) if isinstance(degradation, str) else degradation
     db_deg: Degradation = Identity() if clean_database else deg
     device = device if isinstance(device, torch.device) else resolve_device(device)
+    if config.sequence:
+        traverses_of(test)  # a test set without capture order is refused before anything is encoded
     model = model.to(device).eval()
     key = descriptor_key(model, config.precision, device, plugins)
     stats = stats if stats is not None else {}
@@ -454,6 +459,7 @@ def evaluate(
     search_s = time.perf_counter() - t0
     gt = test.ground_truth(config.positive_radius) if test.labelled else None
     recalls = recall_at_n(idx, gt, config.recall) if gt is not None else {}
+    sequence = match_sequences(test, db, q, gt, config) if config.sequence else None
     weights = str(model.info.get("weights"))
     explicit = test.positives is not None
     search_name = {"flat": "exact inner product, FAISS flat (CPU)", "torch": f"exact inner product, torch top-k ({device.type})",
@@ -482,6 +488,8 @@ def evaluate(
         "n_database": len(test.database),
         "n_queries": len(test.queries),
     }
+    if sequence is not None:
+        protocol["sequence"] = sequence.protocol
     return EvalResult(
         dataset=test.name,
         recalls=recalls,
@@ -499,4 +507,5 @@ def evaluate(
         query_positions=test.queries.positions,
         database_descriptors=db,
         query_descriptors=q,
+        sequence=sequence,
     )

@@ -11,6 +11,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.degrade.base import Degradation
+    from loqi_core.evaluation.sequence import SequenceResult
 
 
 @dataclass(repr=False)
@@ -38,6 +39,8 @@ class EvalResult:
     database_descriptors: np.ndarray | None = None
     """N×D float32 L2-normalised, rows in ``database_paths`` order (a read-only memory map)."""
     query_descriptors: np.ndarray | None = None
+    sequence: SequenceResult | None = None
+    """With ``eval.sequence``: sequence matching (SeqSLAM) from the same descriptors, beside the single-frame search."""
 
     @property
     def queries_without_positives(self) -> int | None:

@@ -32,6 +32,7 @@ from loqi_core.evaluation.cache import EvalCache
 from loqi_core.evaluation.engine import LABEL_FREE, apply_threads, describe_protocol, evaluate
 from loqi_core.evaluation.outputs import check_line_names
 from loqi_core.evaluation.results import EvalResult
+from loqi_core.evaluation.sequence import traverses_of
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.report.names import name_test_sets, slug
 from loqi_core.report.results import UNTRAINED, Report, results_markdown
@@ -135,6 +136,9 @@ class Experiment:
         if ev.save_descriptors or ev.pairs:  # name lists must stay aligned with the rows: refused before any work
             for test in self.tests:
                 check_line_names([*test.database.paths, *test.queries.paths], test.name)
+        if ev.sequence:
+            for test in self.tests:
+                traverses_of(test)  # a test set without capture order is refused before any work
         self.train_set = self._check_training(config, losses) if losses else None
         if kind != "eval":
             _check_rerun(self.out, config)
@@ -302,6 +306,9 @@ class Experiment:
             if result.ground_truth is None:
                 recalls = f"no recall: {LABEL_FREE}"
             self.echo(f"{test.name:<16} {self.report.rows[row]['label']:<36} {recalls}{cached}")
+            if result.sequence is not None and result.ground_truth is not None:
+                recalls = "  ".join(f"{k} {v:6.2f}" for k, v in result.sequence.recalls.items())
+                self.echo(f"{'':<16} {'  sequence L=' + str(result.sequence.params.length):<36} {recalls}")
             self.write_outputs(row, result)
             out[test.name] = result
         return out

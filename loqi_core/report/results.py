@@ -16,7 +16,8 @@ Rows: ``pretrained_clean``, ``pretrained_degraded``, ``finetuned``, ``distilled`
 ``distilled:<loss expression>``; ``loqi eval`` of a checkpoint writes ``model``. With ``--eval-degrade`` every
 row but ``pretrained_clean`` is one row per level, ``<row>@<level>`` (``distilled@jpeg5``), and ``run`` gets
 ``eval_degrade``. Recall values are percentages; a label-free test set (no positions) has ``"labelled": false``,
-empty rows and ``queries_without_positives`` null.
+empty rows and ``queries_without_positives`` null. With ``eval.sequence`` a dataset adds ``"sequence": {"length",
+"window", "v_min", "v_max", "v_step", "rate", "rows": {"<row>": {"R@1": ...}}}``: sequence matching's recall per row.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ class Report:
                 "protocols": {r: rows[r].protocol for r in ordered},
                 "notes": self.notes.get(name, []),
             }
+            matched = {r: s for r, s in ((r, rows[r].sequence) for r in ordered) if s is not None}
+            if matched:  # eval.sequence: sequence recall beside the rows' single-frame recall
+                recalls = {r: {k: round(v, 4) for k, v in s.recalls.items()} for r, s in matched.items()}
+                datasets[name]["sequence"] = {**next(iter(matched.values())).settings(), "rows": recalls}
         return {
             "schema": SCHEMA,
             "loqi_version": __version__,
@@ -176,6 +181,8 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
     lines += table_markdown(metrics) + [""]
     if any("@" in r for ds in metrics["datasets"].values() for r in ds["rows"]):
         lines += ["## Per degradation level", ""] + levels_markdown(metrics) + [""]
+    if any("sequence" in ds for ds in metrics["datasets"].values()):
+        lines += ["## Sequence matching", ""] + sequence_markdown(metrics) + [""]
     lines += ["Recall@N in percent of all queries (a query without a positive counts as a miss). Δ rows are relative to",
               "the pretrained model on degraded images; the absolute value follows in parentheses.", "", "## Protocol", ""]
     for name, ds in metrics["datasets"].items():
@@ -186,6 +193,8 @@ def results_markdown(metrics: dict[str, Any], title: str | None = None) -> str:
         lines.append(f"- **{name}** ({ds['n_database']} database, {ds['n_queries']} queries): {where}, "
                      f"{p['encoder']}; positives: {p['positives']}; queries without a positive: "
                      f"{p['queries_without_positives']}; search: {p['search']}; {p['temporal']}; precision {p['precision']}.")
+        if p.get("sequence"):
+            lines.append(f"  - sequence matching: {p['sequence']}")
         lines += [f"  - note: {n}" for n in ds.get("notes", [])]
         if ds.get("labelled") is False:
             lines.append(f"  - no recall: {p['positives'].removeprefix('unknown: ')}")
@@ -262,6 +271,26 @@ def levels_markdown(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sequence_markdown(metrics: dict[str, Any]) -> list[str]:
+    """Per row and test set, each recall@N of the single-frame search → the same of sequence matching (eval.sequence)."""
+    ns = metrics["recall_at"]
+    names = [d for d, ds in metrics["datasets"].items() if "sequence" in ds]
+    header = [""] + [f"{d} (L = {metrics['datasets'][d]['sequence']['length']}) R@{n}" if i == 0 else f"R@{n}"
+                     for d in names for i, n in enumerate(ns)]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted({r for d in names for r in metrics["datasets"][d]["sequence"]["rows"]}, key=_row_order):
+        cells = [metrics.get("rows", {}).get(row, {}).get("label", row)]
+        for d in names:
+            frame = metrics["datasets"][d]["rows"].get(row, {})
+            sequence = metrics["datasets"][d]["sequence"]["rows"].get(row, {})
+            for n in ns:
+                key = f"R@{n}"
+                cells.append(f"{_fmt(frame[key])} → {_fmt(sequence[key])}" if key in frame and key in sequence else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", "Each cell: recall of the single-frame search → recall of sequence matching (SeqSLAM) over the "
+                    "same descriptors; its settings are in the protocol below."]  # fmt: skip
+
+
 # ---- plots, predictions --------------------------------------------------------------------------
 
 
@@ -279,6 +308,11 @@ def write_recall_plot(path: Path, all_metrics: Sequence[dict[str, Any]], labels:
                 if not rec:  # label-free: no recall
                     continue
                 panels.setdefault(d, {})[prefix + m.get("rows", {}).get(row, {}).get("label", row)] = rec
+            sequence = ds.get("sequence", {})
+            for row, rec in sequence.get("rows", {}).items():
+                if rec:
+                    label = m.get("rows", {}).get(row, {}).get("label", row)
+                    panels.setdefault(d, {})[f"{prefix}{label}, sequence L={sequence['length']}"] = rec
     run = all_metrics[0].get("run", {}) if all_metrics else {}
     title = "recall@N" + (f" - {run.get('method')} / {run.get('degrade')}" if len(all_metrics) == 1 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
