@@ -57,12 +57,15 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "loqi_core.util.devices": ("resolve_device",),
         "loqi_core.util.cpus": ("loader_workers",),
     },
-    "for command and serving plugins: run configs from flags, extraction, descriptor cache, search": {
+    "for command and serving plugins: run configs from flags, extraction, descriptor cache, search, sequences": {
         "loqi_core.config": ("RunConfig", "resolve_run_config"),
         "loqi_core.commands.options": ("common_options", "config_from_flags", "take_deprecated"),
         "loqi_core.evaluation.engine": ("extract", "ExtractStats", "encode_batch", "use_bf16", "model_versions"),
         "loqi_core.evaluation.cache": ("EvalCache", "model_fingerprint"),
         "loqi_core.evaluation.search": ("search", "search_flat_index", "IVFPQParams", "build_ivfpq", "ivfpq_settings", "refine"),
+        "loqi_core.evaluation.sequence": (
+            "SequenceParams", "SequenceStream", "Traverses", "similarity_matrix", "sequence_search", "top_k",
+        ),
     },
 }  # fmt: skip
 """What the front door offers, by purpose: module → the names it contributes."""
@@ -99,6 +102,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
     from loqi_core.evaluation.cache import EvalCache, model_fingerprint
     from loqi_core.evaluation.engine import ExtractStats, encode_batch, extract, model_versions, use_bf16
     from loqi_core.evaluation.search import IVFPQParams, build_ivfpq, ivfpq_settings, refine, search, search_flat_index
+    from loqi_core.evaluation.sequence import (
+        SequenceParams,
+        SequenceStream,
+        Traverses,
+        sequence_search,
+        similarity_matrix,
+        top_k,
+    )
     from loqi_core.hooks.hookspecs import hookimpl
     from loqi_core.hooks.manager import Plugins, get_plugins
     from loqi_core.hooks.specs import (

@@ -182,53 +182,96 @@ def info_command(index: Path, verify: bool, as_json: bool) -> None:
 @click.option("--graceful-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM or Ctrl-C, seconds the requests in flight get to finish.")
 @click.option("--threads", type=click.IntRange(1), help="CPU threads for the model (torch.set_num_threads).")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Require Authorization: Bearer KEY for /v1/* and /metrics; the file holds the keys, one per line.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let a page from ORIGIN (https://app.example.org, or *) call the API from a browser; repeatable.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One line per request on stderr: client, method, path, status, ms, request id (never a key).")
+@click.option("--sequence-length", default=10, show_default=True, type=click.IntRange(1),
+              help="Frames per sequence of a session that does not say (SeqSLAM's d_s).")
+@click.option("--max-sequence-length", default=100, show_default=True, type=click.IntRange(1),
+              help="Longest sequence a session may ask for.")
+@click.option("--max-sessions", default=64, show_default=True, type=click.IntRange(0), help="Sessions held at once.")
+@click.option("--session-idle", default=300.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds without a frame after which a session expires.")
+@click.option("--session-memory-mb", default=512.0, show_default=True, type=click.FloatRange(0),
+              help="Memory all sessions together may hold (each: length x database images x 8 bytes).")
 def serve_command(index: Path, host: str, port: int, device: str, weights: str | None, precision: str, max_batch: int | None,
                   max_wait_ms: float, max_body_mb: float, max_pixels: int, max_aspect: float, max_model_pixels: int,
                   max_frames: int, max_segment_pixels: int, max_k: int, timeout: float, header_timeout: float,
-                  max_idle_connections: int, graceful_timeout: float, threads: int | None) -> None:  # fmt: skip
-    """Serve place recognition over HTTP for frames a robot or a phone sends: images or video segments.
+                  max_idle_connections: int, graceful_timeout: float, threads: int | None, api_key_file: Path | None,
+                  cors_origins: tuple[str, ...], access_log: bool, sequence_length: int, max_sequence_length: int,
+                  max_sessions: int, session_idle: float, session_memory_mb: float) -> None:  # fmt: skip
+    """Serve place recognition over HTTP for frames a robot or a phone sends: images, video segments, sequences.
 
-    Loads the index and its model once (refusing a --weights that is not the model the index was built with),
-    then answers:
+    Loads the index and its model once (refusing a --weights that is neither the model the index was built with
+    nor a student distilled from it), then answers:
 
     \b
-      POST /v1/locate?k=5          raw JPEG, PNG, WebP, BMP or TIFF bytes -> the top-k database places (JSON)
+      POST /v1/locate?k=5          an image (raw bytes, or curl -F file=@frame.jpg) -> the top-k places (JSON)
       POST /v1/locate/stream?k=5   an H.264/HEVC segment (raw, MP4, MPEG-TS, Matroska) -> top-k per frame
-      GET  /                       a page: upload or drop an image, see the top-k thumbnails
-      GET  /healthz, /metrics      liveness; Prometheus metrics (requests, errors, latency, batch sizes)
+      POST /v1/sessions            a sequence session; then POST /v1/sessions/ID/locate (or /locate/stream):
+                                   each frame's own top-k and the top-k of the sequence ending at it
+      GET  /                       a page: upload an image or a video, see the answers on a map
+      GET  /docs, /openapi.json    the API's description (OpenAPI 3.1)
+      GET  /healthz, /readyz       liveness; readiness (warm and not stopping)
+      GET  /metrics                Prometheus: requests, errors, stage latencies, batch sizes, sessions
 
-    Concurrent requests share model calls (dynamic micro-batching: --max-batch, --max-wait-ms). Bad input gets
-    a 4xx JSON with the reason; an image is judged from its header (pixels, aspect ratio, size in the model's
-    preprocessing) before it is decoded, and slow clients are held to --header-timeout and --timeout. SIGTERM lets
-    the requests in flight finish, then exits.
+    Concurrent requests share model calls (dynamic micro-batching: --max-batch, --max-wait-ms; a lone request
+    does not wait). Bad input gets a 4xx JSON with the reason; an image is judged from its header (pixels, aspect
+    ratio, size in the model's preprocessing) before it is decoded, and slow clients are held to --header-timeout
+    and --timeout. Sessions live in memory only: bounded in number and memory, they expire when idle and do not
+    survive a restart. Put a TLS proxy in front of it and --api-key-file on it before exposing it (docs/serving.md).
+    SIGTERM makes /readyz answer 503, lets the requests in flight finish, then exits.
 
     \b
     Example:
       loqi index build --method lite0-gem --dataset demo --out indexes/demo
       loqi serve indexes/demo --port 8000
-      curl --data-binary @frame.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8000/v1/locate?k=5'
+      curl -F file=@frame.jpg 'http://127.0.0.1:8000/v1/locate?k=5'
     """
+    import logging
+    import sys
+
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    from loqi_plugin_serve.app import Limits, create_app
+    from loqi_plugin_serve.access import read_api_keys, readable_by_others
+    from loqi_plugin_serve.app import Access, Limits, create_app
     from loqi_plugin_serve.engine import load_engine
     from loqi_plugin_serve.server import bind, make_server, url_of
+    from loqi_plugin_serve.sessions import SessionLimits
 
+    keys = read_api_keys(api_key_file) if api_key_file is not None else ()
+    if api_key_file is not None and readable_by_others(api_key_file):
+        click.echo(f"Warning: {api_key_file} is readable by other users of this machine: chmod 600 it", err=True)
+    if sequence_length > max_sequence_length:
+        raise click.BadParameter(f"{sequence_length} is longer than --max-sequence-length {max_sequence_length}",
+                                 param_hint="--sequence-length")  # fmt: skip
     engine = load_engine(index, weights, device, precision)
     max_batch = max_batch or (32 if engine.device.type == "cuda" else 8)
     limits = Limits(max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels, max_aspect=max_aspect,
                     max_model_pixels=max_model_pixels, max_frames=max_frames, max_segment_pixels=max_segment_pixels,
                     max_k=max_k, timeout_s=timeout, header_timeout_s=header_timeout,
                     max_idle_connections=max_idle_connections, max_batch=max_batch, max_wait_ms=max_wait_ms)  # fmt: skip
-    app = create_app(engine, limits)
+    sessions = SessionLimits(max_sessions=max_sessions, idle_s=session_idle, memory_bytes=int(session_memory_mb * 2**20),
+                             max_length=max_sequence_length, default_length=sequence_length)  # fmt: skip
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    served = logging.getLogger("loqi.serve")
+    served.addHandler(handler)
+    served.setLevel(logging.INFO)
+    served.propagate = False
+    app = create_app(engine, limits, Access(keys, cors_origins, access_log), sessions)
     try:
         sock = bind(host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     meta = engine.index.meta
-    click.echo(f"serving {index} ({engine.index.size} images, {meta['model']['info']['method']}, {engine.device}, "
-               f"micro-batching {max_batch} / {max_wait_ms:g} ms) on {url_of(sock)}")  # fmt: skip
+    student = " (a student of the index's model encodes the queries)" if engine.lineage else ""
+    click.echo(f"serving {index} ({engine.index.size} images, {meta['model']['info']['method']}{student}, {engine.device}, "
+               f"micro-batching {max_batch} / {max_wait_ms:g} ms, API keys {'on' if keys else 'off'}) on {url_of(sock)}")  # fmt: skip
     click.echo("SIGTERM or Ctrl-C stops it after the requests in flight")
     make_server(app, limits, graceful_timeout).run(sockets=[sock])

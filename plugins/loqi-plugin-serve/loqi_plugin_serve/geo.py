@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +97,15 @@ def zone_label(latitude: float, zone: float) -> str | None:
     if math.isnan(zone) or math.isnan(latitude):
         return None
     return f"{int(zone)}{band(latitude)}"
+
+
+def name_position(name: str, default_zone: tuple[int, str] | None = None) -> dict[str, Any] | None:
+    """The position an image's name gives (gmberton's names: UTM east/north, and zone, latitude and longitude
+    where known), None when it carries no UTM east/north."""
+    fields = Path(name).name.split("@")
+    east, north = (_number(fields[i]) if i < len(fields) else None for i in (1, 2))
+    if east is None or north is None:
+        return None
+    lat, lon, zone = name_geo(name, default_zone)
+    return {"name": name, "utm_east": east, "utm_north": north, "utm_zone": zone_label(lat, zone),
+            "lat": None if math.isnan(lat) else lat, "lon": None if math.isnan(lon) else lon}  # fmt: skip
