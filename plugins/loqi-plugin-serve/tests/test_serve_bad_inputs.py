@@ -704,6 +704,90 @@ def _(ctx):
     return status, json.dumps(body)
 
 
+# ---- issue 23/24: keys, uploads and sessions -------------------------------------------------------------------------
+@row("serve/api-key-file-with-a-line-that-is-no-key", 1, "line 2: not an API key")
+def _(ctx):
+    (ctx.tmp / "keys").write_text("good-key-0123456789abcdef\nshort secret\n")
+    code, out = command("serve", ctx.demo_index, "--device", "cpu", "--port", 0, "--api-key-file", ctx.tmp / "keys")
+    assert "short secret" not in out and "good-key" not in out
+    return code, out
+
+
+@row("serve/api-key-file-without-a-key", 1, "holds no key")
+def _(ctx):
+    (ctx.tmp / "keys").write_text("# to do\n")
+    return command("serve", ctx.demo_index, "--device", "cpu", "--port", 0, "--api-key-file", ctx.tmp / "keys")
+
+
+@row("http/key-required-and-missing", 401, "unauthorized: no Authorization header")
+def _(ctx):
+    from loqi_plugin_serve.access import read_api_keys
+    from loqi_plugin_serve.app import Access, create_app
+
+    (ctx.tmp / "keys").write_text("table-key-0123456789abcdef\n")
+    server = ctx.kit.Server(create_app(ctx.engine, ctx.kit.LIMITS, Access(read_api_keys(ctx.tmp / "keys"))))
+    try:
+        status, answer = server.post("/v1/locate", ctx.kit.database_files(ctx.engine.index)[5].read_bytes(), "image/png")
+    finally:
+        server.stop()
+    return status, f"{answer.get('code')}: {answer.get('error')}"
+
+
+def _two_files(ctx: Ctx) -> tuple[bytes, str]:
+    png = ctx.kit.database_files(ctx.engine.index)[5].read_bytes()
+    part = lambda name: (f'--b\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'  # noqa: E731
+                         "Content-Type: image/png\r\n\r\n").encode() + png + b"\r\n"  # fmt: skip
+    return part("one") + part("two") + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+@row("http/multipart-with-two-files", 400, 'bad_multipart: the multipart body holds 2 files: send one, as the field "file"',
+     answers_well)
+def _(ctx):
+    return post(ctx, "/v1/locate", *_two_files(ctx))
+
+
+@row("http/multipart-of-many-parts", 400, "bad_multipart: the multipart body has more than 8 parts", answers_well)
+def _(ctx):
+    body = b"".join(f'--b\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n'.encode() for i in range(50))
+    return post(ctx, "/v1/locate", body + b"--b--\r\n", "multipart/form-data; boundary=b")
+
+
+@row("http/multipart-image-to-the-stream-endpoint", 400, "not_a_video", answers_well)
+def _(ctx):
+    png = ctx.kit.database_files(ctx.engine.index)[5].read_bytes()
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png + b"\r\n--b--\r\n"
+    return post(ctx, "/v1/locate/stream", body, "multipart/form-data; boundary=b")
+
+
+@row("http/session-that-does-not-exist", 404, "unknown_session: no session 'nope'", answers_well)
+def _(ctx):
+    return post(ctx, "/v1/sessions/nope/locate", ctx.kit.database_files(ctx.engine.index)[5].read_bytes(), "image/png")
+
+
+@row("http/session-settings-not-json", 400, "bad_session: the body is not JSON", answers_well)
+def _(ctx):
+    return post(ctx, "/v1/sessions", b"length=10", "application/json")
+
+
+@row("http/session-of-a-huge-length", 400, "bad_session: length must be between 1 and 100", answers_well)
+def _(ctx):
+    return post(ctx, "/v1/sessions", b'{"length": 1000000}', "application/json")
+
+
+@row("http/sessions-over-their-bound", 503, "too_many_sessions", answers_well)
+def _(ctx):
+    from loqi_plugin_serve.app import create_app
+    from loqi_plugin_serve.sessions import SessionLimits
+
+    server = ctx.kit.Server(create_app(ctx.engine, ctx.kit.LIMITS, session_limits=SessionLimits(max_sessions=1)))
+    try:
+        assert server.post("/v1/sessions", b"{}", "application/json")[0] == 201
+        status, answer = server.post("/v1/sessions", b"{}", "application/json")
+    finally:
+        server.stop()
+    return status, f"{answer.get('code')}: {answer.get('error')}"
+
+
 # ---- the table ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_serve_bad_input(row: Row, tmp_path, demo_index, server, engine, kit, cache_dir) -> None:
