@@ -131,7 +131,14 @@ def cost(database: np.ndarray, queries: np.ndarray, lengths: list[int], repeats:
     first ``stream`` queries), the frame's similarity row and its best match against the same row through
     ``SequenceStream.push`` + ``top_k``."""
     from loqi_core.evaluation.search import search
-    from loqi_core.evaluation.sequence import SequenceParams, SequenceStream, Traverses, sequence_search, top_k
+    from loqi_core.evaluation.sequence import (
+        SequenceParams,
+        SequenceStream,
+        Traverses,
+        sequence_search,
+        similarity_matrix,
+        top_k,
+    )
 
     database_t = Traverses.of([list(range(len(database)))], len(database))
     query_t = Traverses.of([list(range(len(queries)))], len(queries))
@@ -153,7 +160,7 @@ def cost(database: np.ndarray, queries: np.ndarray, lengths: list[int], repeats:
             matcher = SequenceStream(database_t, SequenceParams(n), rate=1.0)
             t0 = time.perf_counter()
             for q in frames:
-                top_k(matcher.push(database @ q)[None], 1)
+                top_k(matcher.push(similarity_matrix(q[None], database)[0])[None], 1)
             online[str(n)].append((time.perf_counter() - t0) / len(frames))
     out: dict[str, Any] = {"database": len(database), "queries": len(queries), "dim": database.shape[1],
                            "stream_frames": len(frames), "repeats": repeats}  # fmt: skip

@@ -1,6 +1,6 @@
 """Load test of `loqi serve`: throughput and p50/p95/p99 latency for 1, 8 and 64 concurrent clients, with and
 without dynamic micro-batching, side by side in one run; with ``--attacks``, good clients' latency and errors while
-the server is attacked.
+the server is attacked; with ``--deployment``, what a deployment's requests cost.
 
 Run by hand (never in unit tests)::
 
@@ -8,6 +8,16 @@ Run by hand (never in unit tests)::
     python benchmarks/serve_load.py --device cuda --threads 8    # the same on a GPU machine
     python benchmarks/serve_load.py --index indexes/city --requests 500 --json out.json
     python benchmarks/serve_load.py --attacks                    # good requests under attack (issue 22)
+    python benchmarks/serve_load.py --deployment                 # keys, the page's requests, sessions (issue 23)
+
+``--deployment`` starts servers with the defaults (micro-batching 8 on a CPU) and, for 1 and 8 clients
+(``--deployment-clients``), measures side by side: raw JPEG bodies to ``/v1/locate`` without keys and with
+``--api-key-file`` (each request with its bearer token); the page's requests (the JPEG uploaded as
+multipart/form-data, then its ``k`` thumbnails fetched on the same connection, with the key: one row is one query
+as the page makes it); and one sequence session per client (``--sequence-length`` frames), each frame posted to
+``/v1/sessions/ID/locate`` in capture order (the online path's per-frame latency). A last row interleaves one
+client's requests with in-process ``loqi_core.encode()`` of the same JPEG files (one image per call, no cache, no
+loader workers, the same torch threads) and gives the server's rate as a share of the in-process rate.
 
 ``--attacks`` starts one server (the defaults: micro-batching 8 on a CPU) and measures ``--attack-clients`` good
 clients, each row side by side with the same server: with no attack; while ``--attackers`` connections post a
@@ -49,14 +59,21 @@ HOST = "127.0.0.1"
 
 
 def demo_index(folder: Path, device: str) -> Path:
-    """The demo database encoded with lite0-gem (ImageNet weights), via the eval cache."""
+    """The demo database encoded with lite0-gem (ImageNet weights), via the eval cache, with thumbnails."""
     from loqi_core.config import resolve_run_config
     from loqi_plugin_serve.index import build_index
 
     out = folder / "demo-index"
     config = resolve_run_config(None, {"model.method": "lite0-gem", "degrade": "none", "device": device,
                                        "eval.num_workers": 0})  # fmt: skip
-    return build_index(config, "demo", out, thumbnails=False)
+    return build_index(config, "demo", out)
+
+
+def query_order() -> list[int]:
+    """The demo's queries in capture order (its traverses one after the other), as a robot sends them."""
+    from loqi_core.data.datasets import load_dataset
+
+    return [i for run in load_dataset("demo", "test").queries.sequences for i in run]
 
 
 def query_bodies(n: int, quality: int) -> list[bytes]:
@@ -109,8 +126,54 @@ class ServerProcess:
         self.proc.wait(60)
 
 
-def load_point(port: int, bodies: list[bytes], clients: int, max_requests: int, max_seconds: float) -> dict:
-    """``clients`` threads post until ``max_requests`` are done or ``max_seconds`` pass; latencies in ms."""
+def post_jpeg(conn: http.client.HTTPConnection, body: bytes, headers: dict | None = None) -> int:
+    """One raw JPEG to /v1/locate?k=5; the HTTP status."""
+    conn.request("POST", "/v1/locate?k=5", body=body, headers={"Content-Type": "image/jpeg", **(headers or {})})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def page_query(conn: http.client.HTTPConnection, body: bytes, headers: dict) -> int:
+    """What the page does for one query: the JPEG uploaded as a form, then the answer's thumbnails."""
+    boundary = "----loqibench"
+    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="frame.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    conn.request("POST", "/v1/locate?k=5", body=form, headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **headers})
+    response = conn.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        return response.status
+    for result in json.loads(answer)["results"]:
+        conn.request("GET", f"/v1/thumbnail/{result['index']}", headers=headers)
+        thumb = conn.getresponse()
+        thumb.read()
+        if thumb.status != 200:
+            return thumb.status
+    return 200
+
+
+def session_of(conn: http.client.HTTPConnection, length: int) -> str:
+    conn.request("POST", "/v1/sessions", body=json.dumps({"length": length}), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = response.read()
+    if response.status != 201:
+        raise RuntimeError(f"POST /v1/sessions: {response.status} {data[:200]!r}")
+    return json.loads(data)["session"]
+
+
+def session_frame(conn: http.client.HTTPConnection, sid: str, body: bytes) -> int:
+    conn.request("POST", f"/v1/sessions/{sid}/locate?k=5", body=body, headers={"Content-Type": "image/jpeg"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def load_point(port: int, bodies: list[bytes], clients: int, max_requests: int, max_seconds: float,
+               send=post_jpeg, setup=None) -> dict:  # fmt: skip
+    """``clients`` threads, each on its own connection, ``send(conn, body)`` (after ``setup(conn)``, whose
+    result ``send`` then takes first: a session id) until ``max_requests`` are done or ``max_seconds`` pass;
+    latencies in ms."""
     lock = threading.Lock()
     issued = [0]
     latencies: list[float] = []
@@ -121,21 +184,21 @@ def load_point(port: int, bodies: list[bytes], clients: int, max_requests: int, 
 
     def client() -> None:
         conn = http.client.HTTPConnection(HOST, port, timeout=max_seconds + 60)
+        state = (setup(conn),) if setup is not None else ()
         barrier.wait()
+        mine = 0
         while time.perf_counter() < deadline:
             with lock:
                 if issued[0] >= max_requests:
                     break
-                n = issued[0]
                 issued[0] += 1
             t0 = time.perf_counter()
             try:
-                conn.request("POST", "/v1/locate?k=5", body=bodies[n % len(bodies)], headers={"Content-Type": "image/jpeg"})
-                response = conn.getresponse()
-                response.read()
-                ok = response.status == 200
+                status = send(conn, *state, bodies[mine % len(bodies)])
+                mine += 1
+                ok = status == 200
                 if not ok:
-                    kinds[f"HTTP {response.status}"] = kinds.get(f"HTTP {response.status}", 0) + 1
+                    kinds[f"HTTP {status}"] = kinds.get(f"HTTP {status}", 0) + 1
             except (OSError, http.client.HTTPException) as exc:  # counted, and the client connects again
                 ok = False
                 conn.close()
@@ -281,6 +344,72 @@ def attack_rows(index: Path, bodies: list[bytes], args: argparse.Namespace) -> l
     return rows
 
 
+def in_process_pair(port: int, bodies: list[bytes], args: argparse.Namespace) -> dict:
+    """One client's requests interleaved with in-process ``encode()`` of the same JPEG files: p50 of each, ms."""
+    import torch
+
+    from loqi_core import build_model, encode
+
+    torch.set_num_threads(args.threads)
+    model = build_model("lite0-gem")
+    server, local = [], []
+    conn = http.client.HTTPConnection(HOST, port, timeout=120)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for n, body in enumerate(bodies[: args.requests]):
+            files.append(Path(tmp) / f"frame{n:04d}.jpg")
+            files[-1].write_bytes(body)
+        encode(model, [files[0]], cache=False, num_workers=0, device=args.device)  # warm-up
+        for path, body in zip(files, bodies):
+            t0 = time.perf_counter()
+            assert post_jpeg(conn, body) == 200
+            server.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            encode(model, [path], cache=False, num_workers=0, device=args.device)
+            local.append((time.perf_counter() - t0) * 1000)
+    conn.close()
+    p50_server, p50_local = float(np.percentile(server, 50)), float(np.percentile(local, 50))
+    return {"requests": len(server), "server_p50": p50_server, "encode_p50": p50_local, "rate_share": p50_local / p50_server,
+            "server_p95": float(np.percentile(server, 95)), "encode_p95": float(np.percentile(local, 95))}  # fmt: skip
+
+
+def deployment_rows(index: Path, bodies: list[bytes], args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Raw bodies without and with keys, the page's requests, session frames; then the in-process pair."""
+    key = "bench-" + os.urandom(16).hex()
+    common = ["--device", args.device, "--threads", str(args.threads), "--max-k", "5", "--no-access-log"]
+    ordered = [bodies[i] for i in query_order()]
+    with tempfile.TemporaryDirectory() as tmp:
+        keys = Path(tmp) / "keys"
+        keys.write_text(key + "\n")
+        keys.chmod(0o600)
+        plain = ServerProcess(index, common)
+        keyed = ServerProcess(index, [*common, "--api-key-file", str(keys)])
+        auth = {"Authorization": f"Bearer {key}"}
+        kinds = {
+            "raw JPEG, no keys": (plain, post_jpeg, None, bodies),
+            "raw JPEG, keys on": (keyed, lambda conn, body: post_jpeg(conn, body, auth), None, bodies),
+            "the page: multipart + 5 thumbnails, keys on": (keyed, lambda conn, body: page_query(conn, body, auth), None, bodies),
+            f"session frames (L = {args.sequence_length})": (plain, session_frame, lambda conn: session_of(conn, args.sequence_length), ordered),
+        }  # fmt: skip
+        rows = []
+        try:
+            for server in (plain, keyed):
+                load_point(server.port, bodies, 1, 5, 30)  # warm-up
+            for clients in (int(c) for c in args.deployment_clients.split(",")):
+                for name, (server, send, setup, data) in kinds.items():
+                    row = load_point(server.port, data, clients, args.requests, args.seconds, send, setup) | {"kind": name}
+                    rows.append(row)
+                    print(f"clients {clients:3d}  {name:45s} {row['requests']:4d} requests  {row['throughput']:6.1f} req/s  "
+                          f"p50 {row['p50']:7.1f}  p95 {row['p95']:7.1f} ms  errors {row['errors']}", flush=True)  # fmt: skip
+            pair = in_process_pair(plain.port, bodies, args)
+            print(f"one client vs in-process encode(): p50 {pair['server_p50']:.1f} vs {pair['encode_p50']:.1f} ms: "
+                  f"{pair['rate_share']:.2f}x of the in-process rate", flush=True)
+        finally:
+            plain.stop()
+            keyed.stop()
+    return rows, pair
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, help="An index directory (default: build the demo index in a temp dir).")
@@ -300,10 +429,33 @@ def main() -> None:
     parser.add_argument("--attack-kinds", default="none,strip,slowloris", help="Attack rows, comma-separated.")
     parser.add_argument("--server-args", help='More `loqi serve` flags for the attacked server, e.g. "--header-timeout 600".')
     parser.add_argument("--server-nofile", type=int, help="The attacked server's file-descriptor limit (ulimit -n).")
+    parser.add_argument("--deployment", action="store_true", help="Measure keys, the page's requests and sessions instead.")
+    parser.add_argument("--deployment-clients", default="1,8", help="Concurrent clients of the deployment rows.")
+    parser.add_argument("--sequence-length", type=int, default=10, help="Frames per sequence of the session rows.")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import torch
+
+    if args.deployment:
+        with tempfile.TemporaryDirectory() as tmp:
+            index = args.index or demo_index(Path(tmp), args.device)
+            rows, pair = deployment_rows(index, query_bodies(300, args.quality), args)
+        setup = (f"{platform.machine()}, {os.cpu_count()} CPU threads visible, torch {torch.__version__}, {args.threads} "
+                 f"torch thread(s) per server; {args.requests} requests or {args.seconds:g} s per row; server defaults "
+                 "(micro-batching 8 on a CPU, 5 ms), no access log")  # fmt: skip
+        lines = [setup, "", "| clients | requests of | answered | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | errors |",
+                 "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            lines.append(f"| {r['clients']} | {r['kind']} | {r['requests']} | {r['throughput']:.1f} | {r['p50']:.0f} | "
+                         f"{r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} |")  # fmt: skip
+        lines += ["", f"One client, {pair['requests']} requests interleaved with in-process `encode()` of the same JPEG: "
+                  f"p50 {pair['server_p50']:.1f} ms against {pair['encode_p50']:.1f} ms (p95 {pair['server_p95']:.1f} "
+                  f"against {pair['encode_p95']:.1f}): the server answers at {pair['rate_share']:.2f}x the in-process rate."]  # fmt: skip
+        print("\n" + "\n".join(lines))
+        if args.json:
+            args.json.write_text(json.dumps({"setup": setup, "rows": rows, "in_process": pair}, indent=2))
+        return
 
     if args.attacks:
         with tempfile.TemporaryDirectory() as tmp:

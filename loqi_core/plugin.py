@@ -47,7 +47,7 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "models: the composed model, preprocessing, checkpoints, pretrained weights, shared layers": {
         "loqi_core.models.model": ("VPRModel",),
         "loqi_core.models.preprocess": ("preprocess_images", "preprocess_sizes"),
-        "loqi_core.models.checkpoint": ("save_checkpoint", "load_checkpoint"),
+        "loqi_core.models.checkpoint": ("save_checkpoint", "load_checkpoint", "checkpoint_lineage"),
         "loqi_core.models.weights": ("fetch_weights", "load_state_dict", "unwrap_state_dict", "sha256_of"),
         "loqi_core.models.layers": ("GeM",),
     },
@@ -57,12 +57,15 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "loqi_core.util.devices": ("resolve_device",),
         "loqi_core.util.cpus": ("loader_workers",),
     },
-    "for command and serving plugins: run configs from flags, extraction, descriptor cache, search": {
+    "for command and serving plugins: run configs from flags, extraction, descriptor cache, search, sequences": {
         "loqi_core.config": ("RunConfig", "resolve_run_config"),
         "loqi_core.commands.options": ("common_options", "config_from_flags", "take_deprecated"),
         "loqi_core.evaluation.engine": ("extract", "ExtractStats", "encode_batch", "use_bf16", "model_versions"),
         "loqi_core.evaluation.cache": ("EvalCache", "model_fingerprint"),
-        "loqi_core.evaluation.search": ("search", "IVFPQParams", "build_ivfpq", "ivfpq_settings", "refine"),
+        "loqi_core.evaluation.search": ("search", "search_flat_index", "IVFPQParams", "build_ivfpq", "ivfpq_settings", "refine"),
+        "loqi_core.evaluation.sequence": (
+            "SequenceParams", "SequenceStream", "Traverses", "similarity_matrix", "sequence_search", "top_k",
+        ),
     },
 }  # fmt: skip
 """What the front door offers, by purpose: module → the names it contributes."""
@@ -98,7 +101,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
     from loqi_core.errors import ConfigError, DataError, LoqiError, PluginLoadError, UnknownNameError, WeightsError
     from loqi_core.evaluation.cache import EvalCache, model_fingerprint
     from loqi_core.evaluation.engine import ExtractStats, encode_batch, extract, model_versions, use_bf16
-    from loqi_core.evaluation.search import IVFPQParams, build_ivfpq, ivfpq_settings, refine, search
+    from loqi_core.evaluation.search import IVFPQParams, build_ivfpq, ivfpq_settings, refine, search, search_flat_index
+    from loqi_core.evaluation.sequence import (
+        SequenceParams,
+        SequenceStream,
+        Traverses,
+        sequence_search,
+        similarity_matrix,
+        top_k,
+    )
     from loqi_core.hooks.hookspecs import hookimpl
     from loqi_core.hooks.manager import Plugins, get_plugins
     from loqi_core.hooks.specs import (
@@ -116,7 +127,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs (a test keeps
         WeightsSpec,
     )
     from loqi_core.losses.terms import DistillBatch
-    from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint
+    from loqi_core.models.checkpoint import checkpoint_lineage, load_checkpoint, save_checkpoint
     from loqi_core.models.layers import GeM
     from loqi_core.models.model import VPRModel
     from loqi_core.models.preprocess import preprocess_images, preprocess_sizes

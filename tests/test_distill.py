@@ -14,7 +14,8 @@ import torch
 
 from loqi_core.config import RunConfig
 from loqi_core.errors import ConfigError
-from loqi_core.models.checkpoint import load_checkpoint
+from loqi_core.evaluation.cache import model_fingerprint
+from loqi_core.models.checkpoint import checkpoint_lineage, load_checkpoint
 from loqi_core.models.model import build_model
 from loqi_core.testing.helpers import isolated_plugins, random_images
 from loqi_core.testing.tiny import Blur, tiny_plugin
@@ -94,6 +95,12 @@ def test_run_directory_contents(tiny, tmp_path):
     assert state["step"] == 7 and state["mode"] == "distill" and state["loss"] == "mse"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 7 and summary["precision"] == "fp32" and summary["trainable_parameters"] > 0
+    # the student's lineage: the teacher's model fingerprint, as loqi eval and loqi index build compute it
+    teacher = model_fingerprint(teacher_for(config))
+    for ckpt in ("final", "step-00000006"):
+        assert checkpoint_lineage(run / "checkpoints" / ckpt) == {"fingerprint": teacher, "method": "tiny", "weights": "random"}
+    assert checkpoint_lineage(run) == checkpoint_lineage(run / "checkpoints" / "final")
+    assert model_fingerprint(build_model("tiny", weights=str(run))) != teacher
 
 
 def test_same_seed_same_weights_and_workers_do_not_matter(tiny, tmp_path):
@@ -150,6 +157,7 @@ def test_finetune_trains_without_teacher_on_places(tiny, tmp_path):
         helpers.tiny_config(train, max_steps=4, places_per_batch=3, images_per_place=2, loss="ickd")
     )
     final = distill(config, tmp_path / "run", mode="finetune")
+    assert checkpoint_lineage(final) is None  # no teacher: no lineage
     rows = list(csv.DictReader((tmp_path / "run" / "train_log.csv").open()))
     assert list(rows[0]) == ["step", "epoch", "lr", "loss", "multisimilarity"] and len(rows) == 4
     assert all(float(r["multisimilarity"]) > 0 for r in rows)

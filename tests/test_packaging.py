@@ -91,7 +91,8 @@ def test_the_front_door_offers_what_it_lists_without_importing_torch():
 DISTRIBUTIONS = {
     "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow", "pydantic": "pydantic",
     "tqdm": "tqdm", "safetensors": "safetensors", "click": "click", "faiss": "faiss-cpu", "av": "av", "timm": "timm",
-    "yaml": "pyyaml", "pluggy": "pluggy", "tomli": "tomli",
+    "yaml": "pyyaml", "pluggy": "pluggy", "tomli": "tomli", "starlette": "starlette", "uvicorn": "uvicorn",
+    "python_multipart": "python-multipart",
 }  # fmt: skip
 
 

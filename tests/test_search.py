@@ -121,3 +121,55 @@ def test_bad_backend_and_shapes():
     with pytest.raises(ConfigError, match="does not divide"):
         S.ivfpq_settings(1000, 30, S.IVFPQParams(m=7))
     assert S.resolve_backend("auto", "cuda:0") == "torch" and S.resolve_backend("auto", "cpu") == "flat"
+
+
+def _near_ties(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """200 database vectors in 40 clusters of 5 near-copies (scores within an ulp or two of each other), and
+    queries near the clusters: rank k cuts through near-ties again and again."""
+    rng = np.random.default_rng(seed)
+    base = _unit(rng.normal(size=(40, 96)))
+    db = _unit(np.repeat(base, 5, 0) + 3e-7 * rng.normal(size=(200, 96)))
+    q = _unit(base[rng.integers(0, 40, 60)] + 0.3 * rng.normal(size=(60, 96)))
+    return db, q
+
+
+def _reference(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair's float64 inner product rounded to float32, ordered by (score, lower index): by hand."""
+    scores = np.array([[np.float32(sum(float(a) * float(b) for a, b in zip(qq, x))) for x in db] for qq in q])
+    order = np.lexsort((np.broadcast_to(np.arange(len(db)), scores.shape), -scores.astype(np.float64)), axis=1)[:, :k]
+    return order, np.take_along_axis(scores, order, 1)
+
+
+def test_near_ties_rank_alike_in_every_backend_batch_and_refine(monkeypatch):
+    """The score is one function of the pair (float64 sum, rounded to float32), whatever proposed the candidates:
+    FAISS or torch, all queries at once or one by one, a chunked database, or refine() of the IVF-PQ path."""
+    db, q = _near_ties()
+    want_i, want_s = _reference(db, q, 7)
+    ties = sum(len(set(row)) < len(row) for row in want_s.tolist())
+    assert ties > 10, "the data must hold ties at float32 precision"
+    monkeypatch.setattr(S, "DB_CHUNK_BYTES", 64 * 96 * 4)  # database chunks of 64 rows
+    for backend in BACKENDS:
+        got_i, got_s = S.search(db, q, 7, backend)
+        np.testing.assert_array_equal(got_i, want_i, err_msg=backend)
+        np.testing.assert_array_equal(got_s, want_s, err_msg=backend)
+        one_by_one = np.concatenate([S.search(db, q[j : j + 1], 7, backend)[0] for j in range(len(q))])
+        np.testing.assert_array_equal(one_by_one, want_i, err_msg=backend)
+    every = np.broadcast_to(np.arange(len(db))[::-1], (len(q), len(db))).copy()  # all candidates, in reverse order
+    got_s, got_i = S.refine(db, q, every, 7)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_s, want_s)
+
+
+def test_a_tie_beyond_the_candidates_is_settled_from_every_score(monkeypatch):
+    """Twenty copies of the query: more tied images than candidates (k + EXACT_SLACK), so the candidates cannot
+    settle rank k; every score of the row is looked at, and the lowest indices win."""
+    rng = np.random.default_rng(5)
+    x = _unit(rng.normal(size=(1, 32)))
+    db = np.concatenate([_unit(rng.normal(size=(30, 32))), np.repeat(x, 20, 0)])
+    rows = []
+    real = S._all_scores
+    monkeypatch.setattr(S, "_all_scores", lambda *a: rows.append(1) or real(*a))
+    for backend in BACKENDS:
+        idx, scores = S.search(db, x, 3, backend)
+        assert idx[0].tolist() == [30, 31, 32] and len(set(scores[0].tolist())) == 1
+    assert len(rows) == 2

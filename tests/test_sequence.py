@@ -30,6 +30,7 @@ from loqi_core.evaluation.sequence import (
     enhance_contrast,
     sequence_scores,
     sequence_search,
+    similarity_matrix,
     top_k,
     traverses_of,
 )
@@ -166,11 +167,21 @@ def test_stream_gives_the_offline_numbers_frame_by_frame():
     idx, scores = sequence_search(db, q, database, Traverses.of([list(range(12))], 12), params, 4, rate=1.0)
     stream = SequenceStream(database, params, rate=1.0)
     for t in range(12):
-        got_idx, got_scores = top_k(stream.push(q[t] @ db.T)[None], 4)
-        assert np.array_equal(got_idx[0], idx[t]) and np.allclose(got_scores[0], scores[t])
+        got_idx, got_scores = top_k(stream.push(similarity_matrix(q[t : t + 1], db)[0])[None], 4)
+        assert np.array_equal(got_idx[0], idx[t])
+        np.testing.assert_allclose(got_scores[0], scores[t], rtol=0, atol=1e-12)  # one frame alone: the same numbers
     stream.reset()  # after a reset the next frame is a sequence of one: its own enhanced row
     alone = enhance_contrast(difference((q[5] @ db.T)[None, database.order]), database, 6)[0]
     assert np.allclose(stream.push(q[5] @ db.T), alone[np.argsort(database.order)])
+
+
+def test_similarity_is_float64_and_the_same_for_one_row_or_many():
+    rng = np.random.default_rng(8)
+    db, q = _unit(rng.normal(size=(500, 64))), _unit(rng.normal(size=(40, 64)))
+    many = similarity_matrix(q, db)
+    one = np.concatenate([similarity_matrix(q[t : t + 1], db) for t in range(len(q))])
+    exact = np.array([[sum(float(a) * float(b) for a, b in zip(qq, x)) for x in db] for qq in q[:3]])
+    assert many.dtype == np.float64 and np.abs(many - one).max() < 1e-15 and np.abs(many[:3] - exact).max() < 1e-15
 
 
 def test_sequences_recover_a_route_that_single_frames_confuse():

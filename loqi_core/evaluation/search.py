@@ -1,8 +1,11 @@
 """Nearest-neighbour search of query descriptors in a database, and recall@N from the ranked lists.
 
 All descriptors are L2-normalised, so ranking by inner product equals ranking by L2 distance (the reference
-used ``faiss.IndexFlatL2``). Exact backends agree on ties: equal scores are ordered by the lower database
-index, so recall is deterministic across FAISS and torch, CPU and GPU.
+used ``faiss.IndexFlatL2``). Every path ranks by one score, ``exact_scores``: the inner product summed in float64
+(each product of two float32 values is exact there) and rounded to float32, which does not depend on the backend,
+the batch, the device or the order of summation of a BLAS kernel. The backends below only propose candidates;
+the candidates are re-scored exactly and ordered by (score, lower database index), so the ranking, ties and
+near-ties included, is the same for FAISS and torch, CPU and GPU, one query or many (and for ``loqi serve``).
 
 Backends:
 - ``flat``: FAISS exact inner-product search on the CPU, database streamed in chunks (works on memory maps).
@@ -13,9 +16,10 @@ Backends:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -26,6 +30,10 @@ Backend = Literal["auto", "flat", "torch", "ivfpq"]
 QUERY_CHUNK = 2048
 DB_CHUNK_BYTES = 1 << 29
 """Database rows are read in chunks of about this many bytes (float32), so a memory map never loads whole."""
+EXACT_SLACK = 8
+"""Candidates beyond k that an exact search re-scores, so that a near-tie at rank k is rarely left unsettled."""
+EXACT_CHUNK_BYTES = 1 << 26
+"""Float64 products held at once while re-scoring candidates exactly."""
 
 
 def _db_chunk(dim: int) -> int:
@@ -116,9 +124,9 @@ def _order(scores: np.ndarray, ids: np.ndarray, keep: int) -> tuple[np.ndarray, 
 
 
 def _exact(database: np.ndarray, queries: np.ndarray, k: int, topk) -> tuple[np.ndarray, np.ndarray]:
-    """Exact search, database streamed in chunks; one extra candidate per row detects a tie at rank k."""
+    """Exact search, database streamed in chunks: the backend's top k + EXACT_SLACK candidates, settled exactly."""
     n, nq = len(database), len(queries)
-    want = k + 1
+    want = k + EXACT_SLACK
     q = np.require(queries, dtype=np.float32, requirements=["C", "W"])
     best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
     best_i = np.full((nq, 0), -1, dtype=np.int64)
@@ -127,27 +135,90 @@ def _exact(database: np.ndarray, queries: np.ndarray, k: int, topk) -> tuple[np.
         chunk = np.require(database[d0 : d0 + step], dtype=np.float32, requirements=["C", "W"])
         s, i = topk(q, chunk, min(want, len(chunk)))
         best_s, best_i = _order(np.concatenate([best_s, s], 1), np.concatenate([best_i, i + d0], 1), want)
-    if best_s.shape[1] > k:
-        for row in np.flatnonzero(best_s[:, k - 1] == best_s[:, k]):
-            # rare: equal scores straddle rank k, so rank this query's whole row by (score, index)
-            best_s[row, :k], best_i[row, :k] = _full_row(database, q[row], k, topk)
-    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    out_i = np.full((nq, k), -1, dtype=np.int64)
-    m = min(k, best_s.shape[1])
-    out_s[:, :m], out_i[:, :m] = best_s[:, :m], best_i[:, :m]
+    return settle(database, q, best_i, best_s, k, lambda row: _all_scores(database, q[row], topk))
+
+
+def search_flat_index(index, database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``search(database, queries, k, "flat")`` through a FAISS flat inner-product index already built over
+    ``database`` (``loqi serve`` keeps one in memory): the same candidates' rule, the same exact scores and order."""
+    q = np.require(queries, dtype=np.float32, requirements=["C", "W"])
+    s, i = index.search(q, min(len(database), k + EXACT_SLACK))
+    return settle(database, q, i.astype(np.int64), s, k, lambda row: _all_scores(database, q[row], _faiss_topk))
+
+
+def exact_scores(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """loqi's one score: each query's inner product with each of its candidates (Q×C database indices, -1 for
+    none: -inf), summed in float64 and rounded to float32. A product of two float32 values is exact in float64, so
+    the score does not depend on how a backend orders its sums: the same pair always gets the same float32."""
+    width, dim = candidates.shape[1], database.shape[1]
+    out = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    step = max(1, EXACT_CHUNK_BYTES // (8 * max(1, width) * dim))
+    for q0 in range(0, len(queries), step):
+        cand = candidates[q0 : q0 + step]
+        ids = np.unique(cand[cand >= 0])
+        if not len(ids):
+            continue
+        rows = np.asarray(database[ids], dtype=np.float64)  # sorted reads: sequential-ish on a memory map
+        pos = np.searchsorted(ids, np.where(cand >= 0, cand, ids[0]))
+        q64 = np.asarray(queries[q0 : q0 + step], dtype=np.float64)
+        scores = (q64[:, None, :] * rows[pos]).sum(-1)  # pairwise summation of each row: fixed order, any batch
+        out[q0 : q0 + step] = np.where(cand >= 0, scores, -np.inf).astype(np.float32)
+    return out
+
+
+def approximation_bound(dim: int, query: np.ndarray) -> float:
+    """How far a float32 inner product of ``query`` with a database vector (FAISS, BLAS or torch, any order of
+    summation) can be from the exact one: at most D·2⁻²⁴·‖q‖·‖x‖ (to first order), taken twice over for
+    L2-normalised descriptors, ‖x‖ ≤ 2 allowed."""
+    return 4.0 * dim * 2.0**-24 * max(1.0, float(np.linalg.norm(query)))
+
+
+def settle(
+    database: np.ndarray,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    approximate: np.ndarray,
+    k: int,
+    all_scores,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-``k`` (indices, scores) from a backend's candidates (Q×C, best first by its own float32
+    ``approximate`` scores, -1 for none): re-scored by ``exact_scores`` and ordered by (score, lower index).
+
+    A query is settled when no image outside its candidates can reach its k-th exact score, i.e. the weakest
+    candidate's approximate score plus ``approximation_bound`` stays below it. Otherwise (a near-tie at the
+    boundary, rare) ``all_scores(row)`` gives the approximate scores of every database image, and every image
+    within the bound of the k-th exact score is re-scored too."""
+    n = len(database)
+    exact = exact_scores(database, queries, candidates)
+    s, i = _order(exact, candidates, candidates.shape[1])
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    m = min(k, s.shape[1])
+    out_s[:, :m], out_i[:, :m] = s[:, :m], i[:, :m]
+    held = (candidates >= 0).sum(1)
+    weakest = np.where(held > 0, approximate[np.arange(len(queries)), np.maximum(held - 1, 0)], np.inf)
+    for row in range(len(queries)):
+        if held[row] >= n:
+            continue  # every database image is a candidate
+        bound = approximation_bound(database.shape[1], queries[row])
+        if weakest[row] + bound < out_s[row, k - 1]:
+            continue
+        approx = all_scores(row)
+        reach = np.flatnonzero(approx + bound >= out_s[row, k - 1])
+        ids = np.union1d(reach, candidates[row][candidates[row] >= 0])[None]
+        rs, ri = _order(exact_scores(database, queries[row : row + 1], ids), ids, k)
+        out_s[row, : rs.shape[1]], out_i[row, : ri.shape[1]] = rs[0], ri[0]
     return out_i, out_s
 
 
-def _full_row(database: np.ndarray, query: np.ndarray, k: int, topk) -> tuple[np.ndarray, np.ndarray]:
-    """The exact top-k of one query when ties cross rank k: all its scores, ordered by (score, index)."""
+def _all_scores(database: np.ndarray, query: np.ndarray, topk) -> np.ndarray:
+    """The backend's (approximate) scores of one query against every database image, in database order."""
     scores = []
     step = _db_chunk(database.shape[1])
     for d0 in range(0, len(database), step):
         chunk = np.require(database[d0 : d0 + step], dtype=np.float32, requirements=["C", "W"])
         scores.append(topk(query[None], chunk, len(chunk), all_scores=True)[0][0])
-    all_s = np.concatenate(scores)
-    s, i = _order(all_s[None], np.arange(len(all_s))[None], k)
-    return s[0], i[0]
+    return np.concatenate(scores)
 
 
 def _faiss_topk(q: np.ndarray, db: np.ndarray, k: int, all_scores: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +247,8 @@ def _torch_topk(device: str):
         dbt = torch.from_numpy(db).to(dev)
         out_s, out_i = [], []
         for q0 in range(0, len(q), QUERY_CHUNK):
-            scores = torch.from_numpy(q[q0 : q0 + QUERY_CHUNK]).to(dev) @ dbt.T
+            with _no_tf32():  # float32 products, within approximation_bound of the exact score
+                scores = torch.from_numpy(q[q0 : q0 + QUERY_CHUNK]).to(dev) @ dbt.T
             if all_scores:
                 return scores.float().cpu().numpy(), np.arange(len(db))[None]
             s, i = torch.topk(scores, k, dim=1, largest=True, sorted=True)
@@ -185,6 +257,19 @@ def _torch_topk(device: str):
         return np.concatenate(out_s), np.concatenate(out_i)
 
     return topk
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """CUDA matmuls in full float32 (a training run may have turned TF32 on for its own matmuls)."""
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 # ---- IVF-PQ --------------------------------------------------------------------------------------
@@ -232,20 +317,12 @@ def _search_ivfpq(database: np.ndarray, queries: np.ndarray, k: int, params: IVF
 
 
 def refine(database: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores of each query's candidates (read from the database, a memory map is fine), best ``k`` kept."""
-    width, dim = candidates.shape[1], database.shape[1]
-    step = max(1, DB_CHUNK_BYTES // (4 * width * dim))
+    """Each query's candidates re-scored by ``exact_scores`` (read from the database, a memory map is fine) and
+    ordered by (score, lower index), the best ``k`` kept: the scores and ties of an exact search."""
     out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
     out_i = np.full((len(queries), k), -1, dtype=np.int64)
-    for q0 in range(0, len(queries), step):
-        cand = candidates[q0 : q0 + step]
-        ids = np.unique(cand[cand >= 0])
-        rows = np.asarray(database[ids], dtype=np.float32)  # sorted reads: sequential-ish on a memory map
-        pos = np.searchsorted(ids, np.where(cand >= 0, cand, ids[0] if len(ids) else 0))
-        scores = np.einsum("qd,qkd->qk", queries[q0 : q0 + step], rows[pos]) if len(ids) else np.zeros(cand.shape)
-        scores = np.where(cand >= 0, scores, -np.inf).astype(np.float32)
-        s, i = _order(scores, cand, k)
-        out_s[q0 : q0 + step, : s.shape[1]], out_i[q0 : q0 + step, : i.shape[1]] = s, i
+    s, i = _order(exact_scores(database, queries, candidates), candidates, k)
+    out_s[:, : s.shape[1]], out_i[:, : i.shape[1]] = s, i
     return out_s, out_i
 
 

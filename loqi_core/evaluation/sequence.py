@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 CHUNK_VALUES = 1 << 20
 """Query rows × database images handled at once (float64: 8 MB per array), so memory stays bounded."""
+SIMILARITY_CHUNK_BYTES = 1 << 22
+"""Database rows converted to float64 at once while computing similarities (4 MB: they stay in the cache)."""
 
 ORDERED_SETS = "nordland, demo, video360, or folder:ROOT?order=frame|timestamp|name"
 
@@ -139,6 +141,19 @@ def traverses_of(test: "TestSet") -> tuple[Traverses, Traverses]:
 # ---- the three steps -----------------------------------------------------------------------------
 
 
+def similarity_matrix(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """Step 0: inner products of query descriptors with every database descriptor (Q×N, database index order), in
+    float64. The products of float32 descriptors are exact in float64 and the sums good to about 1e-16, so a frame
+    pushed alone online gets the numbers it gets in a chunk of queries offline: float32 sums differ in the last bit
+    between the two, and contrast enhancement amplifies that to about 1e-5 in the sequence scores."""
+    q = np.asarray(queries, dtype=np.float64)
+    out = np.empty((len(q), len(database)))
+    step = max(1, SIMILARITY_CHUNK_BYTES // (8 * max(1, database.shape[1])))
+    for d0 in range(0, len(database), step):
+        out[:, d0 : d0 + step] = q @ np.asarray(database[d0 : d0 + step], dtype=np.float64).T
+    return out
+
+
 def difference(similarity: np.ndarray) -> np.ndarray:
     """Step 1: inner products of L2-normalised descriptors → their Euclidean distances (float64)."""
     return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.asarray(similarity, dtype=np.float64)))
@@ -225,8 +240,7 @@ def sequence_search(
             b = min(stop, a + chunk)
             a0 = max(start, a - (params.length - 1))  # the frames before the chunk its first sequences reach back to
             rows = query_traverses.order[a0:b]
-            similarity = np.asarray(queries[rows], dtype=np.float32) @ np.asarray(database, dtype=np.float32).T
-            ordered_similarity = similarity[:, database_traverses.order]
+            ordered_similarity = similarity_matrix(queries[rows], database)[:, database_traverses.order]
             enhanced = enhance_contrast(difference(ordered_similarity), database_traverses, params.window)
             # row e of ``enhanced`` is the query at position e of its traverse when a0 == start, else e >= L - 1:
             # either way the sequence ending there has min(L, e + 1) frames, as sequence_scores counts them
@@ -254,9 +268,10 @@ class SequenceStream:
         self.recent: deque[np.ndarray] = deque(maxlen=params.length)
 
     def push(self, similarity: np.ndarray) -> np.ndarray:
-        """One frame's inner products with every database descriptor (database index order) → the scores of the
-        sequence ending at this frame (database index order, lower is better; rank them with ``top_k``)."""
-        row = np.asarray(similarity, dtype=np.float32).reshape(1, -1)[:, self.database.order]
+        """One frame's inner products with every database descriptor (database index order; ``similarity_matrix``
+        of its descriptor, for the offline numbers) → the scores of the sequence ending at this frame (database
+        index order, lower is better; rank them with ``top_k``)."""
+        row = np.asarray(similarity, dtype=np.float64).reshape(1, -1)[:, self.database.order]
         self.recent.append(enhance_contrast(difference(row), self.database, self.params.window)[0])
         ordered = sequence_scores(np.stack(self.recent), [len(self.recent) - 1], self.database, self.offsets)
         return in_index_order(ordered, self.database)[0]

@@ -83,6 +83,27 @@ def load_checkpoint(model: "nn.Module", path: str | Path, *, verified: bool = Fa
     return meta
 
 
+LINEAGE = "distilled_from"
+"""The key of ``model.json`` where a distilled student records its teacher (written by ``loqi distill``)."""
+
+
+def checkpoint_lineage(weights: str | Path) -> dict[str, Any] | None:
+    """The teacher a loqi checkpoint says its student was distilled from (``{"fingerprint", "method", "weights"}``:
+    the teacher's model fingerprint, as ``loqi eval`` and ``loqi index build`` compute it), or None for weights that
+    are no loqi checkpoint (a variant name, an official file) and for a checkpoint trained without a teacher."""
+    path = Path(weights)
+    if not (path.is_dir() or path.suffix == ".safetensors"):
+        return None
+    try:
+        meta = json.loads(checkpoint_file(path).with_suffix(".json").read_text())
+    except (OSError, ValueError, WeightsError):
+        return None
+    lineage = meta.get(LINEAGE) if isinstance(meta, dict) else None
+    if not isinstance(lineage, dict) or not isinstance(lineage.get("fingerprint"), str):
+        return None
+    return lineage
+
+
 def write_digests(folder: Path) -> None:
     """Record the sha256 and size of every file in ``folder`` (written last, so it vouches for the others)."""
     files = {p.name: {"sha256": sha256_of(p), "size": p.stat().st_size} for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGEST_FILE}

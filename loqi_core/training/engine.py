@@ -31,9 +31,10 @@ from loqi_core.config import RunConfig, dump_config
 from loqi_core.data.datasets import load_dataset
 from loqi_core.data.sets import TrainSet, skipped_path, write_skipped
 from loqi_core.errors import ConfigError, LoqiError
+from loqi_core.evaluation.cache import model_fingerprint
 from loqi_core.hooks.manager import Plugins, get_plugins
 from loqi_core.losses.expression import CompositeLoss
-from loqi_core.models.checkpoint import save_checkpoint, verify, write_digests
+from loqi_core.models.checkpoint import LINEAGE, save_checkpoint, verify, write_digests
 from loqi_core.models.model import VPRModel, build_model
 from loqi_core.training import state as ckpt
 from loqi_core.training.dist import DistEnv, setup
@@ -245,8 +246,11 @@ class _Trainer:
         )  # fmt: skip
         self.student: VPRModel = built
         self.teacher: VPRModel | None = None
+        self.lineage: dict[str, Any] | None = None
         if self.mode == "distill":
             self.teacher = copy.deepcopy(built).eval().requires_grad_(False)
+            self.lineage = {"fingerprint": model_fingerprint(built), "method": built.info["method"],
+                            "weights": str(built.info["weights"])}  # fmt: skip
         self.prefixes = list(self.d.trainable if self.d.trainable is not None else self.spec.trainable)
         select_trainable(self.student, self.prefixes, built.info["method"])
         set_train_modes(self.student, self.prefixes, self.d.freeze_bn, self.d.dropout, self.d.bn_scope)
@@ -450,7 +454,8 @@ class _Trainer:
                     "validation": self.curve.to_json() if self.curve is not None else None,
                 }  # fmt: skip
                 ema = self.ema.shadow if self.ema is not None else None
-                ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state, ema)
+                ckpt.write_checkpoint(tmp, target, self.student, self.optimizer, self.scheduler, state, ema=ema,
+                                      lineage=self.lineage)  # fmt: skip
                 ckpt.prune(self.out, self.d.keep_checkpoints)
         except BaseException:  # a full disk or Ctrl-C mid-write: the half-written one goes, the last good one stays
             if self.env.is_main:
@@ -510,7 +515,8 @@ class _Trainer:
             if self.ema is not None:
                 self.ema.swap(self.student)
             try:
-                save_checkpoint(self.student, tmp, extra={"train_step": step, **note})
+                lineage = {} if self.lineage is None else {LINEAGE: self.lineage}
+                save_checkpoint(self.student, tmp, extra={"train_step": step, **note, **lineage})
             finally:
                 if self.ema is not None:
                     self.ema.swap(self.student)

@@ -3,6 +3,7 @@
 A checkpoint is a directory ``checkpoints/step-00000500/`` (or ``final/``) holding
 
 - ``model.safetensors`` + ``model.json``: the student, loadable by ``loqi_core.models.checkpoint.load_checkpoint``;
+  a distilled student's ``model.json`` names its teacher (``distilled_from``: the teacher's model fingerprint);
 - ``optimizer.safetensors``: every optimizer state tensor (``state.<param>.<name>``);
 - ``train_state.json``: step, optimizer param groups, scheduler state, Python/NumPy RNG states, loss terms;
 - ``rng-rank<R>.safetensors``: each rank's torch (and CUDA) RNG state;
@@ -30,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from loqi_core.errors import LoqiError, WeightsError
-from loqi_core.models.checkpoint import load_checkpoint, save_checkpoint, verify, write_digests
+from loqi_core.models.checkpoint import LINEAGE, load_checkpoint, save_checkpoint, verify, write_digests
 from loqi_core.models.model import VPRModel
 
 STATE_FILE = "train_state.json"
@@ -139,9 +140,14 @@ def write_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     ema: dict[str, torch.Tensor] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> Path:
-    """Fill ``ckpt_tmp`` (rank RNG files already there) and rename it to ``target``; returns ``target``."""
-    save_checkpoint(student, ckpt_tmp, extra={"train_step": state["step"]})
+    """Fill ``ckpt_tmp`` (rank RNG files already there) and rename it to ``target``; returns ``target``.
+    ``lineage``: the teacher a distilled student records in ``model.json`` (``LINEAGE``)."""
+    extra: dict[str, Any] = {"train_step": state["step"]}
+    if lineage is not None:
+        extra[LINEAGE] = lineage
+    save_checkpoint(student, ckpt_tmp, extra=extra)
     if ema is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, str(ckpt_tmp / EMA_FILE))
     opt = optimizer.state_dict()

@@ -24,6 +24,9 @@ VIDEO_TYPES = {"video/h264": "h264", "video/h265": "hevc", "video/hevc": "hevc",
                "video/mp2t": "mpegts", "video/x-matroska": "matroska", "video/webm": "matroska"}  # fmt: skip
 """Content type → FFmpeg demuxer. Only these demuxers are ever opened (never probed: some read other files)."""
 ANY = "application/octet-stream"
+MULTIPART = "multipart/form-data"
+MAX_PARTS = 8
+"""Parts a multipart body may have (a form with a file and a few fields; more is not a client of this API)."""
 VIDEO_CODECS = ("h264", "hevc")
 
 
@@ -41,12 +44,74 @@ def media_type(header: str | None) -> str:
 
 
 def check_content_type(header: str | None, accepted: "tuple[str, ...] | dict[str, str]") -> str:
-    """The request's media type when it is one of ``accepted`` or application/octet-stream, else a 415."""
+    """The request's media type when it is one of ``accepted``, application/octet-stream or multipart/form-data
+    (a file upload), else a 415."""
     kind = media_type(header)
-    if kind in accepted or kind == ANY:
+    if kind in accepted or kind in (ANY, MULTIPART):
         return kind
     raise BadInput(415, "content_type", f'Content-Type "{kind or "(none)"}" is not accepted here; send the raw bytes '
-                   f"as one of {', '.join(accepted)} or {ANY}")  # fmt: skip
+                   f"as one of {', '.join(accepted)} or {ANY}, or upload a file as {MULTIPART} (curl -F file=@PATH)")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A request body as the server decodes it: the bytes, their media type, and the upload's file name if any."""
+
+    data: bytes
+    kind: str
+    filename: str | None = None
+
+
+def upload_of(data: bytes, header: str | None, accepted: "tuple[str, ...] | dict[str, str]") -> Upload:
+    """The file in a body: the raw body itself, or the ``file`` part of a multipart/form-data body (the only part
+    with a file name when none is called ``file``), with that part's media type and file name."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    kind = check_content_type(header, accepted)
+    if kind != MULTIPART:
+        return Upload(data, kind)
+    boundary = parse_options_header(header or "")[1].get(b"boundary")
+    if not boundary:
+        raise BadInput(400, "bad_multipart", "the multipart/form-data body names no boundary in its Content-Type")
+    parts: list[tuple[dict[bytes, bytes], bytearray]] = []
+    field, value = bytearray(), bytearray()
+
+    def begin() -> None:
+        if len(parts) == MAX_PARTS:
+            raise BadInput(400, "bad_multipart", f"the multipart body has more than {MAX_PARTS} parts: send one file")
+        parts.append(({}, bytearray()))
+
+    def header_end() -> None:
+        parts[-1][0][bytes(field).lower()] = bytes(value)
+        field.clear()
+        value.clear()
+
+    callbacks = {
+        "on_part_begin": begin, "on_header_end": header_end,
+        "on_header_field": lambda b, start, end: field.extend(b[start:end]),
+        "on_header_value": lambda b, start, end: value.extend(b[start:end]),
+        "on_part_data": lambda b, start, end: parts[-1][1].extend(b[start:end]),
+    }  # fmt: skip
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(data)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadInput(400, "bad_multipart", f"the multipart/form-data body cannot be parsed: {exc}") from None
+    files = []
+    for headers, body in parts:
+        disposition, options = parse_options_header(headers.get(b"content-disposition", b""))
+        if disposition == b"form-data" and (options.get(b"name") == b"file" or b"filename" in options):
+            files.append((options.get(b"name") == b"file", options.get(b"filename"), headers, bytes(body)))
+    chosen = [f for f in files if f[0]] or files
+    if len(chosen) != 1:
+        raise BadInput(400, "bad_multipart", f"the multipart body holds {len(chosen)} files: send one, as the field "
+                       '"file" (curl -F file=@frame.jpg)')  # fmt: skip
+    _, filename, headers, body = chosen[0]
+    part_kind = media_type(headers.get(b"content-type", b"").decode("latin-1"))
+    name = filename.decode("utf-8", "replace") if filename else None
+    return Upload(body, part_kind if part_kind in accepted else ANY, name)
 
 
 @dataclass(frozen=True)

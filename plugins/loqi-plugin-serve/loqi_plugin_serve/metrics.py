@@ -1,4 +1,5 @@
-"""Prometheus text-format metrics of the server: requests, errors, latency and batch-size histograms.
+"""Prometheus text-format metrics of the server: every request by endpoint and status, errors by reason, latency
+of requests and of each stage (decode, queue, model, search), batch sizes, sessions.
 
 Kept in the process (one ``Metrics`` per app) and written by hand in the exposition format, version 0.0.4.
 """
@@ -9,6 +10,10 @@ import threading
 from collections import defaultdict
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STAGES = ("decode", "queue", "model", "search", "sequence")
+"""Where a request's time goes: decoding its body, waiting for a batch, the model's and the search's share of its
+batch, and a session's sequence matching."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -51,21 +56,42 @@ class Metrics:
         self.drops: dict[str, int] = defaultdict(int)
         self.images = 0
         self.in_flight = 0
+        self.sessions = 0
+        self.session_events: dict[str, int] = defaultdict(int)
         self.latency = Histogram(LATENCY_BUCKETS)
+        self.stages = Histogram(STAGE_BUCKETS)
         self.batch_sizes = Histogram(BATCH_BUCKETS)
 
     def started(self) -> None:
+        """A locate request began (``finished()`` follows)."""
         with self.lock:
             self.in_flight += 1
 
-    def request(self, endpoint: str, status: int, seconds: float, error: str | None = None) -> None:
-        """A finished request (``started()`` was called for it): its status, duration and error reason, if any."""
+    def finished(self) -> None:
         with self.lock:
             self.in_flight -= 1
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        """Any finished request (unknown paths under ``endpoint="(unmatched)"``): its status and duration."""
+        with self.lock:
             self.requests[(endpoint, status)] += 1
             self.latency.observe(endpoint, seconds)
-            if error is not None:
-                self.errors[(endpoint, error)] += 1
+
+    def error(self, endpoint: str, reason: str) -> None:
+        """A request refused or failed, by its short reason (the ``code`` of the JSON answer)."""
+        with self.lock:
+            self.errors[(endpoint, reason)] += 1
+
+    def stage(self, name: str, seconds: float) -> None:
+        """Time spent in one stage (``STAGES``) by one request, or by one batch for ``model`` and ``search``."""
+        with self.lock:
+            self.stages.observe(name, seconds)
+
+    def session(self, event: str, active: int) -> None:
+        """A session ``created``, ``expired``, ``deleted`` or ``refused``; ``active``: how many there are now."""
+        with self.lock:
+            self.session_events[event] += 1
+            self.sessions = active
 
     def dropped(self, reason: str) -> None:
         """A connection closed before its request's headers arrived (too slow, or too many waiting)."""
@@ -91,6 +117,14 @@ class Metrics:
             lines += ["# HELP loqi_request_duration_seconds Time from request start to response, by endpoint.",
                       "# TYPE loqi_request_duration_seconds histogram"]
             lines += self.latency.lines("loqi_request_duration_seconds", "endpoint")
+            lines += ["# HELP loqi_stage_duration_seconds Time per stage: decode, queue and sequence per request, "
+                      "model and search per batch.", "# TYPE loqi_stage_duration_seconds histogram"]
+            lines += self.stages.lines("loqi_stage_duration_seconds", "stage")
+            lines += ["# HELP loqi_sessions_total Sequence sessions by what happened to them.",
+                      "# TYPE loqi_sessions_total counter"]
+            lines += [f'loqi_sessions_total{{event="{e}"}} {n}' for e, n in sorted(self.session_events.items())]
+            lines += ["# HELP loqi_sessions Sequence sessions held now.", "# TYPE loqi_sessions gauge",
+                      f"loqi_sessions {self.sessions}"]
             lines += ["# HELP loqi_batch_size Images per model batch (dynamic micro-batching).",
                       "# TYPE loqi_batch_size histogram"]
             lines += self.batch_sizes.lines("loqi_batch_size", None)

@@ -1,7 +1,7 @@
 """The index directory's format: which files it holds (fixed by the format, never read from the record), what
 ``index.json`` says (validated field by field before anything trusts it), and the files checked against it.
 
-Layout of ``INDEX/`` (format ``loqi-index`` v2)::
+Layout of ``INDEX/`` (format ``loqi-index`` v3)::
 
     index.json        format, model identity (method, parts, params, preprocessing, weights, fingerprint), dataset,
                       degradation, protocol, search settings, code versions, size and sha256 of every file below
@@ -9,6 +9,8 @@ Layout of ``INDEX/`` (format ``loqi-index`` v2)::
     faiss.index       FAISS inner-product index over those descriptors: flat (exact) or IVF-PQ (re-ranked exactly)
     names.json        the N database image names, a JSON list (any name a file system allows round-trips)
     utm.npy           float64 N×2 UTM east/north in metres (NaN where the dataset has no positions)
+    geo.npy           float64 N×3 latitude, longitude (degrees, WGS 84) and UTM zone number (NaN where unknown)
+    order.npy         int64 N×2 capture order: traverse and position in it ((-1, -1) where the images have none)
     thumbnails.bin    small JPEGs of the database images, concatenated (optional)
     thumbnails.npy    int64 N+1 byte offsets into thumbnails.bin
 """
@@ -26,9 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from loqi_core.plugin import LoqiError
 
 FORMAT = "loqi-index"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 RECORD = "index.json"
-DATA_FILES = ("descriptors.npy", "faiss.index", "names.json", "utm.npy")
+DATA_FILES = ("descriptors.npy", "faiss.index", "names.json", "utm.npy", "geo.npy", "order.npy")
 THUMBNAIL_FILES = ("thumbnails.bin", "thumbnails.npy")
 MAX_RECORD_BYTES = 16 * 2**20
 """index.json is a few kB; anything far larger is not one (and is never read whole)."""
@@ -79,31 +81,42 @@ class SearchRecord(_Part):
     m: int | None = Field(None, ge=1)
     nprobe: int | None = Field(None, ge=1)
     refine: int | None = Field(None, ge=0)
+    trained_on: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _ivfpq_settings(self) -> "SearchRecord":
-        if self.backend == "ivfpq" and None in (self.nlist, self.m, self.nprobe, self.refine):
-            raise ValueError("an ivfpq index records nlist, m, nprobe and refine")
+        if self.backend == "ivfpq" and None in (self.nlist, self.m, self.nprobe, self.refine, self.trained_on):
+            raise ValueError("an ivfpq index records nlist, m, nprobe, refine and trained_on")
         return self
+
+
+class AdditionRecord(_Part):
+    created: str
+    folder: str
+    images: int = Field(ge=1)
+    first: int = Field(ge=1)
 
 
 class IndexRecord(_Part):
     """What index.json must hold for loqi to trust the directory (other keys are kept, not needed)."""
 
     format: Literal["loqi-index"]
-    format_version: Literal[2]
+    format_version: Literal[3]
     created: str
     model: ModelRecord
     dataset: str
     dataset_name: str
+    built_from: Literal["dataset", "database"]
     database_images: int = Field(ge=1)
     dim: int = Field(ge=1)
     degradation: str
     protocol: str
     precision: str
     search: SearchRecord
+    utm_zone: str | None
     versions: dict[str, str]
     thumbnails: bool
+    additions: list[AdditionRecord]
     files: dict[str, FileRecord]
 
     @model_validator(mode="after")
@@ -186,4 +199,6 @@ def describe(meta: dict[str, Any], path: Path) -> str:
         f"versions: {', '.join(f'{k} {v}' for k, v in sorted(meta['versions'].items()))}",
         f"thumbnails: {'yes' if meta['thumbnails'] else 'no'}",
     ]  # fmt: skip
+    for added in meta["additions"]:
+        lines.append(f"added: {added['images']} images of {added['folder']} (from index {added['first']}, {added['created']})")
     return "\n".join(lines)

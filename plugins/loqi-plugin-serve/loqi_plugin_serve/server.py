@@ -113,11 +113,18 @@ def guarded_protocol(header_timeout_s: float, max_idle: int, on_drop: Callable[[
 
 
 def make_server(app: Any, limits: "Limits", graceful_s: float = 30.0) -> "uvicorn.Server":
-    """A uvicorn server for ``app`` (quiet: warnings only, no access log) that holds slow clients to ``limits``;
+    """A uvicorn server for ``app`` (quiet: warnings only; the app writes its own access log) that holds slow
+    clients to ``limits`` and turns the app's readiness off as soon as a signal asks it to stop;
     ``.run(sockets=[sock])`` serves."""
     import uvicorn
 
     protocol = guarded_protocol(limits.header_timeout_s, limits.max_idle_connections, app.state.metrics.dropped)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=protocol,
                             timeout_graceful_shutdown=int(graceful_s), backlog=2048)  # fmt: skip
-    return uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.serving.update(ready=False, why="stopping")
+            super().handle_exit(sig, frame)
+
+    return Server(config)

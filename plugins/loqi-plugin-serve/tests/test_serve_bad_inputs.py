@@ -137,7 +137,7 @@ def _(ctx):
     return command(*build_args(ctx, root, root, "--force"))
 
 
-@row("build/out-inside-the-dataset", 1, "lies inside the dataset's images", dataset_untouched)
+@row("build/out-inside-the-dataset", 1, "lies inside the images it reads", dataset_untouched)
 def _(ctx):
     root = small_dataset(ctx)
     return command(*build_args(ctx, root, root / "images/test/database/index"))
@@ -360,7 +360,7 @@ def _(ctx):
     return code, out
 
 
-@row("info/an-older-format", 1, "this loqi reads loqi-index v2: rebuild the index", demo_untouched_but())
+@row("info/an-older-format", 1, "this loqi reads loqi-index v3: rebuild the index", demo_untouched_but())
 def _(ctx):
     index = damaged_copy(ctx)
     edit_record(index, lambda m: m.__setitem__("format_version", 1))
@@ -484,6 +484,127 @@ def _(ctx):
     return serve(index)
 
 
+# ---- issue 23: maps from folders, index add, positions; issue 21: a student's lineage ---------------------------------
+def map_folder(ctx: Ctx, name: str = "map", count: int = 4, prefix: str = "m") -> Path:
+    from PIL import Image
+
+    folder = ctx.tmp / name
+    folder.mkdir()
+    rng = np.random.default_rng(len(name))
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3)).astype(np.uint8)).save(folder / f"{prefix}{i}.png")
+    return folder
+
+
+def folder_index(ctx: Ctx, folder: Path, *extra: Any) -> Path:
+    code, out = command("index", "build", "--method", "lite0-gem", "--weights", "random", "--seed", 3, "--database",
+                        folder, "--out", ctx.tmp / "idx", "--device", "cpu", "--cache-dir", ctx.cache_dir, "-s",
+                        "eval.num_workers=0", "--no-thumbnails", *extra)  # fmt: skip
+    assert code == 0, out
+    ctx.state["index"] = files(ctx.tmp / "idx")
+    return ctx.tmp / "idx"
+
+
+def index_kept(ctx: Ctx) -> None:
+    assert files(ctx.tmp / "idx") == ctx.state["index"]
+    assert not [p.name for p in ctx.tmp.iterdir() if p.name.startswith(".")], "a hidden partial folder was left"
+
+
+def add(ctx: Ctx, index: Path, folder: Path) -> tuple[int, str]:
+    return command("index", "add", index, folder, "--device", "cpu", "--cache-dir", ctx.cache_dir, "-s", "eval.num_workers=0")
+
+
+@row("build/database-folder-missing", 1, "folder not found")
+def _(ctx):
+    return command("index", "build", "--method", "lite0-gem", "--database", ctx.tmp / "nowhere", "--out", ctx.tmp / "idx")
+
+
+@row("build/database-names-some-with-positions", 1, "file name has no UTM coordinates, but other images")
+def _(ctx):
+    folder = map_folder(ctx)
+    (folder / "m0.png").rename(folder / "@500000.00@4000000.00@33@T@@@@@@@@@@.png")
+    return command("index", "build", "--method", "lite0-gem", "--database", folder, "--out", ctx.tmp / "idx")
+
+
+@row("build/database-and-dataset", 1, "--dataset NAME (a test set's database) or --database FOLDER, not both")
+def _(ctx):
+    return command("index", "build", "--method", "lite0-gem", "--dataset", "demo", "--database", map_folder(ctx),
+                   "--out", ctx.tmp / "idx")  # fmt: skip
+
+
+@row("build/utm-zone-not-a-zone", 1, '--utm-zone: "61X" is not a UTM zone')
+def _(ctx):
+    return command("index", "build", "--method", "lite0-gem", "--database", map_folder(ctx), "--utm-zone", "61X",
+                   "--out", ctx.tmp / "idx")  # fmt: skip
+
+
+@row("add/the-same-folder-twice", 1, "the index already holds an image named 'm0.png' (added twice?)", index_kept)
+def _(ctx):
+    folder = map_folder(ctx)
+    return add(ctx, folder_index(ctx, folder), folder)
+
+
+@row("add/to-a-damaged-index", 1, "descriptors.npy: sha256 differs from index.json", index_kept)
+def _(ctx):
+    index = folder_index(ctx, map_folder(ctx))
+    data = bytearray((index / "descriptors.npy").read_bytes())
+    data[-1] ^= 1
+    (index / "descriptors.npy").write_bytes(bytes(data))
+    ctx.state["index"] = files(index)
+    return add(ctx, index, map_folder(ctx, "more", prefix="n"))
+
+
+@row("add/to-an-index-that-holds-more", 1, "also holds notes.txt: move them away", index_kept)
+def _(ctx):
+    index = folder_index(ctx, map_folder(ctx))
+    (index / "notes.txt").write_text("mine")
+    ctx.state["index"] = files(index)
+    return add(ctx, index, map_folder(ctx, "more", prefix="n"))
+
+
+@row("add/a-folder-that-holds-the-index", 1, "idx lies inside the images it reads", index_kept)
+def _(ctx):
+    index = folder_index(ctx, map_folder(ctx))
+    return add(ctx, index, ctx.tmp)
+
+
+@row("add/not-an-index", 1, "is not a loqi index (no index.json)")
+def _(ctx):
+    return add(ctx, map_folder(ctx, "plain"), map_folder(ctx, "more", prefix="n"))
+
+
+@row("serve/geo-of-shape-n-by-2", 1, "geo.npy: a float64 array of shape (300, 2), expected float64 (300, 3)",
+     demo_untouched_but("geo.npy"))
+def _(ctx):
+    index = damaged_copy(ctx)
+    np.save(index / "geo.npy", np.load(index / "geo.npy")[:, :2])
+    record_file(index, "geo.npy")
+    return serve(index)
+
+
+@row("serve/order-with-a-position-twice", 1, "order.npy: the positions of a traverse are not 0, 1, 2, ...",
+     demo_untouched_but("order.npy"))
+def _(ctx):
+    index = damaged_copy(ctx)
+    order = np.load(index / "order.npy")
+    order[1] = order[0]
+    np.save(index / "order.npy", order)
+    record_file(index, "order.npy")
+    return serve(index)
+
+
+@row("serve/a-student-of-another-model", 1, "and its checkpoint records no teacher: its descriptors would not be comparable")
+def _(ctx):
+    import torch
+
+    from loqi_core import build_model
+    from loqi_core.plugin import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(build_model("lite0-gem", weights="random"), ctx.tmp / "student")
+    return command("serve", ctx.demo_index, "--device", "cpu", "--port", 0, "--weights", ctx.tmp / "student")
+
+
 # ---- 9: denial of service by shape: refused from the header, and the next request is answered at once -------------
 def png(width: int, height: int) -> bytes:
     from PIL import Image
@@ -581,6 +702,90 @@ def _(ctx):
     assert closed == 32, closed
     assert 'loqi_connections_dropped_total{reason="too_many_idle"}' in metrics
     return status, json.dumps(body)
+
+
+# ---- issue 23/24: keys, uploads and sessions -------------------------------------------------------------------------
+@row("serve/api-key-file-with-a-line-that-is-no-key", 1, "line 2: not an API key")
+def _(ctx):
+    (ctx.tmp / "keys").write_text("good-key-0123456789abcdef\nshort secret\n")
+    code, out = command("serve", ctx.demo_index, "--device", "cpu", "--port", 0, "--api-key-file", ctx.tmp / "keys")
+    assert "short secret" not in out and "good-key" not in out
+    return code, out
+
+
+@row("serve/api-key-file-without-a-key", 1, "holds no key")
+def _(ctx):
+    (ctx.tmp / "keys").write_text("# to do\n")
+    return command("serve", ctx.demo_index, "--device", "cpu", "--port", 0, "--api-key-file", ctx.tmp / "keys")
+
+
+@row("http/key-required-and-missing", 401, "unauthorized: no Authorization header")
+def _(ctx):
+    from loqi_plugin_serve.access import read_api_keys
+    from loqi_plugin_serve.app import Access, create_app
+
+    (ctx.tmp / "keys").write_text("table-key-0123456789abcdef\n")
+    server = ctx.kit.Server(create_app(ctx.engine, ctx.kit.LIMITS, Access(read_api_keys(ctx.tmp / "keys"))))
+    try:
+        status, answer = server.post("/v1/locate", ctx.kit.database_files(ctx.engine.index)[5].read_bytes(), "image/png")
+    finally:
+        server.stop()
+    return status, f"{answer.get('code')}: {answer.get('error')}"
+
+
+def _two_files(ctx: Ctx) -> tuple[bytes, str]:
+    png = ctx.kit.database_files(ctx.engine.index)[5].read_bytes()
+    part = lambda name: (f'--b\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'  # noqa: E731
+                         "Content-Type: image/png\r\n\r\n").encode() + png + b"\r\n"  # fmt: skip
+    return part("one") + part("two") + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+@row("http/multipart-with-two-files", 400, 'bad_multipart: the multipart body holds 2 files: send one, as the field "file"',
+     answers_well)
+def _(ctx):
+    return post(ctx, "/v1/locate", *_two_files(ctx))
+
+
+@row("http/multipart-of-many-parts", 400, "bad_multipart: the multipart body has more than 8 parts", answers_well)
+def _(ctx):
+    body = b"".join(f'--b\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n'.encode() for i in range(50))
+    return post(ctx, "/v1/locate", body + b"--b--\r\n", "multipart/form-data; boundary=b")
+
+
+@row("http/multipart-image-to-the-stream-endpoint", 400, "not_a_video", answers_well)
+def _(ctx):
+    png = ctx.kit.database_files(ctx.engine.index)[5].read_bytes()
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png + b"\r\n--b--\r\n"
+    return post(ctx, "/v1/locate/stream", body, "multipart/form-data; boundary=b")
+
+
+@row("http/session-that-does-not-exist", 404, "unknown_session: no session 'nope'", answers_well)
+def _(ctx):
+    return post(ctx, "/v1/sessions/nope/locate", ctx.kit.database_files(ctx.engine.index)[5].read_bytes(), "image/png")
+
+
+@row("http/session-settings-not-json", 400, "bad_session: the body is not JSON", answers_well)
+def _(ctx):
+    return post(ctx, "/v1/sessions", b"length=10", "application/json")
+
+
+@row("http/session-of-a-huge-length", 400, "bad_session: length must be between 1 and 100", answers_well)
+def _(ctx):
+    return post(ctx, "/v1/sessions", b'{"length": 1000000}', "application/json")
+
+
+@row("http/sessions-over-their-bound", 503, "too_many_sessions", answers_well)
+def _(ctx):
+    from loqi_plugin_serve.app import create_app
+    from loqi_plugin_serve.sessions import SessionLimits
+
+    server = ctx.kit.Server(create_app(ctx.engine, ctx.kit.LIMITS, session_limits=SessionLimits(max_sessions=1)))
+    try:
+        assert server.post("/v1/sessions", b"{}", "application/json")[0] == 201
+        status, answer = server.post("/v1/sessions", b"{}", "application/json")
+    finally:
+        server.stop()
+    return status, f"{answer.get('code')}: {answer.get('error')}"
 
 
 # ---- the table ------------------------------------------------------------------------------------------------------

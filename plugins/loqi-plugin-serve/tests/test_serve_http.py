@@ -49,7 +49,7 @@ def test_locate_a_database_image_finds_itself(server, engine, kit):
     assert (top["utm_east"], top["utm_north"]) == tuple(engine.index.utm[42])
     assert all(r["distance"] == pytest.approx(np.sqrt(max(0, 2 - 2 * r["score"])), abs=1e-6) for r in results)
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
-    assert set(body["timing_ms"]) == {"read", "decode", "queue", "model", "search", "total", "batch_size"}
+    assert set(body["timing_ms"]) == {"read", "decode", "queue", "model", "search", "total", "batch_size", "batches"}
 
 
 @pytest.mark.parametrize(("fmt", "content_type", "save"), [("JPEG", "image/jpeg", {"quality": 30}), ("WEBP", "image/webp", {"quality": 50}),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from loqi_plugin_serve.index import build_index, open_index
+from loqi_plugin_serve.index import Index, build_index, open_index
 from loqi_plugin_serve.record import IndexDirError, read_meta
 
 
@@ -40,7 +40,8 @@ def test_the_index_describes_itself_and_holds_the_eval_engines_descriptors(demo_
     assert meta["model"]["weights"] == "imagenet" and meta["model"]["info"]["method"] == "lite0-gem"
     assert meta["model"]["preprocess"]["min_side"] == 128 and meta["dim"] == 192 and meta["database_images"] == 300
     assert meta["degradation"] == "none" and meta["search"]["backend"] == "flat" and "clean" in meta["protocol"]
-    assert set(meta["files"]) == {"descriptors.npy", "faiss.index", "names.json", "utm.npy", "thumbnails.bin", "thumbnails.npy"}
+    assert set(meta["files"]) == {"descriptors.npy", "faiss.index", "names.json", "utm.npy", "geo.npy", "order.npy",
+                                 "thumbnails.bin", "thumbnails.npy"}
 
     index = open_index(demo_index)
     test = load_dataset("demo", "test")
@@ -65,6 +66,32 @@ def test_flat_search_equals_the_eval_engines_search(demo_index):
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_allclose(got_s, want_s, atol=1e-5)
     assert index.search(queries[:2], 400)[0][:, 300:].tolist() == [[-1] * 100] * 2  # k beyond the database
+
+
+def test_near_ties_rank_as_loqi_eval_ranks_them(demo_index):
+    """Clusters of near-copies (scores an ulp apart): one query at a time, as the server asks, the flat index gives
+    loqi eval's ranking and scores exactly, rank k cutting through near-ties included."""
+    import faiss
+
+    from loqi_core.plugin import search
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(40, 96))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    db = np.repeat(base, 5, 0) + 3e-7 * rng.normal(size=(200, 96))
+    db = (db / np.linalg.norm(db, axis=1, keepdims=True)).astype(np.float32)
+    q = base[rng.integers(0, 40, 60)] + 0.3 * rng.normal(size=(60, 96))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    flat = faiss.IndexFlatIP(96)
+    flat.add(db)
+    meta = {**open_index(demo_index).meta, "search": {"backend": "flat", "note": ""}}
+    index = Index(demo_index, meta, db, flat, [str(i) for i in range(200)], np.full((200, 2), np.nan), None,
+                  np.full((200, 3), np.nan), np.full((200, 2), -1))
+    want_i, want_s = search(db, q, 5, "flat")
+    for j in range(len(q)):
+        got_i, got_s = index.search(q[j : j + 1], 5)
+        np.testing.assert_array_equal(got_i[0], want_i[j])
+        np.testing.assert_array_equal(got_s[0], want_s[j])
 
 
 def test_ivfpq_index_is_reranked_exactly(demo_index, cache_dir, tmp_path, kit):
@@ -133,7 +160,7 @@ def test_index_build_and_info_on_the_command_line(demo_index, cache_dir, tmp_pat
     assert forced.exit_code == 0 and "--batch-size is deprecated in index build: write --eval-batch-size" in forced.output
     info = runner.invoke(_cli(), ["index", "info", str(out)])
     assert info.exit_code == 0 and "lite0-gem" in info.output
-    assert "files: 4 intact (sizes checked)" in info.output
+    assert "files: 6 intact (sizes checked)" in info.output
     as_json = runner.invoke(_cli(), ["index", "info", str(out), "--json"])
     assert json.loads(as_json.output)["model"]["fingerprint"] == read_meta(demo_index)["model"]["fingerprint"]
     bad = runner.invoke(_cli(), ["index", "build", "--method", "lite0-gem", "--dataset", "nope", "--out", str(tmp_path / "x")])
@@ -185,3 +212,39 @@ def test_database_weights_encode_the_map_for_another_models_queries(tmp_path, ki
     assert meta["model"]["fingerprint"] == model_fingerprint(build_model("lite0-gem", weights=str(weights)))
     assert meta["model"]["fingerprint"] != meta["database_model"]["fingerprint"] and "database_model" in meta["protocol"]
     assert "database_model" not in read_meta(plain)
+
+
+def test_a_student_serves_queries_against_its_teachers_index_and_another_is_refused(demo_index, tmp_path, kit):
+    """`loqi distill` records the teacher's fingerprint in the student's checkpoint: that student encodes the queries
+    against the index its teacher built (answers: the student's encode_batch + loqi eval's flat search of the
+    teacher's database); a checkpoint without that lineage is refused, naming why."""
+    import torch
+
+    from loqi_core import build_model, distill
+    from loqi_core.plugin import encode_batch, model_fingerprint, save_checkpoint, search
+    from loqi_core.testing.tiny import write_vpr_folder
+    from loqi_plugin_serve.engine import load_engine
+
+    train = write_vpr_folder(tmp_path / "data", places=8) / "images/test/database"  # a folder of 8 images
+    torch.set_num_threads(1)
+    distill("lite0-gem", "jpeg10", train=f"folder:{train}", loss="mse", out=tmp_path / "run", device="cpu",
+            max_steps=2, batch_size=4, lr=1e-3, num_workers=0, tensorboard=False)  # fmt: skip
+    engine = load_engine(demo_index, weights=str(tmp_path / "run"), device="cpu")
+    teacher = read_meta(demo_index)["model"]["fingerprint"]
+    assert engine.lineage is not None and engine.lineage["fingerprint"] == teacher
+    assert model_fingerprint(engine.model) != teacher  # the student's own weights encode the queries
+    frames = [kit.decoded(p.read_bytes()) for p in kit.database_files(engine.index)[10:13]]
+    answers, _ = engine.locate(frames, [5, 5, 5])
+    desc = encode_batch(engine.model, frames, engine.device, False)
+    want_i, want_s = search(np.asarray(engine.index.descriptors), desc, 5, "flat")
+    for got, i, s in zip(answers, want_i, want_s):
+        assert [r["index"] for r in got] == i.tolist() and [r["score"] for r in got] == s.tolist()
+
+    torch.manual_seed(0)
+    other = build_model("lite0-gem", weights="random")
+    save_checkpoint(other, tmp_path / "other", extra={"distilled_from": {"fingerprint": "0" * 24, "method": "lite0-gem"}})
+    with pytest.raises(IndexDirError, match="it was distilled from another model \\(fingerprint 0{24}\\)"):
+        load_engine(demo_index, weights=str(tmp_path / "other"), device="cpu")
+    save_checkpoint(other, tmp_path / "plain")
+    with pytest.raises(IndexDirError, match="its checkpoint records no teacher"):
+        load_engine(demo_index, weights=str(tmp_path / "plain"), device="cpu")
