@@ -81,8 +81,6 @@ def test_torchrun_validates_on_a_test_set_and_keeps_the_best(tmp_path):
     assert [s for s, _ in curve["points"]] == [2, 4] and curve["metric"] == "R@1 (val, teacher database)"
     assert (run / "checkpoints" / "best").is_dir() and not (run / ".validation-scratch").exists()
     assert {p.name for p in (run / "checkpoints" / "step-00000002").iterdir()} >= {"rng-rank0.safetensors", "rng-rank1.safetensors", "ema.safetensors"}
-    import torch
-
     from loqi_core.data.datasets import load_dataset
     from loqi_core.evaluation.engine import evaluate
     from loqi_core.models.model import build_model
@@ -90,8 +88,7 @@ def test_torchrun_validates_on_a_test_set_and_keeps_the_best(tmp_path):
     from loqi_core.testing.tiny import tiny_plugin
 
     with isolated_plugins(("tiny", tiny_plugin)) as plugins:
-        torch.manual_seed(config["seed"])
-        teacher = build_model("tiny", weights="random", plugins=plugins)
+        teacher = build_model("tiny", weights="random", seed=config["seed"], plugins=plugins)
         student = build_model("tiny", weights=str(run), plugins=plugins)
         test = load_dataset(f"folder:{val}", "test", plugins=plugins)
         result = evaluate(student, test, "blur5", database_model=teacher, clean_database=True, seed=config["seed"],

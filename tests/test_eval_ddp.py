@@ -108,5 +108,5 @@ def test_torchrun_loqi_run_trains_with_ddp_and_reports_once(tmp_path):
     assert summary["world_size"] == 2
     for row in ("pretrained_clean", "pretrained_degraded"):
         assert runs["one"][row] == runs["two"][row]
-    assert set(runs["two"]) == {"pretrained_clean", "pretrained_degraded", "distilled"}
+    assert set(runs["two"]) == {"pretrained_clean", "pretrained_degraded", "distilled", "distilled_queries"}
     assert (tmp_path / "two" / "activations" / "data.png").exists()

@@ -219,9 +219,9 @@ def test_label_free_loqi_run_trains_and_reports_without_recall(env):
             *QUICK, *TRAIN]  # fmt: skip
     res = invoke(args)
     noted = [line for line in lines(res.output) if line.startswith("plain ") and "no recall:" in line]
-    assert len(noted) == 3  # pretrained clean, pretrained degraded, distilled: one line each
+    assert len(noted) == 4  # pretrained clean, pretrained degraded, distilled, its queries on the teacher's map
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["datasets"]["plain"]["rows"]
-    assert rows == {"pretrained_clean": {}, "pretrained_degraded": {}, "distilled": {}}
+    assert rows == {"pretrained_clean": {}, "pretrained_degraded": {}, "distilled": {}, "distilled_queries": {}}
     assert "| Distilled, blur3 | – | – | – | – |" in (tmp_path / "run" / "results.md").read_text()
     assert (tmp_path / "run" / "grids" / "plain__distilled.png").exists()
 

@@ -81,13 +81,13 @@ def test_run_writes_paired_grids_shared_scale_maps_and_recalls_to_tensorboard(tm
     metrics = json.loads((out / "metrics.json").read_text())
     evals = {(tag, step): value for logdir, tag, value, step in writer if logdir == str(out / "tensorboard")}
     rows = metrics["datasets"]["data"]["rows"]
-    assert evals == {(f"recall/data/{row}/{n}", 2 if row == "distilled" else 0): v
+    assert evals == {(f"recall/data/{row}/{n}", 2 if row.startswith("distilled") else 0): v
                      for row, r in rows.items() for n, v in r.items()}  # fmt: skip
     assert any(logdir == str(out / "distill" / "tensorboard") and tag == "loss/loss" for logdir, tag, _, _ in writer)
     assert "recalls logged to TensorBoard" in res.output
     names = sorted(p.name for p in (out / "grids").iterdir())
-    assert names == ["data__distilled.png", "data__pretrained_clean.png", "data__pretrained_degraded.png",
-                     "data__pretrained_degraded_vs_distilled.png"]  # fmt: skip
+    assert names == ["data__distilled.png", "data__distilled_queries.png", "data__pretrained_clean.png",
+                     "data__pretrained_degraded.png", "data__pretrained_degraded_vs_distilled.png"]  # fmt: skip
     with Image.open(out / "grids" / "data__pretrained_degraded_vs_distilled.png") as both, \
             Image.open(out / "grids" / "data__distilled.png") as one:  # fmt: skip
         assert both.height > one.height and both.width == one.width  # two lines (pretrained, distilled) per query

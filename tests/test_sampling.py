@@ -273,8 +273,9 @@ def test_run_with_eval_degrade_reports_each_level_beside_the_pretrained_model(tm
         m = json.loads((tmp_path / "run" / "metrics.json").read_text())
         assert m["run"]["degrade"] == "blur[1:7]" and m["run"]["eval_degrade"] == ["none", "blur5", "blur2"]
         rows = m["datasets"]["data"]["rows"]
-        assert list(rows) == ["pretrained_clean", "pretrained_degraded@blur2", "distilled@blur2", "pretrained_degraded@blur5",
-                              "distilled@blur5", "pretrained_degraded@none", "distilled@none"]  # fmt: skip
+        assert list(rows) == ["pretrained_clean", "pretrained_degraded@blur2", "distilled@blur2", "distilled_queries@blur2",
+                              "pretrained_degraded@blur5", "distilled@blur5", "distilled_queries@blur5",
+                              "pretrained_degraded@none", "distilled@none", "distilled_queries@none"]  # fmt: skip
         protocols = m["datasets"]["data"]["protocols"]
         assert protocols["distilled@blur5"]["queries"] == "degraded (blur5)" and protocols["distilled@none"]["queries"] == "clean"
         assert rows["pretrained_degraded@none"] == rows["pretrained_clean"]

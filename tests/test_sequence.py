@@ -328,7 +328,7 @@ def test_run_reports_sequence_recall_for_every_row(route):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "run" / "metrics.json").read_text())["datasets"]["route"]
-    rows = {"pretrained_clean", "pretrained_degraded", "finetuned", "distilled"}
+    rows = {"pretrained_clean", "pretrained_degraded", "finetuned", "distilled", "distilled_queries"}
     assert set(data["sequence"]["rows"]) == set(data["rows"]) == rows
     table = (tmp_path / "run" / "results.md").read_text().split("## Sequence matching")[1].split("Each cell")[0]
     for label in ("Random init, clean images", "Random init, blur3", "Finetuned, blur3", "Distilled, blur3"):  # --weights random
