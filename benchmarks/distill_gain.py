@@ -60,7 +60,8 @@ MARGIN = 10  # training frames kept this far from any test stretch
 
 # name -> (description, distill overrides); "default" is what loqi does with no flag
 SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "default": ("method defaults (lr 2e-4, views at the test scale, augment)", {}),
+    "default": ("method defaults (lr 2e-4, views at the test scale, augment, moving average 0.95)", {}),
+    "no-ema": ("the weights of the last step, no moving average (the default before the seed study)", {"distill.ema": None}),
     "lr5e-5": ("lr 5e-5", {"distill.lr": 5e-5}),
     "lr1e-4": ("lr 1e-4", {"distill.lr": 1e-4}),
     "lr4e-4": ("lr 4e-4", {"distill.lr": 4e-4}),
@@ -71,9 +72,9 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-augment": ("no augmentation", {"distill.augment": False}),
     "no-clip": ("no gradient-norm clipping (the reference clips nothing)", {"distill.clip_grad_norm": None}),
     "steps360": ("360 steps (3x the default)", {"distill.max_steps": 360}),
-    "old": ("before: lr 5e-5, native views, no augment", {"distill.lr": 5e-5, "distill.view_size": [32, 64], "distill.augment": False}),
+    "old": ("before: lr 5e-5, native views, no augment, no moving average",
+            {"distill.lr": 5e-5, "distill.view_size": [32, 64], "distill.augment": False, "distill.ema": None}),
     "cosine": ("cosine schedule to 0, 12 warm-up steps", {"distill.schedule": "cosine", "distill.warmup_steps": 12}),
-    "ema": ("moving average of the weights (decay 0.95) as the student", {"distill.ema": 0.95}),
     "batch32": ("batches of 32 images (2x)", {"distill.batch_size": 32}),
     "early": ("only the stem and blocks 0-2 train; blocks 3-5 and GeM stay the teacher's",
               {"distill.trainable": ["encoder.conv_stem", "encoder.bn1", "encoder.blocks.0", "encoder.blocks.1", "encoder.blocks.2"]}),

@@ -92,8 +92,9 @@ class DistillConfig(Section):
     )  # fmt: skip
     warmup_steps: int = Field(0, ge=0, description="linear warm-up from lr/(warmup_steps+1) to lr over the first steps")
     ema: float | None = Field(
-        None, gt=0, lt=1, description="exponential moving average of the student's weights with this decay per step "
-        "(e.g. 0.95); the average is the run's student, validated and saved. None = the weights of the last step",
+        0.95, gt=0, lt=1, description="exponential moving average of the student's weights with this decay per step; "
+        "the average is the run's student, validated and saved (0.95: the gain's spread over seeds halved, "
+        "docs/distillation.md). None = the weights of the last step (--protocol paper: the authors kept those)",
     )  # fmt: skip
     clip_grad_norm: float | None = Field(1.0, gt=0)
     places_per_batch: int = Field(6, ge=1)

@@ -26,7 +26,7 @@ GENERIC_DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": {
         "eval.precision": "fp32", "distill.precision": "fp32", "distill.tf32": True, "distill.freeze_bn": False,
         "distill.bn_scope": "all", "distill.dropout": True, "distill.view_size": "native", "distill.augment": False,
-        "distill.mine": True,
+        "distill.mine": True, "distill.ema": None,
     },
 }
 PAPER_VALIDATION: dict[str, Any] = {

@@ -269,3 +269,13 @@ def test_a_killed_validated_run_resumes_with_its_best(tmp_path):
     for name in ("final", "best"):
         assert _same(_weights(tmp_path / "whole" / "checkpoints" / name), _weights(tmp_path / "killed" / "checkpoints" / name))
     assert (tmp_path / "whole" / "validation.csv").read_text() == (tmp_path / "killed" / "validation.csv").read_text()
+
+
+def test_the_default_student_is_the_moving_average_but_not_under_the_paper_protocol():
+    """loqi's recipe keeps a moving average of the weights (decay 0.95: the seed study in docs/distillation.md); the
+    authors kept the last step's weights, so --protocol paper does too."""
+    from loqi_core.config import resolve_run_config
+
+    assert resolve_run_config(None, {"model.method": "lite0-gem"}).distill.ema == 0.95
+    assert resolve_run_config(None, {"model.method": "netvlad", "protocol": "paper"}).distill.ema is None
+    assert resolve_run_config(None, {"model.method": "lite0-gem", "distill.ema": None}).distill.ema is None
