@@ -276,6 +276,7 @@ def create_app(engine: "Engine", limits: Limits = Limits(), access: Access = Acc
             [matched], seconds = await sequence_answers(session, answers, k)
         [((results, _), _)] = answers
         query = engine.query_place(name)
+        matched["sequence"]["results"] = with_errors(matched["sequence"]["results"], query)
         return JSONResponse({**matched, **answer(results, query),
                              "timing_ms": {**timing(progress, read, decoded, answers), "sequence": seconds * 1000}})  # fmt: skip
 
@@ -400,7 +401,7 @@ def create_app(engine: "Engine", limits: Limits = Limits(), access: Access = Acc
     middleware = [Middleware(RequestLog, metrics=metrics, enabled=access.access_log)]
     if access.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(access.cors_origins),
-                                     allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"],
+                                     allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                                      expose_headers=["X-Request-ID"], max_age=600))  # fmt: skip
     if access.api_keys:
         middleware.append(Middleware(BearerAuth, digests=access.api_keys, metrics=metrics))

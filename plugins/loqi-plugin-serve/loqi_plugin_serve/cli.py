@@ -160,7 +160,8 @@ def info_command(index: Path, verify: bool, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one (printed).")
 @click.option("--device", default="auto", show_default=True, help='"auto" (CUDA when available), "cpu", "cuda", "cuda:1".')
-@click.option("--weights", "-w", help="Weights to serve (a student checkpoint); must be those the index was built with.")
+@click.option("--weights", "-w", help="Weights that encode the queries: the index's own (default), or a student distilled from "
+              "exactly the index's model (its checkpoint's lineage says so); anything else is refused.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--max-batch", type=click.IntRange(1),

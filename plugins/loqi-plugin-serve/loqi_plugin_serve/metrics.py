@@ -130,6 +130,6 @@ class Metrics:
             lines += self.batch_sizes.lines("loqi_batch_size", None)
             lines += ["# HELP loqi_images_total Images (and video frames) encoded.", "# TYPE loqi_images_total counter",
                       f"loqi_images_total {self.images}",
-                      "# HELP loqi_in_flight_requests Locate requests being served now.", "# TYPE loqi_in_flight_requests gauge",
+                      "# HELP loqi_in_flight_requests Requests being served now (locate and sessions).", "# TYPE loqi_in_flight_requests gauge",
                       f"loqi_in_flight_requests {self.in_flight}"]  # fmt: skip
         return "\n".join(lines) + "\n"

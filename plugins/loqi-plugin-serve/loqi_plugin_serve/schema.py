@@ -42,6 +42,8 @@ class SequenceMatch(Place):
     rank: int = Field(ge=1)
     sequence_score: float = Field(description="SeqSLAM score of the best trajectory ending at this image (lower is "
                                   "better): the sum of contrast-enhanced differences over its steps, divided by √steps")  # fmt: skip
+    error_m: float | None = Field(None, description="Metres between this place and the frame's position (only when the "
+                                  "upload's file name carries one; null where either position is unknown)")  # fmt: skip
 
 
 class QueryPlace(_Answer):

@@ -158,3 +158,19 @@ def test_bad_session_settings_and_an_index_without_capture_order(server, engine,
         assert (status, answer["code"]) == (409, "no_capture_order") and "--order" in answer["error"]
     finally:
         running.stop()
+
+
+def test_a_session_frame_named_with_its_position_gives_each_sequence_answer_its_error(server, engine, kit):
+    """A frame uploaded as multipart with a gmberton name: the sequence's answers carry error_m like the frame's own."""
+    boundary = "loqi-test-boundary"
+    frame = kit.image_bytes(_frames(kit, 0, 20, 1)[0], "PNG")
+    name = "@0.00@15500.00@@@@@1550@@@@@@@@.png"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + frame + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    sid = _session(server, length=3, rate=RATE)
+    status, answer = server.post(f"/v1/sessions/{sid}/locate?k=3", body, f"multipart/form-data; boundary={boundary}")
+    assert status == 200, answer
+    for r in answer["sequence"]["results"] + answer["results"]:
+        assert r["error_m"] == np.hypot(r["utm_east"] - 0.0, r["utm_north"] - 15500.0)
+    status, plain = server.post(f"/v1/sessions/{sid}/locate?k=3", frame, "image/png")
+    assert status == 200 and "error_m" not in plain["sequence"]["results"][0]
