@@ -10,18 +10,20 @@ from loqi_core.util.tensorboard import summary_writer
 
 
 def trained_steps(weights: str | None) -> int:
-    """The training step a row's weights were saved at (a run's training folder or a checkpoint), 0 for others."""
+    """The training step a row's weights were saved at (a run's training folder or a checkpoint), 0 for others: the
+    training state's step, else the ``train_step`` a student's ``model.json`` records (a moving average, a best)."""
     from loqi_core.training.state import STATE_FILE  # torch: imported only when a run has recalls to log
 
     if not weights:
         return 0
     for folder in (Path(weights) / "checkpoints" / "final", Path(weights)):
-        state = folder / STATE_FILE
-        if state.is_file():
-            try:
-                return int(json.loads(state.read_text())["step"])
-            except (ValueError, KeyError, OSError):
-                return 0
+        for name, key in ((STATE_FILE, "step"), ("model.json", "train_step")):
+            record = folder / name
+            if record.is_file():
+                try:
+                    return int(json.loads(record.read_text())[key])
+                except (ValueError, KeyError, TypeError, OSError):
+                    continue
     return 0
 
 
