@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -74,15 +74,8 @@ def recall_chart(
         d.rectangle([x0, y0, x1, y1], outline="black")
         d.text(((x0 + x1) / 2 - 10, y1 + 22), "N", fill="black", font=f)
         for lbl, rec in rows.items():
-            pts = [(px(int(k[2:])), py(v)) for k, v in sorted(rec.items(), key=lambda kv: int(kv[0][2:]))]
-            if len(pts) > 1:
-                d.line(pts, fill=colors[lbl], width=2)
-            for x, y in pts:
-                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[lbl])
-    for i, lbl in enumerate(labels):
-        y = top + ph + 4 + 18 * i
-        d.line([(20, y + 8), (45, y + 8)], fill=colors[lbl], width=3)
-        d.text((52, y), lbl, fill="black", font=f)
+            _series(d, [(px(int(k[2:])), py(v)) for k, v in sorted(rec.items(), key=lambda kv: int(kv[0][2:]))], colors[lbl])
+    _legend(d, labels, colors, top + ph + 4, f)
     return img
 
 
@@ -132,15 +125,8 @@ def line_chart(
         d.rectangle([x0, y0, x1, y1], outline="black")
         d.text(((x0 + x1) / 2 - _text_w(d, xlabel, f) / 2, y1 + 22), xlabel, fill="black", font=f)
         for lbl, pts in lines.items():
-            xy = [(px(x), py(v)) for x, v in sorted(pts.items())]
-            if len(xy) > 1:
-                d.line(xy, fill=colors[lbl], width=2)
-            for x, y in xy:
-                d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[lbl])
-    for i, lbl in enumerate(labels):
-        y = top + ph + 4 + 18 * i
-        d.line([(20, y + 8), (45, y + 8)], fill=colors[lbl], width=3)
-        d.text((52, y), lbl, fill="black", font=f)
+            _series(d, [(px(x), py(v)) for x, v in sorted(pts.items())], colors[lbl])
+    _legend(d, labels, colors, top + ph + 4, f)
     return img
 
 
@@ -317,3 +303,19 @@ def curve_chart(curves: dict[str, dict], title: str = "", width: int = 560, heig
         d.line([(20, y + 8), (45, y + 8)], fill=colors[lbl], width=3)
         d.text((52, y), lbl, fill="black", font=f)
     return img
+
+
+def _series(d: Any, xy: list[tuple[float, float]], color: Any) -> None:
+    """One line of a chart: its points joined, each marked with a dot."""
+    if len(xy) > 1:
+        d.line(xy, fill=color, width=2)
+    for x, y in xy:
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+
+
+def _legend(d: Any, labels: list[str], colors: dict[str, Any], top: float, font: Any) -> None:
+    """The legend under the panels: a colour swatch and the label, a line each."""
+    for i, lbl in enumerate(labels):
+        y = top + 18 * i
+        d.line([(20, y + 8), (45, y + 8)], fill=colors[lbl], width=3)
+        d.text((52, y), lbl, fill="black", font=font)
