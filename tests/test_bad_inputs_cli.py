@@ -199,6 +199,8 @@ CASES = [
     Case("lr-zero", DISTILL + " --lr 0", 1, "distill.lr: Input should be greater than 0"),
     Case("lr-nan", DISTILL + " -s distill.lr=.nan", 1, "distill.lr: Input should be a finite number"),
     Case("threads-zero", EVAL + " --weights random -s threads=0", 1, "threads: Input should be greater than or equal to 1"),
+    Case("database-weights-missing", EVAL + " --weights random --database-weights {tmp}/nope.safetensors", 1,
+         "no loqi checkpoint at"),
     Case("dataset-unknown-user", EVAL.replace("folder:{root}", "folder:~nonuser_loqi/x") + " --weights random", 1,
          'cannot expand "~nonuser_loqi": no such user'),
     # item 12: unwritable or full disk: one line naming the path and the cause, no partial file left

@@ -155,6 +155,8 @@ class Experiment:
             with self.runlog.stage("preflight"):
                 self.views = self._check_inputs()
         self.model = self.build(weights)  # last: the costliest check (weights found, read and fitting)
+        # the model that encodes the database of asymmetric rows (--database-weights), checked before the directory
+        self.database = None if ev.database_weights is None else self.build(ev.database_weights)
         self.runlog.add("setup", time.perf_counter() - started - self.runlog.stages.get("preflight", 0.0))
         if self.env.is_main:
             self._lock.enter_context(locked(self.out))
@@ -344,12 +346,7 @@ class Experiment:
 
     def database_model(self, teacher: "VPRModel") -> "VPRModel":
         """The model that encodes the database of an asymmetric row: ``eval.database_weights``, else the teacher."""
-        weights = self.config.eval.database_weights
-        if weights is None:
-            return teacher
-        if getattr(self, "_database", None) is None:
-            self._database = self.build(weights)
-        return self._database
+        return teacher if self.database is None else self.database
 
     def evaluate_against_database(self, row: str, student: "VPRModel", database: "VPRModel", **meta: Any) -> None:
         """``row``'s student encodes the queries, ``database`` the database: the map a deployment indexed once."""
@@ -537,7 +534,7 @@ def run_eval(config: RunConfig, *, row: str | None = None, plugins: Plugins | No
             pretrained = model.info["weights"] != "random" and not Path(str(weights)).exists()
             clean = exp.degradation.spec in ("", "none") and not exp.levels
             row = ("pretrained_clean" if clean else "pretrained_degraded") if pretrained or exp.untrained else "model"
-        database = None if config.eval.database_weights is None else exp.build(config.eval.database_weights)
+        database = exp.database
         meta = {} if database is None else {"database_weights": database.info["weights"]}
         with exp.runlog.stage("eval"):
             exp.evaluate_levels(row, model, database, weights=model.info["weights"], **meta)
