@@ -349,9 +349,10 @@ class Experiment:
         return teacher if self.database is None else self.database
 
     def evaluate_against_database(self, row: str, student: "VPRModel", database: "VPRModel", **meta: Any) -> None:
-        """``row``'s student encodes the queries, ``database`` the database: the map a deployment indexed once."""
-        self.evaluate_levels(row.replace("distilled", "distilled_queries", 1), student, database,
-                             database_weights=database.info["weights"], **meta)  # fmt: skip
+        """``row``'s student encodes the queries, ``database`` the database: the map a deployment indexed once. The
+        row names ``database_weights`` only when they are not the teacher's (``--database-weights``)."""
+        other = {} if self.database is None else {"database_weights": database.info["weights"]}
+        self.evaluate_levels(row.replace("distilled", "distilled_queries", 1), student, database, **other, **meta)
 
     def print_protocols(self) -> None:
         for name, rows in self.report.results.items():
