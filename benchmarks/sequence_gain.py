@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -41,7 +40,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distill_gain import BLOCK, build_data, sign_test  # noqa: E402  (the same split and test)
+from distill_gain import BLOCK, build_data  # noqa: E402  (the same split)
+
+from loqi_core.report.seeds import binomial_p, mean_sd, sign_test  # noqa: E402  (the CLI's statistics)
 
 FULL_NORDLAND = (27592, 2760)
 
@@ -184,8 +185,7 @@ def _r1(hits: list[int]) -> float:
 def _mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    mean, sd = mean_sd(values)
     return f"{mean:.1f} ± {sd:.1f}"
 
 
@@ -194,9 +194,7 @@ def _pooled_sign_test(pairs: list[tuple[list[int], list[int]]]) -> str:
     for before, after in pairs:
         p, m, _ = sign_test(before, after)
         plus, minus = plus + p, minus + m
-    n, k = plus + minus, min(plus, minus)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return f"{plus}/{minus} (p {p:.2g})"
+    return f"{plus}/{minus} (p {binomial_p(plus, minus):.2g})"
 
 
 def tables(data: dict[str, Any]) -> str:
