@@ -204,6 +204,20 @@ def test_validation_refuses_what_it_cannot_measure(tiny, tmp_path):
 # ---- labelled validation --------------------------------------------------------------------------------------------
 
 
+def test_a_finetune_asked_for_the_teachers_database_validates_against_its_own(tiny, tmp_path):
+    """--protocol paper asks for the teacher's database; a finetune has no teacher, so it encodes the database itself
+    (what `loqi finetune --protocol paper` meets) instead of refusing a setting the user never gave."""
+    places = helpers.write_places(tmp_path / "places", places=4, per_place=2)
+    val = write_vpr_folder(tmp_path / "val", places=6)
+    config = RunConfig.model_validate({**helpers.tiny_config(places, max_steps=2, val=f"folder:{val}", val_every=2,
+                                                             val_database="teacher", finetune_loss="multisimilarity",
+                                                             places_per_batch=2, images_per_place=2),
+                                       "eval": {"cache_dir": str(tmp_path / "cache"), "num_workers": 0}})  # fmt: skip
+    distill(config, tmp_path / "run", mode="finetune", plugins=tiny)
+    curve = json.loads((tmp_path / "run" / "summary.json").read_text())["validation"]
+    assert curve["metric"] == "R@1 (val, student database)" and [s for s, _ in curve["points"]] == [2]
+
+
 @pytest.mark.parametrize("database", ["teacher", "student"])
 def test_test_set_validation_is_recall_of_the_students_queries(tiny, tmp_path, database):
     """The curve's R@1 at the best step is R@1 of that student (degraded queries) against the clean database the

@@ -243,7 +243,8 @@ def read_test_folder(
     """A gmberton-layout test set; ``expected`` are the published counts of this split, checked by the caller;
     ``shuffle_seed``: database and queries in that seed's random order (``shuffled``)."""
     if root is None:
-        raise DataError("this dataset needs a path: give it as NAME:PATH, or set --data-root / $LOQI_DATA")
+        which = f'dataset "{name}"' if name else "this dataset"
+        raise DataError(f"{which} needs a path: give it as NAME:PATH, or set --data-root / $LOQI_DATA")
     root = Path(root)
     db_dir, q_dir = split_folders(root, split)
     test = read_folder_pair(db_dir, q_dir, name=name or root.name or "folder", labels=labels, skip_bad=skip_bad,

@@ -362,17 +362,11 @@ class Experiment:
     def train(self, folder: str, mode: str, config: RunConfig | None = None) -> Path:
         """Distil (or finetune) into ``out/<folder>``, resuming a run that a previous invocation left there."""
         from loqi_core.training.engine import distill
-        from loqi_core.training.validation import HELDOUT
 
         target = self.out / folder
         resume = _from_rank0((target / "config.json").exists())  # decided once: rank 0 may already be writing it
         self.echo(f"{'resuming' if resume else 'training'} {mode} in {target} ...")
         config = (config or self.config).model_copy(update={"threads": self.requested_threads})  # training fits its own
-        d = config.distill
-        if mode == "finetune" and d.val not in (None, HELDOUT) and d.val_database == "teacher":
-            # no teacher: the finetuned model encodes the validation database, as its row is tested
-            self.echo(f'{mode} validates on {d.val} against its own database (val_database="student"): it has no teacher')
-            config = config.model_copy(update={"distill": d.model_copy(update={"val_database": "student"})})
         return distill(config, target, mode=mode, resume=resume, plugins=self.plugins,  # type: ignore[arg-type]
                        train=self.train_set)
 

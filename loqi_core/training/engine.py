@@ -280,7 +280,7 @@ class _Trainer:
         )
         if mined is None:
             self.validation = build_validation(self.config, held, self.dataset.views, self.dataset.degradation,
-                                               self.plugins, self.out / ".validation-scratch")  # fmt: skip
+                                               self.plugins, self.out / ".validation-scratch", self.mode)  # fmt: skip
         if self.d.view_size is None:  # written resolved into config.json, so a resume checks it
             d = self.d.model_copy(update={"view_size": self.dataset.views.size})
             self.config, self.d = self.config.model_copy(update={"distill": d}), d

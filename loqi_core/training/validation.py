@@ -10,6 +10,7 @@ encoded by the student (degraded) or by the frozen teacher (clean, ``distill.val
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from loqi_core.losses.expression import CompositeLoss
     from loqi_core.models.model import VPRModel
 
+log = logging.getLogger("loqi.distill")
 HELDOUT = "heldout"
 
 
@@ -191,21 +193,26 @@ def check_validation(d: DistillConfig, mode: str, loss: "CompositeLoss") -> None
     """Refuse a validation the run cannot measure, before anything is split or loaded."""
     if d.val is None:
         return
-    if mode != "distill" and (d.val == HELDOUT or d.val_database == "teacher"):
-        raise ConfigError(f'distill.val="{d.val}" with val_database="{d.val_database}" needs the teacher, which finetune '
-                          'has none of: validate a finetune on a labelled test set with val_database="student"')  # fmt: skip
+    if mode != "distill" and d.val == HELDOUT:
+        raise ConfigError('distill.val="heldout" (the distillation loss on held-out images) needs the teacher, which '
+                          "finetune has none of: validate a finetune on a labelled test set (--val NAME)")  # fmt: skip
     if d.val == HELDOUT and loss.needs_places:
         raise ConfigError(f'distill.val="heldout" measures the loss on held-out images without places, but "{loss.expression}" '
                           "needs places: validate on a labelled test set (--val NAME) instead")  # fmt: skip
 
 
 def build_validation(
-    config: RunConfig, held: list[Path], views: ViewConfig, degradation: "Degradation", plugins: "Plugins", scratch: Path
+    config: RunConfig, held: list[Path], views: ViewConfig, degradation: "Degradation", plugins: "Plugins", scratch: Path,
+    mode: str = "distill",
 ) -> HeldoutValidation | TestSetValidation | None:
-    """The run's validation (None without one); ``held``: the images ``split_heldout`` kept out of training."""
+    """The run's validation (None without one); ``held``: the images ``split_heldout`` kept out of training. A
+    finetune has no teacher to encode the database (``--protocol paper`` asks for one): it encodes its own."""
     d = config.distill
     if d.val is None:
         return None
     if d.val == HELDOUT:
         return HeldoutValidation(held, views, degradation, config.seed, d.batch_size)
+    if mode != "distill" and d.val_database == "teacher":
+        log.info('%s validates on %s against its own database (val_database="student"): it has no teacher', mode, d.val)
+        config = config.model_copy(update={"distill": d.model_copy(update={"val_database": "student"})})
     return TestSetValidation(config, degradation, plugins, scratch)
