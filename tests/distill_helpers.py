@@ -1,6 +1,6 @@
 """Shared fixtures for the distillation engine tests: generated image folders and tiny-method configs.
 
-Also a script entry point (``python tests/distill_helpers.py CONFIG_JSON OUT [--kill-at-step N]``) so the
+Also a script entry point (``python tests/distill_helpers.py CONFIG_JSON OUT [--kill-at-step N] [--slow-reader]``) so the
 resume and torchrun tests can run the engine in a child process, with the tiny method registered.
 """
 
@@ -55,6 +55,7 @@ def tiny_config(train: Path, **distill: Any) -> dict[str, Any]:
 def _main(argv: list[str]) -> None:
     import os
     import signal
+    import time
 
     from loqi_core.config import RunConfig
     from loqi_core.testing.helpers import isolated_plugins
@@ -74,6 +75,17 @@ def _main(argv: list[str]) -> None:
             return step(self, batch)
 
         _Trainer._step = dying_step  # type: ignore[method-assign]
+    if "--slow-reader" in argv:  # ranks other than 0 read the merged descriptors late, as on a busy machine
+        from loqi_core.evaluation import engine
+
+        load = engine.load_descriptors
+
+        def late_load(path):
+            if engine.dist_rank_world()[0] != 0:
+                time.sleep(1.0)
+            return load(path)
+
+        engine.load_descriptors = late_load  # type: ignore[assignment]
     if "--print-hash" in argv:  # every rank prints a digest of its own student after the final checkpoint
         save = _Trainer._save
 

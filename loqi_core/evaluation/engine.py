@@ -165,7 +165,8 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait for every rank of a torchrun job; nothing when alone."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -387,10 +388,10 @@ def extract(
             if writer is not None:
                 writer.close({"images": len(rows), "rank": rank})
                 np.save(part_rows, np.asarray(rows, dtype=np.int64))
-            _barrier()
+            barrier()
             if rank == 0:
                 _merge_rank_parts(desc_path, len(images), world, meta)
-            _barrier()
+            barrier()
             result = load_descriptors(desc_path)
     except BaseException:
         if writer is not None:  # a failure (full disk, Ctrl-C, a bad image) leaves no *.partial.npy behind

@@ -175,7 +175,7 @@ class TestSetValidation:
     def __call__(self, student: "VPRModel", teacher: "VPRModel | None", device: "torch.device") -> float | None:
         """R@1 on rank 0; None on the other ranks of a torchrun job (they encode their share)."""
         from loqi_core.evaluation.cache import model_fingerprint
-        from loqi_core.evaluation.engine import dist_rank_world, evaluate
+        from loqi_core.evaluation.engine import barrier, dist_rank_world, evaluate
 
         database = teacher if self.teacher_database else None
         keep = model_fingerprint(database) if database is not None else ""
@@ -183,8 +183,9 @@ class TestSetValidation:
         try:
             result = evaluate(student, self.test, self.degradation, config=self.eval, seed=self.seed, device=device,
                               cache=cache, plugins=self.plugins, database_model=database)  # fmt: skip
+            barrier()  # under torchrun, every rank has read the merged descriptors before rank 0 empties the folder
         finally:
-            if dist_rank_world()[0] == 0:  # rank 0 reads the merged descriptors last (torchrun)
+            if dist_rank_world()[0] == 0:
                 shutil.rmtree(self.scratch, ignore_errors=True)
         return None if result is None else float(result.recalls["R@1"])
 
