@@ -1,6 +1,7 @@
 """The plugin system as a third-party author meets it: entry points, failures, clashes, unknown names."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -152,7 +153,8 @@ def test_loqi_plugins_flags_a_plugin_whose_import_is_slow_or_heavy(site, monkeyp
         sys.modules.pop("thirdparty_weighty", None)
     flagged = text.split("slow to import", 1)[1].split("\n\n", 1)[0]
     assert "import heavy libraries inside the factories" in flagged
-    assert "weighty (dist loqi-plugin-weighty 0.1.0): 0.6" in flagged and "imports thirdparty_weighty at module level" in flagged
+    shown = re.search(r"weighty \(dist loqi-plugin-weighty 0\.1\.0\): (\d+\.\d)", flagged)  # a busy machine takes longer
+    assert shown and float(shown.group(1)) >= 0.6 and "imports thirdparty_weighty at module level" in flagged
     assert "light (dist" not in flagged
     assert listed["weighty"]["heavy_imports"] == ["thirdparty_weighty"] and listed["weighty"]["import_seconds"] >= 0.6
     assert listed["light"]["heavy_imports"] == [] and listed["light"]["import_seconds"] < 0.5
