@@ -8,7 +8,8 @@ Both are plain ASGI middleware around the application:
   key), status, milliseconds, id.
 - ``BearerAuth`` answers 401 to a request for a protected path without ``Authorization: Bearer KEY`` for one of the
   keys. Keys are compared as SHA-256 digests with ``hmac.compare_digest``, every key every time: the time taken
-  says nothing about how much of a key was right. Only the digests are kept in memory.
+  says nothing about how much of a key was right. Only the digests are kept in memory. The matching key's digest is
+  left in the request's ``state`` as ``api_key``: a sequence session belongs to the key that created it.
 """
 
 from __future__ import annotations
@@ -124,20 +125,24 @@ class BearerAuth:
     def __init__(self, app: App, digests: tuple[bytes, ...], metrics: "Metrics") -> None:
         self.app, self.digests, self.metrics = app, digests, metrics
 
-    def allowed(self, header: bytes) -> bool:
+    def key_of(self, header: bytes) -> bytes | None:
+        """The digest of the key ``header`` carries as a bearer token; None when it is not one of the keys."""
         scheme, _, token = header.decode("latin-1").partition(" ")
         given = hashlib.sha256(token.strip().encode("latin-1")).digest()
-        match = False
+        match = None
         for digest in self.digests:  # no early exit
-            match |= hmac.compare_digest(given, digest)
-        return match and scheme.lower() == "bearer"
+            if hmac.compare_digest(given, digest):
+                match = digest
+        return match if scheme.lower() == "bearer" else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization")
-        if header is not None and self.allowed(header):
+        key = self.key_of(header) if header is not None else None
+        if key is not None:
+            scope.setdefault("state", {})["api_key"] = key
             await self.app(scope, receive, send)
             return
         reason = "no Authorization header" if header is None else "the key is not valid"

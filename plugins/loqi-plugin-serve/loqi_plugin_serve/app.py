@@ -85,6 +85,11 @@ def _error(exc: BadInput) -> "Response":
     return JSONResponse({"error": exc.message, "code": exc.code, "status": exc.status}, exc.status, headers=headers)
 
 
+def _key(request: "Request") -> bytes | None:
+    """The digest of the API key the request was let in with (``BearerAuth``); None without keys."""
+    return request.scope.get("state", {}).get("api_key")
+
+
 def _k(request: "Request", limits: Limits) -> int:
     raw = request.query_params.get("k", "5")
     try:
@@ -269,7 +274,7 @@ def create_app(engine: "Engine", limits: Limits = Limits(), access: Access = Acc
 
     async def session_image(request: Request, progress: dict[str, Any]) -> Response:
         k = _k(request, limits)
-        session = sessions.get(request.path_params["sid"])
+        session = sessions.get(request.path_params["sid"], _key(request))
         async with session.lock:
             image, name, read, decoded = await read_image(request, progress)
             answers = await submit(progress, [image], k)
@@ -282,7 +287,7 @@ def create_app(engine: "Engine", limits: Limits = Limits(), access: Access = Acc
 
     async def session_stream(request: Request, progress: dict[str, Any]) -> Response:
         k = _k(request, limits)
-        session = sessions.get(request.path_params["sid"])
+        session = sessions.get(request.path_params["sid"], _key(request))
         async with session.lock:
             frames, _, read, decoded = await read_video(request, progress)
             answers = await submit(progress, frames, k)
@@ -299,15 +304,15 @@ def create_app(engine: "Engine", limits: Limits = Limits(), access: Access = Acc
                            '{"length": 10, "rate": 1.0}') from None  # fmt: skip
         if not isinstance(body, dict):
             raise BadInput(400, "bad_session", "the body must be a JSON object of sequence settings")
-        session = sessions.create(body)
+        session = sessions.create(body, _key(request))
         return JSONResponse(session.describe(session_limits.idle_s, sessions.clock()), 201)
 
     async def session_show(request: Request, progress: dict[str, Any]) -> Response:
-        session = sessions.get(request.path_params["sid"])
+        session = sessions.get(request.path_params["sid"], _key(request))
         return JSONResponse(session.describe(session_limits.idle_s, sessions.clock()))
 
     async def session_end(request: Request, progress: dict[str, Any]) -> Response:
-        sessions.end(request.path_params["sid"])
+        sessions.end(request.path_params["sid"], _key(request))
         return Response(status_code=204)
 
     def route(endpoint: str, work: Callable[..., Awaitable[Response]], uses_model: bool = True):

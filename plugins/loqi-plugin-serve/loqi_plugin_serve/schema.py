@@ -210,7 +210,7 @@ def _json(name: str, description: str) -> dict[str, Any]:
 
 ERRORS = {
     "400": "Bad input: not an image or video, corrupt, a bad k or setting (code says which)",
-    "404": "No such session (expired, ended, never created, or the server restarted)",
+    "404": "No such session (expired, ended, never created, created with another API key, or the server restarted)",
     "408": "The body or the request headers did not arrive in time",
     "409": "The index has no capture order: sessions need one",
     "413": "Over a limit: body size, pixels, aspect ratio, frames",

@@ -10,6 +10,7 @@ restart. Ids are 128 random bits; any client that may use the API and knows an i
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
 import secrets
 import time
@@ -45,6 +46,8 @@ class Session:
     settings: dict[str, Any]
     memory: int
     last_used: float
+    owner: bytes | None = None
+    """The digest of the API key that created it (None without keys): no other key can use, see or end it."""
     frames: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Frames of one session are matched one after the other, in the order they arrive."""
@@ -89,6 +92,12 @@ def _number(body: dict[str, Any], key: str, default: float, kind: type) -> Any:
     return kind(value)
 
 
+def _same_owner(a: bytes | None, b: bytes | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return hmac.compare_digest(a, b)
+
+
 class Sessions:
     """The sessions of one server over one database (``traverses``: its capture order, None when it has none)."""
 
@@ -112,7 +121,7 @@ class Sessions:
             self.on_event("expired", len(self.held))
         return len(gone)
 
-    def create(self, body: dict[str, Any]) -> Session:
+    def create(self, body: dict[str, Any], owner: bytes | None = None) -> Session:
         from loqi_core.plugin import SequenceStream
 
         if self.traverses is None:
@@ -131,23 +140,25 @@ class Sessions:
         settings = {"length": params.length, "rate": rate, "window": params.window, "v_min": params.v_min,
                     "v_max": params.v_max, "v_step": params.v_step}  # fmt: skip
         session = Session(secrets.token_hex(16), SequenceStream(self.traverses, params, rate), settings, memory,
-                          self.clock())  # fmt: skip
+                          self.clock(), owner)  # fmt: skip
         self.held[session.id] = session
         self.on_event("created", len(self.held))
         return session
 
-    def get(self, sid: str) -> Session:
+    def get(self, sid: str, owner: bytes | None = None) -> Session:
+        """The session ``sid`` for the key ``owner``; another key's session is answered as unknown, not as forbidden,
+        so a key learns nothing of the sessions of others."""
         self.sweep()
         session = self.held.get(sid)
-        if session is None:
+        if session is None or not _same_owner(session.owner, owner):
             raise BadInput(404, "unknown_session", f"no session {sid[:64]!r}: it expired after {self.limits.idle_s:g} s "
-                           "without a frame, was ended, was never created, or the server restarted (sessions live "
-                           "in its memory only): create one with POST /v1/sessions")  # fmt: skip
+                           "without a frame, was ended, was never created, was created with another API key, or the "
+                           "server restarted (sessions live in its memory only): create one with POST /v1/sessions")  # fmt: skip
         session.last_used = self.clock()
         return session
 
-    def end(self, sid: str) -> None:
-        self.get(sid)
+    def end(self, sid: str, owner: bytes | None = None) -> None:
+        self.get(sid, owner)
         del self.held[sid]
         self.on_event("deleted", len(self.held))
 

@@ -69,6 +69,27 @@ def test_keys_401_without_a_valid_one_and_never_in_the_log(keyed, engine, kit, c
     assert not any(KEY in line or "wrong-key" in line for line in lines)
 
 
+def test_a_session_belongs_to_the_key_that_created_it(keyed, engine, kit):
+    """Another key can neither use, see nor end it: it is answered as unknown (404), so nothing says it exists."""
+    mine, other = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer second-key-{'x' * 20}"}
+    status, _, data = _request(keyed, "POST", "/v1/sessions", b'{"length": 3}', {"Content-Type": "application/json", **mine})
+    assert status == 201, data
+    sid = json.loads(data)["session"]
+    png = kit.database_files(engine.index)[4].read_bytes()
+    for method, path, body, headers in (("GET", f"/v1/sessions/{sid}", None, other),
+                                        ("POST", f"/v1/sessions/{sid}/locate?k=2", png, {"Content-Type": "image/png", **other}),
+                                        ("DELETE", f"/v1/sessions/{sid}", None, other)):  # fmt: skip
+        status, _, data = _request(keyed, method, path, body, headers)
+        answer = json.loads(data)
+        assert status == 404 and answer["code"] == "unknown_session" and "another API key" in answer["error"], (method, data)
+    status, _, data = _request(keyed, "GET", f"/v1/sessions/{sid}", None, mine)
+    assert status == 200 and json.loads(data)["frames"] == 0  # the other key's frame never reached it
+    status, _, data = _request(keyed, "POST", f"/v1/sessions/{sid}/locate?k=2", png, {"Content-Type": "image/png", **mine})
+    assert status == 200 and json.loads(data)["frame"] == 0 and json.loads(data)["results"][0]["index"] == 4
+    assert _request(keyed, "DELETE", f"/v1/sessions/{sid}", None, mine)[0] == 204
+    assert _request(keyed, "GET", f"/v1/sessions/{sid}", None, mine)[0] == 404
+
+
 def test_a_key_file_is_checked_line_by_line_without_echoing_it(tmp_path):
     from loqi_core.plugin import ConfigError
 
