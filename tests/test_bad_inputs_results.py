@@ -591,6 +591,31 @@ def _(tmp):
     return run_cli([*eval_args(tmp, f"folder:{root}?skip_bad=true"), "-s", "eval.num_workers=1"])
 
 
+def _strip_args(tmp: Path, params: str = "") -> list:
+    """lite0-gem (short side resized to 128) on a test set with a 20000×1 query: 128×2,560,000 once preprocessed."""
+    root = vpr(tmp)
+    Image.new("RGB", (20000, 1), (90, 90, 90)).save(root / "images/test/queries/@500000.00@4000000.00@33@T@@@@@strip@.png")
+    args = eval_args(tmp, f"folder:{root}{params}")
+    args[args.index("tiny")] = "lite0-gem"
+    return args
+
+
+@case("images/eval-strip-the-model-would-enlarge", 1, "would enlarge it to 2560000×128 = 327,680,000 pixels")
+def _(tmp):
+    return run_cli(_strip_args(tmp))
+
+
+def _strip_skipped(tmp: Path) -> None:
+    assert "@strip@.png: cannot encode image" in (tmp / "ev" / "skipped_data.txt").read_text()
+    metrics = json.loads((tmp / "ev" / "metrics.json").read_text())["datasets"]["data"]
+    assert (metrics["n_database"], metrics["n_queries"]) == (8, 8)  # the strip alone left out
+
+
+@case("skip_bad/eval-strip-left-out", 0, "could not be decoded or preprocessed (skip_bad)", _strip_skipped)
+def _(tmp):
+    return run_cli(_strip_args(tmp, "?skip_bad=true"))
+
+
 @case("skip_bad/train-corrupt-jpeg-in-worker", 1, "add ?skip_bad=true to the training set")
 def _(tmp):
     train = train_images(tmp)

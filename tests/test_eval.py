@@ -302,3 +302,20 @@ def test_loader_workers_are_fitted_to_the_cpus_unless_given(tiny, monkeypatch):
     seen.clear()
     evaluate(model, test, "blur3", config=EvalConfig(batch_size=4, num_workers=1), cache=cache, device="cpu")
     assert seen == [1, 1]  # asked for
+
+
+def test_an_image_is_refused_only_when_the_preprocessing_would_enlarge_it_past_the_bound(tmp_path):
+    """A 20000×1 strip that a short side of 128 makes 327 M pixels is refused by name; an image the model sees at its
+    own size (or smaller) never is, however large, nor is a small one enlarged within the bound."""
+    from loqi_core.data.images import ImageTooLargeError
+    from loqi_core.evaluation.engine import MAX_ENLARGED_PIXELS, check_enlargement
+    from loqi_core.plugin import Preprocess
+
+    lite0 = Preprocess(min_side=128)
+    shape = lambda h, w: torch.zeros(3, 1, 1, dtype=torch.uint8).expand(3, h, w)  # noqa: E731  (no pixels allocated)
+    with pytest.raises(ImageTooLargeError, match=r"strip\.png: it is 20000×1, .* enlarge it to 2560000×128"):
+        check_enlargement(shape(1, 20000), lite0, tmp_path / "strip.png")
+    check_enlargement(shape(32, 64), lite0, tmp_path / "small.png")  # 128×256: enlarged, within the bound
+    check_enlargement(shape(4100, 4100), Preprocess(), tmp_path / "large.png")  # 16.8 M pixels at its own size
+    assert 4100 * 4100 > MAX_ENLARGED_PIXELS
+    check_enlargement(shape(6000, 8000), Preprocess(size=(224, 224)), tmp_path / "photo.jpg")  # made smaller

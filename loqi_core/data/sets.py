@@ -77,7 +77,7 @@ class TestSet:
         if self.query_groups is not None:
             self.query_groups = self.query_groups[kept_q]
         self.skipped += [f"{p}: {reasons[p]}" for p in sorted(bad)]
-        self.notes.append(f"left out {len(bad)} image(s) that failed to decode (skip_bad); the list is written to the run directory")
+        self.notes.append(f"left out {len(bad)} image(s) that could not be decoded or preprocessed (skip_bad); the list is written to the run directory")
 
     @property
     def labelled(self) -> bool:

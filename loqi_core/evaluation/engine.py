@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from loqi_core.config import EvalConfig
-from loqi_core.data.images import UnreadableImageError, read_image
+from loqi_core.data.images import ImageTooLargeError, UnreadableImageError, read_image
 from loqi_core.data.sets import ImageList, TestSet
 from loqi_core.degrade.base import Degradation, Identity, degradation_units, sample_seed, temporal_note
 from loqi_core.degrade.grammar import parse_degradation
@@ -44,6 +44,7 @@ from loqi_core.evaluation.results import EvalResult
 from loqi_core.evaluation.search import IVFPQParams, NonFiniteDescriptorsError, recall_at_n, resolve_backend, search
 from loqi_core.evaluation.sequence import match_sequences, traverses_of
 from loqi_core.hooks.manager import Plugins, get_plugins
+from loqi_core.models.preprocess import preprocess_sizes
 from loqi_core.util.cpus import loader_workers
 from loqi_core.util.devices import resolve_device
 from loqi_core.util.sources import code_version
@@ -52,10 +53,15 @@ from loqi_core.version import __version__
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from loqi_core.hooks.specs import Preprocess
     from loqi_core.models.model import VPRModel
 
 log = logging.getLogger("loqi.evaluate")
 
+MAX_ENLARGED_PIXELS = 2**24
+"""What the model's preprocessing may enlarge an image to (16.8 M pixels, 200 MB as float32 RGB): beyond it, a
+20000×1 strip that lite0's short side of 128 would make 128×2,560,000 is refused instead of exhausting memory. An
+image preprocessed at its own size or smaller is never refused for it."""
 LABEL_FREE = "the database or the queries carry no positions (no @east@north@ in their names): recall needs positions"
 
 SHARD_SIZE = 64
@@ -134,6 +140,22 @@ class _ShardDataset:
             write_shard(path, images, None if None in nbytes else nbytes, indices)
             return indices, _one_buffer(images), "rebuilt" if existed else "miss"
         return indices, _one_buffer(images), "uncached"
+
+
+class EnlargedTooFarError(ImageTooLargeError):
+    """An image the model's preprocessing would enlarge past ``MAX_ENLARGED_PIXELS``; found once decoded and
+    degraded, so ``skip_bad`` leaves out that file alone."""
+
+
+def check_enlargement(image: "torch.Tensor", pp: "Preprocess", path: Path) -> None:
+    """Refuse an image (3×H×W, as the model gets it) that ``pp`` would enlarge past ``MAX_ENLARGED_PIXELS``."""
+    height, width = image.shape[-2:]
+    peak_h, peak_w = max(preprocess_sizes(height, width, pp), key=lambda s: s[0] * s[1])
+    if peak_h * peak_w > max(height * width, MAX_ENLARGED_PIXELS):
+        raise EnlargedTooFarError(f"cannot encode image {path}: it is {width}×{height}, and the model's preprocessing "
+                                  f"would enlarge it to {peak_w}×{peak_h} = {peak_w * peak_h:,} pixels "
+                                  f"({peak_w * peak_h * 12 / 2**30:.1f} GB as float32), more than {MAX_ENLARGED_PIXELS:,}: "
+                                  "crop it to the scene or leave it out", path)  # fmt: skip
 
 
 def _one_buffer(images: list["torch.Tensor"]) -> list["torch.Tensor"]:
@@ -368,6 +390,7 @@ def extract(
                     previous = block_of[shard]
                 stats.image_shards[status] = stats.image_shards.get(status, 0) + 1
                 for i, img in zip(indices, imgs):
+                    check_enlargement(img, model.preprocess, images.paths[i])
                     bucket_key = "fixed" if fixed else tuple(img.shape)
                     buckets.setdefault(bucket_key, []).append((i, img))
                     if len(buckets[bucket_key]) >= batch_size:
@@ -489,18 +512,26 @@ def evaluate(
     stats["database"], stats["queries"] = ExtractStats(), ExtractStats()
     db_args = dict(label=f"{test.name} database", stats=stats["database"], key=keys[db_model], **common)
     q_args = dict(label=f"{test.name} queries", stats=stats["queries"], key=keys[model], **common)
-    try:
-        db = extract(db_model, test.database, db_deg, **db_args)
-        q = extract(model, test.queries, deg, **q_args)
-    except UnreadableImageError as exc:
-        if not test.skip_bad:
-            raise UnreadableImageError(f"{exc}; add ?skip_bad=true to the dataset to leave such files out", exc.path) from None
-        from loqi_core.data.folders import drop_unreadable
+    decoded_all = False
+    while True:
+        try:
+            db = extract(db_model, test.database, db_deg, **db_args)
+            q = extract(model, test.queries, deg, **q_args)
+            break
+        except UnreadableImageError as exc:
+            if not test.skip_bad:
+                raise type(exc)(f"{exc}; add ?skip_bad=true to the dataset to leave such files out", exc.path) from None
+            if isinstance(exc, EnlargedTooFarError):  # only extraction finds it: that one file goes
+                log.warning("%s; leaving it out (skip_bad)", exc)
+                test.drop({exc.path}, {exc.path: str(exc)})
+                continue
+            if decoded_all:  # every image decoded once: this failure does not come from a file
+                raise
+            from loqi_core.data.folders import drop_unreadable
 
-        log.warning("%s; decoding every image of %s to leave out the unreadable ones (skip_bad)", exc, test.name)
-        drop_unreadable(test)  # a second failure cannot come from an image: it is raised as it is
-        db = extract(db_model, test.database, db_deg, **db_args)
-        q = extract(model, test.queries, deg, **q_args)
+            log.warning("%s; decoding every image of %s to leave out the unreadable ones (skip_bad)", exc, test.name)
+            drop_unreadable(test)
+            decoded_all = True
     if dist_rank_world()[0] != 0:
         return None
     backend = resolve_backend(config.index, str(device))
