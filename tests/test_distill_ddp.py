@@ -95,3 +95,37 @@ def test_torchrun_validates_on_a_test_set_and_keeps_the_best(tmp_path):
         result = evaluate(student, test, "blur5", database_model=teacher, clean_database=True, seed=config["seed"],
                           device="cpu", cache=None, plugins=plugins)  # fmt: skip
     assert result.recalls["R@1"] == pytest.approx(curve["best"])
+
+
+@pytest.mark.slow
+def test_torchrun_mines_the_same_tuples_as_one_process(tmp_path):
+    """The authors' mined step under torchrun: both ranks encode their share of each city's teacher descriptors,
+    rank 0 mines and writes, both read; the tuples equal those of the same run in one process."""
+    spec = importlib.util.spec_from_file_location("distill_helpers", HERE / "distill_helpers.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
+    data = importlib.util.spec_from_file_location("paper_data", HERE / "paper_data.py")
+    paper = importlib.util.module_from_spec(data)
+    data.loader.exec_module(paper)  # type: ignore[union-attr]
+    import numpy as np
+
+    # the 12 paper cities, 3 places of 22 images each: a city's 66 images are two extraction blocks (64 + 2), one per rank
+    root = paper.write_gsv_cities(tmp_path / "gsv", places=3, images=22)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    mined = {}
+    for ranks in (2, 1):
+        config = helpers.tiny_config(tmp_path, max_steps=2, mine=True, places_per_batch=2, images_per_place=2)
+        config["distill"]["train"] = f"gsv-cities:{root}"
+        config["eval"] = {"cache_dir": str(tmp_path / f"cache{ranks}"), "num_workers": 0}
+        cfg_file = tmp_path / f"config{ranks}.json"
+        cfg_file.write_text(json.dumps(config))
+        launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if ranks == 2 else []
+        cmd = [sys.executable, *launch, str(HERE / "distill_helpers.py"), str(cfg_file), str(tmp_path / f"run{ranks}")]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        [npz] = (tmp_path / f"cache{ranks}").rglob("mined.npz")
+        with np.load(npz) as f:
+            mined[ranks] = (f["positives"], f["negatives"])
+        assert json.loads((tmp_path / f"run{ranks}" / "summary.json").read_text())["steps"] == 2
+    assert len(mined[2][0]) == 792 and (mined[2][0] >= 0).all()  # every image an anchor: 44 images beyond 30 m
+    assert np.array_equal(mined[2][0], mined[1][0]) and np.array_equal(mined[2][1], mined[1][1])
