@@ -17,7 +17,7 @@ stretches), with each test stretch in its own folder, so that each is one ordere
    through ``SequenceStream``), at the split's size and at Nordland's full database size (27 592 random unit
    descriptors of the method's dimension).
 
-    # the table of docs/evaluation.md (six `loqi run`s of about 13 minutes each on a shared 2-core CPU)
+    # the tables of docs/evaluation.md (six `loqi run`s, 5 to 13 minutes each on a shared 2-core CPU, with its load)
     OMP_NUM_THREADS=1 python benchmarks/sequence_gain.py --data ../shared/data/nordland_64x32 --out seq.json \\
         --seeds 0 1 2 --threads 1 --repeats 5
     python benchmarks/sequence_gain.py --table seq.json        # the tables again from a results JSON
