@@ -23,12 +23,7 @@ EXPORTED = ("build_model", "wrap_model", "load_dataset", "parse_degradation", "e
 FAST = {"batch_size": 4, "num_workers": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -27,19 +27,7 @@ helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)  # type: ignore[union-attr]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one torch thread avoids oversubscription (results do not depend on it here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def tiny():
-    with isolated_plugins(("tiny", tiny_plugin)) as plugins:
-        yield plugins
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def teacher_for(config: RunConfig):

@@ -10,25 +10,40 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).parent
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes(tmp_path):
-    spec = importlib.util.spec_from_file_location("distill_helpers", HERE / "distill_helpers.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
-    train = helpers.write_images(tmp_path / "train", 32)
-    config = helpers.tiny_config(train, batch_size=4, max_steps=4, checkpoint_every=2, log_every=1)
-    cfg_file = tmp_path / "config.json"
+def _load(name: str):
+    """A helper script of tests/ as a module (tests/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+helpers, paper = _load("distill_helpers"), _load("paper_data")
+
+
+def _train(config: dict, tmp_path: Path, name: str, *flags: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    """``config`` trained by tests/distill_helpers.py into ``tmp_path/name``: under torchrun with ``ranks`` > 1."""
+    cfg_file = tmp_path / f"{name}.json"
     cfg_file.write_text(json.dumps(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "distill_helpers.py"), str(cfg_file), str(tmp_path / "run"), "--print-hash"]  # fmt: skip
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] if ranks > 1 else []
+    cmd = [sys.executable, *launch, str(HERE / "distill_helpers.py"), str(cfg_file), str(tmp_path / name), *flags]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    train = helpers.write_images(tmp_path / "train", 32)
+    config = helpers.tiny_config(train, batch_size=4, max_steps=4, checkpoint_every=2, log_every=1)
+    proc = _train(config, tmp_path, "run", "--print-hash")
 
     digests = dict(re.findall(r"RANK(\d) (-?\d+\.\d{12})", proc.stdout))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # DDP kept the replicas identical
@@ -60,9 +75,6 @@ def test_torchrun_validates_on_a_test_set_and_keeps_the_best(tmp_path):
     """Two ranks share each validation's extraction through the run directory's scratch cache; both take rank 0's
     R@1, so they write the same checkpoints and agree on the best student. Rank 1 reads the merged descriptors late
     (as on a busy machine): rank 0 must not empty the scratch folder before it has."""
-    spec = importlib.util.spec_from_file_location("distill_helpers", HERE / "distill_helpers.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
     from loqi_core.testing.tiny import write_vpr_folder
 
     train = helpers.write_images(tmp_path / "train", 32)
@@ -70,13 +82,7 @@ def test_torchrun_validates_on_a_test_set_and_keeps_the_best(tmp_path):
     config = {**helpers.tiny_config(train, batch_size=4, max_steps=4, val=f"folder:{val}", val_every=2, ema=0.5,
                                     val_database="teacher"),
               "eval": {"cache_dir": str(tmp_path / "cache"), "num_workers": 0, "batch_size": 4}}  # fmt: skip
-    cfg_file = tmp_path / "config.json"
-    cfg_file.write_text(json.dumps(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "distill_helpers.py"), str(cfg_file), str(tmp_path / "run"), "--slow-reader"]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    _train(config, tmp_path, "run", "--slow-reader")
     run = tmp_path / "run"
     curve = json.loads((run / "summary.json").read_text())["validation"]
     assert [s for s, _ in curve["points"]] == [2, 4] and curve["metric"] == "R@1 (val, teacher database)"
@@ -101,28 +107,14 @@ def test_torchrun_validates_on_a_test_set_and_keeps_the_best(tmp_path):
 def test_torchrun_mines_the_same_tuples_as_one_process(tmp_path):
     """The authors' mined step under torchrun: both ranks encode their share of each city's teacher descriptors,
     rank 0 mines and writes, both read; the tuples equal those of the same run in one process."""
-    spec = importlib.util.spec_from_file_location("distill_helpers", HERE / "distill_helpers.py")
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)  # type: ignore[union-attr]
-    data = importlib.util.spec_from_file_location("paper_data", HERE / "paper_data.py")
-    paper = importlib.util.module_from_spec(data)
-    data.loader.exec_module(paper)  # type: ignore[union-attr]
-    import numpy as np
-
     # the 12 paper cities, 3 places of 22 images each: a city's 66 images are two extraction blocks (64 + 2), one per rank
     root = paper.write_gsv_cities(tmp_path / "gsv", places=3, images=22)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     mined = {}
     for ranks in (2, 1):
         config = helpers.tiny_config(tmp_path, max_steps=2, mine=True, places_per_batch=2, images_per_place=2)
         config["distill"]["train"] = f"gsv-cities:{root}"
         config["eval"] = {"cache_dir": str(tmp_path / f"cache{ranks}"), "num_workers": 0}
-        cfg_file = tmp_path / f"config{ranks}.json"
-        cfg_file.write_text(json.dumps(config))
-        launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if ranks == 2 else []
-        cmd = [sys.executable, *launch, str(HERE / "distill_helpers.py"), str(cfg_file), str(tmp_path / f"run{ranks}")]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        _train(config, tmp_path, f"run{ranks}", ranks=ranks)
         [npz] = (tmp_path / f"cache{ranks}").rglob("mined.npz")
         with np.load(npz) as f:
             mined[ranks] = (f["positives"], f["negatives"])

@@ -20,8 +20,7 @@ from loqi_core.data.sets import ImageList, TrainSet
 from loqi_core.errors import ConfigError
 from loqi_core.evaluation.engine import evaluate
 from loqi_core.models.model import build_model
-from loqi_core.testing.helpers import isolated_plugins
-from loqi_core.testing.tiny import tiny_plugin, write_vpr_folder
+from loqi_core.testing.tiny import write_vpr_folder
 from loqi_core.training.engine import distill
 from loqi_core.training.recipe import lr_factor
 from loqi_core.training.validation import Curve, split_heldout, validation_steps
@@ -32,18 +31,7 @@ helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)  # type: ignore[union-attr]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def tiny():
-    with isolated_plugins(("tiny", tiny_plugin)) as plugins:
-        yield plugins
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(train: Path, **distill_fields) -> RunConfig:

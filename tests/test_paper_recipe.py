@@ -38,13 +38,7 @@ _spec.loader.exec_module(paper_data)  # type: ignore[union-attr]
 write_gsv_cities, write_split = paper_data.write_gsv_cities, paper_data.write_split
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one torch thread avoids oversubscription (results do not depend on it here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def paper_config(method: str = "netvlad", **overrides):
@@ -446,7 +440,7 @@ def test_finetune_uses_each_methods_own_published_loss_on_place_batches(tmp_path
 def test_pitts30k_val_split_reads_the_authors_validation_set(tmp_path):
     from loqi_core.data.datasets import ProtocolMismatchWarning
 
-    root = write_split(tmp_path / "pitts30k", "val", places=5)
+    write_split(tmp_path / "pitts30k", "val", places=5)
     with pytest.warns(ProtocolMismatchWarning, match="database: expected 10000, found 5; queries: expected 7608"):
         val = load_dataset("pitts30k?split=val", "test", root=tmp_path)
     assert len(val.database) == 5 and len(val.queries) == 5

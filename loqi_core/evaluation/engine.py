@@ -155,7 +155,7 @@ def check_enlargement(image: "torch.Tensor", pp: "Preprocess", path: Path) -> No
         raise EnlargedTooFarError(f"cannot encode image {path}: it is {width}×{height}, and the model's preprocessing "
                                   f"would enlarge it to {peak_w}×{peak_h} = {peak_w * peak_h:,} pixels "
                                   f"({peak_w * peak_h * 12 / 2**30:.1f} GB as float32), more than {MAX_ENLARGED_PIXELS:,}: "
-                                  "crop it to the scene or leave it out", path)  # fmt: skip
+                                  "crop it to the scene", path)  # fmt: skip
 
 
 def _one_buffer(images: list["torch.Tensor"]) -> list["torch.Tensor"]:
